@@ -14,6 +14,13 @@ from presence_core.tables import metadata
 config = context.config
 
 
+def include_name(name, type_, parent_names) -> bool:
+    """Only presence's own tables: the database may be shared with an application."""
+    if type_ == "table":
+        return name in metadata.tables
+    return True
+
+
 def run_offline() -> None:
     context.configure(
         url="postgresql+psycopg://",
@@ -43,7 +50,7 @@ def run_online() -> None:
 
 
 def _run_with(connection) -> None:
-    context.configure(connection=connection, target_metadata=metadata)
+    context.configure(connection=connection, target_metadata=metadata, include_name=include_name)
     with context.begin_transaction():
         context.run_migrations()
 

@@ -94,7 +94,9 @@ def parse_timezone(value: str) -> ZoneInfo:
     try:
         return ZoneInfo(value.strip())
     except (ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(f"unknown time zone {value!r} (expected a name such as Europe/Berlin)")
+        raise ConfigError(
+            f"unknown time zone {value!r} (expected a name such as Europe/Berlin)"
+        ) from None
 
 
 def parse_statuses(value: str) -> tuple[str, ...]:

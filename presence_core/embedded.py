@@ -160,12 +160,12 @@ class EmbeddedPostgres:
                 "set PRESENCE_HOME to a directory you can write, or PRESENCE_DATABASE_URL "
                 "to use your own PostgreSQL"
             ) from None
-        if self.pgdata.exists() and any(self.pgdata.iterdir()):
-            if not (self.pgdata / "PG_VERSION").exists():
-                raise EmbeddedError(
-                    f"{self.pgdata} exists but is not a PostgreSQL data directory; "
-                    "move it away or choose another PRESENCE_HOME"
-                )
+        populated = self.pgdata.exists() and any(self.pgdata.iterdir())
+        if populated and not (self.pgdata / "PG_VERSION").exists():
+            raise EmbeddedError(
+                f"{self.pgdata} exists but is not a PostgreSQL data directory; "
+                "move it away or choose another PRESENCE_HOME"
+            )
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -268,7 +268,10 @@ class EmbeddedPostgres:
     def _run(self, args: list[str], *, timeout: float) -> subprocess.CompletedProcess[str]:
         kwargs: dict = {}
         if _as_root():
-            kwargs["user"] = SYSTEM_USER
+            # drop root's groups too: with gid 0 the group bits of root's own
+            # directories would apply and deny the way to the data
+            entry = _utils.ensure_user_exists(SYSTEM_USER)
+            kwargs.update(user=entry.pw_uid, group=entry.pw_gid, extra_groups=[])
         try:
             return subprocess.run(
                 args,
@@ -282,8 +285,7 @@ class EmbeddedPostgres:
             )
         except subprocess.TimeoutExpired:
             raise EmbeddedError(
-                f"{Path(args[0]).name} did not finish within {timeout:.0f} s "
-                f"(log: {self.log_path})"
+                f"{Path(args[0]).name} did not finish within {timeout:.0f} s (log: {self.log_path})"
             ) from None
 
 

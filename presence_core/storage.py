@@ -117,10 +117,14 @@ on conflict on constraint uq_presence_transitions_event do nothing
 _UPSERT_FROM_TRANSITIONS = """
 insert into presence_users
     (user_id, user_type, user_name, team, status, status_since, last_seen)
-select distinct on (user_id)
-    user_id, user_type, user_name, team, status, occurred_at, occurred_at
-from presence_stage
-order by user_id, occurred_at desc, received_at desc
+select latest.user_id, names.user_type, names.user_name, names.team,
+       latest.status, latest.occurred_at, latest.occurred_at
+from (
+    select distinct on (user_id) user_id, status, occurred_at
+    from presence_stage
+    order by user_id, occurred_at desc, received_at desc
+) latest
+join ({names}) names using (user_id)
 on conflict (user_id) do update set
     status = case
         when presence_users.status_since is null
@@ -135,15 +139,30 @@ on conflict (user_id) do update set
 
 _UPSERT_SIGHTINGS = """
 insert into presence_users (user_id, user_type, user_name, team, last_seen)
-select distinct on (user_id) user_id, user_type, user_name, team, last_seen
-from presence_sightings
-order by user_id, last_seen desc
+select user_id, names.user_type, names.user_name, names.team, latest.last_seen
+from (select user_id, max(last_seen) as last_seen from presence_sightings group by user_id) latest
+join ({names}) names using (user_id)
 on conflict (user_id) do update set
     last_seen = greatest(presence_users.last_seen, excluded.last_seen),
     user_type = coalesce(excluded.user_type, presence_users.user_type),
     user_name = coalesce(excluded.user_name, presence_users.user_name),
     team = coalesce(excluded.team, presence_users.team)
 """
+
+
+def _latest_names(table: str, time_column: str) -> str:
+    """Per user, the most recent non-null type, name and team seen in ``table``."""
+    picks = ",\n    ".join(
+        f"(array_agg({c} order by {time_column} desc) filter (where {c} is not null))[1] as {c}"
+        for c in ("user_type", "user_name", "team")
+    )
+    return f"select user_id,\n    {picks}\nfrom {table} group by user_id"
+
+
+_UPSERT_FROM_TRANSITIONS = _UPSERT_FROM_TRANSITIONS.format(
+    names=_latest_names("presence_stage", "occurred_at")
+)
+_UPSERT_SIGHTINGS = _UPSERT_SIGHTINGS.format(names=_latest_names("presence_sightings", "last_seen"))
 
 _SIGHTING_TABLE = """
 create temporary table if not exists presence_sightings (
@@ -215,10 +234,10 @@ def _write(
 def _copy(conn: Connection, table: str, columns: Sequence[str], rows: Iterable[tuple]) -> None:
     """COPY rows into ``table`` on the connection's own transaction."""
     raw = conn.connection.driver_connection
-    with raw.cursor() as cursor:
-        with cursor.copy(f"copy {table} ({', '.join(columns)}) from stdin") as copy:
-            for row in rows:
-                copy.write_row(row)
+    sql = f"copy {table} ({', '.join(columns)}) from stdin"
+    with raw.cursor() as cursor, cursor.copy(sql) as copy:
+        for row in rows:
+            copy.write_row(row)
 
 
 def current_state(engine: Engine, user_ids: Iterable[str] | None = None) -> dict[str, UserState]:

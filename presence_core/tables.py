@@ -65,3 +65,21 @@ coverage = Table(
     Column("ended_at", DateTime(timezone=True)),
     Index("ix_presence_coverage_listener_started", "listener", "started_at"),
 )
+
+# One row per listener process: its heartbeat, so the dashboard's Health page can
+# tell whether it is alive (issue: listener observability).
+listeners = Table(
+    "presence_listeners",
+    metadata,
+    Column("listener", Text, primary_key=True),
+    Column("server_url", Text),
+    Column("host", Text),
+    Column("pid", BigInteger),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("heartbeat_at", DateTime(timezone=True), nullable=False),
+    Column("connected", Boolean, nullable=False, server_default=false()),
+    Column("last_event_at", DateTime(timezone=True)),
+    Column("events_received", BigInteger, nullable=False, server_default=text("0")),
+    Column("transitions_written", BigInteger, nullable=False, server_default=text("0")),
+    Column("stopped_at", DateTime(timezone=True)),
+)

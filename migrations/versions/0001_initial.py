@@ -1,4 +1,5 @@
-"""The three tables of DESIGN: users (with the guide's last_seen), transitions, coverage.
+"""The tables of DESIGN (users with the guide's last_seen, transitions, coverage) and
+the listeners' heartbeats.
 
 Revision ID: 0001
 Revises:
@@ -48,9 +49,7 @@ def upgrade() -> None:
             "user_id", "occurred_at", "status", name="uq_presence_transitions_event"
         ),
     )
-    op.create_index(
-        "ix_presence_transitions_occurred_at", "presence_transitions", ["occurred_at"]
-    )
+    op.create_index("ix_presence_transitions_occurred_at", "presence_transitions", ["occurred_at"])
 
     op.create_table(
         "presence_coverage",
@@ -63,8 +62,25 @@ def upgrade() -> None:
         "ix_presence_coverage_listener_started", "presence_coverage", ["listener", "started_at"]
     )
 
+    # each listener's heartbeat, for the dashboard's Health page
+    op.create_table(
+        "presence_listeners",
+        sa.Column("listener", sa.Text(), primary_key=True),
+        sa.Column("server_url", sa.Text()),
+        sa.Column("host", sa.Text()),
+        sa.Column("pid", sa.BigInteger()),
+        sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("connected", sa.Boolean(), nullable=False, server_default=sa.false()),
+        sa.Column("last_event_at", sa.DateTime(timezone=True)),
+        sa.Column("events_received", sa.BigInteger(), nullable=False, server_default="0"),
+        sa.Column("transitions_written", sa.BigInteger(), nullable=False, server_default="0"),
+        sa.Column("stopped_at", sa.DateTime(timezone=True)),
+    )
+
 
 def downgrade() -> None:
+    op.drop_table("presence_listeners")
     op.drop_table("presence_coverage")
     op.drop_table("presence_transitions")
     op.drop_table("presence_users")
