@@ -92,11 +92,13 @@ class EmbeddedPostgres:
         pid_file = self.pgdata / "postmaster.pid"
         try:
             lines = pid_file.read_text().splitlines()
-        except (FileNotFoundError, PermissionError):
+        except OSError:
             return None
         try:
             pid, port = int(lines[0]), int(lines[3])
         except (IndexError, ValueError):
+            return None
+        if pid <= 0:  # a standalone backend (initdb at work) writes a negative pid
             return None
         if not _is_our_postgres(pid, self.pgdata):
             return None
@@ -115,8 +117,9 @@ class EmbeddedPostgres:
         info = self.running()
         if info is not None and _accepts_connections(info.port):
             return info
-        self._check_home()
+        self._check_writable()
         with self._locked():
+            self._check_data_directory()
             info = self.running()
             if info is not None:
                 _wait_until_accepting(info.port, self.log_path)
@@ -148,7 +151,7 @@ class EmbeddedPostgres:
 
     # -- helpers -----------------------------------------------------------------
 
-    def _check_home(self) -> None:
+    def _check_writable(self) -> None:
         try:
             self.home.mkdir(parents=True, exist_ok=True)
             probe = self.home / ".write-test"
@@ -160,6 +163,8 @@ class EmbeddedPostgres:
                 "set PRESENCE_HOME to a directory you can write, or PRESENCE_DATABASE_URL "
                 "to use your own PostgreSQL"
             ) from None
+
+    def _check_data_directory(self) -> None:
         populated = self.pgdata.exists() and any(self.pgdata.iterdir())
         if populated and not (self.pgdata / "PG_VERSION").exists():
             raise EmbeddedError(

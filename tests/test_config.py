@@ -1,0 +1,98 @@
+"""Configuration: PRESENCE_* variables, validation, flags over variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from presence_core.config import ConfigError, load_settings, parse_database_url
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "postgresql://u:p@db.example:5433/presence",
+        "postgres://u:p@db.example:5433/presence",
+        "postgresql+psycopg://u:p@db.example:5433/presence",
+    ],
+)
+def test_postgres_urls_get_psycopg(text):
+    url = parse_database_url(text)
+    assert url.drivername == "postgresql+psycopg"
+    assert (url.host, url.port, url.database, url.username) == (
+        "db.example",
+        5433,
+        "presence",
+        "u",
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "empty"),
+        ("not a url", "not a database URL"),
+        ("mysql://u@h/db", "presence needs PostgreSQL"),
+        ("postgresql+psycopg2://u@h/db", "unsupported driver"),
+        ("postgresql://u@h", "names no database"),
+    ],
+)
+def test_bad_urls_are_one_clear_error(text, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        parse_database_url(text)
+    assert "\n" not in str(info.value)
+
+
+def test_passwords_never_appear_in_errors():
+    with pytest.raises(ConfigError) as info:
+        parse_database_url("mysql://u:s3cret@h/db")
+    assert "s3cret" not in str(info.value)
+
+
+def test_defaults():
+    settings = load_settings({})
+    assert settings.database_url is None and settings.embedded
+    assert settings.home == Path("~/.local/share/presence-analytics").expanduser()
+    assert settings.server_url == "http://127.0.0.1:4100"
+    assert settings.tz.key == "UTC"
+    assert settings.available_statuses == ("online",)
+
+
+def test_environment_is_read():
+    settings = load_settings(
+        {
+            "PRESENCE_DATABASE_URL": "postgresql://u@h/db",
+            "PRESENCE_HOME": "/srv/presence",
+            "PRESENCE_SERVER_URL": "https://presence.example:8443/",
+            "PRESENCE_TZ": "Europe/Berlin",
+            "PRESENCE_AVAILABLE_STATUSES": "online, accepting_chats",
+        }
+    )
+    assert settings.database_url.host == "h"
+    assert settings.home == Path("/srv/presence")
+    assert settings.server_url == "https://presence.example:8443"
+    assert settings.tz.key == "Europe/Berlin"
+    assert settings.available_statuses == ("online", "accepting_chats")
+
+
+def test_flags_override_environment():
+    env = {"PRESENCE_DATABASE_URL": "postgresql://u@h/db", "PRESENCE_TZ": "Europe/Berlin"}
+    settings = load_settings(env, database_url="postgresql://x@other/db2", tz="Asia/Tokyo")
+    assert settings.database_url.host == "other"
+    assert settings.tz.key == "Asia/Tokyo"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"PRESENCE_TZ": "Mars/Olympus"}, "unknown time zone"),
+        ({"PRESENCE_SERVER_URL": "ftp://x"}, "not a server URL"),
+        ({"PRESENCE_SERVER_URL": "http://h:99999"}, "bad port"),
+        ({"PRESENCE_AVAILABLE_STATUSES": " , "}, "empty"),
+        ({"PRESENCE_AVAILABLE_STATUSES": "online,offline"}, "cannot count as available"),
+    ],
+)
+def test_bad_settings(env, message):
+    with pytest.raises(ConfigError, match=message):
+        load_settings(env)
