@@ -21,6 +21,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -154,9 +155,8 @@ class EmbeddedPostgres:
     def _check_writable(self) -> None:
         try:
             self.home.mkdir(parents=True, exist_ok=True)
-            probe = self.home / ".write-test"
-            probe.write_text("ok")
-            probe.unlink()
+            with tempfile.TemporaryFile(dir=self.home):
+                pass
         except OSError as exc:
             raise EmbeddedError(
                 f"PRESENCE_HOME {self.home} is not writable ({exc.strerror or exc}); "

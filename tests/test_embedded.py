@@ -58,13 +58,18 @@ def test_two_processes_starting_at_once_get_one_server(tmp_path):
     env = {**os.environ, "PRESENCE_DB_PORT": str(free_port())}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", code, str(home)], stdout=subprocess.PIPE, text=True, env=env
+            [sys.executable, "-c", code, str(home)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
         )
         for _ in range(3)
     ]
     try:
-        pids = {p.communicate(timeout=120)[0].strip() for p in procs}
-        assert all(p.returncode == 0 for p in procs)
+        outputs = [p.communicate(timeout=120) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0, 0], [err for _, err in outputs]
+        pids = {out.strip() for out, _ in outputs}
         assert len(pids) == 1
         postmasters = [
             p

@@ -1,0 +1,135 @@
+"""The schema: Alembic migrations, the schema check, and the SQL for DBAs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+from sqlalchemy import inspect, text
+
+from presence_core import db
+from presence_core.config import load_settings
+from presence_core.embedded import _bin
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def plain(url) -> str:
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def test_migrate_creates_the_design_tables_and_is_idempotent(empty_database_url):
+    engine = db.make_engine(empty_database_url)
+    assert db.current_revision(engine) is None
+    before, after = db.migrate(engine)
+    assert (before, after) == (None, db.head_revision())
+    assert db.migrate(engine) == (after, after)
+    inspector = inspect(engine)
+    assert {"presence_users", "presence_transitions", "presence_coverage"} <= set(
+        inspector.get_table_names()
+    )
+    users = {c["name"]: c for c in inspector.get_columns("presence_users")}
+    assert users["last_seen"]["nullable"] is False
+    assert "now()" in users["last_seen"]["default"]
+    assert users["status"]["default"] == "'offline'::text"
+    assert any(i["column_names"] == ["last_seen"] for i in inspector.get_indexes("presence_users"))
+    unique = inspector.get_unique_constraints("presence_transitions")
+    assert [u["column_names"] for u in unique] == [["user_id", "occurred_at", "status"]]
+    engine.dispose()
+
+
+def test_alembic_check_is_clean(database_url):
+    env = {**os.environ, "PRESENCE_DATABASE_URL": plain(database_url)}
+    result = subprocess.run(
+        [sys.executable, "-m", "alembic", "check"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "No new upgrade operations detected" in result.stdout + result.stderr
+
+
+def test_offline_sql_for_dbas():
+    result = subprocess.run(
+        [sys.executable, "-m", "alembic", "upgrade", "head", "--sql"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if not k.startswith("PRESENCE_")},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "CREATE TABLE presence_transitions" in result.stdout
+    assert "UNIQUE (user_id, occurred_at, status)" in result.stdout
+    assert "CREATE INDEX ix_presence_users_last_seen" in result.stdout
+
+
+def test_connect_refuses_a_database_behind(empty_database_url):
+    settings = load_settings({"PRESENCE_DATABASE_URL": plain(empty_database_url)})
+    with pytest.raises(db.SchemaMismatch, match="run `presence migrate`"):
+        db.connect(settings)
+    engine = db.connect(settings, check=False)
+    db.migrate(engine)
+    engine.dispose()
+    db.connect(settings).dispose()  # now accepted
+
+
+def test_connect_refuses_a_database_ahead(engine, database_url):
+    with engine.begin() as conn:
+        conn.execute(text("update alembic_version set version_num = '9999_future'"))
+    settings = load_settings({"PRESENCE_DATABASE_URL": plain(database_url)})
+    with pytest.raises(db.SchemaMismatch, match="newer than this version of presence"):
+        db.connect(settings)
+
+
+def test_unreachable_database_is_one_line():
+    settings = load_settings({"PRESENCE_DATABASE_URL": "postgresql://u@127.0.0.1:9/nowhere"})
+    with pytest.raises(db.DatabaseUnavailable, match="cannot reach the database at 127.0.0.1:9"):
+        db.connect(settings)
+
+
+def test_cli_migrate(empty_database_url, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRESENCE_")}
+    env |= {"PRESENCE_DATABASE_URL": plain(empty_database_url), "PRESENCE_HOME": str(tmp_path)}
+    run = [sys.executable, "-m", "presence_core", "migrate"]
+    first = subprocess.run(run, env=env, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    assert f"schema upgraded from empty to {db.head_revision()}" in first.stdout
+    second = subprocess.run(run, env=env, capture_output=True, text=True, timeout=60)
+    assert second.returncode == 0 and "already at" in second.stdout
+
+
+def test_add_last_seen_column_sql_is_idempotent(database_url):
+    conninfo = plain(database_url)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("create table app_agents (id int primary key, name text)")
+        conn.execute("insert into app_agents values (1, 'Ann')")
+    script = ROOT / "migrations" / "sql" / "add_last_seen_column.sql"
+    for _ in range(2):
+        result = subprocess.run(
+            [_bin("psql"), conninfo, "-X", "-q", "-v", "ON_ERROR_STOP=1"]
+            + ["-v", "users_table=app_agents", "-f", str(script)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+    with psycopg.connect(conninfo) as conn:
+        column = conn.execute(
+            "select is_nullable, column_default, data_type from information_schema.columns"
+            " where table_name = 'app_agents' and column_name = 'last_seen'"
+        ).fetchone()
+        assert column == ("NO", "now()", "timestamp with time zone")
+        assert conn.execute("select last_seen is not null from app_agents").fetchone() == (True,)
+        indexes = conn.execute(
+            "select indexdef from pg_indexes where tablename = 'app_agents'"
+            " and indexdef like '%(last_seen)%'"
+        ).fetchall()
+        assert len(indexes) == 1
