@@ -12,7 +12,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 .PHONY: demo test lint install node chromium bench clean
 
 demo: install
-	$(BIN)/presence demo
+	$(BIN)/presence db start
+	$(BIN)/presence migrate
 
 test: install node chromium lint
 	$(BIN)/pytest
@@ -42,7 +43,7 @@ chromium:
 	@[ -x /usr/bin/chromium ] || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; }
 
 bench: install node
-	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.run $(BENCH)
 
 clean:
 	rm -rf $(VENV) tests/node/node_modules .pytest_cache .ruff_cache
