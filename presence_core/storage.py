@@ -240,31 +240,27 @@ def _copy(conn: Connection, table: str, columns: Sequence[str], rows: Iterable[t
             copy.write_row(row)
 
 
+_STATE_SQL = (
+    "select user_id, status, status_since, last_seen, user_type, user_name, team,"
+    " hide_last_seen from presence_users"
+)
+
+
 def current_state(engine: Engine, user_ids: Iterable[str] | None = None) -> dict[str, UserState]:
     """Every user's stored state, or only the named users'."""
-    sql = (
-        "select user_id, status, status_since, last_seen, user_type, user_name, team,"
-        " hide_last_seen from presence_users"
-    )
-    params: dict = {}
-    if user_ids is not None:
-        sql += " where user_id = any(:ids)"
-        params["ids"] = list(user_ids)
-    with engine.connect() as conn:
-        rows = conn.execute(text(sql), params).all()
-    return {row.user_id: UserState(*row) for row in rows}
+    if user_ids is None:
+        return _states(engine, _STATE_SQL, {})
+    return _states(engine, _STATE_SQL + " where user_id = any(:ids)", {"ids": list(user_ids)})
 
 
 def present_users(engine: Engine) -> dict[str, UserState]:
     """Users whose stored status is anything but offline."""
+    return _states(engine, _STATE_SQL + " where status <> :offline", {"offline": OFFLINE})
+
+
+def _states(engine: Engine, sql: str, params: dict) -> dict[str, UserState]:
     with engine.connect() as conn:
-        rows = conn.execute(
-            text(
-                "select user_id, status, status_since, last_seen, user_type, user_name, team,"
-                " hide_last_seen from presence_users where status <> :offline"
-            ),
-            {"offline": OFFLINE},
-        ).all()
+        rows = conn.execute(text(sql), params).all()
     return {row.user_id: UserState(*row) for row in rows}
 
 

@@ -15,6 +15,7 @@ import itertools
 import os
 import socket
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -72,26 +73,32 @@ def template_database(pg_admin_url: URL) -> Iterator[str]:
         conn.execute(f'drop database if exists "{name}" with (force)')
 
 
+@contextmanager
+def _scratch_database(admin_url: URL, prefix: str, template: str | None = None) -> Iterator[URL]:
+    """Create a database (a copy of ``template`` if given); drop it afterwards."""
+    name = f"{prefix}_{os.getpid()}_{next(_counter)}"
+    clause = f' template "{template}"' if template else ""
+    with psycopg.connect(_psycopg_conninfo(admin_url), autocommit=True) as conn:
+        conn.execute(f'create database "{name}"{clause}')
+    try:
+        yield admin_url.set(database=name)
+    finally:
+        with psycopg.connect(_psycopg_conninfo(admin_url), autocommit=True) as conn:
+            conn.execute(f'drop database if exists "{name}" with (force)')
+
+
 @pytest.fixture
 def database_url(pg_admin_url: URL, template_database: str) -> Iterator[URL]:
     """A fresh, migrated database for this test alone."""
-    name = f"presence_test_{os.getpid()}_{next(_counter)}"
-    with psycopg.connect(_psycopg_conninfo(pg_admin_url), autocommit=True) as conn:
-        conn.execute(f'create database "{name}" template "{template_database}"')
-    yield pg_admin_url.set(database=name)
-    with psycopg.connect(_psycopg_conninfo(pg_admin_url), autocommit=True) as conn:
-        conn.execute(f'drop database if exists "{name}" with (force)')
+    with _scratch_database(pg_admin_url, "presence_test", template_database) as url:
+        yield url
 
 
 @pytest.fixture
 def empty_database_url(pg_admin_url: URL) -> Iterator[URL]:
     """A database with no schema at all (for migration tests)."""
-    name = f"presence_test_empty_{os.getpid()}_{next(_counter)}"
-    with psycopg.connect(_psycopg_conninfo(pg_admin_url), autocommit=True) as conn:
-        conn.execute(f'create database "{name}"')
-    yield pg_admin_url.set(database=name)
-    with psycopg.connect(_psycopg_conninfo(pg_admin_url), autocommit=True) as conn:
-        conn.execute(f'drop database if exists "{name}" with (force)')
+    with _scratch_database(pg_admin_url, "presence_test_empty") as url:
+        yield url
 
 
 @pytest.fixture
