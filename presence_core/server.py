@@ -1,0 +1,703 @@
+"""The presence server: the guide's Socket.IO protocol, with what the guide's backend lacks.
+
+Clients announce themselves with ``userOnline``; every change of a user's status
+is broadcast to all clients as ``userStatusChanged``; ``getOnlineUsers`` answers
+``onlineUsersList``. On top of the guide: several connections per user (the last
+one to close takes the user offline), ``userHeartbeat`` with a silence timeout,
+a grace period so that a page reload does not flap, statuses beyond online
+(``userStatus``), refusal to act for another user, optional signed tokens, a
+``presenceError`` for every bad event, and a shutdown that tells nobody a lie.
+
+The state lives in memory, in one process. ``presence_users`` (status,
+last_seen, names) and ``presence_transitions`` (``source='server'``) are kept up
+to date through :func:`presence_core.storage.write_batch`, from a background
+thread, so a slow database never delays the event loop. Timestamps are cut to
+milliseconds, the wire's precision, so a listener logging the same broadcasts
+writes the same keys and the database keeps one row per transition.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import socketio
+import uvicorn
+from sqlalchemy import Engine
+
+from presence_core import auth, protocol, storage
+from presence_core.errors import PresenceError
+from presence_core.protocol import ONLINE, ProtocolError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 4100
+DEFAULT_GRACE = 5.0
+DEFAULT_HEARTBEAT_TIMEOUT = 60.0
+SOURCE = "server"
+_MILLISECOND = timedelta(milliseconds=1)
+
+
+class Refused(ProtocolError):
+    """A well-formed event this connection may not send (another user, an observer…)."""
+
+
+@dataclass
+class ServerOptions:
+    """How the server behaves; every duration is in seconds.
+
+    ``grace``: how long an abruptly closed connection still counts for its user
+    (0: none). ``heartbeat_timeout``: a connection that has sent ``userHeartbeat``
+    at least once and then stays silent this long stops counting (0: never);
+    connections that never send heartbeats (the guide's clients) are not timed out.
+    ``auth_secret``: when set, every connection needs a token (see
+    :mod:`presence_core.auth`). ``max_message_bytes``: larger messages close
+    the sender's connection (engine.io's limit).
+    """
+
+    cors_origins: str | list[str] = "*"
+    grace: float = DEFAULT_GRACE
+    heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT
+    auth_secret: str | None = None
+    flush_interval: float = 0.5
+    max_message_bytes: int = 1_000_000
+    source: str = SOURCE
+
+
+@dataclass(eq=False)
+class _Conn:
+    sid: str
+    identity: auth.Identity | None = None
+    key: str | None = None  # the user this connection announced
+    wire_id: protocol.UserId | None = None
+    last_life: datetime = field(default_factory=protocol.now_millis)
+    last_life_mono: float = field(default_factory=time.monotonic)
+    heartbeats: bool = False  # has sent userHeartbeat: the silence timeout applies
+    stale: bool = False  # timed out; the next sign of life revives it
+
+
+@dataclass(eq=False)
+class _User:
+    key: str
+    wire_id: protocol.UserId
+    status: str
+    status_since: datetime
+    last_seen: datetime
+    user_type: str | None = None
+    user_name: str | None = None
+    team: str | None = None
+    conns: set[str] = field(default_factory=set)  # live connections, and ones in grace
+    left_at: datetime | None = None  # when the latest connection stopped counting
+
+
+class DatabaseWriter:
+    """Batches transitions and sightings and writes them from a thread of its own.
+
+    ``add_*`` never blocks on the database. A failed batch is kept and retried
+    (transitions first, at most ``max_pending``; sightings are merged per user).
+    """
+
+    def __init__(self, engine: Engine, interval: float = 0.5, max_pending: int = 200_000) -> None:
+        self.engine = engine
+        self.interval = interval
+        self.max_pending = max_pending
+        self.transitions_written = 0
+        self.batches = 0
+        self.failures = 0
+        self.dropped = 0
+        self._lock = threading.Lock()
+        self._transitions: list[storage.Transition] = []
+        self._sightings: dict[str, storage.Sighting] = {}
+        self._wake = threading.Event()
+        self._stopping = False
+        self._idle = threading.Event()
+        self._idle.set()
+        self._thread = threading.Thread(target=self._run, name="presence-db-writer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def add_transition(self, transition: storage.Transition) -> None:
+        with self._lock:
+            if len(self._transitions) >= self.max_pending:
+                self._transitions.pop(0)
+                self.dropped += 1
+            self._transitions.append(transition)
+            self._idle.clear()
+
+    def add_sighting(self, sighting: storage.Sighting) -> None:
+        with self._lock:
+            old = self._sightings.get(sighting.user_id)
+            if old is None or old.last_seen <= sighting.last_seen:
+                self._sightings[sighting.user_id] = sighting
+            self._idle.clear()
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._transitions) + len(self._sightings)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until everything added so far is written (for tests and shutdown)."""
+        self._wake.set()
+        return self._idle.wait(timeout)
+
+    def stop(self, timeout: float = 10) -> None:
+        """Write what is pending (trying for up to ``timeout`` seconds) and stop."""
+        self._stopping = True
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        left = self.pending()
+        if left:
+            log.warning("database writer stopped with %d writes not done", left)
+
+    def _run(self) -> None:
+        delay = self.interval
+        while True:
+            self._wake.wait(delay)
+            self._wake.clear()
+            with self._lock:
+                transitions, self._transitions = self._transitions, []
+                sightings, self._sightings = self._sightings, {}
+            if transitions or sightings:
+                try:
+                    storage.write_batch(self.engine, transitions, list(sightings.values()))
+                except Exception as exc:  # the database is down or slow: keep and retry
+                    self.failures += 1
+                    log.warning("database write failed (%s); will retry", exc)
+                    with self._lock:
+                        self._transitions[:0] = transitions
+                        for s in sightings.values():
+                            old = self._sightings.get(s.user_id)
+                            if old is None or old.last_seen < s.last_seen:
+                                self._sightings[s.user_id] = s
+                    delay = min(delay * 2, 5.0)
+                    if self._stopping:
+                        return
+                    continue
+                self.batches += 1
+                self.transitions_written += len(transitions)
+                delay = self.interval
+            with self._lock:
+                if not self._transitions and not self._sightings:
+                    self._idle.set()
+            if self._stopping and self._idle.is_set():
+                return
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: :meth:`PresenceServer.serve` installs
+    handlers that first stop the presence logic, then the web server."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
+
+
+class PresenceServer:
+    """The Socket.IO presence server; ``asgi_app`` can be served by any ASGI server.
+
+    ``engine`` None: no database at all. In tests: ``port = await server.start(host, 0)``,
+    then ``await server.stop()``; the command line uses :meth:`serve`.
+    """
+
+    def __init__(self, engine: Engine | None = None, options: ServerOptions | None = None):
+        self.options = options or ServerOptions()
+        if self.options.auth_secret is not None:
+            auth.check_secret(self.options.auth_secret)
+        self.writer = (
+            DatabaseWriter(engine, self.options.flush_interval) if engine is not None else None
+        )
+        self.sio = socketio.AsyncServer(
+            async_mode="asgi",
+            cors_allowed_origins=self.options.cors_origins,
+            max_http_buffer_size=self.options.max_message_bytes,
+            async_handlers=False,  # one client's events in order; handlers never block
+        )
+        self.asgi_app = socketio.ASGIApp(self.sio, other_asgi_app=self._http)
+        self.conns: dict[str, _Conn] = {}
+        self.users: dict[str, _User] = {}
+        self.closing = False
+        self.stats = {"events": 0, "refused": 0, "broadcasts": 0, "transitions": 0}
+        self.port: int | None = None
+        self._uvicorn: _Uvicorn | None = None
+        self._serve_task: asyncio.Task | None = None
+        self._sweeper: asyncio.Task | None = None
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._tasks: set[asyncio.Task] = set()
+        self._last_change: dict[str, datetime] = {}  # user key -> last transition's time
+        self._register()
+
+    # --- Socket.IO handlers -----------------------------------------------------------
+
+    def _register(self) -> None:
+        self.sio.on("connect", self._on_connect)
+        self.sio.on("disconnect", self._on_disconnect)
+        events: dict[str, Callable[[_Conn, object], Coroutine]] = {
+            "userOnline": self._user_online,
+            "userOffline": self._user_offline,
+            "userHeartbeat": self._user_heartbeat,
+            "userStatus": self._user_status,
+            "getOnlineUsers": self._get_online_users,
+        }
+        for name, handler in events.items():
+            self.sio.on(name, self._wrap(name, handler))
+        self.sio.on("*", self._on_unknown)
+
+    async def _on_connect(self, sid: str, environ: dict, auth_payload: object = None) -> None:
+        if self.closing:
+            raise socketio.exceptions.ConnectionRefusedError("server is shutting down")
+        identity = None
+        if self.options.auth_secret is not None:
+            token = auth_payload.get("token") if isinstance(auth_payload, dict) else None
+            try:
+                identity = auth.verify_token(token, self.options.auth_secret)
+            except auth.TokenError as exc:
+                raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
+        self.conns[sid] = _Conn(sid, identity)
+
+    async def _on_disconnect(self, sid: str, reason: object = None) -> None:
+        conn = self.conns.pop(sid, None)
+        if conn is None or self.closing or conn.key is None or conn.stale:
+            return
+        ended = protocol.now_millis()
+        if self.options.grace > 0:
+            loop = asyncio.get_running_loop()
+            handle: asyncio.TimerHandle | None = None
+
+            def fire() -> None:
+                self._timers.discard(handle)
+                self._spawn(self._release(conn, ended, "disconnect"))
+
+            handle = loop.call_later(self.options.grace, fire)
+            self._timers.add(handle)
+        else:
+            await self._release(conn, ended, "disconnect")
+
+    def _wrap(self, event: str, handler: Callable[[_Conn, object], Coroutine]):
+        async def on_event(sid: str, *args: object) -> dict:
+            self.stats["events"] += 1
+            conn = self.conns.get(sid)
+            if conn is None or self.closing:
+                return {"ok": False, "error": "not connected"}
+            try:
+                if len(args) > 1:
+                    raise ProtocolError(f"{event} takes one argument, got {len(args)}")
+                await handler(conn, args[0] if args else None)
+            except ProtocolError as exc:
+                return await self._refuse(sid, event, str(exc))
+            return {"ok": True}
+
+        return on_event
+
+    async def _on_unknown(self, event: str, sid: str, *args: object) -> dict:
+        self.stats["events"] += 1
+        name = event if isinstance(event, str) else repr(event)
+        return await self._refuse(sid, name, f"unknown event {name[:64]!r}")
+
+    async def _refuse(self, sid: str, event: str, message: str) -> dict:
+        self.stats["refused"] += 1
+        await self.sio.emit("presenceError", protocol.presence_error(event, message), to=sid)
+        return {"ok": False, "error": message}
+
+    # --- the events -------------------------------------------------------------------
+
+    def _token_user(self, conn: _Conn, event: str) -> str | None:
+        if conn.identity is None:
+            return None
+        if conn.identity.observer:
+            raise Refused(f"{event}: observers may watch but not announce users")
+        return conn.identity.user_id
+
+    def _own(self, conn: _Conn, key: str, event: str) -> None:
+        """Refuse an event about a user other than the one this connection announced."""
+        if conn.key is None:
+            raise Refused(f"{event}: announce the user with userOnline first")
+        if key != conn.key:
+            raise Refused(f"{event}: this connection speaks for user {conn.key!r}, not {key!r}")
+
+    async def _user_online(self, conn: _Conn, payload: object) -> None:
+        token_user = self._token_user(conn, "userOnline")
+        event = protocol.parse_user_online(payload, default_id=token_user)
+        if token_user is not None and event.key != token_user:
+            raise Refused(f"userOnline: this connection's token is for user {token_user!r}")
+        now = protocol.now_millis()
+        if conn.key is not None and conn.key != event.key:
+            await self._detach(conn, now, "userOffline")  # one connection, another user
+        user = self.users.get(event.key)
+        if user is not None:
+            for name in ("user_type", "user_name", "team"):
+                if getattr(event, name) is not None:
+                    setattr(user, name, getattr(event, name))
+        self._touch(conn, now)
+        await self._attach(conn, event.key, event.user_id, now, event)
+
+    async def _user_offline(self, conn: _Conn, payload: object) -> None:
+        token_user = self._token_user(conn, "userOffline")
+        ref = protocol.parse_user_offline(payload, default_id=token_user)
+        self._own(conn, ref.key, "userOffline")
+        await self._detach(conn, protocol.now_millis(), "userOffline")
+
+    async def _user_heartbeat(self, conn: _Conn, payload: object) -> None:
+        token_user = self._token_user(conn, "userHeartbeat")
+        ref = protocol.parse_user_heartbeat(payload, default_id=token_user)
+        self._own(conn, ref.key, "userHeartbeat")
+        conn.heartbeats = True
+        await self._alive(conn)
+
+    async def _user_status(self, conn: _Conn, payload: object) -> None:
+        token_user = self._token_user(conn, "userStatus")
+        event = protocol.parse_user_status(payload, default_id=token_user)
+        self._own(conn, event.key, "userStatus")
+        now = await self._alive(conn, sighting=False)
+        user = self.users[event.key]
+        if user.status != event.status:
+            await self._change(user, event.status, now, "userStatus")
+        else:
+            self._sighting(user)
+
+    async def _get_online_users(self, conn: _Conn, payload: object) -> None:
+        protocol.parse_get_online_users(payload)
+        if conn.key is not None:
+            await self._alive(conn)
+        await self.sio.emit("onlineUsersList", self.online_users(), to=conn.sid)
+
+    # --- state changes ----------------------------------------------------------------
+
+    def _touch(self, conn: _Conn, now: datetime) -> None:
+        conn.last_life = now
+        conn.last_life_mono = time.monotonic()
+
+    async def _alive(self, conn: _Conn, *, sighting: bool = True) -> datetime:
+        """A sign of life from an announced connection: it counts again if it had timed
+        out; its user's last_seen advances."""
+        now = protocol.now_millis()
+        self._touch(conn, now)
+        assert conn.key is not None and conn.wire_id is not None
+        if conn.stale:
+            await self._attach(conn, conn.key, conn.wire_id, now, None)
+        else:
+            user = self.users[conn.key]
+            user.last_seen = max(user.last_seen, now)
+            if sighting:
+                self._sighting(user)
+        return now
+
+    async def _attach(
+        self,
+        conn: _Conn,
+        key: str,
+        wire_id: protocol.UserId,
+        now: datetime,
+        names: protocol.UserOnline | None,
+    ) -> None:
+        conn.key, conn.wire_id, conn.stale = key, wire_id, False
+        user = self.users.get(key)
+        if user is not None:  # already present: no transition, no broadcast
+            user.conns.add(conn.sid)
+            user.last_seen = max(user.last_seen, now)
+            self._sighting(user)
+            return
+        user = _User(key=key, wire_id=wire_id, status=ONLINE, status_since=now, last_seen=now)
+        if names is not None:
+            user.user_type, user.user_name, user.team = names.user_type, names.user_name, names.team
+        user.conns.add(conn.sid)
+        self.users[key] = user
+        await self._announce(user, ONLINE, now, "userOnline")
+
+    async def _detach(self, conn: _Conn, when: datetime, reason: str) -> None:
+        """This connection no longer speaks for its user (explicit userOffline)."""
+        key, conn.key, conn.wire_id, conn.stale, conn.heartbeats = (
+            conn.key,
+            None,
+            None,
+            False,
+            False,
+        )
+        user = self.users.get(key) if key is not None else None
+        if user is not None and conn.sid in user.conns:
+            await self._leave(user, conn.sid, when, reason)
+
+    async def _release(self, conn: _Conn, ended: datetime, reason: str) -> None:
+        """A closed connection's grace period is over."""
+        user = self.users.get(conn.key) if conn.key is not None else None
+        if user is not None and conn.sid in user.conns and not self.closing:
+            await self._leave(user, conn.sid, ended, reason)
+
+    async def _leave(self, user: _User, sid: str, when: datetime, reason: str) -> None:
+        user.conns.discard(sid)
+        user.left_at = when if user.left_at is None else max(user.left_at, when)
+        if user.conns:
+            return
+        del self.users[user.key]
+        moment = max(user.left_at, user.status_since)
+        user.last_seen = moment
+        await self._announce(user, protocol.OFFLINE, moment, reason)
+
+    async def _change(self, user: _User, status: str, now: datetime, reason: str) -> None:
+        user.status, user.status_since = status, now
+        user.last_seen = max(user.last_seen, now)
+        await self._announce(user, status, now, reason)
+
+    async def _announce(self, user: _User, status: str, moment: datetime, reason: str) -> None:
+        """Record a transition and broadcast it to every client.
+
+        A user's transitions get strictly increasing times (bumped by a millisecond
+        where two fall in the same one), so their order survives the database.
+        """
+        previous = self._last_change.get(user.key)
+        if previous is not None and moment <= previous:
+            moment = previous + _MILLISECOND
+        self._last_change[user.key] = moment
+        if status != protocol.OFFLINE:
+            user.status_since = moment
+        user.last_seen = max(user.last_seen, moment)
+        self.stats["transitions"] += 1
+        if self.writer is not None:
+            self.writer.add_transition(
+                storage.Transition(
+                    user_id=user.key,
+                    status=status,
+                    occurred_at=moment,
+                    received_at=protocol.now_millis(),
+                    reason=reason,
+                    source=self.options.source,
+                    user_type=user.user_type,
+                    user_name=user.user_name,
+                    team=user.team,
+                )
+            )
+        self.stats["broadcasts"] += 1
+        await self.sio.emit(
+            "userStatusChanged", protocol.status_changed(user.wire_id, status, moment)
+        )
+
+    def _sighting(self, user: _User) -> None:
+        if self.writer is not None:
+            self.writer.add_sighting(
+                storage.Sighting(
+                    user_id=user.key,
+                    last_seen=user.last_seen,
+                    user_type=user.user_type,
+                    user_name=user.user_name,
+                    team=user.team,
+                )
+            )
+
+    async def _sweep(self) -> None:
+        """Take connections silent past the heartbeat timeout out of their users'."""
+        timeout = self.options.heartbeat_timeout
+        while True:
+            await asyncio.sleep(min(1.0, timeout / 5))
+            limit = time.monotonic() - timeout
+            for conn in list(self.conns.values()):
+                if conn.heartbeats and not conn.stale and conn.key and conn.last_life_mono < limit:
+                    conn.stale = True
+                    user = self.users.get(conn.key)
+                    if user is not None and conn.sid in user.conns:
+                        await self._leave(user, conn.sid, conn.last_life, "timeout")
+
+    def _spawn(self, coro: Coroutine) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- reading the state ------------------------------------------------------------
+
+    def online_users(self) -> list[dict]:
+        """The ``onlineUsersList`` payload: every present user."""
+        return [
+            protocol.online_user(u.wire_id, u.status, u.last_seen, u.user_type, u.user_name, u.team)
+            for u in self.users.values()
+        ]
+
+    def snapshot(self) -> dict[str, tuple[str, int]]:
+        """``{user key: (status, connections counting for it)}`` (for tests and /health)."""
+        return {key: (u.status, len(u.conns)) for key, u in self.users.items()}
+
+    def health(self) -> dict:
+        return {
+            "connections": len(self.conns),
+            "users": len(self.users),
+            "closing": self.closing,
+            "database": self.writer is not None,
+            "pending_writes": self.writer.pending() if self.writer else 0,
+            **self.stats,
+        }
+
+    async def _http(self, scope: dict, receive: Callable, send: Callable) -> None:
+        """Everything that is not Socket.IO: ``GET /health`` (JSON), else 404."""
+        if scope["type"] != "http":
+            return
+        if scope.get("path") == "/health":
+            status, body = 200, json.dumps(self.health()).encode()
+        else:
+            status, body = 404, b'{"error": "not found"}'
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    # --- running ----------------------------------------------------------------------
+
+    async def start(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> int:
+        """Listen on ``host:port`` (0: any free port) and return the port."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            sock.close()
+            raise PresenceError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self.asgi_app,
+            log_level="warning",
+            lifespan="off",
+            timeout_graceful_shutdown=3,
+            ws_max_size=self.options.max_message_bytes + 1024,
+        )
+        self._uvicorn = _Uvicorn(config)
+        if self.writer is not None:
+            self.writer.start()
+        self._serve_task = asyncio.create_task(self._uvicorn.serve(sockets=[sock]))
+        while not self._uvicorn.started:
+            if self._serve_task.done():
+                self._serve_task.result()
+                raise PresenceError("the web server stopped while starting")
+            await asyncio.sleep(0.01)
+        if self.options.heartbeat_timeout > 0:
+            self._sweeper = asyncio.create_task(self._sweep())
+        return self.port
+
+    def begin_shutdown(self) -> None:
+        """Stop acting on events: from now on, connections closing mean nothing."""
+        self.closing = True
+        if self._uvicorn is not None:
+            self._uvicorn.should_exit = True
+
+    async def stop(self) -> None:
+        """Shut down gracefully: no offline broadcast for anyone; pending writes flushed."""
+        self.begin_shutdown()
+        if self._serve_task is not None:
+            await self._serve_task
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for handle in list(self._timers):
+            handle.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await self.sio.shutdown()
+        if self.writer is not None:
+            await asyncio.to_thread(self.writer.stop)
+
+    async def serve(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
+        """Run until SIGTERM or SIGINT (a second SIGINT forces the exit)."""
+        await self.start(host, port)
+        loop = asyncio.get_running_loop()
+
+        def on_signal(sig: signal.Signals) -> None:
+            if self.closing and sig == signal.SIGINT and self._uvicorn is not None:
+                self._uvicorn.force_exit = True
+            log.info("%s: shutting down (no one is marked offline)", sig.name)
+            self.begin_shutdown()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, on_signal, sig)
+        where = f"http://{host if ':' not in host else f'[{host}]'}:{self.port}"
+        print(f"presence server listening on {where}", flush=True)
+        await self._serve_task
+        await self.stop()
+
+
+# --- the `presence serve` command ---------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from presence_core.cli import add_database_arguments
+
+    parser.add_argument("--host", default=DEFAULT_HOST, help=f"address (default {DEFAULT_HOST})")
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT})"
+    )
+    parser.add_argument(
+        "--cors-origins",
+        default="*",
+        metavar="ORIGINS",
+        help="origins allowed to connect from a browser: '*' (default) or a comma-separated list",
+    )
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=DEFAULT_GRACE,
+        metavar="S",
+        help="seconds a closed connection still counts, so a reload does not flap (default 5)",
+    )
+    parser.add_argument(
+        "--heartbeat-timeout",
+        type=float,
+        default=DEFAULT_HEARTBEAT_TIMEOUT,
+        metavar="S",
+        help="a connection that sends userHeartbeat and then goes silent this long is "
+        "offline (default 60; 0 = never)",
+    )
+    parser.add_argument(
+        "--auth-secret",
+        metavar="SECRET",
+        help=f"require signed tokens (see `presence token`); default ${auth.SECRET_ENV}",
+    )
+    parser.add_argument(
+        "--no-db", action="store_true", help="keep presence in memory only; write nothing"
+    )
+    add_database_arguments(parser)
+
+
+def _origins(text: str) -> str | list[str]:
+    text = text.strip()
+    if text == "*":
+        return "*"
+    return [o.strip().rstrip("/") for o in text.split(",") if o.strip()]
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.grace < 0 or args.heartbeat_timeout < 0:
+        raise PresenceError("--grace and --heartbeat-timeout cannot be negative")
+    secret = args.auth_secret or os.environ.get(auth.SECRET_ENV) or None
+    options = ServerOptions(
+        cors_origins=_origins(args.cors_origins),
+        grace=args.grace,
+        heartbeat_timeout=args.heartbeat_timeout,
+        auth_secret=secret,
+    )
+    engine = None
+    if not args.no_db:
+        from presence_core import db
+        from presence_core.config import load_settings
+
+        settings = load_settings(database_url=args.database_url, home=args.home)
+        engine = db.connect(settings)
+    server = PresenceServer(engine, options)
+    try:
+        asyncio.run(server.serve(args.host, args.port))
+    finally:
+        if engine is not None:
+            engine.dispose()
+    return 0
