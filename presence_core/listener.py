@@ -1,0 +1,1178 @@
+"""Log every status transition a presence server announces into PostgreSQL, until stopped.
+
+The listener is a python-socketio ``AsyncClient`` that speaks the guide's protocol
+and needs nothing else from the server: it works against ``presence serve`` and
+against the guide's own Node backend.
+
+How it works (docs/listener.md says more):
+
+- It connects with jittered exponential backoff, for as long as it takes. On every
+  (re)connect it opens a coverage interval (``presence_coverage``), asks
+  ``getOnlineUsers`` and reconciles the snapshot with the database (DESIGN
+  "Semantics"): ``online`` rows for users the database missed, ``inferred``
+  ``offline`` rows at the start of the gap for users who left unseen.
+- Each ``userStatusChanged`` is a transition when the status changed and a
+  sighting (``last_seen`` only) when it repeats. ``occurred_at`` follows DESIGN
+  "Clock". Bad events are logged and counted, never written.
+- Socket handlers only parse and queue; a separate writer task commits batches
+  with :func:`presence_core.storage.write_batch` (idempotent) at least every
+  200 ms. When the database is down, or the bounded queue is full, records go to
+  an append-only spool (:mod:`presence_core.spool`) and are replayed, in order,
+  when the database answers again.
+- Its heartbeat row in ``presence_listeners`` is refreshed every few seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import re
+import signal
+import socket
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import socketio
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import CollectorRegistry
+from sqlalchemy import Engine, and_, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
+
+from presence_core import tables
+from presence_core.protocol import (
+    OnlineUser,
+    ProtocolError,
+    parse_online_users,
+    parse_status_changed,
+)
+from presence_core.spool import Spool
+from presence_core.storage import OFFLINE, Sighting, Transition, current_state, write_batch
+
+log = logging.getLogger("presence.listener")
+
+ONLINE = "online"
+CLOCK_AHEAD_LIMIT = timedelta(seconds=5)  # DESIGN "Clock"
+CLOCK_BEHIND_LIMIT = timedelta(days=1)  # a lastSeen older than this is not believed either
+TICK = timedelta(microseconds=1)  # keeps a user's rows strictly ordered in time
+MAX_REASON = 64
+MAX_NAME = 256
+MAX_LOGGED_PAYLOAD = 200
+
+
+# --- records the writer commits --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CoverageMark:
+    """The opening (``ended_at`` None) or the closing of a coverage interval."""
+
+    listener: str
+    started_at: datetime
+    ended_at: datetime | None = None
+
+
+Record = Transition | Sighting | CoverageMark
+
+
+def record_to_dict(record: Record) -> dict:
+    """A record as a JSON-ready dict (for the spool)."""
+    if isinstance(record, Transition):
+        return {
+            "k": "t",
+            "u": record.user_id,
+            "s": record.status,
+            "o": record.occurred_at.isoformat(),
+            "r": record.received_at.isoformat(),
+            "i": record.inferred,
+            "why": record.reason,
+            "src": record.source,
+            "ut": record.user_type,
+            "un": record.user_name,
+            "tm": record.team,
+        }
+    if isinstance(record, Sighting):
+        return {
+            "k": "s",
+            "u": record.user_id,
+            "l": record.last_seen.isoformat(),
+            "ut": record.user_type,
+            "un": record.user_name,
+            "tm": record.team,
+        }
+    return {
+        "k": "c",
+        "n": record.listener,
+        "a": record.started_at.isoformat(),
+        "e": record.ended_at.isoformat() if record.ended_at else None,
+    }
+
+
+def record_from_dict(data: Mapping) -> Record:
+    """The inverse of :func:`record_to_dict`; raises ValueError/KeyError for junk."""
+    kind = data["k"]
+    ts = datetime.fromisoformat
+    if kind == "t":
+        return Transition(
+            user_id=data["u"],
+            status=data["s"],
+            occurred_at=ts(data["o"]),
+            received_at=ts(data["r"]),
+            inferred=bool(data["i"]),
+            reason=data.get("why"),
+            source=data.get("src"),
+            user_type=data.get("ut"),
+            user_name=data.get("un"),
+            team=data.get("tm"),
+        )
+    if kind == "s":
+        return Sighting(
+            user_id=data["u"],
+            last_seen=ts(data["l"]),
+            user_type=data.get("ut"),
+            user_name=data.get("un"),
+            team=data.get("tm"),
+        )
+    if kind == "c":
+        return CoverageMark(
+            listener=data["n"],
+            started_at=ts(data["a"]),
+            ended_at=ts(data["e"]) if data["e"] else None,
+        )
+    raise ValueError(f"unknown spool record kind {kind!r}")
+
+
+# --- database access (all of the listener's SQL) ----------------------------------------
+
+
+class DatabaseDown(Exception):
+    """The database did not answer (connection refused, lost, shutting down)."""
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    if isinstance(exc, (OperationalError, InterfaceError, OSError)):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+def write_records(engine: Engine, records: Sequence[Record]) -> tuple[int, int]:
+    """Commit ``records`` in one transaction; return (transitions inserted, rejected).
+
+    Idempotent. Raises :class:`DatabaseDown` when the database cannot be reached.
+    A batch the database refuses for its content (which the listener's checks
+    should make impossible) is retried record by record and the refused records
+    are dropped and logged, so one bad row never blocks the rest.
+    """
+    try:
+        return _write_once(engine, records), 0
+    except SQLAlchemyError as exc:
+        if _is_connection_error(exc):
+            raise DatabaseDown(_first_line(exc)) from None
+        if len(records) == 1:
+            log.error("event=row_refused record=%r error=%s", records[0], _first_line(exc))
+            return 0, 1
+    except OSError as exc:
+        raise DatabaseDown(str(exc)) from None
+    inserted = rejected = 0
+    for record in records:
+        done, refused = write_records(engine, [record])
+        inserted += done
+        rejected += refused
+    return inserted, rejected
+
+
+def _write_once(engine: Engine, records: Sequence[Record]) -> int:
+    transitions = [r for r in records if isinstance(r, Transition)]
+    sightings = [r for r in records if isinstance(r, Sighting)]
+    marks = [r for r in records if isinstance(r, CoverageMark)]
+    with engine.begin() as conn:
+        result = write_batch(conn, transitions, sightings)
+        for mark in marks:
+            _write_mark(conn, mark)
+    return result.inserted
+
+
+def _write_mark(conn, mark: CoverageMark) -> None:
+    """Open or close a coverage interval; idempotent and order-independent."""
+    cov = tables.coverage
+    key = and_(cov.c.listener == mark.listener, cov.c.started_at == mark.started_at)
+    if mark.ended_at is not None:
+        done = conn.execute(update(cov).where(key).values(ended_at=mark.ended_at)).rowcount
+        if done:
+            return
+    exists = conn.execute(select(cov.c.id).where(key).limit(1)).first()
+    if exists is None:
+        conn.execute(
+            cov.insert().values(
+                listener=mark.listener, started_at=mark.started_at, ended_at=mark.ended_at
+            )
+        )
+
+
+def close_dangling_coverage(engine: Engine, listener: str, now: datetime) -> datetime | None:
+    """Close the intervals a killed listener of this name left open, at its last
+    heartbeat (the moment up to which everything it received was durable), and
+    return the end of its latest interval: the start of the gap to reconcile.
+    None when this listener has never run."""
+    cov, hb = tables.coverage, tables.listeners
+    with engine.begin() as conn:
+        heartbeat = conn.execute(
+            select(hb.c.heartbeat_at).where(hb.c.listener == listener)
+        ).scalar_one_or_none()
+        dangling = conn.execute(
+            select(cov.c.id, cov.c.started_at).where(
+                cov.c.listener == listener, cov.c.ended_at.is_(None)
+            )
+        ).all()
+        for row in dangling:
+            end = row.started_at
+            if heartbeat is not None and heartbeat > end:
+                end = min(heartbeat, now)
+            conn.execute(update(cov).where(cov.c.id == row.id).values(ended_at=end))
+            log.info(
+                "event=coverage_closed_after_crash listener=%s started_at=%s ended_at=%s",
+                listener,
+                row.started_at.isoformat(),
+                end.isoformat(),
+            )
+        return conn.execute(
+            select(func.max(cov.c.ended_at)).where(cov.c.listener == listener)
+        ).scalar_one_or_none()
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """The listener's row in ``presence_listeners``."""
+
+    listener: str
+    server_url: str
+    host: str
+    pid: int
+    started_at: datetime
+    heartbeat_at: datetime
+    connected: bool
+    last_event_at: datetime | None
+    events_received: int
+    transitions_written: int
+    stopped_at: datetime | None = None
+
+
+def write_heartbeat(engine: Engine, beat: Heartbeat) -> None:
+    """Upsert the listener's heartbeat row."""
+    values = {name: getattr(beat, name) for name in beat.__dataclass_fields__}
+    stmt = pg_insert(tables.listeners).values(**values)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[tables.listeners.c.listener],
+        set_={k: stmt.excluded[k] for k in values if k != "listener"},
+    )
+    with engine.begin() as conn:
+        conn.execute(stmt)
+
+
+# --- pure decisions --------------------------------------------------------------------
+
+
+@dataclass
+class UserView:
+    """What the listener believes about a user: status, since when, last sign of life."""
+
+    status: str
+    since: datetime | None
+    last_seen: datetime | None
+
+
+def event_time(
+    last_seen: datetime | None, problem: str | None, received_at: datetime
+) -> tuple[datetime, str | None]:
+    """DESIGN "Clock": the event's ``lastSeen``, unless it is missing, unparseable,
+    more than 5 s ahead of ``received_at`` (or more than a day behind it); then
+    ``received_at``, with a note for the row's ``reason``."""
+    if last_seen is None:
+        return received_at, f"clock: lastSeen {problem or 'missing'}, received_at used"
+    ahead = last_seen - received_at
+    if ahead > CLOCK_AHEAD_LIMIT:
+        return received_at, f"clock: lastSeen {ahead.total_seconds():.1f} s ahead, received_at used"
+    if -ahead > CLOCK_BEHIND_LIMIT:
+        return received_at, "clock: lastSeen over a day old, received_at used"
+    return last_seen, None
+
+
+def _after(view: UserView | None, at: datetime) -> datetime:
+    """``at``, moved just after the user's current status began if it is not later."""
+    if view is not None and view.since is not None and at <= view.since:
+        return view.since + TICK
+    return at
+
+
+def plan_reconcile(
+    state: Mapping[str, UserView],
+    snapshot: Iterable[OnlineUser],
+    *,
+    gap_start: datetime | None,
+    reconnect_at: datetime,
+    received_at: datetime,
+    source: str | None = None,
+) -> list[Transition | Sighting]:
+    """The rows that bring ``state`` in line with a server's ``onlineUsersList``.
+
+    - A user in the snapshot whose status differs gets a row with the snapshot's
+      status at its ``lastSeen`` when that falls inside the gap (after
+      ``gap_start``, at most 5 s after ``reconnect_at``), else at ``reconnect_at``.
+    - A present user absent from the snapshot gets an ``inferred`` ``offline`` row at
+      ``gap_start`` (never overstate presence); with no earlier coverage at all, at
+      the user's last sign of life.
+    - Users whose status agrees get a sighting (names, ``last_seen``).
+
+    Rows are kept after the user's current ``status_since``.
+    """
+    rows: list[Transition | Sighting] = []
+    seen: set[str] = set()
+    for user in snapshot:
+        if user.user_id in seen:
+            continue
+        seen.add(user.user_id)
+        view = state.get(user.user_id)
+        names = {"user_type": user.user_type, "user_name": user.user_name, "team": user.team}
+        if (view.status if view else OFFLINE) == user.status:
+            rows.append(Sighting(user.user_id, received_at, **names))
+            continue
+        at, reason = user.last_seen, "reconcile"
+        if at is None:
+            at, reason = reconnect_at, f"reconcile: lastSeen {user.last_seen_problem}"
+        elif gap_start is not None and at < gap_start:
+            at, reason = reconnect_at, "reconcile: lastSeen before the gap, reconnect time used"
+        elif at > reconnect_at + CLOCK_AHEAD_LIMIT:
+            at, reason = reconnect_at, "reconcile: lastSeen ahead, reconnect time used"
+        rows.append(
+            Transition(
+                user.user_id,
+                user.status,
+                _after(view, at),
+                received_at,
+                inferred=False,
+                reason=reason,
+                source=source,
+                **names,
+            )
+        )
+    for user_id, view in state.items():
+        if view.status == OFFLINE or user_id in seen:
+            continue
+        if gap_start is not None:
+            at, reason = gap_start, "reconcile: absent from onlineUsersList"
+        else:
+            at = min(view.last_seen or view.since or reconnect_at, reconnect_at)
+            reason = "reconcile: absent from onlineUsersList, no earlier coverage"
+        rows.append(
+            Transition(
+                user_id,
+                OFFLINE,
+                _after(view, at),
+                received_at,
+                inferred=True,
+                reason=reason,
+                source=source,
+            )
+        )
+    return rows
+
+
+def backoff_delay(attempt: int, base: float = 0.5, cap: float = 10.0) -> float:
+    """Exponential backoff with full jitter in [cap/2, cap] once capped: the delay
+    before attempt ``attempt`` (1 for the first retry)."""
+    ceiling = min(cap, base * 2 ** min(attempt - 1, 20))
+    return random.uniform(ceiling / 2, ceiling)
+
+
+def _clean_text(value: object, limit: int = MAX_NAME) -> str | None:
+    if not isinstance(value, str):
+        return None
+    text = value.replace("\x00", "").strip()[:limit]
+    return text or None
+
+
+def _payload_names(payload: Mapping) -> dict:
+    return {
+        "user_type": _clean_text(payload.get("userType")),
+        "user_name": _clean_text(payload.get("userName")),
+        "team": _clean_text(payload.get("team")),
+    }
+
+
+def _short(payload: object) -> str:
+    text = repr(payload)
+    return text if len(text) <= MAX_LOGGED_PAYLOAD else text[: MAX_LOGGED_PAYLOAD - 3] + "..."
+
+
+def _first_line(exc: BaseException) -> str:
+    inner = getattr(exc, "orig", None) or exc
+    lines = [line.strip() for line in str(inner).splitlines() if line.strip()]
+    return lines[0] if lines else type(inner).__name__
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+# --- statistics and metrics ------------------------------------------------------------
+
+
+@dataclass
+class Stats:
+    """Counters of one listener (read by tests, the heartbeat and Prometheus)."""
+
+    events_received: int = 0
+    transitions_written: int = 0
+    sightings_queued: int = 0
+    spooled: int = 0
+    replayed: int = 0
+    rejected: int = 0
+    reconnects: int = 0
+    reconciles: int = 0
+    db_errors: int = 0
+    last_event_at: datetime | None = None
+    connected: bool = False
+
+
+class _Collector:
+    """Prometheus view of a listener, computed when scraped."""
+
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+
+    def collect(self):
+        lst, st = self.listener, self.listener.stats
+        labels = ["listener"]
+        name = [lst.name]
+
+        def counter(metric: str, doc: str, value: float):
+            family = CounterMetricFamily(f"presence_listener_{metric}", doc, labels=labels)
+            family.add_metric(name, value)
+            return family
+
+        def gauge(metric: str, doc: str, value: float):
+            family = GaugeMetricFamily(f"presence_listener_{metric}", doc, labels=labels)
+            family.add_metric(name, value)
+            return family
+
+        yield counter("events_received", "userStatusChanged events received", st.events_received)
+        yield counter(
+            "transitions_written", "transition rows inserted (new)", st.transitions_written
+        )
+        yield counter("spooled", "records appended to the spool", st.spooled)
+        yield counter("replayed", "spooled records replayed into the database", st.replayed)
+        yield counter("rejected", "bad events and refused rows, never written", st.rejected)
+        yield counter("reconnects", "connections to the server after the first", st.reconnects)
+        yield counter("db_errors", "failed attempts to reach the database", st.db_errors)
+        age = (_now() - st.last_event_at).total_seconds() if st.last_event_at else float("nan")
+        yield gauge("last_event_age_seconds", "seconds since the last event", age)
+        yield gauge("queue_depth", "records waiting for the writer", len(lst._queue))
+        yield gauge("spool_bytes", "bytes in the spool", lst.spool.size_bytes())
+        yield gauge("connected", "1 while connected to the server", 1 if st.connected else 0)
+
+
+# --- the listener ----------------------------------------------------------------------
+
+
+@dataclass
+class _Pending:
+    received_at: datetime
+    record: Record
+
+
+@dataclass
+class Listener:
+    """A listener on one server, writing into ``engine``'s database.
+
+    ``await listener.run()`` runs until :meth:`stop`; it returns after flushing
+    and closing the coverage interval. Usable in-process (tests, the demo) and by
+    ``presence listen``.
+    """
+
+    engine: Engine
+    server_url: str
+    name: str | None = None
+    token: str | None = None
+    spool_dir: Path | str | None = None
+    flush_interval: float = 0.2
+    max_batch: int = 5000
+    queue_size: int = 100_000
+    heartbeat_interval: float = 2.0
+    names_interval: float = 1.0
+    reconcile_timeout: float = 5.0
+    retry_cap: float = 5.0
+    db_retry: float = 1.0
+    transports: list[str] | None = None
+    stats: Stats = field(default_factory=Stats)
+
+    def __post_init__(self) -> None:
+        self.name = self.name or default_name(self.server_url)
+        home = Path(os.environ.get("PRESENCE_HOME") or "~/.local/share/presence-analytics")
+        directory = self.spool_dir or home.expanduser() / "spool" / _slug(self.name)
+        self.spool = Spool(directory)
+        self._queue: deque[_Pending] = deque()
+        self._inbox: deque[tuple[str, datetime, object]] = deque()
+        self._state: dict[str, UserView] = {}
+        self._named: set[str] = set()
+        self._requests: deque[str] = deque()
+        self._spooling = False
+        self._reconciling = False
+        self._reconciled = False
+        self._gap_start: datetime | None = None
+        self._connected_at: datetime | None = None
+        self._inflight: list[_Pending] | None = None
+        self._want_names = False
+        self._closing = False
+        self._started_at = _now()
+        self._stop: asyncio.Event | None = None
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sio: socketio.AsyncClient | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self.ready = asyncio.Event()  # set once the database state is loaded
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(_Collector(self))
+
+    # -- public ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until :meth:`stop`: connect, reconcile, log; flush and close on the way out."""
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._started_at = _now()
+        if not await self._prepare():
+            return
+        self.ready.set()
+        writer = asyncio.create_task(self._writer_loop(), name="listener-writer")
+        side = [
+            asyncio.create_task(self._heartbeat_loop(), name="listener-heartbeat"),
+            asyncio.create_task(self._names_loop(), name="listener-names"),
+        ]
+        try:
+            await self._connection_loop()
+        finally:
+            await self._shutdown(writer, side)
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to finish (safe from any thread and from signal handlers)."""
+        if self._loop is None or self._stop is None:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            self._stop.set()
+        else:
+            self._loop.call_soon_threadsafe(self._stop.set)
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    @property
+    def spooling(self) -> bool:
+        return self._spooling
+
+    def view(self, user_id: str) -> UserView | None:
+        """What the listener believes about ``user_id`` now."""
+        return self._state.get(user_id)
+
+    # -- start-up ----------------------------------------------------------------------
+
+    async def _prepare(self) -> bool:
+        """Replay a spool left by a previous run, close its coverage, load the state.
+        Waits (with backoff) for the database; False when stopped meanwhile."""
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                self._gap_start = await asyncio.to_thread(self._prepare_db)
+                log.info(
+                    "event=started listener=%s server=%s users=%d gap_start=%s spool=%s",
+                    self.name,
+                    self.server_url,
+                    len(self._state),
+                    self._gap_start.isoformat() if self._gap_start else "none",
+                    self.spool.directory,
+                )
+                return True
+            except DatabaseDown as exc:
+                attempt += 1
+                self.stats.db_errors += 1
+                delay = backoff_delay(attempt, cap=self.retry_cap)
+                log.warning("event=database_unavailable error=%r retry_in=%.1f", str(exc), delay)
+                await self._sleep(delay)
+        return False
+
+    def _prepare_db(self) -> datetime | None:
+        try:
+            self.spool.rotate()
+            replayed = self.spool.replay(self._write_dicts)
+            if replayed:
+                self.stats.replayed += replayed
+                log.info("event=spool_replayed_at_start records=%d", replayed)
+            gap = close_dangling_coverage(self.engine, self.name, _now())
+            self._load_state(current_state(self.engine))
+            self._beat_now(connected=False)
+            return gap
+        except SQLAlchemyError as exc:
+            if _is_connection_error(exc):
+                raise DatabaseDown(_first_line(exc)) from None
+            raise
+
+    def _load_state(self, rows: Mapping) -> None:
+        self._state = {
+            uid: UserView(row.status, row.status_since, row.last_seen) for uid, row in rows.items()
+        }
+        self._named = {uid for uid, row in rows.items() if row.user_name}
+
+    # -- the connection ----------------------------------------------------------------
+
+    async def _connection_loop(self) -> None:
+        attempt = 0
+        first = True
+        while not self._stop.is_set():
+            lost = asyncio.Event()
+            sio = self._client(lost)
+            try:
+                await sio.connect(
+                    self.server_url,
+                    auth={"token": self.token} if self.token else None,
+                    transports=self.transports,
+                    wait_timeout=5,
+                )
+            except (socketio.exceptions.ConnectionError, OSError, ValueError) as exc:
+                attempt += 1
+                delay = backoff_delay(attempt, cap=self.retry_cap)
+                log.warning(
+                    "event=connect_failed server=%s attempt=%d error=%r retry_in=%.2f",
+                    self.server_url,
+                    attempt,
+                    str(exc),
+                    delay,
+                )
+                with contextlib.suppress(Exception):
+                    await sio.disconnect()
+                await self._sleep(delay)
+                continue
+            if not first:
+                self.stats.reconnects += 1
+            first, attempt = False, 0
+            self._sio = sio
+            stop_wait = asyncio.create_task(self._stop.wait())
+            lost_wait = asyncio.create_task(lost.wait())
+            await asyncio.wait({stop_wait, lost_wait}, return_when=asyncio.FIRST_COMPLETED)
+            stop_wait.cancel()
+            lost_wait.cancel()
+            if self._stop.is_set():
+                with contextlib.suppress(Exception):
+                    await sio.disconnect()
+            await asyncio.sleep(0)  # let queued message tasks and the disconnect run
+            self._sio = None
+            if not self._stop.is_set():
+                await self._sleep(backoff_delay(1, cap=self.retry_cap))
+
+    def _client(self, lost: asyncio.Event) -> socketio.AsyncClient:
+        sio = socketio.AsyncClient(reconnection=False, logger=False, engineio_logger=False)
+        loop = self._loop
+
+        def on_connect():
+            self._arrive("connected", sio)
+
+        def on_disconnect(*_reason):
+            at = _now()
+            lost.set()
+            # after the message tasks already scheduled, so no event overtakes it
+            loop.call_soon(self._arrive, "disconnected", None, at)
+
+        def on_status_changed(*args):
+            at = _now()
+            self.stats.events_received += 1
+            self.stats.last_event_at = at
+            self._arrive("event", args, at)
+
+        def on_online_users(*args):
+            self._arrive("snapshot", args)
+
+        sio.on("connect", on_connect)
+        sio.on("disconnect", on_disconnect)
+        sio.on("userStatusChanged", on_status_changed)
+        sio.on("onlineUsersList", on_online_users)
+        return sio
+
+    def _arrive(self, kind: str, payload: object, at: datetime | None = None) -> None:
+        self._inbox.append((kind, at or _now(), payload))
+        self._pump()
+
+    def _pump(self) -> None:
+        """Handle what arrived, in order; stops while a reconcile awaits the database."""
+        while self._inbox and not self._reconciling:
+            kind, at, payload = self._inbox.popleft()
+            if kind == "event":
+                self._on_status_changed(payload, at)
+            elif kind == "snapshot":
+                self._on_snapshot(payload, at)
+            elif kind == "connected":
+                self._on_connected(at, payload)
+            elif kind == "disconnected":
+                self._on_disconnected(at)
+
+    def _on_connected(self, at: datetime, sio: socketio.AsyncClient) -> None:
+        self.stats.connected = True
+        self._connected_at = at
+        self._enqueue(CoverageMark(self.name, at), at)
+        self._requests.clear()
+        self._requests.append("reconcile")
+        log.info("event=connected listener=%s server=%s", self.name, self.server_url)
+        self._spawn(self._ask_online_users(sio))
+
+    def _on_disconnected(self, at: datetime) -> None:
+        if not self.stats.connected:
+            return
+        self.stats.connected = False
+        self._enqueue(CoverageMark(self.name, self._connected_at, at), at)
+        if self._reconciled:
+            self._gap_start = at
+            self._reconciled = False
+        log.info("event=disconnected listener=%s server=%s", self.name, self.server_url)
+
+    async def _ask_online_users(self, sio: socketio.AsyncClient | None) -> None:
+        try:
+            if sio is not None:
+                await sio.emit("getOnlineUsers")
+        except Exception as exc:  # a connection lost meanwhile; the next connect asks again
+            log.warning("event=ask_online_users_failed error=%r", str(exc))
+
+    # -- events ------------------------------------------------------------------------
+
+    def _reject(self, what: str, error: str, payload: object) -> None:
+        self.stats.rejected += 1
+        if self.stats.rejected <= 100 or self.stats.rejected % 1000 == 0:
+            log.warning(
+                "event=rejected what=%s error=%r payload=%s total=%d",
+                what,
+                error,
+                _short(payload),
+                self.stats.rejected,
+            )
+
+    def _on_status_changed(self, args: object, received_at: datetime) -> None:
+        payload = args[0] if isinstance(args, tuple) and len(args) == 1 else args
+        try:
+            change = parse_status_changed(payload)
+            if "\x00" in change.user_id:
+                raise ProtocolError("userStatusChanged: userId contains a NUL character")
+        except ProtocolError as exc:
+            self._reject("userStatusChanged", str(exc), payload)
+            return
+        occurred, note = event_time(change.last_seen, change.last_seen_problem, received_at)
+        names = _payload_names(payload)
+        uid = change.user_id
+        if names["user_name"]:
+            self._named.add(uid)
+        view = self._state.get(uid)
+        if (view.status if view else OFFLINE) == change.status:
+            if view is not None and (view.last_seen is None or occurred > view.last_seen):
+                view.last_seen = occurred
+            self.stats.sightings_queued += 1
+            self._enqueue(Sighting(uid, occurred, **names), received_at)
+            return
+        reason = _clean_text(payload.get("reason"), MAX_REASON)
+        at = _after(view, occurred)
+        if at != occurred:
+            note = "; ".join(filter(None, [note, "moved after the previous transition"]))
+        reason = "; ".join(filter(None, [reason, note])) or None
+        self._state[uid] = UserView(change.status, at, at)
+        self._enqueue(
+            Transition(uid, change.status, at, received_at, False, reason, self.name, **names),
+            received_at,
+        )
+        if change.status != OFFLINE and uid not in self._named:
+            self._want_names = True
+
+    def _on_snapshot(self, args: object, received_at: datetime) -> None:
+        payload = args[0] if isinstance(args, tuple) and len(args) == 1 else args
+        purpose = self._requests.popleft() if self._requests else "names"
+        if not isinstance(payload, list):
+            self._reject("onlineUsersList", "not an array", payload)
+            return
+        users: list[OnlineUser] = []
+        for entry in payload:
+            try:
+                user = parse_online_users([entry])[0]
+                if "\x00" in user.user_id:
+                    raise ProtocolError("onlineUsersList: userId contains a NUL character")
+                users.append(user)
+            except ProtocolError as exc:
+                self._reject("onlineUsersList", str(exc), entry)
+        if purpose == "reconcile":
+            self._reconciling = True
+            self._spawn(self._reconcile(users, received_at))
+            return
+        for user in users:  # a names refresh: only names and signs of life
+            if user.user_name:
+                self._named.add(user.user_id)
+            view = self._state.get(user.user_id)
+            if view is not None and view.status == user.status:
+                self._enqueue(
+                    Sighting(user.user_id, received_at, user.user_type, user.user_name, user.team),
+                    received_at,
+                )
+
+    async def _reconcile(self, users: list[OnlineUser], received_at: datetime) -> None:
+        try:
+            fresh = await self._database_state()
+            if fresh is not None:
+                self._load_state(fresh)
+            else:
+                log.warning("event=reconcile_from_memory reason=database_unavailable")
+            rows = plan_reconcile(
+                self._state,
+                users,
+                gap_start=self._gap_start,
+                reconnect_at=self._connected_at or received_at,
+                received_at=received_at,
+                source=self.name,
+            )
+            changed = 0
+            for row in rows:
+                if isinstance(row, Transition):
+                    changed += 1
+                    self._state[row.user_id] = UserView(
+                        row.status, row.occurred_at, row.occurred_at
+                    )
+                if row.user_name:
+                    self._named.add(row.user_id)
+                self._enqueue(row, received_at)
+            self._reconciled = True
+            self.stats.reconciles += 1
+            log.info(
+                "event=reconciled listener=%s online=%d transitions=%d gap_start=%s",
+                self.name,
+                len(users),
+                changed,
+                self._gap_start.isoformat() if self._gap_start else "none",
+            )
+        except Exception:
+            log.exception("event=reconcile_failed")
+        finally:
+            self._reconciling = False
+            self._pump()
+
+    async def _database_state(self) -> Mapping | None:
+        """The database's current state once everything queued is committed; None
+        when the database is down or too slow (the caller then trusts memory)."""
+        deadline = time.monotonic() + self.reconcile_timeout
+        self._wake.set()
+        while self._queue or self._inflight is not None or self._spooling:
+            if time.monotonic() > deadline:
+                return None
+            await asyncio.sleep(0.01)
+        try:
+            return await asyncio.wait_for(
+                asyncio.to_thread(current_state, self.engine),
+                max(0.1, deadline - time.monotonic()),
+            )
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            self.stats.db_errors += 1
+            log.warning("event=state_read_failed error=%r", _first_line(exc))
+            return None
+
+    # -- the writer --------------------------------------------------------------------
+
+    def _enqueue(self, record: Record, received_at: datetime) -> None:
+        item = _Pending(received_at, record)
+        if self._spooling:
+            self._spool([item])
+            return
+        if len(self._queue) >= self.queue_size:
+            log.warning("event=queue_full depth=%d action=spool", len(self._queue))
+            items = [*self._queue, item]
+            self._queue.clear()
+            self._spooling = True
+            self._spool(items)
+            return
+        self._queue.append(item)
+        if len(self._queue) == 1 or len(self._queue) >= self.max_batch:
+            self._wake.set()
+
+    def _spool(self, items: Sequence[_Pending]) -> None:
+        self.stats.spooled += self.spool.append(record_to_dict(p.record) for p in items)
+
+    def _take(self) -> list[_Pending]:
+        n = min(len(self._queue), self.max_batch)
+        return [self._queue.popleft() for _ in range(n)]
+
+    async def _writer_loop(self) -> None:
+        next_replay = 0.0
+        while True:
+            if not self._queue and not self._closing:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.flush_interval)
+            batch = self._take()
+            if self._spooling:
+                if batch:
+                    self._spool(batch)
+                if time.monotonic() >= next_replay:
+                    if await self._replay():
+                        continue
+                    next_replay = time.monotonic() + self.db_retry
+                if self._closing and not self._queue:
+                    self.spool.sync()
+                    log.warning("event=stopped_with_spool records_kept_in=%s", self.spool.directory)
+                    return
+                continue
+            if batch:
+                self._inflight = batch
+                try:
+                    inserted, refused = await asyncio.to_thread(
+                        write_records, self.engine, [p.record for p in batch]
+                    )
+                    self.stats.transitions_written += inserted
+                    self.stats.rejected += refused
+                except DatabaseDown as exc:
+                    self.stats.db_errors += 1
+                    log.warning(
+                        "event=database_down action=spool records=%d error=%r", len(batch), str(exc)
+                    )
+                    self._spooling = True
+                    self._spool(batch)
+                    next_replay = time.monotonic() + self.db_retry
+                finally:
+                    self._inflight = None
+            if self._closing and not self._queue and not self._spooling:
+                return
+
+    async def _replay(self) -> bool:
+        """Replay the spool into the database; True when it is empty and writing
+        goes straight to the database again."""
+        try:
+            while True:
+                self.spool.rotate()
+                replayed = await asyncio.to_thread(self.spool.replay, self._write_dicts)
+                self.stats.replayed += replayed
+                if replayed:
+                    log.info("event=spool_replayed records=%d", replayed)
+                if not self.spool.segments():
+                    self._spooling = False  # checked and set on the loop thread: no race
+                    log.info("event=database_back spool=empty")
+                    return True
+        except DatabaseDown as exc:
+            self.stats.db_errors += 1
+            log.debug("event=replay_failed error=%r", str(exc))
+            return False
+
+    def _write_dicts(self, dicts: list[dict]) -> None:
+        """Write spooled records (runs in a worker thread); raises DatabaseDown."""
+        records = []
+        for data in dicts:
+            try:
+                records.append(record_from_dict(data))
+            except (KeyError, ValueError, TypeError) as exc:
+                self.stats.rejected += 1
+                log.warning("event=spool_record_refused error=%r", str(exc))
+        inserted, refused = write_records(self.engine, records)
+        self.stats.transitions_written += inserted
+        self.stats.rejected += refused
+
+    # -- heartbeat, names, shutdown ------------------------------------------------------
+
+    def _durable_until(self) -> datetime:
+        """Everything received before this moment is committed or spooled."""
+        candidates = [_now()]
+        if self._queue:
+            candidates.append(self._queue[0].received_at)
+        if self._inflight:
+            candidates.append(self._inflight[0].received_at)
+        if self._inbox:
+            candidates.append(self._inbox[0][1])
+        return min(candidates)
+
+    def _beat_now(self, *, connected: bool, stopped: bool = False) -> None:
+        now = _now()
+        write_heartbeat(
+            self.engine,
+            Heartbeat(
+                listener=self.name,
+                server_url=self.server_url,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                started_at=self._started_at,
+                heartbeat_at=now if stopped else self._durable_until(),
+                connected=connected,
+                last_event_at=self.stats.last_event_at,
+                events_received=self.stats.events_received,
+                transitions_written=self.stats.transitions_written,
+                stopped_at=now if stopped else None,
+            ),
+        )
+
+    async def _heartbeat_loop(self) -> None:
+        while not self._stop.is_set():
+            await self._sleep(self.heartbeat_interval)
+            if self._spooling:
+                continue  # the database is down; the spool replay will tell
+            try:
+                await asyncio.to_thread(self._beat_now, connected=self.stats.connected)
+            except (SQLAlchemyError, OSError) as exc:
+                self.stats.db_errors += 1
+                log.debug("event=heartbeat_failed error=%r", _first_line(exc))
+
+    async def _names_loop(self) -> None:
+        """Ask for the online list when a user came online without a name, so names
+        and types reach the database even from servers that send them only there."""
+        while not self._stop.is_set():
+            await self._sleep(self.names_interval)
+            ready = self._sio is not None and self.stats.connected and not self._reconciling
+            if self._want_names and ready and not self._requests:
+                self._want_names = False
+                self._requests.append("names")
+                await self._ask_online_users(self._sio)
+
+    async def _shutdown(self, writer: asyncio.Task, side: list[asyncio.Task]) -> None:
+        for task in side:
+            task.cancel()
+        for _ in range(3):
+            await asyncio.sleep(0)
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=self.reconcile_timeout + 1)
+        self._reconciling = False
+        self._pump()
+        if self.stats.connected:
+            self._on_disconnected(_now())
+        self._closing = True
+        self._wake.set()
+        await writer
+        self.spool.close()
+        try:
+            await asyncio.to_thread(self._beat_now, connected=False, stopped=True)
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("event=final_heartbeat_failed error=%r", _first_line(exc))
+        log.info(
+            "event=stopped listener=%s events=%d transitions=%d spooled=%d replayed=%d rejected=%d",
+            self.name,
+            self.stats.events_received,
+            self.stats.transitions_written,
+            self.stats.spooled,
+            self.stats.replayed,
+            self.stats.rejected,
+        )
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, waking early when stopped."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+
+
+def default_name(server_url: str) -> str:
+    """The default listener name: this host and the server it listens to."""
+    return f"{socket.gethostname()}:{re.sub(r'^https?://', '', server_url)}"
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:100] or "listener"
+
+
+# --- the command -----------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from presence_core.cli import add_database_arguments
+
+    parser.add_argument(
+        "--server", metavar="URL", help="the Socket.IO server (default PRESENCE_SERVER_URL)"
+    )
+    parser.add_argument(
+        "--token", metavar="T", help="auth token sent as {token: T} (default PRESENCE_TOKEN)"
+    )
+    parser.add_argument(
+        "--name",
+        metavar="NAME",
+        help="this listener's name in coverage and heartbeat rows (default host:server); "
+        "a restarted listener must keep its name to reconcile its own gap",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="P",
+        help="serve Prometheus metrics on 127.0.0.1:P (/metrics); 0 = off (default)",
+    )
+    parser.add_argument(
+        "--metrics-host", default="127.0.0.1", metavar="ADDR", help="address for the metrics"
+    )
+    parser.add_argument(
+        "--spool-dir",
+        metavar="DIR",
+        help="where records wait while the database is down (default PRESENCE_HOME/spool/NAME)",
+    )
+    add_database_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from presence_core import db
+    from presence_core.config import load_settings
+    from presence_core.embedded import default_progress
+    from presence_core.errors import PresenceError
+
+    settings = load_settings(home=args.home, database_url=args.database_url, server_url=args.server)
+    if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+        raise PresenceError(f"--metrics-port {args.metrics_port} is not a port number")
+    engine = db.connect(
+        settings,
+        progress=default_progress,
+        connect_args={
+            "connect_timeout": 3,
+            "options": "-c timezone=UTC -c statement_timeout=30000",
+        },
+    )
+    spool_dir = Path(args.spool_dir) if args.spool_dir else None
+    listener = Listener(
+        engine,
+        settings.server_url,
+        name=args.name,
+        token=args.token or os.environ.get("PRESENCE_TOKEN"),
+        spool_dir=spool_dir
+        or settings.home / "spool" / _slug(args.name or default_name(settings.server_url)),
+    )
+    metrics_server = None
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+
+        try:
+            metrics_server, _ = start_http_server(
+                args.metrics_port, addr=args.metrics_host, registry=listener.registry
+            )
+        except OSError as exc:
+            raise PresenceError(
+                f"cannot serve metrics on {args.metrics_host}:{args.metrics_port}: {exc.strerror}"
+            ) from None
+        log.info("event=metrics_serving address=%s:%d", args.metrics_host, args.metrics_port)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, listener.stop)
+        await listener.run()
+
+    try:
+        asyncio.run(main())
+    finally:
+        if metrics_server is not None:
+            metrics_server.shutdown()
+        engine.dispose()
+    return 0
