@@ -1,0 +1,165 @@
+"""Manage users: `presence users import FILE.csv` sets teams, names and types.
+
+The CSV has a header line naming its columns: `user_id` and `team` required,
+`user_name` and `user_type` optional, in any order. Users not yet known are
+created (offline). An empty `user_name` or `user_type` cell leaves that field as
+it is; an empty `team` cell clears the team. A malformed file is refused with
+the line number, and nothing is changed: the whole file is one transaction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import Engine, text
+
+from presence_core import storage
+from presence_core.errors import PresenceError
+
+REQUIRED = ("user_id", "team")
+OPTIONAL = ("user_name", "user_type")
+
+
+@dataclass(frozen=True)
+class UserRow:
+    """One line of the import file."""
+
+    user_id: str
+    team: str | None
+    user_name: str | None
+    user_type: str | None
+
+
+def parse_users_csv(lines: Iterable[str], name: str = "input") -> list[UserRow]:
+    """Parse and validate the whole file; raise PresenceError naming the first bad line."""
+    reader = csv.reader(lines, strict=True)
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise PresenceError(f"{name}: empty file; expected a header user_id,team") from None
+    except csv.Error as exc:
+        raise PresenceError(f"{name}, line 1: {exc}") from None
+    columns = [c.strip().lower() for c in header]
+    unknown = [c for c in columns if c not in REQUIRED + OPTIONAL]
+    if unknown:
+        raise PresenceError(
+            f"{name}, line 1: unknown column {unknown[0]!r}; expected user_id,team"
+            f"[,user_name,user_type]"
+        )
+    missing = [c for c in REQUIRED if c not in columns]
+    if missing:
+        raise PresenceError(f"{name}, line 1: missing column {missing[0]!r}")
+    if len(set(columns)) != len(columns):
+        raise PresenceError(f"{name}, line 1: a column is named twice")
+    rows: list[UserRow] = []
+    seen: dict[str, int] = {}
+    try:
+        for fields in reader:
+            line = reader.line_num
+            if not fields or all(not f.strip() for f in fields):
+                continue
+            if len(fields) != len(columns):
+                raise PresenceError(
+                    f"{name}, line {line}: {len(fields)} fields, expected {len(columns)}"
+                )
+            record = {c: f.strip() for c, f in zip(columns, fields, strict=True)}
+            try:
+                user_id = storage.user_id_text(record["user_id"])
+            except ValueError as exc:
+                raise PresenceError(f"{name}, line {line}: {exc}") from None
+            if user_id in seen:
+                raise PresenceError(
+                    f"{name}, line {line}: user {user_id!r} already given on line {seen[user_id]}"
+                )
+            seen[user_id] = line
+            rows.append(
+                UserRow(
+                    user_id=user_id,
+                    team=record["team"] or None,
+                    user_name=record.get("user_name") or None,
+                    user_type=record.get("user_type") or None,
+                )
+            )
+    except csv.Error as exc:
+        raise PresenceError(f"{name}, line {reader.line_num}: {exc}") from None
+    return rows
+
+
+_STAGE = """
+create temporary table if not exists presence_users_import (
+    user_id text not null, team text, user_name text, user_type text
+) on commit drop
+"""
+
+_UPSERT = """
+insert into presence_users (user_id, team, user_name, user_type)
+select user_id, team, user_name, user_type from presence_users_import
+on conflict (user_id) do update set
+    team = excluded.team,
+    user_name = coalesce(excluded.user_name, presence_users.user_name),
+    user_type = coalesce(excluded.user_type, presence_users.user_type)
+"""
+
+
+def import_users(engine: Engine, rows: list[UserRow]) -> tuple[int, int]:
+    """Apply ``rows`` in one transaction; returns (users updated, users created)."""
+    with engine.begin() as conn:
+        before = conn.execute(
+            text("select count(*) from presence_users where user_id = any(:ids)"),
+            {"ids": [r.user_id for r in rows]},
+        ).scalar_one()
+        conn.execute(text(_STAGE))
+        storage._copy(
+            conn,
+            "presence_users_import",
+            ("user_id", "team", "user_name", "user_type"),
+            ((r.user_id, r.team, r.user_name, r.user_type) for r in rows),
+        )
+        conn.execute(text(_UPSERT))
+    return before, len(rows) - before
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from presence_core.cli import add_database_arguments
+
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    imp = actions.add_parser(
+        "import",
+        help="set teams (and names, types) from a CSV of user_id,team[,user_name,user_type]",
+        description=__doc__.split("\n\n", 1)[1],
+    )
+    imp.add_argument("file", metavar="FILE.csv", help="the CSV file ('-' for stdin)")
+    add_database_arguments(imp)
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from presence_core import db
+    from presence_core.config import load_settings
+    from presence_core.embedded import default_progress
+
+    if args.file == "-":
+        rows = parse_users_csv(io.StringIO(sys.stdin.read()), "stdin")
+    else:
+        path = Path(args.file)
+        try:
+            content = path.read_text(encoding="utf-8-sig")
+        except FileNotFoundError:
+            raise PresenceError(f"{path}: no such file") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PresenceError(f"{path}: cannot read: {exc}") from None
+        rows = parse_users_csv(io.StringIO(content, newline=""), str(path))
+    settings = load_settings(home=args.home, database_url=args.database_url)
+    engine = db.connect(settings, progress=default_progress)
+    try:
+        updated, created = import_users(engine, rows)
+    finally:
+        engine.dispose()
+    print(f"imported {len(rows)} users: {updated} updated, {created} created")
+    return 0
