@@ -1,0 +1,159 @@
+"""Thousands of bad payloads: each gets a presenceError, none changes anything, and the
+server keeps serving everyone else (property-based, over a real loopback connection)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.server_harness import RunningServer, running_server
+from tests.waiting import wait_for
+
+EVENTS = ("userOnline", "userOffline", "userHeartbeat", "userStatus", "getOnlineUsers")
+RESERVED = {"connect", "disconnect", "connect_error", *EVENTS}
+
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**53), max_value=2**53)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=40)
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+bad_ids = (
+    st.none()
+    | st.booleans()
+    | st.floats(allow_nan=False).filter(lambda f: not f.is_integer())
+    | st.just("")
+    | st.text(alphabet=" \t\n", min_size=1, max_size=5)
+    | st.text(min_size=257, max_size=300)
+    | st.just("x" * 100_000)
+    | st.lists(json_scalars, max_size=3)
+    | st.dictionaries(st.text(max_size=5), json_scalars, max_size=3)
+)
+good_ids = st.integers(min_value=0, max_value=10**9) | st.text(min_size=1, max_size=20).filter(
+    lambda s: s.strip() and s.strip() != "fuzz"
+)
+not_text = (
+    st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.lists(json_scalars, min_size=1, max_size=3)
+    | st.dictionaries(st.text(max_size=5), json_scalars, min_size=1, max_size=3)
+)
+bad_statuses = (
+    not_text
+    | st.just("")
+    | st.just("offline")
+    | st.text(min_size=65, max_size=80).filter(lambda s: len(s.strip()) > 64)
+    | st.text(alphabet="<>{}\"'!?;$%", min_size=1, max_size=5)
+)
+
+
+def _with(base: dict, **fields) -> dict:
+    return {**base, **fields}
+
+
+def _bad_calls() -> st.SearchStrategy[tuple[str, tuple]]:
+    """(event, arguments) pairs the server must refuse."""
+    not_object = json_values.filter(lambda v: not isinstance(v, dict)) | st.binary(max_size=30)
+    any_event = st.sampled_from(["userOnline", "userOffline", "userHeartbeat", "userStatus"])
+    return st.one_of(
+        # not an object at all
+        st.tuples(any_event, not_object.map(lambda v: (v,))).filter(lambda c: c[1] != (None,)),
+        # a bad userId
+        st.tuples(any_event, st.builds(lambda i, x: (_with(x, userId=i),), bad_ids, st.just({}))),
+        # names that are not strings, or too long
+        st.tuples(
+            st.just("userOnline"),
+            st.builds(
+                lambda field, value: ({"userId": "fuzz", field: value},),
+                st.sampled_from(["userName", "userType", "team"]),
+                not_text
+                | st.text(min_size=257, max_size=300).filter(lambda s: len(s.strip()) > 256),
+            ),
+        ),
+        # someone else's id
+        st.tuples(
+            st.sampled_from(["userOffline", "userHeartbeat"]),
+            good_ids.map(lambda i: ({"userId": i},)),
+        ),
+        st.tuples(
+            st.just("userStatus"), good_ids.map(lambda i: ({"userId": i, "status": "away"},))
+        ),
+        # a bad status for one's own id
+        st.tuples(
+            st.just("userStatus"), bad_statuses.map(lambda s: ({"userId": "fuzz", "status": s},))
+        ),
+        # getOnlineUsers with data
+        st.tuples(
+            st.just("getOnlineUsers"),
+            json_values.filter(lambda v: v is not None and v != {}).map(lambda v: (v,)),
+        ),
+        # too many arguments
+        st.tuples(
+            st.sampled_from(EVENTS),
+            st.tuples(json_values, json_values),
+        ),
+        # an unknown event
+        st.tuples(
+            st.text(min_size=1, max_size=30).filter(lambda e: e not in RESERVED),
+            st.lists(json_values, max_size=2).map(tuple),
+        ),
+    )
+
+
+@pytest.fixture(scope="module")
+def fuzzed() -> Iterator[tuple[RunningServer, object, object]]:
+    with running_server() as srv:
+        watcher = srv.client()
+        fuzzer = srv.client()
+        fuzzer.emit("userOnline", {"userId": "fuzz", "userType": "agent", "userName": "F"})
+        watcher.wait_change("fuzz", "online")
+        yield srv, watcher, fuzzer
+
+
+calls_made = {"n": 0}
+
+
+@settings(
+    max_examples=2000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(call=_bad_calls())
+def test_bad_payloads_are_refused_and_change_nothing(fuzzed, call):
+    srv, _, fuzzer = fuzzed
+    event, args = call
+    answer = fuzzer.loop.run(
+        fuzzer.sio.call(event, args if len(args) != 1 else args[0], timeout=10)
+    )
+    calls_made["n"] += 1
+    assert isinstance(answer, dict) and answer["ok"] is False, (event, args, answer)
+    assert isinstance(answer["error"], str) and 0 < len(answer["error"]) < 300
+
+
+def test_after_the_fuzz_nothing_changed_and_everyone_is_served(fuzzed):
+    srv, watcher, fuzzer = fuzzed
+    assert calls_made["n"] >= 1000  # the property above ran first, in this module
+    wait_for(
+        lambda: len(fuzzer.received("presenceError")) == calls_made["n"],
+        what="one presenceError per bad call",
+    )
+    assert srv.snapshot() == {"fuzz": ("online", 1)}
+    assert fuzzer.sio.connected
+    assert watcher.changes() == [("fuzz", "online")]  # no broadcast for any of them
+    newcomer = srv.client()
+    newcomer.emit("userOnline", {"userId": 77})
+    watcher.wait_change(77, "online")
+    assert {u["userId"] for u in watcher.online_list()} == {"fuzz", 77}
