@@ -1,0 +1,1 @@
+"""The Streamlit dashboard: entry point (``app.py``) and helpers shared by ``pages/``."""

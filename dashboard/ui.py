@@ -1,0 +1,287 @@
+"""Drawing helpers shared by the pages: status dots, times in the viewer's zone,
+empty states, the "database is down" notice and the optional access gate."""
+
+from __future__ import annotations
+
+import hmac
+import html
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, tzinfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import pandas as pd
+import streamlit as st
+
+from presence_core import status as st_status
+from presence_core.status import AMBER, GRAY, GREEN
+
+NO_DATA_HINT = (
+    "No presence data yet. Start the listener against a presence server "
+    "(`presence serve` and `presence listen`), or run everything at once with `presence demo`."
+)
+
+# A dot per color, for tables where HTML cannot go (st.dataframe cells).
+DOT_EMOJI = {GREEN: "🟢", AMBER: "🟠", GRAY: "⚪"}
+
+STYLE = f"""
+<style>
+.pd-dot {{
+  display: inline-block; width: 0.7rem; height: 0.7rem; border-radius: 50%;
+  background: var(--pd-color, {GRAY}); vertical-align: middle; flex: none;
+}}
+.pd-pulse {{ animation: pd-pulse 2s ease-out infinite; }}
+@keyframes pd-pulse {{
+  0%   {{ box-shadow: 0 0 0 0 color-mix(in srgb, var(--pd-color) 65%, transparent); }}
+  70%  {{ box-shadow: 0 0 0 0.45rem color-mix(in srgb, var(--pd-color) 0%, transparent); }}
+  100% {{ box-shadow: 0 0 0 0 transparent; }}
+}}
+@media (prefers-reduced-motion: reduce) {{ .pd-pulse {{ animation: none; }} }}
+.pd-list {{ display: grid; grid-template-columns: repeat(auto-fill, minmax(15rem, 1fr));
+  gap: 0.35rem 1rem; margin: 0.25rem 0 0.75rem 0; }}
+.pd-user {{ display: flex; align-items: center; gap: 0.55rem; padding: 0.3rem 0.2rem;
+  border-bottom: 1px solid rgba(128,128,128,0.15); min-width: 0; }}
+.pd-user .pd-name {{ font-weight: 600; overflow: hidden; text-overflow: ellipsis;
+  white-space: nowrap; }}
+.pd-user .pd-meta {{ font-size: 0.8rem; opacity: 0.7; white-space: nowrap; overflow: hidden;
+  text-overflow: ellipsis; }}
+.pd-user > div {{ min-width: 0; }}
+</style>
+"""
+
+
+def inject_style() -> None:
+    """Add the dashboard's CSS (dots, pulse, user lists) to the page."""
+    st.markdown(STYLE, unsafe_allow_html=True)
+
+
+# ---------------------------------------------------------------------------
+# time
+
+
+def viewer_zone(fallback: tzinfo | None = None) -> ZoneInfo:
+    """The viewer's time zone: the browser's (``st.context.timezone``), else
+    ``fallback``, else ``PRESENCE_TZ`` (default UTC)."""
+    try:
+        name = st.context.timezone
+    except Exception:  # outside a browser session (bare mode)
+        name = None
+    if name:
+        try:
+            return ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            pass
+    if isinstance(fallback, ZoneInfo):
+        return fallback
+    from dashboard.data import settings
+
+    return settings().tz
+
+
+def format_time(moment: datetime | pd.Timestamp | None, zone: tzinfo) -> str:
+    """``2026-11-27 18:04:09 CET`` in ``zone``; empty for a missing time."""
+    if moment is None or pd.isna(moment):
+        return ""
+    if isinstance(moment, pd.Timestamp):
+        moment = moment.to_pydatetime()
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def format_clock(moment: datetime | pd.Timestamp | None, zone: tzinfo, now: datetime) -> str:
+    """``14:05`` when ``moment`` is today in ``zone``, else ``Nov 26 14:05``."""
+    if moment is None or pd.isna(moment):
+        return ""
+    if isinstance(moment, pd.Timestamp):
+        moment = moment.to_pydatetime()
+    local = moment.astimezone(zone)
+    if local.date() == now.astimezone(zone).date():
+        return local.strftime("%H:%M")
+    return local.strftime("%b %d %H:%M").replace(" 0", " ")
+
+
+def format_duration(seconds: float | None) -> str:
+    """``2h 05m``, ``12m``, ``45s``; ``3d 4h`` for long ones; empty for None."""
+    if seconds is None or pd.isna(seconds):
+        return ""
+    seconds = max(int(seconds), 0)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m"
+    return f"{secs}s"
+
+
+# ---------------------------------------------------------------------------
+# status
+
+
+def status_text(
+    status: str | None,
+    last_seen: datetime | pd.Timestamp | None,
+    hidden: bool,
+    now: datetime,
+    zone: tzinfo,
+) -> tuple[str, str]:
+    """``(text, color)`` as the guide shows a user: a present user its status, others
+    how long ago they were seen; ``hidden`` (gray) for a user who hides it."""
+    if hidden:
+        return "hidden", GRAY
+    if last_seen is not None and pd.isna(last_seen):
+        last_seen = None
+    if isinstance(last_seen, pd.Timestamp):
+        last_seen = last_seen.to_pydatetime()
+    return st_status.display_status(status, last_seen, now=now, tz=zone)
+
+
+def dot(color: str, pulse: bool = False, title: str = "") -> str:
+    """HTML for a status dot; ``pulse`` animates it (a present, available user)."""
+    classes = "pd-dot pd-pulse" if pulse else "pd-dot"
+    label = f' title="{html.escape(title)}"' if title else ""
+    return f'<span class="{classes}" style="--pd-color:{color}"{label}></span>'
+
+
+def user_cards(rows: Iterable[dict], empty: str = "") -> str:
+    """HTML for a grid of users; each row: ``name, meta, color, pulse``."""
+    items = [
+        '<div class="pd-user">'
+        + dot(row["color"], row.get("pulse", False), row.get("title", ""))
+        + f'<div><div class="pd-name">{html.escape(str(row["name"]))}</div>'
+        + f'<div class="pd-meta">{html.escape(str(row["meta"]))}</div></div></div>'
+        for row in rows
+    ]
+    if not items:
+        return f'<div class="pd-meta">{html.escape(empty)}</div>' if empty else ""
+    return '<div class="pd-list">' + "".join(items) + "</div>"
+
+
+def display_name(user_id: object, user_name: object) -> str:
+    """The user's name, or its id when it has none."""
+    if user_name is None or (isinstance(user_name, float) and pd.isna(user_name)):
+        return str(user_id)
+    return str(user_name) or str(user_id)
+
+
+# ---------------------------------------------------------------------------
+# page furniture
+
+
+def empty_state(message: str = NO_DATA_HINT) -> None:
+    """Explain what to do when there is nothing to show."""
+    st.info(message, icon=":material/info:")
+
+
+def capped(frame: pd.DataFrame, limit: int) -> pd.DataFrame:
+    """``frame`` cut to ``limit`` rows, saying so on the page when it was cut."""
+    if len(frame) > limit:
+        st.caption(
+            f"Showing the first {limit:,} of {len(frame):,} rows; narrow the filters "
+            "or use Export for everything."
+        )
+        return frame.head(limit)
+    return frame
+
+
+def database_down(exc: BaseException, retry_every: float | None = 3.0) -> None:
+    """Say the database is down and come back by itself once it answers again
+    (every ``retry_every`` seconds; None where the caller already refreshes itself)."""
+    st.error(
+        f"**The database is not answering.** {exc}\n\n"
+        "Check that PostgreSQL is running (`presence db status` for the embedded one) and "
+        "that PRESENCE_DATABASE_URL is right. This page retries by itself every few seconds.",
+        icon=":material/cloud_off:",
+    )
+    if retry_every is None:
+        return
+
+    @st.fragment(run_every=retry_every)
+    def _retry() -> None:
+        from dashboard import data
+
+        try:
+            data.check()
+        except data.DatabaseDown:
+            st.caption(f"Last try: {datetime.now(UTC):%H:%M:%S} UTC — still down.")
+            return
+        data.clear()
+        st.rerun(scope="app")
+
+    _retry()
+
+
+def guarded(draw: Callable[[], None], retry_every: float | None = 3.0) -> None:
+    """Run ``draw``; if the database is down, show that instead and keep retrying."""
+    from dashboard import data
+
+    try:
+        draw()
+    except data.DatabaseDown as exc:
+        database_down(exc, retry_every)
+
+
+# ---------------------------------------------------------------------------
+# access
+
+
+def _secrets_section(name: str) -> dict:
+    try:
+        section = st.secrets.get(name)
+    except Exception:  # no secrets.toml at all
+        return {}
+    return dict(section) if section else {}
+
+
+def require_access() -> None:
+    """Stop the page unless the viewer may see it.
+
+    Off by default. With ``[access] password`` in ``.streamlit/secrets.toml`` a
+    password is asked (compared in constant time); with an ``[auth]`` section the
+    viewer signs in through OIDC (``st.login``), optionally limited to
+    ``[access] allowed_emails``.
+    """
+    access = _secrets_section("access")
+    if _secrets_section("auth"):
+        _require_login(access)
+    password = access.get("password")
+    if password:
+        _require_password(str(password))
+
+
+def _require_login(access: dict) -> None:
+    if not st.user.is_logged_in:
+        st.title("Presence analytics")
+        st.write("Sign in to see the dashboard.")
+        st.button("Sign in", on_click=st.login, type="primary")
+        st.stop()
+    allowed = [str(e).lower() for e in access.get("allowed_emails", [])]
+    email = str(st.user.get("email") or "").lower()
+    if allowed and email not in allowed:
+        st.error(f"{email or 'This account'} may not see this dashboard.")
+        st.button("Sign out", on_click=st.logout)
+        st.stop()
+    with st.sidebar:
+        st.caption(f"Signed in as {email or st.user.get('name', '')}")
+        st.button("Sign out", on_click=st.logout)
+
+
+def _require_password(expected: str) -> None:
+    if st.session_state.get("pd_access_granted"):
+        return
+
+    def check() -> None:
+        given = st.session_state.get("pd_password", "")
+        ok = hmac.compare_digest(given.encode(), expected.encode())
+        st.session_state["pd_access_granted"] = ok
+        st.session_state["pd_password_wrong"] = not ok
+        st.session_state["pd_password"] = ""
+
+    st.title("Presence analytics")
+    st.text_input("Password", type="password", key="pd_password", on_change=check)
+    if st.session_state.get("pd_password_wrong"):
+        st.error("Wrong password.")
+    st.stop()

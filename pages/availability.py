@@ -1,0 +1,5 @@
+"""availability (being built)."""
+
+import streamlit as st
+
+st.title("Availability")

@@ -1,0 +1,5 @@
+"""export (being built)."""
+
+import streamlit as st
+
+st.title("Export")

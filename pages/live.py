@@ -1,0 +1,110 @@
+"""Live: who is here right now, refreshed every 2 seconds without reloading the page."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import data, ui
+from presence_core.status import AMBER, GREEN
+
+REFRESH_SECONDS = 2
+RECENT = timedelta(minutes=5)
+MAX_CARDS = 500
+
+st.title("Live")
+st.caption("Who is here right now. Refreshes every 2 seconds.")
+
+choices = data.choices()
+left, right, _ = st.columns([1, 1, 2])
+team = left.selectbox("Team", ["All teams", *choices["team"]], key="live_team")
+user_type = right.selectbox("Type", ["All types", *choices["user_type"]], key="live_type")
+team_filter = None if team == "All teams" else team
+type_filter = None if user_type == "All types" else user_type
+
+
+def _counts(frame: pd.DataFrame, column: str, label: str) -> pd.DataFrame:
+    counts = frame[column].fillna("—").value_counts().rename_axis(label).reset_index()
+    return counts.rename(columns={"count": "present"})
+
+
+@st.fragment(run_every=REFRESH_SECONDS)
+def board(team: str | None, user_type: str | None) -> None:
+    ui.guarded(lambda: _draw(team, user_type), retry_every=None)
+
+
+def _draw(team: str | None, user_type: str | None) -> None:
+    now = datetime.now(UTC)
+    zone = ui.viewer_zone()
+    available = set(data.settings().available_statuses)
+    present = data.current_presence(team=team, user_type=user_type)
+    everyone = data.last_seen(include_hidden=False)
+    if team:
+        everyone = everyone[everyone["team"] == team]
+    if user_type:
+        everyone = everyone[everyone["user_type"] == user_type]
+    recent = everyone[
+        (everyone["status"] == "offline")
+        & everyone["last_seen"].notna()
+        & (everyone["last_seen"] >= pd.Timestamp(now - RECENT))
+    ]
+
+    cols = st.columns(4)
+    cols[0].metric("Present now", len(present))
+    cols[1].metric("Available now", int(present["status"].isin(available).sum()))
+    cols[2].metric("Recently active (< 5 min)", len(recent))
+    cols[3].metric("Users known", len(everyone))
+
+    if everyone.empty:
+        ui.empty_state()
+        return
+
+    by_type, by_team = st.columns(2)
+    with by_type:
+        st.markdown("**By type**")
+        st.dataframe(_counts(present, "user_type", "type"), hide_index=True, width="stretch")
+    with by_team:
+        st.markdown("**By team**")
+        st.dataframe(_counts(present, "team", "team"), hide_index=True, width="stretch")
+
+    st.subheader(f"Present ({len(present)})")
+    cards = []
+    for row in present.head(MAX_CARDS).itertuples(index=False):
+        text, color = ui.status_text(row.status, row.last_seen, False, now, zone)
+        since = ui.format_clock(row.status_since, zone, now)
+        cards.append(
+            {
+                "name": ui.display_name(row.user_id, row.user_name),
+                "meta": " · ".join(
+                    part for part in (text, f"since {since}" if since else "", row.team) if part
+                ),
+                "color": color,
+                "pulse": color == GREEN,
+                "title": f"{row.user_id}: {text}",
+            }
+        )
+    st.markdown(ui.user_cards(cards, "Nobody is present right now."), unsafe_allow_html=True)
+    if len(present) > MAX_CARDS:
+        st.caption(f"… and {len(present) - MAX_CARDS:,} more; see Last seen for everyone.")
+
+    st.subheader(f"Recently active ({len(recent)})")
+    recent_cards = []
+    for row in recent.head(MAX_CARDS).itertuples(index=False):
+        text, _ = ui.status_text(row.status, row.last_seen, False, now, zone)
+        recent_cards.append(
+            {
+                "name": ui.display_name(row.user_id, row.user_name),
+                "meta": " · ".join(part for part in (text, row.team) if isinstance(part, str)),
+                "color": AMBER,
+                "title": f"{row.user_id}: last seen {ui.format_time(row.last_seen, zone)}",
+            }
+        )
+    st.markdown(
+        ui.user_cards(recent_cards, "Nobody left in the last 5 minutes."), unsafe_allow_html=True
+    )
+    st.caption(f"Updated {ui.format_time(now, zone)}")
+
+
+board(team_filter, type_filter)

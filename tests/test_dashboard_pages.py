@@ -1,0 +1,222 @@
+"""Every dashboard page, run by Streamlit's AppTest against a real PostgreSQL with
+known data: the tests check what is shown (metrics, table cells, the guide's texts)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import streamlit as st
+from sqlalchemy import update
+from streamlit.testing.v1 import AppTest
+
+from presence_core import tables
+from presence_core.storage import Sighting, Transition, write_batch
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = ROOT / "dashboard" / "app.py"
+
+
+@pytest.fixture
+def dashboard_env(monkeypatch: pytest.MonkeyPatch, database_url, tmp_path):
+    """Point the dashboard at this test's database, with empty Streamlit caches."""
+    monkeypatch.setenv("PRESENCE_DATABASE_URL", database_url.render_as_string(hide_password=False))
+    monkeypatch.setenv("PRESENCE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("PRESENCE_TZ", "UTC")
+    monkeypatch.setenv("PRESENCE_SERVER_URL", "http://127.0.0.1:4999")
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    yield
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+def _t(user, status, at, **names) -> Transition:
+    return Transition(user, status, at, at, source="test", **names)
+
+
+@pytest.fixture
+def known_data(engine, dashboard_env):
+    """Six users in known states (times relative to now)."""
+    now = datetime.now(UTC)
+    support = {"user_type": "agent", "team": "support"}
+    sales = {"user_type": "agent", "team": "sales"}
+    write_batch(
+        engine,
+        [
+            # online for an hour, last seen an hour ago: must show "online", never "1h ago"
+            _t("1", "online", now - timedelta(hours=1), user_name="Alice", **support),
+            # present but away for ten minutes
+            _t("2", "online", now - timedelta(hours=2), user_name="Bob", **support),
+            _t("2", "away", now - timedelta(minutes=10), user_name="Bob", **support),
+            # left 5½ minutes ago: "5m ago"
+            _t("3", "online", now - timedelta(hours=3), user_name="Carol", **sales),
+            _t("3", "offline", now - timedelta(minutes=5, seconds=30), user_name="Carol", **sales),
+            # left 3 hours ago: "3h ago"
+            _t("4", "online", now - timedelta(hours=5), user_name="Dave", **sales),
+            _t("4", "offline", now - timedelta(hours=3, minutes=1), user_name="Dave", **sales),
+            # hides their last seen
+            _t("5", "online", now - timedelta(days=2, hours=1), user_name="Eve", **sales),
+            _t("5", "offline", now - timedelta(days=2), user_name="Eve", **sales),
+            # left 2 minutes ago: recently active
+            _t("6", "online", now - timedelta(minutes=30), user_name="Frank", user_type="manager"),
+            _t("6", "offline", now - timedelta(minutes=2), user_name="Frank", user_type="manager"),
+        ],
+        [Sighting("1", now - timedelta(hours=1))],
+    )
+    with engine.begin() as conn:
+        conn.execute(
+            update(tables.users).where(tables.users.c.user_id == "5").values(hide_last_seen=True)
+        )
+    return now
+
+
+def open_page(page: str | None = None) -> AppTest:
+    """Run the app (Live), then switch to ``pages/<page>.py``; fail on any exception."""
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.run()
+    assert not at.exception, at.exception
+    if page:
+        at.switch_page(f"../pages/{page}.py").run()
+        assert not at.exception, at.exception
+    return at
+
+
+def metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def markdown(at: AppTest) -> str:
+    return "\n".join(m.value for m in at.markdown)
+
+
+def table(at: AppTest, index: int = 0) -> pd.DataFrame:
+    return at.dataframe[index].value
+
+
+# ---------------------------------------------------------------------------
+# Live
+
+
+def test_live_shows_counts_and_present_users(known_data):
+    at = open_page()
+    assert at.title[0].value == "Live"
+    assert metrics(at) == {
+        "Present now": "2",
+        "Available now": "1",
+        "Recently active (< 5 min)": "1",
+        "Users known": "6",
+    }
+    text = markdown(at)
+    # Alice is online (green, pulsing) and Bob away (amber); Frank left 2 minutes ago
+    assert "Alice" in text and "online" in text and "pd-pulse" in text
+    assert "Bob" in text and "away" in text
+    assert "Frank" in text and "2m ago" in text
+    assert "1h ago" not in text
+    assert "Carol" not in text and "Dave" not in text
+    by_type = table(at, 0)
+    assert dict(zip(by_type["type"], by_type["present"], strict=True)) == {"agent": 2}
+
+
+def test_live_filters_by_team(known_data):
+    at = open_page()
+    at.selectbox(key="live_team").select("sales").run()
+    assert not at.exception
+    assert metrics(at)["Present now"] == "0"
+    assert "Nobody is present right now." in markdown(at)
+
+
+def test_live_empty_database_says_what_to_do(dashboard_env):
+    at = open_page()
+    assert metrics(at)["Present now"] == "0"
+    assert any("presence demo" in info.value for info in at.info)
+
+
+# ---------------------------------------------------------------------------
+# Last seen
+
+
+def test_last_seen_shows_the_guides_texts(known_data):
+    at = open_page("last_seen")
+    shown = table(at)
+    text = dict(zip(shown["User"], shown["Last seen"], strict=True))
+    assert text == {
+        "1": "online",
+        "2": "away",
+        "3": "5m ago",
+        "4": "3h ago",
+        "5": "hidden",
+        "6": "2m ago",
+    }
+    dots = dict(zip(shown["User"], shown[" "], strict=True))
+    assert dots["1"] == "🟢" and dots["2"] == "🟠" and dots["6"] == "🟠" and dots["4"] == "⚪"
+    exact = shown.set_index("User")["Exact time (UTC)"]
+    assert exact["5"] == "hidden"
+    expected = (known_data - timedelta(hours=3, minutes=1)).strftime("%Y-%m-%d %H:%M:%S UTC")
+    assert exact["4"] == expected
+
+
+def test_last_seen_search_and_filters(known_data):
+    at = open_page("last_seen")
+    at.text_input(key="ls_search").input("car").run()
+    assert list(table(at)["Name"]) == ["Carol"]
+    at.text_input(key="ls_search").input("").run()
+    at.multiselect(key="ls_team").select("support").run()
+    assert sorted(table(at)["User"]) == ["1", "2"]
+    at.multiselect(key="ls_status").select("away").run()
+    assert list(table(at)["User"]) == ["2"]
+
+
+def test_last_seen_sorts_by_name(known_data):
+    at = open_page("last_seen")
+    at.selectbox(key="ls_sort").select("Name").run()
+    assert list(table(at)["Name"]) == ["Alice", "Bob", "Carol", "Dave", "Eve", "Frank"]
+
+
+def test_last_seen_uses_presence_tz(known_data, monkeypatch):
+    monkeypatch.setenv("PRESENCE_TZ", "Asia/Tokyo")
+    at = open_page("last_seen")
+    shown = table(at).set_index("User")
+    expected = (known_data - timedelta(hours=3, minutes=1)).astimezone(
+        __import__("zoneinfo").ZoneInfo("Asia/Tokyo")
+    )
+    assert shown.loc["4", "Exact time (Asia/Tokyo)"] == expected.strftime("%Y-%m-%d %H:%M:%S JST")
+
+
+# ---------------------------------------------------------------------------
+# Health
+
+
+def test_health_without_listener(known_data, database_url):
+    at = open_page("health")
+    assert metrics(at)["Listener"] == "down"
+    assert any("No listener has ever run" in w.value for w in at.warning)
+    counts = table(at, -1)
+    assert dict(zip(counts["table"], counts["rows"], strict=True))["presence_users"] == 6
+    assert dict(zip(counts["table"], counts["rows"], strict=True))["presence_transitions"] == 11
+    text = markdown(at)
+    assert "http://127.0.0.1:4999" in text
+    assert database_url.render_as_string(hide_password=True) in text
+
+
+def test_health_with_live_listener(known_data, engine):
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        conn.execute(
+            tables.listeners.insert().values(
+                listener="l1",
+                server_url="http://x",
+                started_at=now - timedelta(minutes=7),
+                heartbeat_at=now,
+                connected=True,
+                last_event_at=now - timedelta(seconds=90),
+                events_received=10,
+                transitions_written=8,
+            )
+        )
+    at = open_page("health")
+    assert metrics(at)["Listener"] == "alive"
+    assert any("Listener alive" in s.value for s in at.success)
+    assert metrics(at)["Last event"] == "1m ago"
