@@ -682,7 +682,9 @@ class Listener:
                 await self._sleep(backoff_delay(1, cap=self.retry_cap))
 
     def _client(self, lost: asyncio.Event) -> socketio.AsyncClient:
-        sio = socketio.AsyncClient(reconnection=False, logger=False, engineio_logger=False)
+        sio = socketio.AsyncClient(
+            reconnection=False, logger=False, engineio_logger=False, handle_sigint=False
+        )
         loop = self._loop
 
         def on_connect():
