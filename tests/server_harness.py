@@ -99,7 +99,7 @@ class Client:
         self, loop: LoopThread, url: str, auth: Any = None, reconnection: bool = False
     ) -> None:
         self.loop, self.url, self.auth = loop, url, auth
-        self.sio = socketio.AsyncClient(reconnection=reconnection)
+        self.sio = socketio.AsyncClient(reconnection=reconnection, handle_sigint=False)
         self.events: list[tuple[str, Any]] = []
         self.connect_error: Any = None
         for name in self.EVENTS:

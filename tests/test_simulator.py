@@ -1,0 +1,165 @@
+"""The simulated crowd: a deterministic plan, real clients against our server, a clean stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections import defaultdict
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+from presence_core import simulator
+from presence_core.simulator import CLOSE, DROP, LOGOUT, OPEN, STATUS, make_users, plan_crowd
+from tests.conftest import free_port
+from tests.server_harness import running_server
+from tests.waiting import wait_for
+
+TUESDAY = datetime(2026, 3, 3, 8, 30, tzinfo=UTC)  # Europe and Asia at work
+
+
+def test_users_are_the_same_for_a_seed():
+    assert make_users(30, 4) == make_users(30, 4)
+    assert make_users(30, 4) != make_users(30, 5)
+    users = make_users(200, 1)
+    assert {u.user_type for u in users} == {"agent", "admin"}
+    assert {u.team for u in users} == {team for team, _ in simulator.TEAMS}
+    assert len({u.user_id for u in users}) == 200
+    for user in users:
+        ZoneInfo(user.tz)
+
+
+def test_plan_is_deterministic_and_sane():
+    users = make_users(60, 7)
+    plan = plan_crowd(users, 7, TUESDAY, 24 * 3600, ramp=60)
+    assert plan == plan_crowd(make_users(60, 7), 7, TUESDAY, 24 * 3600, ramp=60)
+    assert plan != plan_crowd(users, 8, TUESDAY, 24 * 3600, ramp=60)
+    assert plan == sorted(plan)
+    kinds = {a.kind for a in plan}
+    assert {OPEN, CLOSE, DROP, STATUS, LOGOUT} <= kinds
+    assert {a.status for a in plan if a.kind == STATUS} <= {"away", "busy", "online"}
+    assert all(0 <= a.at < 24 * 3600 for a in plan)
+    by_user = defaultdict(list)
+    for action in plan:
+        by_user[action.user].append(action)
+    for actions in by_user.values():
+        assert actions[0].kind == OPEN  # everybody's day begins with a login
+    # people already at work at the start log in during the ramp
+    early = [a for a in plan if a.at <= 60 and a.kind == OPEN]
+    assert len(early) >= 10
+
+
+def test_shifts_follow_local_time():
+    users = make_users(120, 2)
+    plan = plan_crowd(users, 2, datetime(2026, 3, 3, 0, 0, tzinfo=UTC), 24 * 3600)
+    for action in plan:
+        user = users[action.user]
+        if action.kind == OPEN and action.tab == 0 and user.user_type == "agent":
+            local = (TUESDAY.replace(hour=0, minute=0)).timestamp() + action.at
+            hour = datetime.fromtimestamp(local, ZoneInfo(user.tz)).hour
+            assert 4 <= hour <= 23  # nobody starts a shift in the middle of the night
+
+
+def _transitions_per_user(watcher) -> dict:
+    per_user = defaultdict(list)
+    for user_id, status in watcher.changes():
+        per_user[user_id].append(status)
+    return dict(per_user)
+
+
+def test_crowd_drives_our_server_and_is_deterministic():
+    seen = []
+    for _ in range(2):
+        with running_server(grace=0.5) as srv:
+            watcher = srv.client()
+            lines = []
+            stats = srv.loop.run(
+                simulator.run_crowd(
+                    srv.url,
+                    users=30,
+                    speed=3600,
+                    duration=3,
+                    seed=11,
+                    start=TUESDAY,
+                    heartbeat=0.5,
+                    ramp=0.5,
+                    progress=lambda s, lines=lines: lines.append(s.line()),
+                    progress_every=0.5,
+                ),
+                timeout=60,
+            )
+            assert stats.errors_received == 0
+            assert stats.connects >= 10 and stats.events_sent > stats.connects
+            assert stats.broadcasts_received > 0
+            assert stats.present == {}  # the crowd logged out at the end
+            assert len(lines) >= 3 and all(line.startswith("sim ") for line in lines)
+            wait_for(lambda: srv.snapshot() == {}, what="everyone offline after the run")
+            watcher.online_list()
+            seen.append(_transitions_per_user(watcher))
+            statuses = {s for changes in seen[-1].values() for s in changes}
+            assert {"online", "offline", "away"} <= statuses
+            assert all(isinstance(uid, int) for uid in seen[-1])
+    assert seen[0] == seen[1]
+
+
+def test_simulate_command_stops_cleanly_on_ctrl_c():
+    with running_server() as srv:
+        watcher = srv.client()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PRESENCE_")}
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "presence_core",
+                "simulate",
+                "--server",
+                srv.url,
+                "--users",
+                "20",
+                "--speed",
+                "600",
+                "--duration",
+                "600",
+                "--start",
+                TUESDAY.isoformat(),
+            ],
+            env={**env, "PYTHONPATH": os.getcwd()},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            wait_for(lambda: len(srv.snapshot()) >= 3, timeout=30, what="the crowd at work")
+            process.send_signal(signal.SIGINT)
+            out, err = process.communicate(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+        assert process.returncode == 0, err
+        assert out.startswith("done:") and "Traceback" not in err
+        wait_for(lambda: srv.snapshot() == {}, what="the crowd left")
+        assert watcher.received("presenceError") == []
+
+
+def test_unreachable_server_is_one_line_error():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRESENCE_")}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "presence_core",
+            "simulate",
+            "--server",
+            f"http://127.0.0.1:{free_port()}",
+            "--duration",
+            "1",
+        ],
+        env={**env, "PYTHONPATH": os.getcwd()},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    lines = [line for line in done.stderr.splitlines() if line.startswith("presence: error:")]
+    assert len(lines) == 1 and "cannot connect" in lines[0] and "Traceback" not in done.stderr
