@@ -333,3 +333,52 @@ def _coverage_gaps(key: str, hours: int) -> pd.DataFrame:
 def coverage_gaps(hours: int = 24) -> pd.DataFrame:
     """When no listener was watching in the last ``hours``: ``gap_start, gap_end, seconds``."""
     return _coverage_gaps(database_key(), hours)
+
+
+@st.cache_data(ttl=HISTORY_TTL, show_spinner=False)
+def _user_names(key: str) -> dict[str, str]:
+    frame = _run(analytics.last_seen_table, include_hidden=False)
+    named = frame[frame["user_name"].notna()]
+    return dict(zip(named["user_id"].astype(str), named["user_name"].astype(str), strict=True))
+
+
+def user_names() -> dict[str, str]:
+    """User id → name, for users that have one."""
+    return _user_names(database_key())
+
+
+TIMELINE_COLUMNS = ("session", "status", "start", "end", "seconds", "length")
+
+
+@st.cache_data(ttl=HISTORY_TTL, show_spinner=False)
+def _user_timeline(key, user_id, start, end, tz) -> pd.DataFrame:
+    found = _run(analytics.sessions, start, end, user_ids=[user_id], tz=tz)
+    if found.empty:
+        return pd.DataFrame({c: [] for c in TIMELINE_COLUMNS})
+    found = found.head(MAX_ROWS).reset_index(drop=True)
+    rows = [
+        {
+            "session": i,
+            "status": "open" if is_open else "present",
+            "start": s,
+            "end": e,
+            "seconds": (e - s).total_seconds(),
+        }
+        for i, (s, e, is_open) in enumerate(
+            zip(found["started_at"], found["ended_at"], found["open"], strict=True)
+        )
+    ]
+    frame = pd.DataFrame(rows)
+    frame["length"] = [_short(s) for s in frame["seconds"]]
+    return frame
+
+
+def user_timeline(user_id: str, start, end, tz: str) -> pd.DataFrame:
+    """One user's sessions overlapping the period, split where the status changed:
+    ``session, status, start, end, seconds, length``."""
+    return _user_timeline(database_key(), user_id, start, end, tz)
+
+
+def _short(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    return f"{minutes // 60}h {minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"

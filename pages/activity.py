@@ -1,5 +1,193 @@
-"""activity (being built)."""
+"""Activity: users present over time, when people are around, how long they stay."""
 
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
 import streamlit as st
 
+from dashboard import data, ui
+from presence_core.status import AMBER, GRAY, GREEN
+
+BUCKET_SECONDS = {"minute": 60, "5 minutes": 300, "hour": 3600, "day": 86400}
+WEEKDAYS = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+CHART = {"displayModeBar": False}
+
 st.title("Activity")
+zone = ui.viewer_zone()
+today = datetime.now(UTC).astimezone(zone).date()
+choices = data.choices()
+
+c1, c2, c3, c4 = st.columns([2, 1, 1, 1])
+picked = c1.date_input(
+    "Period",
+    value=(today - timedelta(days=6), today),
+    max_value=today,
+    key="act_period",
+    format="YYYY-MM-DD",
+)
+bucket = c2.selectbox("Bucket", list(BUCKET_SECONDS), index=2, key="act_bucket")
+team = c3.selectbox("Team", ["All teams", *choices["team"]], key="act_team")
+user_type = c4.selectbox("Type", ["All types", *choices["user_type"]], key="act_type")
+team_filter = None if team == "All teams" else team
+type_filter = None if user_type == "All types" else user_type
+
+if isinstance(picked, (tuple, list)):
+    start, end = (picked[0], picked[-1]) if picked else (today, today)
+else:
+    start = end = picked
+start, end = min(start, end), max(start, end)
+days = (end - start).days + 1
+st.caption(f"{start} to {end} ({days} day{'s' * (days != 1)}), times in {zone.key}.")
+
+# never more than data.MAX_ROWS buckets: widen the bucket for long periods
+while days * 86400 / BUCKET_SECONDS[bucket] > data.MAX_ROWS and bucket != "day":
+    bucket = list(BUCKET_SECONDS)[list(BUCKET_SECONDS).index(bucket) + 1]
+    st.caption(f"Long period: shown per {bucket}.")
+
+
+def _local(series: pd.Series) -> pd.Series:
+    return pd.to_datetime(series, utc=True).dt.tz_convert(zone.key)
+
+
+# --- users present over time --------------------------------------------------
+st.subheader("Users present over time")
+curve = data.concurrency(start, end, bucket, zone.key, type_filter, team_filter)
+if curve.empty or (curve["peak"].fillna(0) == 0).all():
+    ui.empty_state(
+        "Nobody was present in this period. Pick another period, or start the listener "
+        "(`presence listen`) or the demo (`presence demo`)."
+    )
+else:
+    m1, m2, m3 = st.columns(3)
+    m1.metric("Peak present", int(curve["peak"].max()))
+    m2.metric("Mean present", f"{curve['mean'].mean():.1f}")
+    busiest = curve.loc[curve["peak"].idxmax(), "bucket"]
+    m3.metric("Busiest", ui.format_time(busiest, zone)[:16])
+    frame = curve.assign(bucket=_local(curve["bucket"]))
+    figure = go.Figure()
+    figure.add_scatter(
+        x=frame["bucket"], y=frame["peak"], name="peak", line={"color": GREEN, "shape": "hv"}
+    )
+    figure.add_scatter(
+        x=frame["bucket"], y=frame["mean"], name="mean", line={"color": AMBER, "shape": "hv"}
+    )
+    figure.update_layout(
+        height=320,
+        margin={"l": 0, "r": 0, "t": 10, "b": 0},
+        legend={"orientation": "h", "y": 1.1},
+        hovermode="x unified",
+        yaxis_title="users present",
+        xaxis={
+            "rangeslider": {"visible": True, "thickness": 0.08},
+            "rangeselector": {
+                "buttons": [
+                    {"count": 1, "label": "1d", "step": "day", "stepmode": "backward"},
+                    {"count": 7, "label": "1w", "step": "day", "stepmode": "backward"},
+                    {"step": "all", "label": "all"},
+                ]
+            },
+        },
+    )
+    st.plotly_chart(figure, width="stretch", config=CHART, key="act_curve")
+
+# --- weekday x hour and daily active users ------------------------------------
+left, right = st.columns(2)
+with left:
+    st.subheader("When people are around")
+    heat = data.heatmap(start, end, zone.key, type_filter, team_filter)
+    if heat.empty:
+        st.caption("No data in this period.")
+    else:
+        grid = (
+            heat.pivot_table(index="weekday", columns="hour", values="value", aggfunc="mean")
+            .reindex(index=range(7), columns=range(24))
+            .fillna(0.0)
+        )
+        figure = px.imshow(
+            grid.to_numpy(),
+            x=[f"{h:02d}" for h in range(24)],
+            y=WEEKDAYS,
+            color_continuous_scale=["#f3f4f6", GREEN],
+            aspect="auto",
+            labels={"x": "hour", "y": "", "color": "mean present"},
+        )
+        figure.update_layout(height=300, margin={"l": 0, "r": 0, "t": 10, "b": 0})
+        st.plotly_chart(figure, width="stretch", config=CHART, key="act_heat")
+with right:
+    st.subheader("Daily active users")
+    dau = data.daily_active(start, end, zone.key, type_filter, team_filter)
+    if dau.empty:
+        st.caption("No data in this period.")
+    else:
+        figure = px.bar(dau, x="date", y="active_users", color_discrete_sequence=[GREEN])
+        figure.update_layout(
+            height=300, margin={"l": 0, "r": 0, "t": 10, "b": 0}, yaxis_title="active users"
+        )
+        st.plotly_chart(figure, width="stretch", config=CHART, key="act_dau")
+
+# --- session lengths ---------------------------------------------------------
+st.subheader("How long sessions last")
+lengths = data.session_lengths(start, end, zone.key, type_filter, team_filter)
+if lengths["sessions"].sum() == 0:
+    st.caption("No finished sessions in this period.")
+else:
+    labels = [
+        f"{ui.format_duration(lo)}–{ui.format_duration(hi)}"
+        if hi is not None and not pd.isna(hi)
+        else f"{ui.format_duration(lo)}+"
+        for lo, hi in zip(lengths["lower_seconds"], lengths["upper_seconds"], strict=True)
+    ]
+    labels[0] = labels[0].replace("0s–", "< ")
+    figure = px.bar(
+        x=labels, y=lengths["sessions"], color_discrete_sequence=[GREEN], labels={"x": "", "y": ""}
+    )
+    figure.update_layout(height=260, margin={"l": 0, "r": 0, "t": 10, "b": 0})
+    st.plotly_chart(figure, width="stretch", config=CHART, key="act_lengths")
+
+# --- one user's timeline -----------------------------------------------------
+st.subheader("One user's sessions")
+names = data.user_names()
+user = st.selectbox(
+    "User",
+    choices["user_id"],
+    index=None,
+    placeholder="choose a user",
+    format_func=lambda uid: f"{names.get(uid) or uid} ({uid})" if names.get(uid) else uid,
+    key="act_user",
+)
+if user is None:
+    st.caption("Choose a user to see their sessions, coloured by status.")
+else:
+    segments = data.user_timeline(user, start, end, zone.key)
+    if segments.empty:
+        st.caption("No sessions in this period.")
+    else:
+        segments = segments.assign(start=_local(segments["start"]), end=_local(segments["end"]))
+        statuses = sorted(segments["status"].unique())
+        palette = {s: px.colors.qualitative.Safe[i % 11] for i, s in enumerate(statuses)}
+        palette.update({"online": GREEN, "away": AMBER, "busy": "#ef4444", "idle": GRAY})
+        segments["user"] = names.get(user) or user
+        figure = px.timeline(
+            segments,
+            x_start="start",
+            x_end="end",
+            y="user",
+            color="status",
+            color_discrete_map=palette,
+            hover_data={"length": True, "user": False},
+        )
+        figure.update_yaxes(title="")
+        figure.update_layout(
+            height=200,
+            margin={"l": 0, "r": 0, "t": 10, "b": 0},
+            legend={"orientation": "h", "y": 1.15},
+        )
+        st.plotly_chart(figure, width="stretch", config=CHART, key="act_timeline")
+        st.caption(
+            f"{segments['session'].nunique()} session(s), "
+            f"{ui.format_duration(segments['seconds'].sum())} present in total."
+        )

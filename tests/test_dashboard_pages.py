@@ -220,3 +220,50 @@ def test_health_with_live_listener(known_data, engine):
     assert metrics(at)["Listener"] == "alive"
     assert any("Listener alive" in s.value for s in at.success)
     assert metrics(at)["Last event"] == "1m ago"
+
+
+# ---------------------------------------------------------------------------
+# Activity
+
+
+def test_activity_shows_peak_and_a_users_sessions(known_data):
+    at = open_page("activity")
+    # between 30 and 5½ minutes ago Alice, Bob, Carol and Frank were present at once
+    assert metrics(at)["Peak present"] == "4"
+    assert len(at.get("plotly_chart")) == 4
+    at.selectbox(key="act_user").select("3").run()
+    assert not at.exception
+    assert len(at.get("plotly_chart")) == 5
+    assert any("1 session(s), 2h 54m present in total." in c.value for c in at.caption)
+
+
+def test_activity_empty_period_explains(dashboard_env):
+    at = open_page("activity")
+    assert any("Nobody was present in this period" in info.value for info in at.info)
+
+
+# ---------------------------------------------------------------------------
+# Availability
+
+
+def test_availability_now_and_per_agent(known_data):
+    at = open_page("availability")
+    today = known_data.date()
+    at.date_input(key="av_days").set_value((today - timedelta(days=1), today))
+    at.checkbox(key="av_whole_day").check()
+    at.number_input(key="av_limit").set_value(5).run()
+    assert not at.exception, at.exception
+    assert any(s.value.startswith("Available now (1)") for s in at.subheader)
+    assert "Alice" in markdown(at)
+    away = table(at, 0)
+    assert list(away["agent"]) == ["Bob"] and list(away["for"]) == ["10m"]
+    agents = table(at, 1).set_index("user")
+    assert metrics(at)["Agents"] == "6"
+    assert agents.loc["2", "available"] == "1h 50m"
+    assert agents.loc["2", "in away"] == "10m"
+    assert agents.loc["2", "online"] == "2h 00m"
+    assert agents.loc["1", "available"] == "1h 00m"
+    assert agents.loc["3", "sessions"] == 1
+    assert agents.loc["5", "sessions"] == 0
+    # Alice was available for 1 of the 24 + hours of the two whole days
+    assert 0 < agents.loc["1", "availability"] < 5
