@@ -77,10 +77,13 @@ anchor as (
     ) a on true
 ),
 tr as (
-    select t.user_id, t.status, t.occurred_at, t.id
-    from anchor a join presence_transitions t
-      on t.user_id = a.user_id and t.occurred_at >= a.from_at
-     and t.occurred_at < cast(:end as timestamptz)
+    select a.user_id, t.status, t.occurred_at, t.id
+    from anchor a cross join lateral (
+        select t.status, t.occurred_at, t.id from presence_transitions t
+        where t.user_id = a.user_id and t.occurred_at >= a.from_at
+          and t.occurred_at < cast(:end as timestamptz)
+        offset 0  -- keeps this a per-user index range scan (not flattened into a merge join)
+    ) t
 ),
 seg as (
     select user_id, status, status <> 'offline' as present, seg_start, seg_end from (

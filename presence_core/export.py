@@ -1,0 +1,381 @@
+"""Export presence history for analysts: transitions, sessions or a daily summary.
+
+Columns are DESIGN's, in order; timestamps are ISO-8601 with offset (UTC).
+Rows stream from PostgreSQL to the output (COPY TO for CSV and JSON lines, a
+server-side cursor and row groups for Parquet), so memory stays flat however
+many rows there are. Users who hide their last seen are left out unless
+--include-hidden. Dates given to --from/--to are whole days in the display time
+zone (--to inclusive); `daily` takes its days in that zone too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import time as clock
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from sqlalchemy import Engine, text
+from sqlalchemy.dialects import postgresql
+
+from presence_core import analytics
+from presence_core.errors import PresenceError
+
+DATASETS = ("transitions", "sessions", "daily")
+FORMATS = ("csv", "parquet", "jsonl")
+
+TRANSITION_COLUMNS = (
+    "user_id",
+    "user_type",
+    "user_name",
+    "team",
+    "status",
+    "occurred_at",
+    "received_at",
+    "inferred",
+    "reason",
+)
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "transitions": TRANSITION_COLUMNS,
+    "sessions": analytics.SESSION_COLUMNS,
+    "daily": analytics.DAILY_COLUMNS,
+}
+
+_TIMESTAMPS = {
+    "occurred_at",
+    "received_at",
+    "started_at",
+    "ended_at",
+    "first_online",
+    "last_offline",
+}
+_TYPES: dict[str, pa.DataType] = {
+    "occurred_at": pa.timestamp("us", tz="UTC"),
+    "received_at": pa.timestamp("us", tz="UTC"),
+    "started_at": pa.timestamp("us", tz="UTC"),
+    "ended_at": pa.timestamp("us", tz="UTC"),
+    "first_online": pa.timestamp("us", tz="UTC"),
+    "last_offline": pa.timestamp("us", tz="UTC"),
+    "inferred": pa.bool_(),
+    "open": pa.bool_(),
+    "duration_seconds": pa.float64(),
+    "online_seconds": pa.float64(),
+    "availability_pct": pa.float64(),
+    "sessions": pa.int64(),
+    "date": pa.date32(),
+}
+
+ROW_GROUP = 100_000
+CHUNK_BYTES = 1 << 18
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+_TRANSITIONS_SQL = """
+with sel_users as (
+    select u.user_id, u.user_type, u.user_name, u.team from presence_users u
+    where (cast(:user_ids as text[]) is null or u.user_id = any(cast(:user_ids as text[])))
+      and (cast(:user_type as text) is null or u.user_type = cast(:user_type as text))
+      and (cast(:team as text) is null or u.team = cast(:team as text))
+      and (cast(:include_hidden as boolean) or not u.hide_last_seen)
+)
+select t.user_id, u.user_type, u.user_name, u.team, t.status, t.occurred_at, t.received_at,
+       t.inferred, t.reason
+from presence_transitions t join sel_users u on u.user_id = t.user_id
+where t.occurred_at >= cast(:start as timestamptz) and t.occurred_at < cast(:end as timestamptz)
+order by t.user_id, t.occurred_at, t.status"""
+
+
+@dataclass(frozen=True)
+class ExportFilters:
+    """What to export. ``start``/``end``: aware datetimes, or dates meaning whole
+    local days in ``tz`` (``end`` inclusive); None means from the beginning / up
+    to now. ``tz`` is also the time zone of the ``daily`` dataset's days."""
+
+    start: datetime | date | None = None
+    end: datetime | date | None = None
+    user_ids: tuple[str, ...] | None = None
+    user_type: str | None = None
+    team: str | None = None
+    include_hidden: bool = False
+    tz: str | ZoneInfo = "UTC"
+    available_statuses: tuple[str, ...] = field(default=analytics.DEFAULT_AVAILABLE)
+
+
+def _query(dataset: str, filters: ExportFilters) -> tuple[str, dict[str, Any]]:
+    """The dataset's SELECT (DESIGN's columns in order) and its parameters."""
+    params = analytics.period_params(
+        filters.start or EPOCH,
+        filters.end,
+        filters.tz,
+        filters.user_ids,
+        filters.user_type,
+        filters.team,
+        filters.include_hidden,
+    )
+    if dataset == "transitions":
+        return _TRANSITIONS_SQL, params
+    if dataset == "sessions":
+        return analytics.sessions_sql(), params
+    if dataset == "daily":
+        params["avail"] = list(filters.available_statuses)
+        return analytics.daily_summary_sql(), params
+    raise PresenceError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+
+
+def _text_select(dataset: str, sql: str, words: bool) -> str:
+    """The query with timestamps as ISO-8601 text (as JSON writes them); with
+    ``words``, booleans as ``true``/``false``."""
+    exprs = []
+    for column in COLUMNS[dataset]:
+        if words and column in ("inferred", "open"):
+            exprs.append(f"q.{column}::text as {column}")
+        elif column in _TIMESTAMPS:
+            exprs.append(f"to_json(q.{column}) #>> '{{}}' as {column}")
+        elif column == "date":
+            exprs.append("q.date::text as date")
+        else:
+            exprs.append(f"q.{column}")
+    return f"select {', '.join(exprs)} from ({sql}) q"
+
+
+def _pyformat(sql: str, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``:name`` parameters turned into psycopg's ``%(name)s`` (values stay bound)."""
+    clause = text(sql)
+    used = {k: v for k, v in params.items() if k in clause._bindparams}
+    compiled = clause.bindparams(**used).compile(dialect=postgresql.psycopg.dialect())
+    return compiled.string, compiled.params
+
+
+def stream_export(
+    engine: Engine, dataset: str, fmt: str, filters: ExportFilters | None = None
+) -> Iterator[bytes]:
+    """The export as a stream of byte chunks (a whole file: CSV with a header line,
+    JSON lines, or a Parquet file written in row groups). Memory stays bounded."""
+    if fmt not in FORMATS:
+        raise PresenceError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    filters = filters or ExportFilters()
+    sql, params = _query(dataset, filters)
+    if fmt == "parquet":
+        return _parquet(engine, dataset, sql, params)
+    select = _text_select(dataset, sql, words=fmt == "csv")
+    if fmt == "csv":
+        copy = f"copy ({select}) to stdout with (format csv, header true)"
+    else:
+        # JSON never holds raw control characters, so CSV with \x01 quotes and a
+        # \x02 delimiter passes each JSON object through untouched.
+        copy = (
+            f"copy (select row_to_json(j) from ({select}) j) to stdout "
+            "with (format csv, quote e'\\x01', delimiter e'\\x02')"
+        )
+    return _copy_out(engine, copy, params)
+
+
+def _copy_out(engine: Engine, sql: str, params: dict[str, Any]) -> Iterator[bytes]:
+    statement, values = _pyformat(sql, params)
+    with engine.connect() as conn:
+        raw = conn.connection.driver_connection
+        with raw.cursor() as cursor:
+            cursor.execute("set time zone 'UTC'")
+            buffer: list[bytes] = []
+            size = 0
+            with cursor.copy(statement, values) as copy:
+                for data in copy:
+                    buffer.append(bytes(data))
+                    size += len(data)
+                    if size >= CHUNK_BYTES:
+                        yield b"".join(buffer)
+                        buffer, size = [], 0
+            if buffer:
+                yield b"".join(buffer)
+        conn.rollback()
+
+
+class _Sink(io.RawIOBase):
+    """A write-only file that keeps what is written until drained."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:  # type: ignore[override]
+        self.parts.append(bytes(data))
+        return len(data)
+
+    def drain(self) -> bytes:
+        out, self.parts = b"".join(self.parts), []
+        return out
+
+
+def _parquet(engine: Engine, dataset: str, sql: str, params: dict[str, Any]) -> Iterator[bytes]:
+    columns = COLUMNS[dataset]
+    schema = pa.schema([(c, _TYPES.get(c, pa.string())) for c in columns])
+    statement, values = _pyformat(sql, params)
+    sink = _Sink()
+    writer = pq.ParquetWriter(sink, schema, compression="zstd")
+    with engine.connect() as conn:
+        raw = conn.connection.driver_connection
+        cursor = raw.cursor(name="presence_export")
+        try:
+            cursor.itersize = ROW_GROUP
+            cursor.execute(statement, values)
+            while True:
+                rows = cursor.fetchmany(ROW_GROUP)
+                if not rows:
+                    break
+                arrays = [
+                    pa.array([row[i] for row in rows], type=schema.field(i).type)
+                    for i in range(len(columns))
+                ]
+                writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
+                yield sink.drain()
+        finally:
+            cursor.close()
+            conn.rollback()
+    writer.close()
+    yield sink.drain()
+
+
+# ---------------------------------------------------------------------------
+# command line
+
+
+def _moment(value: str, flag: str) -> datetime | date:
+    from presence_core.status import parse_timestamp
+
+    text_value = value.strip()
+    try:
+        if len(text_value) == 10:
+            return date.fromisoformat(text_value)
+        moment = parse_timestamp(text_value)
+    except ValueError:
+        raise PresenceError(
+            f"{flag} {value!r} is not a date (2026-05-04) or a timestamp (2026-05-04T09:00Z)"
+        ) from None
+    assert moment is not None
+    return moment
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from presence_core.cli import add_database_arguments
+
+    parser.add_argument("--dataset", choices=DATASETS, required=True, help="what to export")
+    parser.add_argument("--format", choices=FORMATS, default="csv", help="file format (csv)")
+    parser.add_argument(
+        "--output", required=True, metavar="PATH", help="file to write; '-' for stdout"
+    )
+    parser.add_argument("--from", dest="start", metavar="WHEN", help="date or timestamp (start)")
+    parser.add_argument("--to", dest="end", metavar="WHEN", help="date (inclusive) or timestamp")
+    parser.add_argument("--user", action="append", metavar="ID", help="only this user (repeatable)")
+    parser.add_argument("--type", dest="user_type", help="only users of this type")
+    parser.add_argument("--team", help="only this team")
+    parser.add_argument(
+        "--include-hidden", action="store_true", help="include users who hide their last seen"
+    )
+    parser.add_argument("--tz", help="time zone of dates and daily rows (default PRESENCE_TZ)")
+    add_database_arguments(parser)
+
+
+Progress = Callable[..., None]
+
+
+def terminal_progress(stream=None) -> Progress | None:
+    """A one-line counter (rows, bytes, rate) on a terminal's stderr, else None."""
+    out = stream or sys.stderr
+    if not out.isatty():
+        return None
+    started = clock.monotonic()
+    shown = [0.0]
+
+    def show(rows: int, size: int, final: bool = False) -> None:
+        now = clock.monotonic()
+        if not final and now - shown[0] < 0.2:
+            return
+        shown[0] = now
+        rate = rows / max(now - started, 1e-6)
+        out.write(f"\rexported {rows:,} rows, {size / 1e6:,.1f} MB ({rate:,.0f} rows/s)")
+        if final:
+            out.write("\n")
+        out.flush()
+
+    return show
+
+
+def write_stream(chunks: Iterable[bytes], out, fmt: str, progress=None) -> tuple[int, int]:
+    """Copy ``chunks`` to the binary file ``out``; returns (rows, bytes). Rows are
+    counted as lines for CSV (minus the header) and JSON lines."""
+    lines = size = 0
+    for chunk in chunks:
+        out.write(chunk)
+        size += len(chunk)
+        if fmt != "parquet":
+            lines += chunk.count(b"\n")
+        if progress is not None:
+            progress(lines - (fmt == "csv"), size)
+    rows = max(lines - (fmt == "csv"), 0)
+    if progress is not None:
+        progress(rows, size, True)
+    return rows, size
+
+
+def run(args: argparse.Namespace) -> int:
+    from presence_core import db
+    from presence_core.config import load_settings
+    from presence_core.embedded import default_progress
+
+    settings = load_settings(home=args.home, database_url=args.database_url)
+    tz = analytics._zone(args.tz) if args.tz else settings.tz
+    filters = ExportFilters(
+        start=_moment(args.start, "--from") if args.start else None,
+        end=_moment(args.end, "--to") if args.end else None,
+        user_ids=tuple(args.user) if args.user else None,
+        user_type=args.user_type,
+        team=args.team,
+        include_hidden=args.include_hidden,
+        tz=tz,
+        available_statuses=tuple(settings.available_statuses),
+    )
+    to_stdout = args.output == "-"
+    if to_stdout and args.format == "parquet" and sys.stdout.isatty():
+        raise PresenceError("parquet is binary: give --output FILE, or pipe stdout elsewhere")
+    engine = db.connect(settings, progress=default_progress)
+    try:
+        chunks = stream_export(engine, args.dataset, args.format, filters)
+        progress = terminal_progress()
+        if to_stdout:
+            sys.stdout.flush()
+            rows, _ = write_stream(chunks, sys.stdout.buffer, args.format, progress)
+            sys.stdout.buffer.flush()
+        else:
+            path = Path(args.output)
+            partial = path.with_name(path.name + ".partial")
+            try:
+                with open(partial, "wb") as out:
+                    rows, size = write_stream(chunks, out, args.format, progress)
+                os.replace(partial, path)
+            except OSError as exc:
+                raise PresenceError(f"cannot write {path}: {exc.strerror or exc}") from None
+            finally:
+                if partial.exists():
+                    partial.unlink()
+            if args.format != "parquet":
+                print(f"wrote {rows:,} rows to {path}", file=sys.stderr)
+            else:
+                print(f"wrote {path} ({size:,} bytes)", file=sys.stderr)
+    except BrokenPipeError:
+        # the reader went away (`| head`): stop quietly, as Unix tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    finally:
+        engine.dispose()
+    return 0
