@@ -12,6 +12,8 @@ it and retries by itself (see ``dashboard.ui.database_down``).
 
 from __future__ import annotations
 
+import json
+import tempfile
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
@@ -20,7 +22,7 @@ import streamlit as st
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from presence_core import analytics, db, health
+from presence_core import analytics, db, export, health
 from presence_core.config import Settings, load_settings
 from presence_core.errors import PresenceError
 
@@ -356,21 +358,37 @@ def _user_timeline(key, user_id, start, end, tz) -> pd.DataFrame:
     if found.empty:
         return pd.DataFrame({c: [] for c in TIMELINE_COLUMNS})
     found = found.head(MAX_ROWS).reset_index(drop=True)
-    rows = [
-        {
-            "session": i,
-            "status": "open" if is_open else "present",
-            "start": s,
-            "end": e,
-            "seconds": (e - s).total_seconds(),
-        }
-        for i, (s, e, is_open) in enumerate(
-            zip(found["started_at"], found["ended_at"], found["open"], strict=True)
-        )
+    # the statuses inside the sessions, from the user's transitions (via the export)
+    changes = _run(_transitions_of, user_id, found["started_at"].min().to_pydatetime(), end, tz)
+    period_start = pd.Timestamp(analytics.period_params(start, end, tz)["start"])
+    rows = []
+    for i, (s, e) in enumerate(zip(found["started_at"], found["ended_at"], strict=True)):
+        inside = [(at, st_) for at, st_ in changes if s <= at < e]
+        if not inside or inside[0][0] > s:
+            inside.insert(0, (s, inside[0][1] if inside else "online"))
+        for j, (at, status) in enumerate(inside):
+            until = inside[j + 1][0] if j + 1 < len(inside) else e
+            lo = max(at, period_start)
+            if until > lo and status != "offline":
+                rows.append({"session": i, "status": status, "start": lo, "end": until})
+    frame = pd.DataFrame(rows, columns=["session", "status", "start", "end"])
+    frame["seconds"] = [
+        (e - s).total_seconds() for s, e in zip(frame["start"], frame["end"], strict=True)
     ]
-    frame = pd.DataFrame(rows)
-    frame["length"] = [_short(s) for s in frame["seconds"]]
-    return frame
+    frame["length"] = [_short(sec) for sec in frame["seconds"]]
+    return frame.head(MAX_ROWS)
+
+
+def _transitions_of(engine: Engine, user_id: str, start, end, tz) -> list[tuple[pd.Timestamp, str]]:
+    """(occurred_at, status) of one user's transitions, oldest first."""
+    chunks = export.stream_export(
+        engine,
+        "transitions",
+        "jsonl",
+        export.ExportFilters(start=start, end=end, user_ids=(user_id,), include_hidden=True, tz=tz),
+    )
+    rows = [json.loads(line) for line in b"".join(chunks).splitlines() if line.strip()]
+    return sorted((pd.Timestamp(r["occurred_at"]), r["status"]) for r in rows)
 
 
 def user_timeline(user_id: str, start, end, tz: str) -> pd.DataFrame:
@@ -382,3 +400,25 @@ def user_timeline(user_id: str, start, end, tz: str) -> pd.DataFrame:
 def _short(seconds: float) -> str:
     minutes = int(seconds // 60)
     return f"{minutes // 60}h {minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"
+
+
+# ---------------------------------------------------------------------------
+# export
+
+SPOOL_BYTES = 8 << 20  # larger exports spill to a temporary file, not memory
+
+
+def export_file(engine: Engine, dataset: str, fmt: str, filters: export.ExportFilters):
+    """The whole export as a file object, written chunk by chunk from
+    ``export.stream_export`` (in memory up to 8 MB, then on disk); for
+    ``st.download_button``'s deferred ``data`` callable, which runs outside the
+    page's script (so the engine is passed in)."""
+    out = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115 - returned open
+    try:
+        for chunk in export.stream_export(engine, dataset, fmt, filters):
+            out.write(chunk)
+    except BaseException:
+        out.close()
+        raise
+    out.seek(0)
+    return out

@@ -3,6 +3,10 @@ known data: the tests check what is shown (metrics, table cells, the guide's tex
 
 from __future__ import annotations
 
+import contextlib
+import json
+import socket
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,6 +18,7 @@ from streamlit.testing.v1 import AppTest
 
 from presence_core import tables
 from presence_core.storage import Sighting, Transition, write_batch
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "dashboard" / "app.py"
@@ -235,6 +240,10 @@ def test_activity_shows_peak_and_a_users_sessions(known_data):
     assert not at.exception
     assert len(at.get("plotly_chart")) == 5
     assert any("1 session(s), 2h 54m present in total." in c.value for c in at.caption)
+    # Bob's session is split where he went away: two colours on his timeline
+    at.selectbox(key="act_user").select("2").run()
+    timeline = json.loads(at.get("plotly_chart")[-1].proto.spec)
+    assert sorted(trace["name"] for trace in timeline["data"]) == ["away", "online"]
 
 
 def test_activity_empty_period_explains(dashboard_env):
@@ -267,3 +276,95 @@ def test_availability_now_and_per_agent(known_data):
     assert agents.loc["5", "sessions"] == 0
     # Alice was available for 1 of the 24 + hours of the two whole days
     assert 0 < agents.loc["1", "availability"] < 5
+
+
+# ---------------------------------------------------------------------------
+# Export
+
+
+def test_export_shows_the_equivalent_command(known_data):
+    at = open_page("export")
+    today = known_data.date()
+    at.radio(key="ex_dataset").set_value("sessions")
+    at.selectbox(key="ex_team").select("sales")
+    at.selectbox(key="ex_format").select("jsonl").run()
+    assert not at.exception, at.exception
+    command = at.code[0].value
+    start = today - timedelta(days=6)
+    assert command == (
+        f"presence export --dataset sessions --from {start} --to {today} --team sales "
+        f"--tz UTC --format jsonl --output presence-sessions-{start}_{today}.jsonl"
+    )
+    assert at.get("download_button")[0].proto.label.startswith("Download presence-sessions-")
+
+
+def test_export_file_equals_the_cli_stream(known_data, engine):
+    from dashboard import data
+    from presence_core import export
+
+    filters = export.ExportFilters(include_hidden=True)
+    produced = data.export_file(engine, "transitions", "csv", filters).read()
+    assert produced == b"".join(export.stream_export(engine, "transitions", "csv", filters))
+    assert produced.count(b"\n") == 12  # header and the 11 transitions
+
+
+# ---------------------------------------------------------------------------
+# database down, then back
+
+
+class _Forwarder:
+    """A TCP forwarder to the test database on a port of its own: while it is not
+    running, the database is unreachable for whoever uses that port."""
+
+    def __init__(self, target_port: int):
+        self.target_port = target_port
+        self.port = free_port()
+        self.server: socket.socket | None = None
+
+    def start(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", self.port), reuse_port=False)
+        threading.Thread(target=self._accept, args=(self.server,), daemon=True).start()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+
+def test_database_down_shows_a_message_and_recovers(known_data, database_url, monkeypatch):
+    forwarder = _Forwarder(database_url.port)
+    via = database_url.set(port=forwarder.port)
+    monkeypatch.setenv("PRESENCE_DATABASE_URL", via.render_as_string(hide_password=False))
+    at = open_page()
+    assert any("The database is not answering" in e.value for e in at.error)
+    assert not at.metric
+    forwarder.start()
+    try:
+        at.run()  # what the page's retry does every few seconds
+        assert not at.exception, at.exception
+        assert not at.error
+        assert metrics(at)["Present now"] == "2"
+    finally:
+        forwarder.stop()
