@@ -1,0 +1,155 @@
+"""The synthetic history: deterministic, realistic in shape, consistent in presence_users."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+from sqlalchemy import text
+
+from presence_core import analytics, history
+from presence_core.errors import PresenceError
+
+END = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)  # a Monday, mid-shift in Europe
+
+
+def fingerprint(engine) -> tuple[int, str]:
+    with engine.connect() as conn:
+        return tuple(
+            conn.execute(
+                text(
+                    "select count(*), md5(string_agg(user_id || status || occurred_at::text, ','"
+                    " order by user_id, occurred_at)) from presence_transitions"
+                )
+            ).one()
+        )
+
+
+def wipe(engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(text("truncate presence_transitions, presence_users"))
+
+
+def test_same_seed_same_history_other_seed_other_history(engine):
+    calls = []
+    written = history.generate_history(
+        engine, 40, 10, seed=7, end=END, progress=lambda *a: calls.append(a)
+    )
+    first = fingerprint(engine)
+    assert first[0] == written > 40 * 10
+    assert calls[-1] == (40, 40, written)
+    wipe(engine)
+    history.generate_history(engine, 40, 10, seed=7, end=END)
+    assert fingerprint(engine) == first
+    wipe(engine)
+    history.generate_history(engine, 40, 10, seed=8, end=END)
+    assert fingerprint(engine) != first
+
+
+def test_rerun_on_the_same_database_adds_nothing(engine):
+    history.generate_history(engine, 20, 5, seed=3, end=END)
+    before = fingerprint(engine)
+    assert history.generate_history(engine, 20, 5, seed=3, end=END) == before[0]
+    assert fingerprint(engine) == before
+
+
+def test_shape_of_the_history(engine):
+    history.generate_history(engine, 300, 21, seed=1, end=END)
+    with engine.connect() as conn:
+        stats = conn.execute(
+            text(
+                """
+                select count(distinct team), count(distinct user_type),
+                       count(*) filter (where user_type = 'admin')
+                from presence_users"""
+            )
+        ).one()
+        statuses = set(
+            conn.execute(text("select distinct status from presence_transitions")).scalars()
+        )
+        repeated = conn.execute(
+            text(
+                """
+                select count(*) from (
+                    select status = lag(status) over (partition by user_id order by occurred_at)
+                        as same from presence_transitions) s
+                where same"""
+            )
+        ).scalar()
+        latest = conn.execute(text("select max(occurred_at) from presence_transitions")).scalar()
+        flaps = conn.execute(
+            text("select count(*) from presence_transitions where reason = 'disconnect'")
+        ).scalar()
+    assert stats[0] >= 8 and stats[1] == 2 and 0 < stats[2] < 60
+    assert statuses == {"online", "away", "busy", "offline"}
+    assert repeated == 0
+    assert latest <= END
+    assert flaps > 0
+    # lunch and short breaks as away, in the middle of the working day
+    per_status = analytics.time_in_status(engine, END - timedelta(days=21), END, "UTC")
+    totals = per_status.groupby("status")["seconds"].sum()
+    assert totals["online"] > totals["busy"] > 0 and totals["away"] > 0
+    # weekends are quiet: Sundays have far fewer active users than Mondays
+    dau = analytics.daily_active_users(engine, END - timedelta(days=21), END, "Europe/London")
+    weekday = {d: n for d, n in zip(dau["date"], dau["active_users"], strict=True)}
+    sundays = [n for d, n in weekday.items() if d.weekday() == 6]
+    mondays = [n for d, n in weekday.items() if d.weekday() == 0]
+    assert max(sundays) < min(mondays) / 3
+    # several time zones: the hour people log on differs between teams
+    sessions = analytics.sessions(engine, END - timedelta(days=14), END)
+    starts = sessions
+    tokyo = starts[starts.team == "support-apac"]["started_at"].dt.hour.median()
+    amer = starts[starts.team == "support-amer"]["started_at"].dt.hour.median()
+    assert abs(tokyo - amer) >= 6
+    # a few night shifts: sessions that start in the evening, local time
+    local_start = [
+        s.started_at.astimezone(ZoneInfo(dict(history.TEAMS)[s.team])).hour
+        for s in sessions.itertuples()
+    ]
+    assert any(h >= 20 for h in local_start)
+
+
+def test_users_table_ends_consistent(engine):
+    history.generate_history(engine, 80, 7, seed=5, end=END)
+    with engine.connect() as conn:
+        mismatches = conn.execute(
+            text(
+                """
+                select u.user_id from presence_users u
+                left join lateral (
+                    select status, occurred_at from presence_transitions t
+                    where t.user_id = u.user_id order by occurred_at desc limit 1) last on true
+                where u.status is distinct from coalesce(last.status, 'offline')
+                   or u.status_since is distinct from last.occurred_at
+                   or u.last_seen <> case when u.status = 'offline'
+                                          then coalesce(last.occurred_at, :end) else :end end
+                   or u.team is null or u.user_name is null"""
+            ),
+            {"end": END},
+        ).all()
+        present = conn.execute(
+            text("select count(*) from presence_users where status <> 'offline'")
+        ).scalar()
+    assert mismatches == []
+    assert present > 0  # a Monday at noon UTC: Europe is at work
+
+
+def test_bad_sizes_are_refused(engine):
+    with pytest.raises(PresenceError):
+        history.generate_history(engine, 0, 5)
+
+
+def test_cli(cli_env):
+    done = subprocess.run(
+        [sys.executable, "-m", "presence_core", "generate-history", "--users", "5", "--days", "3"],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("wrote ") and "for 5 users over 3 days" in done.stdout
+    assert "\r" not in done.stderr  # no progress bar when stderr is not a terminal
