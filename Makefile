@@ -12,8 +12,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 .PHONY: demo test lint install node chromium bench clean
 
 demo: install
-	$(BIN)/presence db start
-	$(BIN)/presence migrate
+	$(BIN)/presence demo
 
 test: install node chromium lint
 	$(BIN)/pytest
