@@ -13,15 +13,12 @@ import pandas as pd
 import streamlit as st
 
 from presence_core import status as st_status
-from presence_core.status import AMBER, GRAY, GREEN
+from presence_core.status import GRAY
 
 NO_DATA_HINT = (
     "No presence data yet. Start the listener against a presence server "
     "(`presence serve` and `presence listen`), or run everything at once with `presence demo`."
 )
-
-# A dot per color, for tables where HTML cannot go (st.dataframe cells).
-DOT_EMOJI = {GREEN: "🟢", AMBER: "🟠", GRAY: "⚪"}
 
 STYLE = f"""
 <style>

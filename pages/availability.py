@@ -91,7 +91,8 @@ with left:
         }
         for r in available_now.head(300).itertuples(index=False)
     ]
-    st.markdown(ui.user_cards(cards, "Nobody is available right now."), unsafe_allow_html=True)
+    with st.container(height=360, border=False):
+        st.markdown(ui.user_cards(cards, "Nobody is available right now."), unsafe_allow_html=True)
 with right:
     st.subheader(f"Away longer than {int(limit)} min ({len(away)})")
     if away.empty:

@@ -64,10 +64,12 @@ def _draw(team: str | None, user_type: str | None) -> None:
     by_type, by_team = st.columns(2)
     with by_type:
         st.markdown("**By type**")
-        st.dataframe(_counts(present, "user_type", "type"), hide_index=True, width="stretch")
+        st.dataframe(
+            _counts(present, "user_type", "type"), hide_index=True, width="stretch", height=180
+        )
     with by_team:
         st.markdown("**By team**")
-        st.dataframe(_counts(present, "team", "team"), hide_index=True, width="stretch")
+        st.dataframe(_counts(present, "team", "team"), hide_index=True, width="stretch", height=180)
 
     st.subheader(f"Present ({len(present)})")
     cards = []

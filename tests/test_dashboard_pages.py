@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import socket
 import threading
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,7 @@ from sqlalchemy import update
 from streamlit.testing.v1 import AppTest
 
 from presence_core import tables
+from presence_core.status import AMBER, GRAY, GREEN
 from presence_core.storage import Sighting, Transition, write_batch
 from tests.conftest import free_port
 
@@ -155,8 +157,12 @@ def test_last_seen_shows_the_guides_texts(known_data):
         "5": "hidden",
         "6": "2m ago",
     }
-    dots = dict(zip(shown["User"], shown[" "], strict=True))
-    assert dots["1"] == "🟢" and dots["2"] == "🟠" and dots["6"] == "🟠" and dots["4"] == "⚪"
+    assert set(shown[" "]) == {"●"}
+    # the dots are coloured by the guide's colors, row by row
+    css = at.dataframe[0].proto.arrow_data.styler.styles
+    for user, color in {"1": GREEN, "2": AMBER, "6": AMBER, "4": GRAY}.items():
+        row = list(shown["User"]).index(user)
+        assert re.search(rf"row{row}_col0[^}}]*\{{[^}}]*color: {color}", css), (user, css)
     exact = shown.set_index("User")["Exact time (UTC)"]
     assert exact["5"] == "hidden"
     expected = (known_data - timedelta(hours=3, minutes=1)).strftime("%Y-%m-%d %H:%M:%S UTC")
