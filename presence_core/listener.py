@@ -35,11 +35,12 @@ import signal
 import socket
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psycopg
 import socketio
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import CollectorRegistry
@@ -158,7 +159,16 @@ class DatabaseDown(Exception):
 
 
 def _is_connection_error(exc: BaseException) -> bool:
-    if isinstance(exc, (OperationalError, InterfaceError, OSError)):
+    if isinstance(
+        exc,
+        (
+            OperationalError,
+            InterfaceError,
+            OSError,
+            psycopg.OperationalError,
+            psycopg.InterfaceError,
+        ),
+    ):
         return True
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
@@ -173,14 +183,13 @@ def write_records(engine: Engine, records: Sequence[Record]) -> tuple[int, int]:
     """
     try:
         return _write_once(engine, records), 0
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, psycopg.Error, OSError) as exc:
+        # COPY runs on the raw psycopg connection, so its errors arrive unwrapped
         if _is_connection_error(exc):
             raise DatabaseDown(_first_line(exc)) from None
         if len(records) == 1:
             log.error("event=row_refused record=%r error=%s", records[0], _first_line(exc))
             return 0, 1
-    except OSError as exc:
-        raise DatabaseDown(str(exc)) from None
     inserted = rejected = 0
     for record in records:
         done, refused = write_records(engine, [record])
@@ -399,7 +408,12 @@ def _clean_text(value: object, limit: int = MAX_NAME) -> str | None:
     return text or None
 
 
+_NO_NAMES: dict = {"user_type": None, "user_name": None, "team": None}
+
+
 def _payload_names(payload: Mapping) -> dict:
+    if "userName" not in payload and "userType" not in payload and "team" not in payload:
+        return _NO_NAMES  # the guide's userStatusChanged: no names (read-only use below)
     return {
         "user_type": _clean_text(payload.get("userType")),
         "user_name": _clean_text(payload.get("userName")),
@@ -494,7 +508,8 @@ class Listener:
 
     ``await listener.run()`` runs until :meth:`stop`; it returns after flushing
     and closing the coverage interval. Usable in-process (tests, the demo) and by
-    ``presence listen``.
+    ``presence listen``. ``on_written``, when given, is called on the event loop
+    with each batch of records just committed (benchmarks time commits with it).
     """
 
     engine: Engine
@@ -503,6 +518,7 @@ class Listener:
     token: str | None = None
     spool_dir: Path | str | None = None
     flush_interval: float = 0.2
+    linger: float = 0.02
     max_batch: int = 5000
     queue_size: int = 100_000
     heartbeat_interval: float = 2.0
@@ -511,6 +527,7 @@ class Listener:
     retry_cap: float = 5.0
     db_retry: float = 1.0
     transports: list[str] | None = None
+    on_written: Callable[[Sequence[Record]], None] | None = None
     stats: Stats = field(default_factory=Stats)
 
     def __post_init__(self) -> None:
@@ -624,7 +641,7 @@ class Listener:
             self._load_state(current_state(self.engine))
             self._beat_now(connected=False)
             return gap
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, psycopg.Error, OSError) as exc:
             if _is_connection_error(exc):
                 raise DatabaseDown(_first_line(exc)) from None
             raise
@@ -712,6 +729,9 @@ class Listener:
         return sio
 
     def _arrive(self, kind: str, payload: object, at: datetime | None = None) -> None:
+        if kind == "event" and not self._inbox and not self._reconciling:
+            self._on_status_changed(payload, at)  # the common case, in order by construction
+            return
         self._inbox.append((kind, at or _now(), payload))
         self._pump()
 
@@ -752,7 +772,7 @@ class Listener:
             if sio is not None:
                 await sio.emit("getOnlineUsers")
         except Exception as exc:  # a connection lost meanwhile; the next connect asks again
-            log.warning("event=ask_online_users_failed error=%r", str(exc))
+            log.info("event=ask_online_users_failed error=%r", str(exc))
 
     # -- events ------------------------------------------------------------------------
 
@@ -799,6 +819,7 @@ class Listener:
             received_at,
         )
         if change.status != OFFLINE and uid not in self._named:
+            self._named.add(uid)  # asked once: a server that has no name will not get asked again
             self._want_names = True
 
     def _on_snapshot(self, args: object, received_at: datetime) -> None:
@@ -884,7 +905,7 @@ class Listener:
                 asyncio.to_thread(current_state, self.engine),
                 max(0.1, deadline - time.monotonic()),
             )
-        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+        except (SQLAlchemyError, psycopg.Error, OSError, TimeoutError) as exc:
             self.stats.db_errors += 1
             log.warning("event=state_read_failed error=%r", _first_line(exc))
             return None
@@ -921,6 +942,8 @@ class Listener:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.flush_interval)
+            if 0 < len(self._queue) < self.max_batch and not self._closing and self.linger > 0:
+                await asyncio.sleep(self.linger)  # gather a batch: one commit for many events
             batch = self._take()
             if self._spooling:
                 if batch:
@@ -942,8 +965,12 @@ class Listener:
                     )
                     self.stats.transitions_written += inserted
                     self.stats.rejected += refused
-                except DatabaseDown as exc:
+                    if self.on_written is not None:
+                        self.on_written([p.record for p in batch])
+                except Exception as exc:  # down, or anything unforeseen: keep it, retry later
                     self.stats.db_errors += 1
+                    if not isinstance(exc, DatabaseDown):
+                        log.exception("event=write_failed action=spool")
                     log.warning(
                         "event=database_down action=spool records=%d error=%r", len(batch), str(exc)
                     )
@@ -969,8 +996,10 @@ class Listener:
                     self._spooling = False  # checked and set on the loop thread: no race
                     log.info("event=database_back spool=empty")
                     return True
-        except DatabaseDown as exc:
+        except Exception as exc:
             self.stats.db_errors += 1
+            if not isinstance(exc, DatabaseDown):
+                log.exception("event=replay_failed")
             log.debug("event=replay_failed error=%r", str(exc))
             return False
 
@@ -1026,7 +1055,7 @@ class Listener:
                 continue  # the database is down; the spool replay will tell
             try:
                 await asyncio.to_thread(self._beat_now, connected=self.stats.connected)
-            except (SQLAlchemyError, OSError) as exc:
+            except (SQLAlchemyError, psycopg.Error, OSError) as exc:
                 self.stats.db_errors += 1
                 log.debug("event=heartbeat_failed error=%r", _first_line(exc))
 
@@ -1058,7 +1087,7 @@ class Listener:
         self.spool.close()
         try:
             await asyncio.to_thread(self._beat_now, connected=False, stopped=True)
-        except (SQLAlchemyError, OSError) as exc:
+        except (SQLAlchemyError, psycopg.Error, OSError) as exc:
             log.warning("event=final_heartbeat_failed error=%r", _first_line(exc))
         log.info(
             "event=stopped listener=%s events=%d transitions=%d spooled=%d replayed=%d rejected=%d",
