@@ -524,66 +524,52 @@ def availability(
 # concurrency
 
 
-def concurrency(
-    engine: Engine,
-    start: datetime | date,
-    end: datetime | date | None,
-    bucket: str = "hour",
-    tz: str | tzinfo | None = None,
-    user_type: str | None = None,
-    team: str | None = None,
-    statuses: Sequence[str] | None = None,
-) -> pd.DataFrame:
-    """Users present at once, per bucket: ``bucket, peak, mean``.
+_BOUNDS_DAY = """
+bounds as (
+    select d at time zone cast(:tz as text) as b
+    from generate_series(
+        (cast(:start as timestamptz) at time zone cast(:tz as text))::date::timestamp,
+        cast(:end as timestamptz) at time zone cast(:tz as text), interval '1 day') d
+)"""
+_BOUNDS_BIN = """
+bounds as (
+    select generate_series(
+        date_bin(cast(:step as interval), cast(:start as timestamptz),
+                 timestamptz '2000-01-01 00:00:00+00'),
+        cast(:end as timestamptz), cast(:step as interval)) as b
+)"""
+_BOUNDS_TRUNC = """
+bounds as (
+    select generate_series(
+        date_trunc(cast(:unit as text), cast(:start as timestamptz), cast(:tz as text)),
+        cast(:end as timestamptz), cast(:step as interval)) as b
+)"""
+# bucket labels (aligned starts) and thresholds (starts, the first clipped to :start)
+_LABELS = """
+labels as (
+    select array_agg(b order by b) as lab,
+           array_agg(greatest(b, cast(:start as timestamptz)) order by b) as thr
+    from bounds where b < cast(:end as timestamptz)
+)"""
 
-    ``bucket`` is ``minute``, ``5 minutes``, ``hour`` (fixed lengths aligned to
-    ``tz``'s clock) or ``day`` (local days). ``bucket`` is each bucket's start
-    (UTC); the first and last buckets only count their part inside the period.
-    ``peak`` is the most users present at the same instant, ``mean`` the
-    time-weighted average. ``statuses`` counts only users in those statuses
-    (default: every present status).
-    """
-    if bucket not in BUCKETS:
-        raise PresenceError(f"unknown bucket {bucket!r}; choose one of {', '.join(BUCKETS)}")
-    zone = _zone(tz)
-    lo, hi = _period(start, end, zone)
-    if hi <= lo:
-        return _empty(("bucket", "peak", "mean"))
-    step = BUCKETS[bucket]
-    if step is None:
-        bounds = """
-        bounds as (
-            select d at time zone cast(:tz as text) as b
-            from generate_series(
-                (cast(:start as timestamptz) at time zone cast(:tz as text))::date::timestamp,
-                cast(:end as timestamptz) at time zone cast(:tz as text), interval '1 day') d
-        )"""
-    elif bucket == "5 minutes":
-        bounds = """
-        bounds as (
-            select generate_series(
-                date_bin(cast(:step as interval), cast(:start as timestamptz),
-                         timestamptz '2000-01-01 00:00:00+00'),
-                cast(:end as timestamptz), cast(:step as interval)) as b
-        )"""
-    else:
-        bounds = """
-        bounds as (
-            select generate_series(
-                date_trunc(cast(:unit as text), cast(:start as timestamptz), cast(:tz as text)),
-                cast(:end as timestamptz), cast(:step as interval)) as b
-        )"""
-    sql = (
+
+def _bounds(bucket: str) -> str:
+    if bucket == "day":
+        return _BOUNDS_DAY
+    return _BOUNDS_BIN if bucket == "5 minutes" else _BOUNDS_TRUNC
+
+
+def _concurrency_sql(bucket: str) -> str:
+    """Per bucket of [:start, :end): peak, user_seconds (integral of users present)
+    and seconds (the bucket's part inside the period): the one definition."""
+    return (
         "with"
         + _SEGMENTS
         + ","
-        + bounds
+        + _bounds(bucket)
+        + ","
+        + _LABELS
         + """,
-    labels as (
-        select array_agg(b order by b) as lab,
-               array_agg(greatest(b, cast(:start as timestamptz)) order by b) as thr
-        from bounds where b < cast(:end as timestamptz)
-    ),
     ev as (
         select t, sum(d) as d from (
             select seg_start as t, 1 as d from seg
@@ -603,25 +589,213 @@ def concurrency(
         from ev
     )
     select l.lab[width_bucket(r.t, l.thr)] as bucket, max(r.c)::int as peak,
-           (sum(r.c * extract(epoch from r.t_next - r.t))
-               / nullif(sum(extract(epoch from r.t_next - r.t)), 0))::float8 as mean
+           sum(r.c * extract(epoch from r.t_next - r.t))::float8 as user_seconds,
+           sum(extract(epoch from r.t_next - r.t))::float8 as seconds
     from run r cross join labels l
     where r.t < cast(:end as timestamptz)
     group by 1 order by 1"""
     )
-    params = _params(
-        lo,
-        hi,
-        zone,
-        user_type=user_type,
-        team=team,
-        step=step,
-        unit="minute" if bucket == "minute" else "hour",
-        statuses=None if statuses is None else list(statuses),
+
+
+def _bucket_params(bucket: str) -> dict[str, Any]:
+    return {"step": BUCKETS[bucket], "unit": "minute" if bucket == "minute" else "hour"}
+
+
+# The rollup's buckets over [:start, :end), from its minutes inside [:a, :b).
+_ROLLUP_SQL = """
+with {bounds}, {labels},
+parts as (
+    select l.lab[i] as bucket, greatest(l.thr[i], cast(:a as timestamptz)) as s,
+           least(coalesce(l.thr[i + 1], cast(:end as timestamptz)), cast(:b as timestamptz)) as e
+    from labels l cross join generate_subscripts(l.thr, 1) i
+),
+agg as (
+    select l.lab[width_bucket(m.minute, l.thr)] as bucket, max(m.peak) as peak,
+           sum(m.user_seconds) as user_seconds
+    from presence_concurrency_minutes m cross join labels l
+    where m.minute >= cast(:a as timestamptz) and m.minute < cast(:b as timestamptz)
+    group by 1
+)
+select p.bucket, coalesce(a.peak, 0)::int as peak, coalesce(a.user_seconds, 0)::float8
+       as user_seconds, extract(epoch from p.e - p.s)::float8 as seconds
+from parts p left join agg a using (bucket)
+where p.e > p.s
+order by 1"""
+
+ROLLUP_WORTH = timedelta(hours=6)
+"""Concurrency spans longer than this are read from the minute rollup (refreshed as needed)."""
+_ROLLUP_LOCK = 0x50524553  # advisory lock key: one refresher at a time
+
+
+def _floor_minute(moment: datetime) -> datetime:
+    return moment.replace(second=0, microsecond=0)
+
+
+def _ceil_minute(moment: datetime) -> datetime:
+    floor = _floor_minute(moment)
+    return floor if floor == moment else floor + timedelta(minutes=1)
+
+
+def _rollup_valid_until(conn) -> datetime | None:
+    """Minutes before this are valid in the rollup (None: none are)."""
+    row = conn.execute(
+        text("select valid_until, dirty_from from presence_rollup_state where name = 'concurrency'")
+    ).one_or_none()
+    if row is None or row.valid_until is None:
+        return None
+    if row.dirty_from is not None and row.dirty_from < row.valid_until:
+        return row.dirty_from
+    return row.valid_until
+
+
+def refresh_rollups(
+    engine: Engine, until: datetime | None = None, chunk: timedelta = timedelta(days=7)
+) -> int:
+    """Bring the per-minute concurrency rollup up to date, up to ``until`` (default
+    now; whole minutes only), recomputing from the earliest change any write made.
+    Returns the minutes written; 0 if another process is refreshing it."""
+    target = _floor_minute(min(until or datetime.now(UTC), datetime.now(UTC)).astimezone(UTC))
+    written = 0
+    with engine.connect() as conn:
+        if not conn.execute(text("select pg_try_advisory_lock(:k)"), {"k": _ROLLUP_LOCK}).scalar():
+            conn.rollback()
+            return 0
+        conn.commit()
+        try:
+            with conn.begin():
+                row = conn.execute(
+                    text(
+                        "select valid_until, dirty_from from presence_rollup_state"
+                        " where name = 'concurrency' for update"
+                    )
+                ).one()
+                start = row.valid_until
+                if start is not None and row.dirty_from is not None:
+                    start = min(start, row.dirty_from)
+                if start is None:  # never built, or emptied
+                    conn.execute(text("delete from presence_concurrency_minutes"))
+                    first = conn.execute(
+                        text("select min(occurred_at) from presence_transitions")
+                    ).scalar()
+                    start = _floor_minute(first) if first is not None else target
+                start = _floor_minute(start)
+                conn.execute(
+                    text(
+                        "update presence_rollup_state set valid_until = :v, dirty_from = null"
+                        " where name = 'concurrency'"
+                    ),
+                    {"v": start},
+                )
+            insert = (
+                "insert into presence_concurrency_minutes (minute, peak, user_seconds) "
+                "select bucket, peak, user_seconds from (" + _concurrency_sql("minute") + ") c"
+            )
+            lo = start
+            while lo < target:
+                hi = min(lo + chunk, target)
+                with conn.begin():
+                    conn.execute(
+                        text(
+                            "delete from presence_concurrency_minutes"
+                            " where minute >= :lo and minute < :hi"
+                        ),
+                        {"lo": lo, "hi": hi},
+                    )
+                    params = _params(lo, hi, ZoneInfo("UTC"), statuses=None)
+                    params.update(_bucket_params("minute"))
+                    written += conn.execute(text(insert), params).rowcount
+                    conn.execute(
+                        text(
+                            "update presence_rollup_state set valid_until = :v"
+                            " where name = 'concurrency'"
+                        ),
+                        {"v": hi},
+                    )
+                lo = hi
+        finally:
+            conn.execute(text("select pg_advisory_unlock(:k)"), {"k": _ROLLUP_LOCK})
+            conn.commit()
+    return written
+
+
+def _whole_minute_offsets(zone: ZoneInfo, lo: datetime, hi: datetime) -> bool:
+    return all(
+        (moment.astimezone(zone).utcoffset() or timedelta()).total_seconds() % 60 == 0
+        for moment in (lo, hi)
     )
-    frame = _query(engine, sql, params, utc=("bucket",))
-    frame["mean"] = frame["mean"].fillna(0.0)
-    return frame
+
+
+def concurrency(
+    engine: Engine,
+    start: datetime | date,
+    end: datetime | date | None,
+    bucket: str = "hour",
+    tz: str | tzinfo | None = None,
+    user_type: str | None = None,
+    team: str | None = None,
+    statuses: Sequence[str] | None = None,
+    rollup: bool = True,
+) -> pd.DataFrame:
+    """Users present at once, per bucket: ``bucket, peak, mean``.
+
+    ``bucket`` is ``minute``, ``5 minutes``, ``hour`` (fixed lengths aligned to
+    ``tz``'s clock) or ``day`` (local days). ``bucket`` is each bucket's start
+    (UTC); the first and last buckets only count their part inside the period.
+    ``peak`` is the most users present at the same instant, ``mean`` the
+    time-weighted average. ``statuses`` counts only users in those statuses
+    (default: every present status).
+
+    Without filters, spans longer than :data:`ROLLUP_WORTH` read whole minutes
+    from the per-minute rollup (same SQL, computed ahead and kept valid by a
+    trigger), refreshing it first when needed; ``rollup=False`` computes
+    everything from the transitions. Both give the same figures.
+    """
+    if bucket not in BUCKETS:
+        raise PresenceError(f"unknown bucket {bucket!r}; choose one of {', '.join(BUCKETS)}")
+    zone = _zone(tz)
+    lo, hi = _period(start, end, zone)
+    if hi <= lo:
+        return _empty(("bucket", "peak", "mean"))
+    pieces: list[pd.DataFrame] = []
+    a = b = lo
+    if (
+        rollup
+        and user_type is None
+        and team is None
+        and statuses is None
+        and hi - lo > ROLLUP_WORTH
+        and _whole_minute_offsets(zone, lo, hi)
+    ):
+        a = _ceil_minute(lo)
+        with engine.connect() as conn:
+            valid = _rollup_valid_until(conn)
+        wanted = _floor_minute(hi)
+        if valid is None or wanted - max(valid, a) > ROLLUP_WORTH:
+            refresh_rollups(engine, wanted)
+            with engine.connect() as conn:
+                valid = _rollup_valid_until(conn)
+        b = max(a, min(wanted, valid)) if valid is not None else a
+        if b > a:
+            sql = _ROLLUP_SQL.format(bounds=_bounds(bucket), labels=_LABELS)
+            params = _params(lo, hi, zone, a=a, b=b, **_bucket_params(bucket))
+            pieces.append(_query(engine, sql, params, utc=("bucket",)))
+        else:
+            a = b = lo
+    for part_lo, part_hi in ((lo, a), (b, hi)):
+        if part_hi > part_lo:
+            params = _params(part_lo, part_hi, zone, user_type=user_type, team=team)
+            params.update(
+                _bucket_params(bucket), statuses=None if statuses is None else list(statuses)
+            )
+            pieces.append(_query(engine, _concurrency_sql(bucket), params, utc=("bucket",)))
+    frame = pd.concat([p for p in pieces if not p.empty] or pieces, ignore_index=True)
+    frame = frame.groupby("bucket", as_index=False).agg(
+        peak=("peak", "max"), user_seconds=("user_seconds", "sum"), seconds=("seconds", "sum")
+    )
+    mean = (frame["user_seconds"] / frame["seconds"].where(frame["seconds"] > 0)).fillna(0.0)
+    return pd.DataFrame(
+        {"bucket": frame["bucket"], "peak": frame["peak"].astype(int), "mean": mean.astype(float)}
+    )
 
 
 def weekday_hour_heatmap(

@@ -74,7 +74,7 @@ _TYPES: dict[str, pa.DataType] = {
     "date": pa.date32(),
 }
 
-ROW_GROUP = 100_000
+ROW_GROUP = 50_000
 CHUNK_BYTES = 1 << 18
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 

@@ -11,8 +11,10 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Float,
     Identity,
     Index,
+    Integer,
     MetaData,
     Table,
     Text,
@@ -82,4 +84,25 @@ listeners = Table(
     Column("events_received", BigInteger, nullable=False, server_default=text("0")),
     Column("transitions_written", BigInteger, nullable=False, server_default=text("0")),
     Column("stopped_at", DateTime(timezone=True)),
+)
+
+# Per UTC minute: the most users present at once and the user-seconds present
+# (migration 0002). Computed by presence_core.analytics from the transitions;
+# valid before presence_rollup_state's valid_until and dirty_from.
+concurrency_minutes = Table(
+    "presence_concurrency_minutes",
+    metadata,
+    Column("minute", DateTime(timezone=True), primary_key=True),
+    Column("peak", Integer, nullable=False),
+    Column("user_seconds", Float, nullable=False),
+)
+
+# How far each rollup is valid; a trigger on presence_transitions lowers
+# dirty_from to the earliest time any write touched.
+rollup_state = Table(
+    "presence_rollup_state",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("valid_until", DateTime(timezone=True)),
+    Column("dirty_from", DateTime(timezone=True)),
 )

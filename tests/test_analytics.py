@@ -411,3 +411,35 @@ def test_filters_and_unknown_zone(engine):
         analytics.concurrency(engine, *window, bucket="fortnight")
     future = datetime.now(UTC) + timedelta(days=2)
     assert analytics.sessions(engine, future, future + timedelta(days=1)).empty
+
+
+def test_minute_rollup_agrees_with_the_raw_log_and_follows_late_writes(engine):
+    from presence_core import history
+
+    end = utc(2026, 3, 12, 6, 30)
+    history.generate_history(engine, 30, 8, seed=4, end=end)
+    start = utc(2026, 3, 5, 7, 45, 30)  # not on a minute: raw head, rollup middle
+
+    def both(bucket, tz):
+        fast = analytics.concurrency(engine, start, end, bucket, tz)
+        slow = analytics.concurrency(engine, start, end, bucket, tz, rollup=False)
+        pd.testing.assert_frame_equal(fast, slow, check_exact=False, rtol=1e-9)
+        return fast
+
+    hourly = both("hour", NY)  # crosses 2026-03-08 in New York
+    assert hourly["peak"].max() > 3
+    with engine.connect() as conn:
+        minutes = conn.execute(text("select count(*) from presence_concurrency_minutes")).scalar()
+    assert minutes > 6 * 24 * 60
+    both("day", NY)
+    both("5 minutes", "Asia/Kolkata")
+    # a late row in the middle of the rolled-up range (a replayed event) invalidates
+    add(engine, [("late", "online", utc(2026, 3, 6, 3)), ("late", "offline", utc(2026, 3, 9, 3))])
+    after = both("hour", NY)
+    assert (after["peak"] >= hourly["peak"]).all() and (after["mean"] > hourly["mean"]).sum() > 24
+    with engine.begin() as conn:
+        conn.execute(text("delete from presence_transitions where user_id = 'late'"))
+    pd.testing.assert_frame_equal(both("hour", NY), hourly)
+    with engine.begin() as conn:
+        conn.execute(text("truncate presence_transitions"))
+    assert (both("hour", "UTC")["peak"] == 0).all()
