@@ -405,15 +405,14 @@ def _short(seconds: float) -> str:
 # ---------------------------------------------------------------------------
 # export
 
-SPOOL_BYTES = 8 << 20  # larger exports spill to a temporary file, not memory
-
 
 def export_file(engine: Engine, dataset: str, fmt: str, filters: export.ExportFilters):
-    """The whole export as a file object, written chunk by chunk from
-    ``export.stream_export`` (in memory up to 8 MB, then on disk); for
-    ``st.download_button``'s deferred ``data`` callable, which runs outside the
-    page's script (so the engine is passed in)."""
-    out = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115 - returned open
+    """The whole export as an unbuffered temporary file (``io.FileIO``, rewound),
+    written chunk by chunk from ``export.stream_export``: rows go from PostgreSQL
+    to disk, never collected in memory. For ``st.download_button``'s deferred
+    ``data`` callable, which runs outside the page's script (so the engine is
+    passed in). Streamlit then serves the file from its media store."""
+    out = tempfile.TemporaryFile(buffering=0)  # noqa: SIM115 - returned open
     try:
         for chunk in export.stream_export(engine, dataset, fmt, filters):
             out.write(chunk)

@@ -143,8 +143,9 @@ def dot(color: str, pulse: bool = False, title: str = "") -> str:
     return f'<span class="{classes}" style="--pd-color:{color}"{label}></span>'
 
 
-def user_cards(rows: Iterable[dict], empty: str = "") -> str:
-    """HTML for a grid of users; each row: ``name, meta, color, pulse``."""
+def user_cards(rows: Iterable[dict], empty: str = "", kind: str = "users") -> str:
+    """HTML for a grid of users (CSS class ``pd-<kind>``); each row: ``name, meta,
+    color``, optionally ``pulse`` and ``title``."""
     items = [
         '<div class="pd-user">'
         + dot(row["color"], row.get("pulse", False), row.get("title", ""))
@@ -154,7 +155,7 @@ def user_cards(rows: Iterable[dict], empty: str = "") -> str:
     ]
     if not items:
         return f'<div class="pd-meta">{html.escape(empty)}</div>' if empty else ""
-    return '<div class="pd-list">' + "".join(items) + "</div>"
+    return f'<div class="pd-list pd-{html.escape(kind)}">' + "".join(items) + "</div>"
 
 
 def display_name(user_id: object, user_name: object) -> str:

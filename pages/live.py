@@ -61,15 +61,24 @@ def _draw(team: str | None, user_type: str | None) -> None:
         ui.empty_state()
         return
 
-    by_type, by_team = st.columns(2)
-    with by_type:
-        st.markdown("**By type**")
-        st.dataframe(
-            _counts(present, "user_type", "type"), hide_index=True, width="stretch", height=180
+    if len(present):
+        by_type, by_team = st.columns(2)
+        height = min(
+            35 * (max(present["user_type"].nunique(), present["team"].nunique()) + 1) + 3, 215
         )
-    with by_team:
-        st.markdown("**By team**")
-        st.dataframe(_counts(present, "team", "team"), hide_index=True, width="stretch", height=180)
+        with by_type:
+            st.markdown("**By type**")
+            st.dataframe(
+                _counts(present, "user_type", "type"),
+                hide_index=True,
+                width="stretch",
+                height=height,
+            )
+        with by_team:
+            st.markdown("**By team**")
+            st.dataframe(
+                _counts(present, "team", "team"), hide_index=True, width="stretch", height=height
+            )
 
     st.subheader(f"Present ({len(present)})")
     cards = []
@@ -87,7 +96,9 @@ def _draw(team: str | None, user_type: str | None) -> None:
                 "title": f"{row.user_id}: {text}",
             }
         )
-    st.markdown(ui.user_cards(cards, "Nobody is present right now."), unsafe_allow_html=True)
+    st.markdown(
+        ui.user_cards(cards, "Nobody is present right now.", kind="present"), unsafe_allow_html=True
+    )
     if len(present) > MAX_CARDS:
         st.caption(f"… and {len(present) - MAX_CARDS:,} more; see Last seen for everyone.")
 
@@ -104,7 +115,8 @@ def _draw(team: str | None, user_type: str | None) -> None:
             }
         )
     st.markdown(
-        ui.user_cards(recent_cards, "Nobody left in the last 5 minutes."), unsafe_allow_html=True
+        ui.user_cards(recent_cards, "Nobody left in the last 5 minutes.", kind="recent"),
+        unsafe_allow_html=True,
     )
     st.caption(f"Updated {ui.format_time(now, zone)}")
 

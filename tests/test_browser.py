@@ -1,0 +1,312 @@
+"""The real dashboard (`presence dashboard`) in a real browser (Debian's Chromium via
+Playwright): every page opens cleanly, Last seen shows the guide's texts in the
+viewer's time zone, Export downloads the database's rows, and a user connecting
+through our presence server, logged by the listener, appears on Live within 3 s
+and leaves when they disconnect. Screenshots go to test-artifacts/."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+
+from presence_core import health, tables
+from presence_core.status import parse_timestamp
+from presence_core.storage import Transition, write_batch
+from tests.conftest import free_port
+from tests.waiting import wait_for
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="pip install 'playwright>=1.45,<2'")
+expect = sync_api.expect
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+PAGES = {
+    "": "Live",
+    "last-seen": "Last seen",
+    "activity": "Activity",
+    "availability": "Availability",
+    "export": "Export",
+    "health": "Health",
+}
+
+
+# ---------------------------------------------------------------------------
+# processes
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextmanager
+def _process(argv: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+        )
+        try:
+            yield process
+        finally:
+            _stop(process)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+@contextmanager
+def running_dashboard(env: dict[str, str], logs: Path) -> Iterator[str]:
+    """`presence dashboard` on a free port; yields its base URL once it answers."""
+    port = free_port()
+    argv = [sys.executable, "-m", "presence_core", "dashboard", "--port", str(port)]
+    with _process(argv, env, logs / "dashboard.log") as process:
+        url = f"http://127.0.0.1:{port}"
+
+        def ready() -> bool:
+            assert process.poll() is None, (logs / "dashboard.log").read_text()
+            return _answers(f"{url}/_stcore/health")
+
+        wait_for(ready, timeout=60, interval=0.1, what="the dashboard's health endpoint")
+        yield url
+
+
+@pytest.fixture
+def dashboard(cli_env, tmp_path) -> Iterator[str]:
+    env = {**cli_env, "PRESENCE_TZ": "UTC"}
+    with running_dashboard(env, tmp_path) as url:
+        yield url
+
+
+# ---------------------------------------------------------------------------
+# browser
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def new_page(browser, timezone: str = "UTC"):
+    context = browser.new_context(
+        viewport={"width": 1400, "height": 1000}, timezone_id=timezone, accept_downloads=True
+    )
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    return page
+
+
+def open_page(page, base: str, path: str) -> None:
+    """Go to a page and wait until its script has run, with no exception shown."""
+    page.goto(f"{base}/{path}")
+    expect(page.locator("h1").first).to_have_text(PAGES[path], timeout=60_000)
+    page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']")
+    expect(page.locator("[data-testid='stException']")).to_have_count(0)
+    expect(page.get_by_text("Page not found")).to_have_count(0)
+
+
+def shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def grid_cells(page) -> list[str]:
+    """The visible cells of the page's first st.dataframe (its accessible table)."""
+    return page.locator("[data-testid='stDataFrame'] [role='gridcell']").all_text_contents()
+
+
+# ---------------------------------------------------------------------------
+# data
+
+
+@pytest.fixture
+def known_data(engine) -> datetime:
+    now = datetime.now(UTC)
+
+    def t(user, status, at, name):
+        return Transition(user, status, at, at, user_name=name, user_type="agent", team="support")
+
+    write_batch(
+        engine,
+        [
+            t("1", "online", now - timedelta(hours=1), "Alice"),
+            t("2", "online", now - timedelta(hours=2), "Bob"),
+            t("2", "away", now - timedelta(minutes=10), "Bob"),
+            t("3", "online", now - timedelta(hours=3), "Carol"),
+            t("3", "offline", now - timedelta(minutes=5, seconds=30), "Carol"),
+            t("4", "online", now - timedelta(hours=5), "Dave"),
+            t("4", "offline", now - timedelta(hours=3, minutes=1), "Dave"),
+            t("5", "online", now - timedelta(days=2, hours=1), "Eve"),
+            t("5", "offline", now - timedelta(days=2), "Eve"),
+        ],
+    )
+    with engine.begin() as conn:
+        conn.execute(
+            update(tables.users).where(tables.users.c.user_id == "5").values(hide_last_seen=True)
+        )
+    return now
+
+
+# ---------------------------------------------------------------------------
+# tests
+
+
+def test_every_page_opens_without_an_exception(browser, dashboard, known_data):
+    page = new_page(browser)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    for path in PAGES:
+        open_page(page, dashboard, path)
+        shot(page, f"page-{path or 'live'}")
+    assert errors == []
+    page.context.close()
+
+
+def test_last_seen_shows_the_guides_texts_in_the_viewers_zone(browser, dashboard, known_data):
+    page = new_page(browser, timezone="Asia/Tokyo")
+    open_page(page, dashboard, "last-seen")
+    expect(page.get_by_text("Times in Asia/Tokyo")).to_be_visible()
+    cells = wait_for(lambda: grid_cells(page), what="the table's cells")
+    rows = {cells[i + 1]: cells[i : i + 8] for i in range(0, len(cells) - 7, 8)}
+    assert {user: row[6] for user, row in rows.items()} == {
+        "1": "online",
+        "2": "away",
+        "3": "5m ago",
+        "4": "3h ago",
+        "5": "hidden",
+    }
+    tokyo = (known_data - timedelta(hours=3, minutes=1)).astimezone(
+        __import__("zoneinfo").ZoneInfo("Asia/Tokyo")
+    )
+    assert rows["4"][7] == tokyo.strftime("%Y-%m-%d %H:%M:%S JST")
+    shot(page, "last-seen-tokyo")
+    page.context.close()
+
+
+def test_export_downloads_the_databases_rows(browser, dashboard, known_data, engine):
+    page = new_page(browser)
+    open_page(page, dashboard, "export")
+    page.get_by_text("Include users who hide their last seen").click()
+    page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']")
+    button = page.get_by_role("button", name=re.compile(r"Download presence-transitions-"))
+    with page.expect_download() as info:
+        button.click()
+    body = Path(info.value.path()).read_text()
+    rows = list(csv.DictReader(io.StringIO(body)))
+    assert list(rows[0]) == [
+        "user_id",
+        "user_type",
+        "user_name",
+        "team",
+        "status",
+        "occurred_at",
+        "received_at",
+        "inferred",
+        "reason",
+    ]
+    with engine.connect() as conn:
+        stored = conn.execute(
+            select(
+                tables.transitions.c.user_id,
+                tables.transitions.c.status,
+                tables.transitions.c.occurred_at,
+            )
+        ).all()
+    assert sorted((r["user_id"], r["status"], parse_timestamp(r["occurred_at"])) for r in rows) == (
+        sorted((u, s, at) for u, s, at in stored)
+    )
+    shot(page, "export")
+    page.context.close()
+
+
+@pytest.fixture
+def live_stack(cli_env, tmp_path, engine) -> Iterator[tuple[str, str]]:
+    """Our presence server (no database of its own), the listener logging it to this
+    test's database, and the dashboard; yields (server URL, dashboard URL)."""
+    port = free_port()
+    server_url = f"http://127.0.0.1:{port}"
+    env = {**cli_env, "PRESENCE_SERVER_URL": server_url, "PRESENCE_TZ": "UTC"}
+    python = [sys.executable, "-m", "presence_core"]
+    serve = [*python, "serve", "--host", "127.0.0.1", "--port", str(port), "--no-db"]
+    listen = [*python, "listen", "--name", "e2e", "--spool-dir", str(tmp_path / "spool")]
+    with (
+        _process([*serve, "--grace", "0"], env, tmp_path / "server.log"),
+        _process(listen, env, tmp_path / "listener.log"),
+        running_dashboard(env, tmp_path) as dashboard_url,
+    ):
+        wait_for(
+            lambda: any(item.connected and item.alive for item in health.listeners(engine)),
+            timeout=30,
+            interval=0.1,
+            what=f"the listener to connect: {(tmp_path / 'listener.log').read_text()}",
+        )
+        yield server_url, dashboard_url
+
+
+def test_a_user_appears_on_live_within_3_s_and_leaves(browser, live_stack):
+    socketio = pytest.importorskip("socketio")
+    server_url, dashboard_url = live_stack
+    page = new_page(browser)
+    open_page(page, dashboard_url, "")
+    expect(page.locator("[data-testid='stMetricValue']").first).to_have_text("0")
+    person = page.locator(".pd-present .pd-user", has_text="Zed Browser")
+
+    client = socketio.SimpleClient()
+    client.connect(server_url, transports=["polling"])  # the sync client lacks websocket
+    try:
+        started = time.monotonic()
+        client.emit("userOnline", {"userId": 4242, "userType": "agent", "userName": "Zed Browser"})
+        expect(person).to_be_visible(timeout=3_000)
+        appeared = time.monotonic() - started
+        expect(person.locator(".pd-pulse")).to_have_count(1)
+        expect(page.locator("[data-testid='stMetricValue']").first).to_have_text("1")
+        shot(page, "live-user-present")
+    finally:
+        client.disconnect()
+    started = time.monotonic()
+    expect(person).to_have_count(0, timeout=3_000)
+    left = time.monotonic() - started
+    # now recently active, with a still (amber) dot
+    recent = page.locator(".pd-recent .pd-user", has_text="Zed Browser")
+    expect(recent).to_have_count(1, timeout=3_000)
+    expect(recent.locator(".pd-pulse")).to_have_count(0)
+    shot(page, "live-user-left")
+    print(f"appeared after {appeared:.2f} s, left after {left:.2f} s")
+    page.context.close()
