@@ -450,6 +450,7 @@ class Stats:
     replayed: int = 0
     rejected: int = 0
     reconnects: int = 0
+    connect_failures: int = 0
     reconciles: int = 0
     db_errors: int = 0
     last_event_at: datetime | None = None
@@ -486,6 +487,7 @@ class _Collector:
         yield counter("rejected", "bad events and refused rows, never written", st.rejected)
         yield counter("reconnects", "connections to the server after the first", st.reconnects)
         yield counter("db_errors", "failed attempts to reach the database", st.db_errors)
+        yield counter("connect_failures", "failed attempts to connect", st.connect_failures)
         age = (_now() - st.last_event_at).total_seconds() if st.last_event_at else float("nan")
         yield gauge("last_event_age_seconds", "seconds since the last event", age)
         yield gauge("queue_depth", "records waiting for the writer", len(lst._queue))
@@ -669,6 +671,7 @@ class Listener:
                 )
             except (socketio.exceptions.ConnectionError, OSError, ValueError) as exc:
                 attempt += 1
+                self.stats.connect_failures += 1
                 delay = backoff_delay(attempt, cap=self.retry_cap)
                 log.warning(
                     "event=connect_failed server=%s attempt=%d error=%r retry_in=%.2f",

@@ -617,3 +617,59 @@ def test_against_our_server(engine, tmp_path):
                 assert (await db(user_row, engine, "bob")).user_name == "Bob"
 
         asyncio.run(scenario())
+
+
+def test_our_server_with_tokens_and_a_gap(engine, tmp_path):
+    pytest.importorskip("presence_core.server")
+    from presence_core import auth
+    from tests.server_harness import running_server
+
+    secret = "listener-test-secret-0123456789"
+    observer = auth.issue_token(secret, observer=True)
+    with running_server(None, auth_secret=secret) as srv:
+        ann = srv.client(auth={"token": auth.issue_token(secret, user_id="ann")})
+        ann.emit("userOnline", {"userId": "ann", "userName": "Ann"})
+        ann.wait_change("ann", "online")
+
+        async def first_run():
+            async with listening(engine, srv.url, tmp_path, token=observer):
+                await wait_rows(engine, [("ann", "online", False)])
+
+        asyncio.run(first_run())
+        [first] = coverage_rows(engine)
+        bob = srv.client(auth={"token": auth.issue_token(secret, user_id="bob")})
+        bob.emit("userOnline", {"userId": "bob", "userName": "Bob"})
+        ann.emit("userOffline", {"userId": "ann"})
+        ann.wait_change("ann", "offline")
+
+        async def second_run():
+            async with listening(engine, srv.url, tmp_path, token=observer):
+                await wait_rows(
+                    engine,
+                    [("ann", "online", False), ("ann", "offline", True), ("bob", "online", False)],
+                )
+
+        asyncio.run(second_run())
+        rows = {(r.user_id, r.status): r for r in transition_rows(engine)}
+        assert rows["ann", "offline"].occurred_at == first.ended_at
+        assert user_row(engine, "bob").user_name == "Bob"
+
+
+def test_without_a_token_our_server_refuses_and_the_listener_keeps_trying(engine, tmp_path):
+    pytest.importorskip("presence_core.server")
+    from tests.server_harness import running_server
+
+    with running_server(None, auth_secret="listener-test-secret-0123456789") as srv:
+
+        async def scenario():
+            listener = make_listener(engine, srv.url, tmp_path)
+            task = asyncio.create_task(listener.run())
+            await async_wait_for(
+                lambda: listener.stats.connect_failures >= 3, 10, what="refused attempts"
+            )
+            assert not listener.stats.connected and not task.done()
+            listener.stop()
+            await asyncio.wait_for(task, 10)
+            assert coverage_rows(engine) == []
+
+        asyncio.run(scenario())
