@@ -1,8 +1,8 @@
 """Export presence history for analysts: transitions, sessions or a daily summary.
 
 Columns are DESIGN's, in order; timestamps are ISO-8601 with offset (UTC).
-Rows stream from PostgreSQL to the output (COPY TO for CSV and JSON lines, a
-server-side cursor and row groups for Parquet), so memory stays flat however
+Rows stream from PostgreSQL to the output (COPY TO; for Parquet the CSV stream is
+parsed by Arrow block by block, one row group each), so memory stays flat however
 many rows there are. Users who hide their last seen are left out unless
 --include-hidden. Dates given to --from/--to are whole days in the display time
 zone (--to inclusive); `daily` takes its days in that zone too.
@@ -23,6 +23,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from sqlalchemy import Engine, text
 from sqlalchemy.dialects import postgresql
@@ -74,7 +75,7 @@ _TYPES: dict[str, pa.DataType] = {
     "date": pa.date32(),
 }
 
-ROW_GROUP = 50_000
+ROW_GROUP_BYTES = 8 << 20  # CSV bytes per Parquet row group (about 60k rows)
 CHUNK_BYTES = 1 << 18
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -216,32 +217,52 @@ class _Sink(io.RawIOBase):
         return out
 
 
+class _Source(io.RawIOBase):
+    """A read-only file over an iterator of byte chunks."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        while not self._pending:
+            try:
+                self._pending = next(self._chunks)
+            except StopIteration:
+                return 0
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+
 def _parquet(engine: Engine, dataset: str, sql: str, params: dict[str, Any]) -> Iterator[bytes]:
+    """CSV from COPY TO, parsed by Arrow in blocks, written as one row group per block."""
     columns = COLUMNS[dataset]
     schema = pa.schema([(c, _TYPES.get(c, pa.string())) for c in columns])
-    statement, values = _pyformat(sql, params)
+    copy = (
+        f"copy ({_text_select(dataset, sql, words=True)}) to stdout with (format csv, header true)"
+    )
+    reader = pacsv.open_csv(
+        io.BufferedReader(_Source(_copy_out(engine, copy, params)), buffer_size=1 << 20),
+        read_options=pacsv.ReadOptions(block_size=ROW_GROUP_BYTES, use_threads=False),
+        parse_options=pacsv.ParseOptions(newlines_in_values=True),
+        convert_options=pacsv.ConvertOptions(
+            column_types={f.name: f.type for f in schema},
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
+            true_values=["true"],
+            false_values=["false"],
+        ),
+    )
     sink = _Sink()
-    writer = pq.ParquetWriter(sink, schema, compression="zstd")
-    with engine.connect() as conn:
-        raw = conn.connection.driver_connection
-        cursor = raw.cursor(name="presence_export")
-        try:
-            cursor.itersize = ROW_GROUP
-            cursor.execute(statement, values)
-            while True:
-                rows = cursor.fetchmany(ROW_GROUP)
-                if not rows:
-                    break
-                arrays = [
-                    pa.array([row[i] for row in rows], type=schema.field(i).type)
-                    for i in range(len(columns))
-                ]
-                writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
-                yield sink.drain()
-        finally:
-            cursor.close()
-            conn.rollback()
-    writer.close()
+    with pq.ParquetWriter(sink, schema, compression="zstd") as writer:
+        for batch in reader:
+            writer.write_batch(batch.select(list(columns)))
+            yield sink.drain()
     yield sink.drain()
 
 

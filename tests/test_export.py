@@ -81,11 +81,11 @@ def test_jsonl_round_trips_odd_text(history):
 
 
 def test_parquet_is_written_in_row_groups_with_types(history, monkeypatch, tmp_path):
-    monkeypatch.setattr(export, "ROW_GROUP", 2)
+    monkeypatch.setattr(export, "ROW_GROUP_BYTES", 300)
     path = tmp_path / "t.parquet"
     path.write_bytes(b"".join(stream_export(history, "transitions", "parquet")))
     parquet = pq.ParquetFile(path)
-    assert parquet.metadata.num_row_groups == 3
+    assert parquet.metadata.num_row_groups > 1
     table = parquet.read()
     assert table.column_names == list(export.TRANSITION_COLUMNS)
     assert str(table.schema.field("occurred_at").type) == "timestamp[us, tz=UTC]"
