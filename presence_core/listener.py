@@ -641,7 +641,7 @@ class Listener:
                 log.info("event=spool_replayed_at_start records=%d", replayed)
             gap = close_dangling_coverage(self.engine, self.name, _now())
             self._load_state(current_state(self.engine))
-            self._beat_now(connected=False)
+            write_heartbeat(self.engine, self._heartbeat(connected=False))
             return gap
         except (SQLAlchemyError, psycopg.Error, OSError) as exc:
             if _is_connection_error(exc):
@@ -669,7 +669,7 @@ class Listener:
                     transports=self.transports,
                     wait_timeout=5,
                 )
-            except (socketio.exceptions.ConnectionError, OSError, ValueError) as exc:
+            except Exception as exc:  # refused, unreachable, bad URL or token, timeouts
                 attempt += 1
                 self.stats.connect_failures += 1
                 delay = backoff_delay(attempt, cap=self.retry_cap)
@@ -791,6 +791,13 @@ class Listener:
             )
 
     def _on_status_changed(self, args: object, received_at: datetime) -> None:
+        try:
+            self._handle_status_changed(args, received_at)
+        except Exception as exc:  # a bug must cost one event, never the listener
+            log.exception("event=handler_failed")
+            self._reject("userStatusChanged", f"internal error: {exc!r}", args)
+
+    def _handle_status_changed(self, args: object, received_at: datetime) -> None:
         payload = args[0] if isinstance(args, tuple) and len(args) == 1 else args
         try:
             change = parse_status_changed(payload)
@@ -1032,33 +1039,32 @@ class Listener:
             candidates.append(self._inbox[0][1])
         return min(candidates)
 
-    def _beat_now(self, *, connected: bool, stopped: bool = False) -> None:
+    def _heartbeat(self, *, connected: bool, stopped: bool = False) -> Heartbeat:
+        """The heartbeat row as of now (built on the event loop: it reads the queue)."""
         now = _now()
-        write_heartbeat(
-            self.engine,
-            Heartbeat(
-                listener=self.name,
-                server_url=self.server_url,
-                host=socket.gethostname(),
-                pid=os.getpid(),
-                started_at=self._started_at,
-                heartbeat_at=now if stopped else self._durable_until(),
-                connected=connected,
-                last_event_at=self.stats.last_event_at,
-                events_received=self.stats.events_received,
-                transitions_written=self.stats.transitions_written,
-                stopped_at=now if stopped else None,
-            ),
+        return Heartbeat(
+            listener=self.name,
+            server_url=self.server_url,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            started_at=self._started_at,
+            heartbeat_at=now if stopped else self._durable_until(),
+            connected=connected,
+            last_event_at=self.stats.last_event_at,
+            events_received=self.stats.events_received,
+            transitions_written=self.stats.transitions_written,
+            stopped_at=now if stopped else None,
         )
 
     async def _heartbeat_loop(self) -> None:
         while not self._stop.is_set():
             await self._sleep(self.heartbeat_interval)
-            if self._spooling:
+            if self._spooling or self._stop.is_set():
                 continue  # the database is down; the spool replay will tell
+            beat = self._heartbeat(connected=self.stats.connected)
             try:
-                await asyncio.to_thread(self._beat_now, connected=self.stats.connected)
-            except (SQLAlchemyError, psycopg.Error, OSError) as exc:
+                await asyncio.to_thread(write_heartbeat, self.engine, beat)
+            except Exception as exc:  # never let the heartbeat die
                 self.stats.db_errors += 1
                 log.debug("event=heartbeat_failed error=%r", _first_line(exc))
 
@@ -1089,7 +1095,8 @@ class Listener:
         await writer
         self.spool.close()
         try:
-            await asyncio.to_thread(self._beat_now, connected=False, stopped=True)
+            beat = self._heartbeat(connected=False, stopped=True)
+            await asyncio.to_thread(write_heartbeat, self.engine, beat)
         except (SQLAlchemyError, psycopg.Error, OSError) as exc:
             log.warning("event=final_heartbeat_failed error=%r", _first_line(exc))
         log.info(
