@@ -907,6 +907,8 @@ class Listener:
         deadline = time.monotonic() + self.reconcile_timeout
         self._wake.set()
         while self._queue or self._inflight is not None or self._spooling:
+            if self._spooling:
+                return None  # down (or behind): memory is the database plus the spool
             if time.monotonic() > deadline:
                 return None
             await asyncio.sleep(0.01)

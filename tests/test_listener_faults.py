@@ -348,3 +348,39 @@ def test_bad_flags_are_one_line_errors(cli_env):
     )
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0 and "server URL" in result.stderr
+
+
+def test_server_not_up_yet_then_restarted_while_the_database_is_down(own_postgres, tmp_path):
+    """Both faults at once: the reconcile after the server's restart runs on the
+    listener's memory (the database is down) and its rows wait in the spool."""
+    server, pg_port, engine = own_postgres
+    port = free_port()
+
+    async def scenario():
+        listener = make_listener(engine, f"http://127.0.0.1:{port}", tmp_path)
+        task = asyncio.create_task(listener.run())
+        await async_wait_for(lambda: listener.stats.connect_failures >= 2, 10, what="retries")
+        with guide_server(port) as first:  # the server comes up: the listener gets in
+            await async_wait_for(lambda: listener.stats.reconciles >= 1, 15, what="connect")
+            tab = await User(first.url).connect()
+            await tab.online(1, "Ann")
+            await wait_rows(engine, [("1", "online", False)])
+            await asyncio.to_thread(server.stop)
+            first.process.kill()
+            await async_wait_for(lambda: not listener.stats.connected, 10)
+            await tab.close()
+        with guide_server(port):
+            await async_wait_for(lambda: listener.stats.reconciles >= 2, 20, what="reconcile")
+            assert listener.view("1").status == "offline"  # decided from memory
+            assert listener.spooling
+            await asyncio.to_thread(restart_on_same_port, server, pg_port)
+            await wait_rows(engine, [("1", "online", False), ("1", "offline", True)], 20)
+            listener.stop()
+            await asyncio.wait_for(task, 20)
+        gap, after = await db(coverage_rows, engine)
+        [(offline_at,)] = [
+            (r.occurred_at,) for r in await db(transition_rows, engine) if r.inferred
+        ]
+        assert offline_at == gap.ended_at and after.ended_at is not None
+
+    asyncio.run(scenario())
