@@ -104,7 +104,11 @@ class Spool:
         """Every segment file, oldest first (the open one last, if any)."""
         if not self.directory.exists():
             return []
-        found = [p for p in self.directory.iterdir() if p.suffix == SUFFIX and p.stem.isdigit()]
+        try:
+            entries = list(self.directory.iterdir())
+        except FileNotFoundError:
+            return []
+        found = [p for p in entries if p.suffix == SUFFIX and p.stem.isdigit()]
         return sorted(found, key=lambda p: int(p.stem))
 
     def closed_segments(self) -> list[Path]:
@@ -112,10 +116,11 @@ class Spool:
 
     def empty(self) -> bool:
         """True when no segment holds any record."""
-        return not any(p.stat().st_size for p in self.segments())
+        return not any(_size(p) for p in self.segments())
 
     def size_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.segments())
+        """Bytes waiting in the spool (a replay may be deleting segments meanwhile)."""
+        return sum(_size(p) for p in self.segments())
 
     def replay(self, accept: Callable[[list[dict]], None], chunk: int = 5000) -> int:
         """Offer every record of the closed segments to ``accept``, oldest first, in
@@ -159,6 +164,13 @@ class Spool:
                     batch = []
         if batch:
             yield batch
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _fsync_directory(directory: Path) -> None:
