@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import threading
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
@@ -30,6 +31,15 @@ LIVE_TTL = 1.5  # seconds; Live refreshes every 2 s
 TABLE_TTL = 5
 HISTORY_TTL = 60
 MAX_ROWS = 50_000  # no page sends more rows than this to the browser
+
+
+def _preload_charts() -> None:
+    """Import plotly in the background (about a second): the first chart page then
+    does not pay for it. This module is imported once per dashboard process."""
+    import plotly.express  # noqa: F401
+
+
+threading.Thread(target=_preload_charts, name="preload-plotly", daemon=True).start()
 
 
 class DatabaseDown(PresenceError):

@@ -1,0 +1,280 @@
+"""Benchmark: time to first complete render of each dashboard page in a real browser.
+
+Generates a history (default 300 users × 14 days; ``--users 5000 --days 90`` for
+the issue's full size, about 8.6 M transitions, which takes a few minutes to
+write) in a scratch database on the configured server (PRESENCE_DATABASE_URL,
+else the embedded one), starts ``presence dashboard`` on it and opens each page
+in Chromium (Playwright), timing from navigation until the page's script has
+finished and every chart has drawn: cold (the first visit, caches empty) and
+warm (the next visit, in a new browser session, within the cache's ttl).
+The baseline, measured in the same run, is the same page on an empty database:
+what Streamlit and the browser cost before any data.
+
+    python -m bench.bench_dashboard [--users N] [--days D] [--runs R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+import psycopg
+from sqlalchemy import text
+from sqlalchemy.engine import URL
+
+from bench.report import record, table
+from presence_core import db, history
+from presence_core.config import load_settings
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+PAGES = {
+    "Live": "",
+    "Last seen": "last-seen",
+    "Activity": "activity",
+    "Availability": "availability",
+    "Export": "export",
+    "Health": "health",
+}
+
+
+def _conninfo(url: URL) -> str:
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@contextmanager
+def scratch_database(suffix: str) -> Iterator[URL]:
+    """A migrated database of its own on the configured server, dropped afterwards."""
+    url = db.resolve_url(load_settings())
+    name = f"presence_bench_dash_{suffix}_{os.getpid()}"
+    with psycopg.connect(_conninfo(url), autocommit=True) as conn:
+        conn.execute(f'create database "{name}"')
+    bench_url = url.set(database=name)
+    engine = db.make_engine(bench_url)
+    try:
+        db.migrate(engine)
+        engine.dispose()
+        yield bench_url
+    finally:
+        engine.dispose()
+        with psycopg.connect(_conninfo(url), autocommit=True) as conn:
+            conn.execute(f'drop database if exists "{name}" with (force)')
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def dashboard(url: URL) -> Iterator[str]:
+    """`presence dashboard` on the given database; yields its base URL when it answers."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRESENCE_")}
+    env["PRESENCE_DATABASE_URL"] = url.render_as_string(hide_password=False)
+    env["PRESENCE_TZ"] = "UTC"
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "presence_core", "dashboard", "--port", str(port)],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"the dashboard exited with status {process.returncode}")
+            try:
+                with urllib.request.urlopen(f"{base}/_stcore/health", timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the dashboard did not start within 60 s") from None
+                time.sleep(0.1)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _settled(page, title: str) -> None:
+    page.locator("h1", has_text=title).first.wait_for()
+    page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']")
+    page.wait_for_function(
+        """() => [...document.querySelectorAll("[data-testid='stPlotlyChart']")]
+               .every(chart => chart.querySelector('.main-svg'))"""
+    )
+    if page.locator("[data-testid='stException']").count():
+        raise RuntimeError(f"{title} shows an exception")
+
+
+def _new_page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, timezone_id="UTC")
+    page = context.new_page()
+    page.set_default_timeout(300_000)
+    return page
+
+
+def render_seconds(browser, base: str, title: str, path: str) -> float:
+    """Seconds from navigation (a new browser session) until the page's script is done
+    and its charts are drawn."""
+    page = _new_page(browser)
+    try:
+        started = time.perf_counter()
+        page.goto(f"{base}/{path}")
+        _settled(page, title)
+        return time.perf_counter() - started
+    finally:
+        page.context.close()
+
+
+def switch_seconds(browser, base: str, runs: int) -> dict[str, float]:
+    """Per page: the best seconds from a click on its link in the sidebar (the app
+    already open on another page) until it is drawn."""
+    page = _new_page(browser)
+    best: dict[str, float] = {}
+    try:
+        page.goto(base)
+        _settled(page, "Live")
+        titles = list(PAGES)
+        for _ in range(runs):
+            for i, title in enumerate(titles):
+                if i == 0:  # Live is open: go elsewhere first
+                    page.get_by_role("link", name="Health").click()
+                    _settled(page, "Health")
+                started = time.perf_counter()
+                page.locator("[data-testid='stSidebarNav']").get_by_role(
+                    "link", name=title, exact=True
+                ).click()
+                _settled(page, title)
+                elapsed = time.perf_counter() - started
+                best[title] = min(best.get(title, elapsed), elapsed)
+    finally:
+        page.context.close()
+    return best
+
+
+def measure_pages(browser, url: URL, runs: int) -> dict[str, tuple[float, float, float]]:
+    """Per page: (cold, best warm, best switch) seconds on a freshly started dashboard."""
+    result = {}
+    with dashboard(url) as base:
+        render_seconds(browser, base, "Live", "")  # Streamlit's own first-load work
+        cold = {title: render_seconds(browser, base, title, path) for title, path in PAGES.items()}
+        warm = {
+            title: min(render_seconds(browser, base, title, path) for _ in range(runs))
+            for title, path in PAGES.items()
+        }
+        switch = switch_seconds(browser, base, runs)
+        for title in PAGES:
+            result[title] = (cold[title], warm[title], switch[title])
+            print(
+                f"  {title:<13} cold {cold[title] * 1000:6.0f} ms   warm {warm[title] * 1000:6.0f}"
+                f" ms   switch {switch[title] * 1000:6.0f} ms",
+                flush=True,
+            )
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--users", type=int, default=300)
+    parser.add_argument("--days", type=int, default=14)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=2, help="warm visits per page (best kept)")
+    args = parser.parse_args(argv)
+
+    from playwright.sync_api import sync_playwright
+
+    with (
+        scratch_database("empty") as empty_url,
+        scratch_database("data") as data_url,
+        sync_playwright() as playwright,
+    ):
+        engine = db.make_engine(data_url)
+        print(f"generating {args.users} users × {args.days} days …", flush=True)
+        started = time.perf_counter()
+        rows = history.generate_history(
+            engine, args.users, args.days, args.seed, end=datetime.now(UTC)
+        )
+        with engine.begin() as conn:
+            conn.execute(text("analyze"))
+        engine.dispose()
+        print(f"  {rows:,} transitions in {time.perf_counter() - started:.1f} s", flush=True)
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            print("empty database (baseline):", flush=True)
+            baseline = measure_pages(browser, empty_url, args.runs)
+            print(f"{args.users} users × {args.days} days:", flush=True)
+            measured = measure_pages(browser, data_url, args.runs)
+        finally:
+            browser.close()
+
+    rows_out = []
+    for title in PAGES:
+        base_cold, _, base_switch = baseline[title]
+        cold, warm, switch = measured[title]
+        rows_out.append(
+            [
+                title,
+                f"{base_cold * 1000:.0f}",
+                f"{cold * 1000:.0f}",
+                f"{warm * 1000:.0f}",
+                f"{cold / base_cold:.1f}×",
+                f"{base_switch * 1000:.0f}",
+                f"{switch * 1000:.0f}",
+            ]
+        )
+    load = os.getloadavg()[0]
+    body = (
+        f"`presence dashboard` in Chromium (Playwright), history of {args.users:,} users × "
+        f"{args.days} days ({rows:,} transitions). Time from navigation until the page's "
+        "script has finished and every chart has drawn, in ms. *Cold*: first visit in a "
+        "new browser session after the dashboard started (caches empty, includes loading "
+        "Streamlit's JavaScript); *warm*: a later visit in a new browser session (results "
+        "cached: ttl 1.5 s for live views, 60 s for history); *switch*: a click on the "
+        "page's link in the sidebar of an open dashboard, as people use it. Baseline: "
+        "the same page on an empty database (Streamlit and the browser alone). "
+        f"Load average during the run: {load:.1f}.\n\n"
+        + table(
+            [
+                "page",
+                "cold, empty DB",
+                "cold",
+                "warm",
+                "cold ÷ empty",
+                "switch, empty DB",
+                "switch",
+            ],
+            rows_out,
+        )
+        + "\n\nRun: `python -m bench.bench_dashboard` (add `--users 5000 --days 90` for the "
+        "issue's full history)."
+    )
+    record("dashboard", "Dashboard: time to first complete render per page", body)
+
+
+if __name__ == "__main__":
+    main()
