@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import subprocess
-import sys
 import time
 
 import pytest
 
-from presence_core import auth
+from presence_core import auth, cli
 from presence_core.errors import PresenceError
 
 SECRET = "a-secret-of-enough-length"
@@ -64,27 +61,18 @@ def test_parse_duration():
     assert auth.parse_duration("7d") == 7 * 86400
 
 
-def _presence(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("PRESENCE_")}
-    return subprocess.run(
-        [sys.executable, "-m", "presence_core", *args],
-        env={**base, "PYTHONPATH": os.getcwd(), **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-def test_token_command():
-    done = _presence("token", "--user", "42", "--ttl", "1h", env={auth.SECRET_ENV: SECRET})
-    assert done.returncode == 0, done.stderr
-    identity = auth.verify_token(done.stdout.strip(), SECRET)
+def test_token_command(capsys, monkeypatch):
+    monkeypatch.setenv(auth.SECRET_ENV, SECRET)
+    assert cli.main(["token", "--user", "42", "--ttl", "1h"]) == 0
+    identity = auth.verify_token(capsys.readouterr().out.strip(), SECRET)
     assert identity.user_id == "42" and identity.expires_at <= time.time() + 3601
-    observer = _presence("token", "--observer", "--secret", SECRET)
-    assert auth.verify_token(observer.stdout.strip(), SECRET).observer
+    monkeypatch.delenv(auth.SECRET_ENV)
+    assert cli.main(["token", "--observer", "--secret", SECRET]) == 0
+    assert auth.verify_token(capsys.readouterr().out.strip(), SECRET).observer
 
 
-def test_token_command_without_secret_is_one_line_error():
-    done = _presence("token", "--user", "1")
-    assert done.returncode == 1
-    assert done.stderr.strip().startswith("presence: error:") and "Traceback" not in done.stderr
+def test_token_command_without_secret_is_one_line_error(capsys, monkeypatch):
+    monkeypatch.delenv(auth.SECRET_ENV, raising=False)
+    assert cli.main(["token", "--user", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("presence: error:") and err.count("\n") == 1
