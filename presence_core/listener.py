@@ -45,6 +45,7 @@ import socketio
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import CollectorRegistry
 from sqlalchemy import Engine, and_, func, select, update
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
@@ -173,29 +174,32 @@ def _is_connection_error(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
+_ROW_ERRORS = (sa_exc.DataError, sa_exc.IntegrityError, psycopg.DataError, psycopg.IntegrityError)
+
+
 def write_records(engine: Engine, records: Sequence[Record]) -> tuple[int, int]:
     """Commit ``records`` in one transaction; return (transitions inserted, rejected).
 
     Idempotent. Raises :class:`DatabaseDown` when the database cannot be reached.
     A batch the database refuses for its content (which the listener's checks
-    should make impossible) is retried record by record and the refused records
-    are dropped and logged, so one bad row never blocks the rest.
+    should make impossible) is split in halves until the refused records are
+    found; those are dropped and logged, so one bad row never blocks the rest.
     """
     try:
         return _write_once(engine, records), 0
     except (SQLAlchemyError, psycopg.Error, OSError) as exc:
         # COPY runs on the raw psycopg connection, so its errors arrive unwrapped
-        if _is_connection_error(exc):
+        if not isinstance(exc, _ROW_ERRORS):
+            # down, or wrong in a way no row explains (schema, permissions): keep the
+            # records (the caller spools them) and try again later
             raise DatabaseDown(_first_line(exc)) from None
         if len(records) == 1:
             log.error("event=row_refused record=%r error=%s", records[0], _first_line(exc))
             return 0, 1
-    inserted = rejected = 0
-    for record in records:
-        done, refused = write_records(engine, [record])
-        inserted += done
-        rejected += refused
-    return inserted, rejected
+    middle = len(records) // 2  # halve until the refused rows are found
+    first = write_records(engine, records[:middle])
+    second = write_records(engine, records[middle:])
+    return first[0] + second[0], first[1] + second[1]
 
 
 def _write_once(engine: Engine, records: Sequence[Record]) -> int:
