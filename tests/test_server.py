@@ -461,3 +461,16 @@ def test_sigterm_is_graceful_and_tells_no_lie(cli_env, engine):
 def test_iso_timestamps_match_what_is_stored():
     moment = protocol.now_millis()
     assert parse(protocol.iso_utc(moment)) == moment
+
+
+def test_serve_command_refuses_a_busy_port_and_a_short_secret(capsys):
+    from presence_core import cli
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert cli.main(["serve", "--no-db", "--port", str(port)]) == 1
+    assert "cannot listen on 127.0.0.1" in capsys.readouterr().err
+    assert cli.main(["serve", "--no-db", "--port", "0", "--auth-secret", "short"]) == 1
+    assert "16 characters" in capsys.readouterr().err

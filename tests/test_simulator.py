@@ -163,3 +163,18 @@ def test_unreachable_server_is_one_line_error():
     assert done.returncode == 1
     lines = [line for line in done.stderr.splitlines() if line.startswith("presence: error:")]
     assert len(lines) == 1 and "cannot connect" in lines[0] and "Traceback" not in done.stderr
+
+
+def test_crowd_with_signed_tokens():
+    secret = "simulator-secret-0123"
+    with running_server(auth_secret=secret) as srv:
+        stats = srv.loop.run(
+            simulator.run_crowd(
+                srv.url, users=12, speed=3600, duration=1.5, seed=2, start=TUESDAY,
+                auth_secret=secret, heartbeat=0.3, ramp=0.3,
+            ),
+            timeout=60,
+        )  # fmt: skip
+        assert stats.connects >= 3 and stats.connect_failures == 0
+        assert stats.errors_received == 0
+        wait_for(lambda: srv.snapshot() == {}, what="everyone offline after the run")
