@@ -13,7 +13,8 @@ const sockets = [];
 const observed = { steps: [] };
 
 function connect(options = {}) {
-  const socket = io(url, { forceNew: true, reconnection: false, transports: ["websocket"], ...options });
+  // default transports, as a browser: long-polling first, then the upgrade to websocket
+  const socket = io(url, { forceNew: true, reconnection: false, ...options });
   socket.changes = [];
   socket.errors = [];
   socket.on("userStatusChanged", (change) => socket.changes.push(change));
