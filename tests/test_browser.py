@@ -310,3 +310,37 @@ def test_a_user_appears_on_live_within_3_s_and_leaves(browser, live_stack):
     shot(page, "live-user-left")
     print(f"appeared after {appeared:.2f} s, left after {left:.2f} s")
     page.context.close()
+
+
+def test_live_refreshes_in_place_and_keeps_its_filters(browser, dashboard, known_data, engine):
+    since = known_data - timedelta(minutes=20)
+    write_batch(engine, [Transition("7", "online", since, since, user_name="Gus", team="sales")])
+    page = new_page(browser)
+    open_page(page, dashboard, "")
+    cards = page.locator(".pd-present")
+    expect(cards.locator(".pd-user")).to_have_count(3)
+    # mark the rendered list; a refresh that rebuilt it (flicker, restarted pulse) loses the mark
+    cards.evaluate("node => { node.dataset.mark = 'kept'; }")
+    updated = page.get_by_text(re.compile(r"^Updated ")).first
+    first = updated.text_content()
+    opacities: list[str] = []
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # two or more refreshes of the fragment
+        opacities.append(
+            cards.evaluate(
+                "node => getComputedStyle(node.closest("
+                "'[data-testid=\"stElementContainer\"]')).opacity"
+            )
+        )
+        page.wait_for_timeout(100)
+    expect(updated).not_to_have_text(first)  # it did refresh
+    assert cards.evaluate("node => node.dataset.mark") == "kept"
+    assert set(opacities) == {"1"}, opacities  # never faded as stale
+    # a filter survives the refreshes
+    page.get_by_label("Team").click()
+    page.get_by_role("option", name="sales").click()
+    expect(cards.locator(".pd-user")).to_have_text([re.compile("Gus")])
+    page.wait_for_timeout(4_500)  # two refreshes later, still only the sales team
+    expect(cards.locator(".pd-user")).to_have_text([re.compile("Gus")])
+    expect(page.locator("[data-testid='stMetricValue']").first).to_have_text("1")
+    page.context.close()

@@ -374,3 +374,52 @@ def test_database_down_shows_a_message_and_recovers(known_data, database_url, mo
         assert metrics(at)["Present now"] == "2"
     finally:
         forwarder.stop()
+
+
+# ---------------------------------------------------------------------------
+# access and the command
+
+
+def test_password_gate(known_data):
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.secrets["access"] = {"password": "open sesame"}
+    at.run()
+    assert not at.metric  # nothing shown before the password
+    at.text_input(key="pd_password").input("wrong").run()
+    assert any("Wrong password" in e.value for e in at.error)
+    assert not at.metric
+    at.text_input(key="pd_password").input("open sesame").run()
+    assert not at.exception, at.exception
+    assert metrics(at)["Present now"] == "2"
+
+
+def test_dashboard_command_environment_and_errors(monkeypatch, capsys):
+    import argparse
+
+    from presence_core import cmd_dashboard
+    from presence_core.cli import main
+
+    parser = argparse.ArgumentParser()
+    cmd_dashboard.add_arguments(parser)
+    args = parser.parse_args(
+        ["--port", "9999", "--database-url", "postgresql://u:p@db:5432/x", "--tz", "Europe/Paris"]
+    )
+    env = cmd_dashboard.environment(args, {"PATH": "/bin", "PRESENCE_SERVER_URL": "http://s:1"})
+    assert env["PRESENCE_DATABASE_URL"] == "postgresql://u:p@db:5432/x"
+    assert env["PRESENCE_TZ"] == "Europe/Paris"
+    assert env["PRESENCE_SERVER_URL"] == "http://s:1"  # forwarded untouched
+    assert cmd_dashboard.command(args)[-4:] == [
+        "--server.headless=true",
+        "--server.port=9999",
+        "--server.address=127.0.0.1",
+        "--browser.gatherUsageStats=false",
+    ]
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["dashboard", "--port", str(port)]) == 1
+    assert f"port {port} on 127.0.0.1 is in use" in capsys.readouterr().err
+    monkeypatch.setenv("PRESENCE_TZ", "Mars/Olympus")
+    assert main(["dashboard", "--port", str(free_port())]) == 1
+    assert "unknown time zone 'Mars/Olympus'" in capsys.readouterr().err
