@@ -300,6 +300,9 @@ class PresenceServer:
                 await handler(conn, args[0] if args else None)
             except ProtocolError as exc:
                 return await self._refuse(sid, event, str(exc))
+            except Exception:  # a bug of ours: say so to the sender, keep serving the rest
+                log.exception("handling %s from %s failed", event, sid)
+                return await self._refuse(sid, event, "internal error")
             return {"ok": True}
 
         return on_event

@@ -3,8 +3,11 @@ server keeps serving everyone else (property-based, over a real loopback connect
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import Iterator
 
+import aiohttp
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -157,3 +160,59 @@ def test_after_the_fuzz_nothing_changed_and_everyone_is_served(fuzzed):
     newcomer.emit("userOnline", {"userId": 77})
     watcher.wait_change(77, "online")
     assert {u["userId"] for u in watcher.online_list()} == {"fuzz", 77}
+
+
+MALFORMED_FRAMES = [
+    "42[]",
+    "42{}",
+    '42"x"',
+    "42[null]",
+    "42[5,{}]",
+    '42["userOnline"',
+    '42["userOnline",{"userId":1}',
+    "4",
+    "4x",
+    "42" + "[" * 5000,
+    "42" + json.dumps(["userOnline", {"userId": 1, "nested": [[[[[[[]]]]]]]}])[:-1],
+    "4" + "\x00\xff",
+]
+NOT_ENGINE_IO = ["\x00\xff", "", "9", "x"]  # not even an engine.io packet
+
+
+def test_malformed_frames_leave_the_server_serving(fuzzed):
+    """Frames that are not Socket.IO events: python-socketio drops them (there is no
+    event to answer), the sender and everyone else are still served, nothing changed.
+    Frames that are not even engine.io make engine.io drop that sender alone."""
+    srv, watcher, _ = fuzzed
+    before = srv.snapshot()
+
+    async def send_garbage() -> str:
+        url = srv.url.replace("http", "ws") + "/socket.io/?EIO=4&transport=websocket"
+        async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
+            await ws.receive_str()
+            await ws.send_str("40")
+            await ws.receive_str()
+            for frame in MALFORMED_FRAMES:
+                await ws.send_str(frame)
+            await ws.send_str('42["getOnlineUsers"]')
+            while True:  # the sender is still answered after all that
+                message = await asyncio.wait_for(ws.receive_str(), 10)
+                if message.startswith('42["onlineUsersList"'):
+                    return message
+
+    async def send_noise(frame: str) -> None:
+        url = srv.url.replace("http", "ws") + "/socket.io/?EIO=4&transport=websocket"
+        async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
+            await ws.receive_str()
+            await ws.send_str("40")
+            await ws.receive_str()
+            await ws.send_str(frame)
+
+    for frame in NOT_ENGINE_IO:  # engine.io gives up on such a sender; the rest goes on
+        srv.loop.run(send_noise(frame), timeout=30)
+    answer = srv.loop.run(send_garbage(), timeout=30)
+    assert json.loads(answer[2:])[1] == [u for u in watcher.online_list()]
+    assert srv.snapshot() == before
+    newcomer = srv.client()
+    newcomer.emit("userOnline", {"userId": 78})
+    watcher.wait_change(78, "online")
