@@ -234,8 +234,8 @@ def test_a_connection_may_change_only_the_user_it_announced():
         assert watcher.changes(1) == [(1, "online")]
 
 
-def test_bad_input_gets_presence_error_and_changes_nothing():
-    with running_server() as srv:
+def test_bad_input_gets_presence_error_and_changes_nothing(engine):
+    with running_server(engine) as srv:
         watcher = srv.client()
         client = srv.client()
         bad = [
@@ -259,6 +259,9 @@ def test_bad_input_gets_presence_error_and_changes_nothing():
         assert watcher.online_list() == []
         assert srv.snapshot() == {}
         assert watcher.changes() == []
+        srv.flush()
+        assert srv.server.writer.batches == 0  # nothing was written
+    assert storage.current_state(engine) == {}
 
 
 def test_oversized_message_closes_only_the_sender():
