@@ -62,23 +62,18 @@ def _draw(team: str | None, user_type: str | None) -> None:
         return
 
     if len(present):
-        by_type, by_team = st.columns(2)
-        height = min(
-            35 * (max(present["user_type"].nunique(), present["team"].nunique()) + 1) + 3, 215
-        )
-        with by_type:
-            st.markdown("**By type**")
-            st.dataframe(
-                _counts(present, "user_type", "type"),
-                hide_index=True,
-                width="stretch",
-                height=height,
-            )
-        with by_team:
-            st.markdown("**By team**")
-            st.dataframe(
-                _counts(present, "team", "team"), hide_index=True, width="stretch", height=height
-            )
+        for column, (key, label) in zip(
+            st.columns(2), (("user_type", "type"), ("team", "team")), strict=True
+        ):
+            counts = _counts(present, key, label)
+            with column:
+                st.markdown(f"**By {label}**")
+                st.dataframe(
+                    counts,
+                    hide_index=True,
+                    width="stretch",
+                    height=min(35 * (len(counts) + 1) + 3, 215),
+                )
 
     st.subheader(f"Present ({len(present)})")
     cards = []
