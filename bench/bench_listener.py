@@ -44,6 +44,9 @@ BLASTER = Path(__file__).resolve().parent / "node" / "blaster.js"
 NODE_MODULES = ROOT / "tests" / "node" / "node_modules"
 
 
+CPU: dict[str, list[float]] = {"bare": [], "listener": []}  # process CPU µs per event, run (a)
+
+
 # --- the emitting server ----------------------------------------------------------------
 
 
@@ -113,13 +116,14 @@ async def bare_client_rate(url: str, events: int) -> float:
     await sio.connect(url)  # the listener's transports: polling, then the websocket upgrade
     await asyncio.sleep(0.5)  # let the upgrade settle, as it has for the listener
     ctl, done = await control(url)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     await ctl.emit("blast", {"count": events, "users": 1000})
     await asyncio.wait_for(finished.wait(), 120)
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     await done.get()
     await sio.disconnect()
     await ctl.disconnect()
+    CPU["bare"].append(cpu / events * 1e6)
     return events / elapsed
 
 
@@ -140,10 +144,11 @@ async def listener_rate(url: str, engine: Engine, spool: Path, events: int) -> t
         await asyncio.sleep(0.02)
     await asyncio.sleep(0.5)
     ctl, done = await control(url)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     await ctl.emit("blast", {"count": events, "users": 1000})
     await asyncio.wait_for(finished.wait(), 300)
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    CPU["listener"].append(cpu / events * 1e6)
     await done.get()
     listener.stop()
     await task

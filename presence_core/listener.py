@@ -736,11 +736,14 @@ class Listener:
         return sio
 
     def _arrive(self, kind: str, payload: object, at: datetime | None = None) -> None:
-        if kind == "event" and not self._inbox and not self._reconciling:
-            self._on_status_changed(payload, at)  # the common case, in order by construction
-            return
+        """Take what the socket delivered. Events are only queued here: the writer task
+        handles them in batches (much cheaper than one by one between socket reads);
+        anything else is handled at once, after the events before it."""
         self._inbox.append((kind, at or _now(), payload))
-        self._pump()
+        if kind != "event":
+            self._pump()
+        elif len(self._inbox) == 1 or len(self._inbox) >= self.max_batch:
+            self._wake.set()
 
     def _pump(self) -> None:
         """Handle what arrived, in order; stops while a reconcile awaits the database."""
@@ -954,12 +957,15 @@ class Listener:
     async def _writer_loop(self) -> None:
         next_replay = 0.0
         while True:
-            if not self._queue and not self._closing:
+            waiting = len(self._queue) + (0 if self._reconciling else len(self._inbox))
+            if not waiting and not self._closing:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.flush_interval)
-            if 0 < len(self._queue) < self.max_batch and not self._closing and self.linger > 0:
+                waiting = len(self._queue) + (0 if self._reconciling else len(self._inbox))
+            if 0 < waiting < self.max_batch and not self._closing and self.linger > 0:
                 await asyncio.sleep(self.linger)  # gather a batch: one commit for many events
+            self._pump()
             batch = self._take()
             if self._spooling:
                 if batch:
