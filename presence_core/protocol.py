@@ -226,9 +226,15 @@ def online_user(
     user_type: str | None,
     user_name: str | None,
     team: str | None = None,
+    status_since: datetime | None = None,
 ) -> dict:
-    """One ``onlineUsersList`` entry ``{userId, status, lastSeen, userType, userName}``;
-    ``team`` is added only when known (an extension the guide's clients ignore)."""
+    """One ``onlineUsersList`` entry ``{userId, status, lastSeen, userType, userName}``.
+
+    Extensions the guide's clients ignore, added only when known: ``team``, and
+    ``statusSince`` (when the current status began; ``lastSeen`` is the latest sign
+    of life, which is what a "last seen" display wants, while a listener
+    reconciling after a gap wants to know when the user came online).
+    """
     entry = {
         "userId": user_id,
         "status": status,
@@ -238,6 +244,8 @@ def online_user(
     }
     if team is not None:
         entry["team"] = team
+    if status_since is not None:
+        entry["statusSince"] = iso_utc(status_since)
     return entry
 
 
@@ -272,7 +280,11 @@ class StatusChange:
 
 @dataclass(frozen=True)
 class OnlineUser:
-    """One parsed ``onlineUsersList`` entry (same ``last_seen`` rules as StatusChange)."""
+    """One parsed ``onlineUsersList`` entry (same ``last_seen`` rules as StatusChange).
+
+    ``status_since``: when the current status began, from our server's
+    ``statusSince`` extension; None from servers that do not send it.
+    """
 
     user_id: str
     status: str
@@ -281,6 +293,7 @@ class OnlineUser:
     user_name: str | None = None
     team: str | None = None
     last_seen_raw: object = None
+    status_since: datetime | None = None
 
     @property
     def last_seen_problem(self) -> str | None:
@@ -351,6 +364,7 @@ def _parse_online_entry(entry: object, index: int) -> OnlineUser:
         user_name=_observed_text(data, "userName"),
         team=_observed_text(data, "team"),
         last_seen_raw=raw,
+        status_since=parse_last_seen(data.get("statusSince")),
     )
 
 

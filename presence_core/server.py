@@ -545,7 +545,9 @@ class PresenceServer:
     def online_users(self) -> list[dict]:
         """The ``onlineUsersList`` payload: every present user."""
         return [
-            protocol.online_user(u.wire_id, u.status, u.last_seen, u.user_type, u.user_name, u.team)
+            protocol.online_user(
+                u.wire_id, u.status, u.last_seen, u.user_type, u.user_name, u.team, u.status_since
+            )
             for u in self.users.values()
         ]
 

@@ -111,6 +111,8 @@ def test_outgoing_payloads():
         "userName": "Jo",
     }
     assert protocol.online_user(1, "online", moment, None, None, "T")["team"] == "T"
+    since = protocol.online_user(1, "online", moment, None, None, status_since=moment)
+    assert since["statusSince"] == "2026-01-02T03:04:05.000Z" and "team" not in since
 
 
 def test_parse_status_changed_round_trips_what_the_server_sends():

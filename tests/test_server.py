@@ -50,6 +50,7 @@ def test_the_guides_flow_online_list_offline_disconnect():
             "lastSeen": change["lastSeen"],
             "userType": "agent",
             "userName": "John Doe",
+            "statusSince": change["lastSeen"],  # an extension guide clients ignore
         }
 
         alice.emit("userOffline", {"userId": 123})
@@ -63,6 +64,20 @@ def test_the_guides_flow_online_list_offline_disconnect():
         offline = watcher.wait_change("bob", "offline")
         assert isinstance(offline["userId"], str)
         assert watcher.online_list() == []
+
+
+def test_list_last_seen_advances_while_status_since_stays():
+    with running_server() as srv:
+        client = srv.client()
+        client.emit("userOnline", {"userId": 4})
+        online = client.wait_change(4, "online")
+        time.sleep(0.002)  # let the clock pass a millisecond
+        client.call("userHeartbeat", {"userId": 4})
+        [entry] = client.online_list()
+        assert entry["statusSince"] == online["lastSeen"]
+        assert parse(entry["lastSeen"]) > parse(online["lastSeen"])
+        [parsed] = protocol.parse_online_users([entry])
+        assert parsed.status_since == parse(online["lastSeen"])
 
 
 def test_team_is_an_optional_extension_in_the_list():

@@ -52,6 +52,7 @@ def test_node_socket_io_client_plays_the_guide_against_our_server():
             "lastSeen": online["lastSeen"],
             "userType": "agent",
             "userName": "John Doe",
+            "statusSince": online["lastSeen"],
         }
     ]
     assert seen["changesAfterRepeat"] == 1  # second tab and repeated userOnline: silent
