@@ -543,10 +543,23 @@ class PresenceServer:
     # --- reading the state ------------------------------------------------------------
 
     def online_users(self) -> list[dict]:
-        """The ``onlineUsersList`` payload: every present user."""
+        """The ``onlineUsersList`` payload: every present user.
+
+        ``lastSeen`` is now for a user with a live connection (the server sees them:
+        engine.io's pings vouch for it), else the last sign of life (a user whose
+        connections are all in their grace period); ``statusSince`` says when the
+        current status began.
+        """
+        now = protocol.now_millis()
         return [
             protocol.online_user(
-                u.wire_id, u.status, u.last_seen, u.user_type, u.user_name, u.team, u.status_since
+                u.wire_id,
+                u.status,
+                now if any(sid in self.conns for sid in u.conns) else u.last_seen,
+                u.user_type,
+                u.user_name,
+                u.team,
+                u.status_since,
             )
             for u in self.users.values()
         ]

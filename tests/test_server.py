@@ -47,11 +47,12 @@ def test_the_guides_flow_online_list_offline_disconnect():
         assert entry == {
             "userId": 123,
             "status": "online",
-            "lastSeen": change["lastSeen"],
+            "lastSeen": entry["lastSeen"],
             "userType": "agent",
             "userName": "John Doe",
             "statusSince": change["lastSeen"],  # an extension guide clients ignore
         }
+        assert parse(entry["lastSeen"]) >= parse(change["lastSeen"])  # connected: seen now
 
         alice.emit("userOffline", {"userId": 123})
         watcher.wait_change(123, "offline")
@@ -66,18 +67,25 @@ def test_the_guides_flow_online_list_offline_disconnect():
         assert watcher.online_list() == []
 
 
-def test_list_last_seen_advances_while_status_since_stays():
-    with running_server() as srv:
+def test_list_says_connected_users_are_seen_now_and_since_when():
+    with running_server(grace=0.5) as srv:
+        watcher = srv.client()
         client = srv.client()
         client.emit("userOnline", {"userId": 4})
         online = client.wait_change(4, "online")
         time.sleep(0.002)  # let the clock pass a millisecond
-        client.call("userHeartbeat", {"userId": 4})
+        before = datetime.now(UTC) - timedelta(milliseconds=1)
         [entry] = client.online_list()
         assert entry["statusSince"] == online["lastSeen"]
-        assert parse(entry["lastSeen"]) > parse(online["lastSeen"])
+        assert parse(entry["lastSeen"]) >= before  # connected: seen now
         [parsed] = protocol.parse_online_users([entry])
         assert parsed.status_since == parse(online["lastSeen"])
+        # in its grace period, the user is still listed, last seen when the connection went
+        client.drop()
+        wait_for(lambda: srv.server.health()["connections"] == 1, what="server saw the drop")
+        dropped = datetime.now(UTC)
+        [ghost] = watcher.online_list()
+        assert parse(ghost["lastSeen"]) <= dropped
 
 
 def test_team_is_an_optional_extension_in_the_list():

@@ -49,12 +49,13 @@ def test_node_socket_io_client_plays_the_guide_against_our_server():
         {
             "userId": 123,
             "status": "online",
-            "lastSeen": online["lastSeen"],
+            "lastSeen": seen["list"][0]["lastSeen"],  # now: the user is connected
             "userType": "agent",
             "userName": "John Doe",
             "statusSince": online["lastSeen"],
         }
     ]
+    assert seen["list"][0]["lastSeen"] >= online["lastSeen"]  # ISO strings sort as times
     assert seen["changesAfterRepeat"] == 1  # second tab and repeated userOnline: silent
     assert seen["heartbeatAck"] == {"ok": True}
     assert seen["away"]["status"] == "away"
