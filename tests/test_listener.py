@@ -394,7 +394,11 @@ def test_multi_tab_user_and_repeats_make_no_transitions(node, engine, tmp_path):
         async with listening(engine, node.url, tmp_path) as listener:
             async with users(node.url, 3) as [first_tab, second_tab, hook]:
                 await first_tab.online(5, "Eve")
+                await hook.broadcast_time(5, "online")  # the tabs' order is now certain
                 await second_tab.online(5, "Eve")  # a second tab: the same status again
+                await async_wait_for(
+                    lambda: sum(p.get("userId") == 5 for p in hook.seen) == 2, 10, what="2nd tab"
+                )
                 await wait_rows(engine, [("5", "online", False)])
                 before = (await db(user_row, engine, "5")).last_seen
                 for _ in range(3):  # heartbeats: repeated statuses
@@ -598,6 +602,11 @@ def test_against_our_server(engine, tmp_path):
                 bob_tab2 = await User(srv.url).connect()
                 await bob.online("bob", "Bob")
                 await bob_tab2.online("bob", "Bob")  # a second tab
+                await async_wait_for(
+                    lambda: db(lambda: srv.snapshot().get("bob", ("", 0))[1] == 2),
+                    10,
+                    what="both tabs counted",
+                )
                 await bob.sio.emit("userStatus", {"userId": "bob", "status": "away"})
                 await bob.sio.emit("userHeartbeat", {"userId": "bob"})
                 await bob.broadcast_time("bob", "away")
