@@ -17,6 +17,7 @@ import base64
 import hashlib
 import hmac
 import json
+import math
 import os
 import re
 import time
@@ -82,7 +83,7 @@ def issue_token(
         raise PresenceError("a token is either for a user (--user ID) or for an --observer")
     if ttl <= 0:
         raise PresenceError("a token's lifetime must be positive")
-    exp = int((time.time() if now is None else now) + ttl)
+    exp = math.ceil((time.time() if now is None else now) + ttl)  # never sooner than asked
     if observer:
         claims: dict = {"role": OBSERVER, "exp": exp}
     else:

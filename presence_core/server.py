@@ -322,6 +322,8 @@ class PresenceServer:
     def _token_user(self, conn: _Conn, event: str) -> str | None:
         if conn.identity is None:
             return None
+        if conn.identity.expires_at <= time.time():
+            raise Refused(f"{event}: token expired; reconnect with a new one")
         if conn.identity.observer:
             raise Refused(f"{event}: observers may watch but not announce users")
         return conn.identity.user_id

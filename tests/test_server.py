@@ -326,6 +326,15 @@ def test_auth_tokens_give_the_identity():
             assert answer["ok"] is False and "observers" in answer["error"]
         assert {u["userId"] for u in observer.online_list()} == {7, "u-9"}
 
+        expiring = auth.issue_token(SECRET, "short-lived", ttl=0.5)
+        brief = srv.client(auth={"token": expiring})
+        brief.emit("userOnline", {"userId": "short-lived"})
+        observer.wait_change("short-lived", "online")
+        deadline = auth.verify_token(expiring, SECRET).expires_at
+        wait_for(lambda: time.time() > deadline, what="the token's expiry")
+        late = brief.call("userStatus", {"status": "away"})
+        assert late["ok"] is False and "expired" in late["error"]
+
 
 def test_database_is_kept_up_to_date(engine):
     with running_server(engine) as srv:
