@@ -84,7 +84,8 @@ class CrowdStats:
 
     connects: int = 0
     connect_failures: int = 0
-    drops: int = 0
+    drops: int = 0  # planned network drops
+    server_drops: int = 0  # connections the server closed (each is reconnected)
     events_sent: int = 0
     broadcasts_received: int = 0
     errors_received: int = 0
@@ -225,6 +226,7 @@ class _Person:
     def __init__(self, crowd: _Crowd, user: SimUser) -> None:
         self.crowd, self.user = crowd, user
         self.tabs: dict[int, socketio.AsyncClient] = {}
+        self.wanted: set[int] = set()  # tabs the plan has open (dropped ones included)
         self.status = protocol.ONLINE
 
     def announce(self) -> dict:
@@ -238,10 +240,14 @@ class _Person:
 
     async def act(self, action: Action) -> None:
         if action.kind == OPEN:
+            self.wanted.add(action.tab)
             await self.open(action.tab)
         elif action.kind == CLOSE:
             for tab in list(self.tabs) if action.tab < 0 else [action.tab]:
+                self.wanted.discard(tab)
                 await self.close(tab)
+            if action.tab < 0:
+                self.wanted.clear()
         elif action.kind == DROP:
             await self.drop(action.tab)
         elif action.kind == STATUS and self.tabs:
@@ -255,7 +261,7 @@ class _Person:
     async def open(self, tab: int) -> None:
         if tab in self.tabs:
             return
-        client = self.crowd.new_client()
+        client = self.crowd.new_client(self, tab)
         try:
             await client.connect(
                 self.crowd.url,
@@ -273,6 +279,17 @@ class _Person:
             await self.emit(
                 client, "userStatus", {"userId": self.user.user_id, "status": self.status}
             )
+
+    async def reopen(self, tab: int) -> None:
+        """Reconnect a tab the server dropped, retrying with backoff until the crowd stops."""
+        delay = 0.5 + random.random() * 0.5  # spread the crowd's return (not part of the plan)
+        while not self.crowd.stopping and tab in self.wanted and tab not in self.tabs:
+            await asyncio.sleep(delay)
+            if self.crowd.stopping:
+                return
+            await self.open(tab)
+            self.crowd.refresh(self)
+            delay = min(delay * 2, 5.0)
 
     async def emit(self, client: socketio.AsyncClient, event: str, data: dict) -> None:
         with contextlib.suppress(socketio.exceptions.BadNamespaceError):
@@ -301,6 +318,7 @@ class _Person:
             await client.disconnect()
 
     async def logout(self) -> None:
+        self.wanted.clear()
         for client in list(self.tabs.values()):
             await self.emit(client, "userOffline", {"userId": self.user.user_id})
         for tab in list(self.tabs):
@@ -319,6 +337,8 @@ class _Crowd:
         self.people = [_Person(self, u) for u in users]
         self.auth_secret = auth_secret
         self.stats = CrowdStats()
+        self.stopping = False
+        self.retries: set[asyncio.Future] = set()
 
     def auth_for(self, user: SimUser) -> dict | None:
         if self.auth_secret is None:
@@ -327,9 +347,22 @@ class _Crowd:
 
         return {"token": issue_token(self.auth_secret, user.user_id)}
 
-    def new_client(self) -> socketio.AsyncClient:
+    def new_client(self, person: _Person | None = None, tab: int = 0) -> socketio.AsyncClient:
+        """A client that counts what it hears; if the server drops it (a restart, a
+        network failure on the server's side), its person reconnects that tab."""
         client = socketio.AsyncClient(reconnection=False, handle_sigint=False)
         stats = self.stats
+
+        @client.on("disconnect")
+        async def on_disconnect(reason: object = None) -> None:
+            if person is None or person.tabs.get(tab) is not client or self.stopping:
+                return  # we closed it ourselves
+            person.tabs.pop(tab, None)
+            stats.server_drops += 1
+            self.refresh(person)
+            task = asyncio.ensure_future(person.reopen(tab))
+            self.retries.add(task)
+            task.add_done_callback(self.retries.discard)
 
         @client.on("userStatusChanged")
         async def on_change(data: object = None) -> None:
@@ -421,7 +454,8 @@ async def run_crowd(
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), duration)
     stop.set()
-    await asyncio.gather(*lives, return_exceptions=True)
+    crowd.stopping = True
+    await asyncio.gather(*lives, *crowd.retries, return_exceptions=True)
     for task in helpers:
         task.cancel()
     await asyncio.gather(*helpers, return_exceptions=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -11,9 +12,10 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 from presence_core import simulator
+from presence_core.server import PresenceServer, ServerOptions
 from presence_core.simulator import CLOSE, DROP, LOGOUT, OPEN, STATUS, make_users, plan_crowd
 from tests.conftest import free_port
-from tests.server_harness import running_server
+from tests.server_harness import LoopThread, running_server
 from tests.waiting import wait_for
 
 TUESDAY = datetime(2026, 3, 3, 8, 30, tzinfo=UTC)  # Europe and Asia at work
@@ -178,3 +180,34 @@ def test_crowd_with_signed_tokens():
         assert stats.connects >= 3 and stats.connect_failures == 0
         assert stats.errors_received == 0
         wait_for(lambda: srv.snapshot() == {}, what="everyone offline after the run")
+
+
+def test_crowd_comes_back_after_a_server_restart():
+    loop = LoopThread()
+    first = PresenceServer(None, ServerOptions(grace=0.3))
+    port = loop.run(first.start("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{port}"
+    crowd = asyncio.run_coroutine_threadsafe(
+        simulator.run_crowd(
+            url, users=20, speed=60, duration=30, seed=4, start=TUESDAY, ramp=0.3,
+            stop=(stop := asyncio.Event()),
+        ),
+        loop.loop,
+    )  # fmt: skip
+    second = None
+    try:
+        wait_for(lambda: len(first.users) >= 5, what="the crowd at work")
+        present = len(first.users)
+        loop.run(first.stop())  # the server goes away (its users are not told anything)
+        second = PresenceServer(None, ServerOptions(grace=0.3))
+        loop.run(second.start("127.0.0.1", port))
+        wait_for(lambda: len(second.users) >= present, timeout=20, what="the crowd reconnected")
+        loop.loop.call_soon_threadsafe(stop.set)
+        stats = crowd.result(30)
+        assert stats.server_drops >= present and stats.errors_received == 0
+        wait_for(lambda: second.users == {}, what="the crowd left")
+    finally:
+        loop.loop.call_soon_threadsafe(stop.set)
+        if second is not None:
+            loop.run(second.stop())
+        loop.close()
