@@ -101,7 +101,8 @@ class CrowdStats:
         return (
             f"sim {when} | present {len(self.present)} ({away} not online) | "
             f"connections {self.connections} | actions {self.actions_done}/{self.actions_planned}"
-            f" | sent {self.events_sent} | drops {self.drops} | errors {self.errors_received}"
+            f" | sent {self.events_sent} | drops {self.drops}+{self.server_drops}"
+            f" | errors {self.errors_received}"
         )
 
 
