@@ -26,13 +26,24 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import pandas as pd
 from sqlalchemy import Engine, text
 
 from presence_core.errors import PresenceError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+def _pd():
+    """pandas, imported on first use (it costs a second and 100 MB; the CLI's
+    other commands, and the export, never need it)."""
+    import pandas
+
+    return pandas
+
 
 OFFLINE = "offline"
 DEFAULT_AVAILABLE = ("online",)
@@ -218,14 +229,14 @@ def _query(
     engine: Engine, sql: str, params: dict[str, Any], utc: Sequence[str] = ()
 ) -> pd.DataFrame:
     with engine.connect() as conn:
-        frame = pd.read_sql(text(sql), conn, params=params)
+        frame = _pd().read_sql(text(sql), conn, params=params)
     for column in utc:
-        frame[column] = pd.to_datetime(frame[column], utc=True)
+        frame[column] = _pd().to_datetime(frame[column], utc=True)
     return frame
 
 
 def _empty(columns: Sequence[str]) -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype="object") for c in columns})
+    return _pd().DataFrame({c: _pd().Series(dtype="object") for c in columns})
 
 
 # ---------------------------------------------------------------------------
@@ -788,12 +799,12 @@ def concurrency(
                 _bucket_params(bucket), statuses=None if statuses is None else list(statuses)
             )
             pieces.append(_query(engine, _concurrency_sql(bucket), params, utc=("bucket",)))
-    frame = pd.concat([p for p in pieces if not p.empty] or pieces, ignore_index=True)
+    frame = _pd().concat([p for p in pieces if not p.empty] or pieces, ignore_index=True)
     frame = frame.groupby("bucket", as_index=False).agg(
         peak=("peak", "max"), user_seconds=("user_seconds", "sum"), seconds=("seconds", "sum")
     )
     mean = (frame["user_seconds"] / frame["seconds"].where(frame["seconds"] > 0)).fillna(0.0)
-    return pd.DataFrame(
+    return _pd().DataFrame(
         {"bucket": frame["bucket"], "peak": frame["peak"].astype(int), "mean": mean.astype(float)}
     )
 
@@ -817,7 +828,7 @@ def weekday_hour_heatmap(
     if hourly.empty:
         return _empty(("weekday", "hour", "value"))
     local = hourly["bucket"].dt.tz_convert(zone.key)
-    frame = pd.DataFrame(
+    frame = _pd().DataFrame(
         {"weekday": local.dt.day_of_week, "hour": local.dt.hour, "value": hourly[value]}
     )
     return frame.groupby(["weekday", "hour"], as_index=False)["value"].mean()
@@ -889,7 +900,7 @@ def session_length_distribution(
         with engine.connect() as conn:
             for i, n in conn.execute(text(sql), params):
                 counts[max(i, 1) - 1] += n
-    return pd.DataFrame(
+    return _pd().DataFrame(
         {
             "lower_seconds": edges,
             "upper_seconds": [*edges[1:], None],

@@ -22,9 +22,6 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 from sqlalchemy import Engine, text
 from sqlalchemy.dialects import postgresql
 
@@ -59,20 +56,21 @@ _TIMESTAMPS = {
     "first_online",
     "last_offline",
 }
-_TYPES: dict[str, pa.DataType] = {
-    "occurred_at": pa.timestamp("us", tz="UTC"),
-    "received_at": pa.timestamp("us", tz="UTC"),
-    "started_at": pa.timestamp("us", tz="UTC"),
-    "ended_at": pa.timestamp("us", tz="UTC"),
-    "first_online": pa.timestamp("us", tz="UTC"),
-    "last_offline": pa.timestamp("us", tz="UTC"),
-    "inferred": pa.bool_(),
-    "open": pa.bool_(),
-    "duration_seconds": pa.float64(),
-    "online_seconds": pa.float64(),
-    "availability_pct": pa.float64(),
-    "sessions": pa.int64(),
-    "date": pa.date32(),
+# Parquet column types (others are strings); names of pyarrow type factories
+_TYPES: dict[str, tuple[str, ...]] = {
+    "occurred_at": ("timestamp", "us", "UTC"),
+    "received_at": ("timestamp", "us", "UTC"),
+    "started_at": ("timestamp", "us", "UTC"),
+    "ended_at": ("timestamp", "us", "UTC"),
+    "first_online": ("timestamp", "us", "UTC"),
+    "last_offline": ("timestamp", "us", "UTC"),
+    "inferred": ("bool_",),
+    "open": ("bool_",),
+    "duration_seconds": ("float64",),
+    "online_seconds": ("float64",),
+    "availability_pct": ("float64",),
+    "sessions": ("int64",),
+    "date": ("date32",),
 }
 
 ROW_GROUP_BYTES = 8 << 20  # CSV bytes per Parquet row group (about 60k rows)
@@ -241,8 +239,19 @@ class _Source(io.RawIOBase):
 
 def _parquet(engine: Engine, dataset: str, sql: str, params: dict[str, Any]) -> Iterator[bytes]:
     """CSV from COPY TO, parsed by Arrow in blocks, written as one row group per block."""
+    import pyarrow as pa  # only Parquet needs Arrow: imported here
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
     columns = COLUMNS[dataset]
-    schema = pa.schema([(c, _TYPES.get(c, pa.string())) for c in columns])
+
+    def arrow_type(column: str):
+        factory, *args = _TYPES.get(column, ("string",))
+        if factory == "timestamp":
+            return pa.timestamp(args[0], tz=args[1])
+        return getattr(pa, factory)()
+
+    schema = pa.schema([(c, arrow_type(c)) for c in columns])
     copy = (
         f"copy ({_text_select(dataset, sql, words=True)}) to stdout with (format csv, header true)"
     )

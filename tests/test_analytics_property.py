@@ -12,7 +12,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
@@ -107,6 +107,16 @@ def ref_sessions(rows, ws, we):
     seqs=users_strategy,
     ws=st.integers(-3 * 3600, 2 * DAY),
     length=st.integers(1, DAY),
+)
+# a whole day across the New York DST change, long enough for the minute rollup
+@example(
+    seqs=[
+        [(3600, "online"), (7200, "away"), (9000, "offline"), (18000, "busy"), (4000, "offline")],
+        [(25000, "online"), (40000, "online"), (30000, "offline")],
+        [(100, "busy"), (17000, "online")],
+    ],
+    ws=DAY + 1234,
+    length=DAY,
 )
 def test_sessions_online_seconds_and_concurrency_match_brute_force(engine, seqs, ws, length):
     users = build(seqs)
