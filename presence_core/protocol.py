@@ -214,9 +214,16 @@ def now_millis() -> datetime:
     return to_millis(datetime.now(UTC))
 
 
-def status_changed(user_id: UserId, status: str, last_seen: datetime) -> dict:
-    """The ``userStatusChanged`` payload ``{userId, status, lastSeen}``."""
-    return {"userId": user_id, "status": status, "lastSeen": iso_utc(last_seen)}
+def status_changed(
+    user_id: UserId, status: str, last_seen: datetime, reason: str | None = None
+) -> dict:
+    """The ``userStatusChanged`` payload ``{userId, status, lastSeen}``, with ``reason``
+    (``userOnline``, ``disconnect``, ``timeout``…) when given: an extension the
+    guide's clients ignore and a listener can log."""
+    payload = {"userId": user_id, "status": status, "lastSeen": iso_utc(last_seen)}
+    if reason is not None:
+        payload["reason"] = reason
+    return payload
 
 
 def online_user(

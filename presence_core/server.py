@@ -487,7 +487,7 @@ class PresenceServer:
                 )
             )
         self.stats["broadcasts"] += 1
-        payload = protocol.status_changed(user.wire_id, status, moment)
+        payload = protocol.status_changed(user.wire_id, status, moment, reason)
         await self._broadcast("userStatusChanged", payload)
 
     async def _broadcast(self, event: str, data: object) -> None:

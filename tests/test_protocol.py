@@ -97,6 +97,7 @@ def test_iso_utc_is_what_javascript_writes():
 
 def test_outgoing_payloads():
     moment = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert protocol.status_changed(1, "offline", moment, "timeout")["reason"] == "timeout"
     assert protocol.status_changed(123, "online", moment) == {
         "userId": 123,
         "status": "online",

@@ -38,7 +38,7 @@ def test_the_guides_flow_online_list_offline_disconnect():
         alice = srv.client()
         alice.emit("userOnline", {"userId": 123, "userType": "agent", "userName": "John Doe"})
         change = watcher.wait_change(123, "online")
-        assert set(change) == {"userId", "status", "lastSeen"}
+        assert set(change) == {"userId", "status", "lastSeen", "reason"}
         assert isinstance(change["userId"], int)  # a number stays a number
         assert change["lastSeen"].endswith("Z") and len(change["lastSeen"]) == 24
         assert alice.wait_change(123, "online")  # the sender hears it too (broadcast to all)
@@ -170,6 +170,7 @@ def test_offline_after_grace_is_backdated_to_the_disconnect():
         last_seen = parse(offline["lastSeen"])
         assert before - timedelta(milliseconds=1) <= last_seen <= after
         assert received - last_seen >= timedelta(seconds=0.5)  # it waited out the grace
+        assert offline["reason"] == "disconnect"
 
 
 def test_heartbeat_refreshes_and_silence_times_out_backdated():
@@ -191,6 +192,7 @@ def test_heartbeat_refreshes_and_silence_times_out_backdated():
             last_beat - timedelta(milliseconds=1) <= last_seen <= last_beat + timedelta(seconds=0.2)
         )
         assert timed_out_at - last_seen >= timedelta(seconds=0.55)
+        assert offline["reason"] == "timeout"
         # a sign of life brings it back
         client.call("userHeartbeat", {"userId": 11})
         wait_for(lambda: len(watcher.changes(11)) == 3, what="revived")
@@ -215,7 +217,8 @@ def test_user_status_sets_other_present_statuses():
         client.emit("userOnline", {"userId": 3, "userType": "agent", "userName": "S"})
         client.emit("userStatus", {"userId": 3, "status": "away"})
         away = watcher.wait_change(3, "away")
-        assert set(away) == {"userId", "status", "lastSeen"}
+        assert set(away) == {"userId", "status", "lastSeen", "reason"}
+        assert away["reason"] == "userStatus"
         client.emit("userStatus", {"userId": 3, "status": "away"})  # no change, no broadcast
         client.emit("userStatus", {"userId": 3, "status": "busy"})
         watcher.wait_change(3, "busy")

@@ -41,7 +41,7 @@ def test_node_socket_io_client_plays_the_guide_against_our_server():
         seen = run_node_client(srv.url)
 
     online = seen["online"]
-    assert set(online) == {"userId", "status", "lastSeen"}
+    assert set(online) == {"userId", "status", "lastSeen", "reason"}
     assert online["userId"] == 123 and seen["onlineUserIdType"] == "number"
     assert seen["lastSeenRoundTrips"] is True  # exactly what JS Date.toJSON() writes
 
