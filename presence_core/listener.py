@@ -714,8 +714,17 @@ class Listener:
         def on_connect():
             self._arrive("connected", sio)
 
+        heard = self._watch_packets(sio)
+
         def on_disconnect(*_reason):
             at = _now()
+            # A connection that died silently (no packet, not even the server's ping,
+            # for well over a ping interval) was lost when last heard from, not when
+            # the timeout noticed it: never overstate presence.
+            interval = getattr(sio.eio, "ping_interval", None) or 25.0
+            silent = time.monotonic() - heard[0]
+            if heard[0] and silent > 1.5 * interval:
+                at -= timedelta(seconds=silent)
             lost.set()
             # after the message tasks already scheduled, so no event overtakes it
             loop.call_soon(self._arrive, "disconnected", None, at)
@@ -734,6 +743,23 @@ class Listener:
         sio.on("userStatusChanged", on_status_changed)
         sio.on("onlineUsersList", on_online_users)
         return sio
+
+    @staticmethod
+    def _watch_packets(sio: socketio.AsyncClient) -> list[float]:
+        """Note the monotonic time of every packet received (pings included) in the
+        returned one-item list; python-engineio offers no hook, so its packet handler
+        is wrapped (when it has the expected name; otherwise nothing is noted)."""
+        heard = [0.0]
+        original = getattr(sio.eio, "_receive_packet", None)
+        if original is None:
+            return heard
+
+        async def receive(pkt):
+            heard[0] = time.monotonic()
+            return await original(pkt)
+
+        sio.eio._receive_packet = receive
+        return heard
 
     def _arrive(self, kind: str, payload: object, at: datetime | None = None) -> None:
         """Take what the socket delivered. Events are only queued here: the writer task

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import urllib.request
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -382,5 +383,77 @@ def test_server_not_up_yet_then_restarted_while_the_database_is_down(own_postgre
             (r.occurred_at,) for r in await db(transition_rows, engine) if r.inferred
         ]
         assert offline_at == gap.ended_at and after.ended_at is not None
+
+    asyncio.run(scenario())
+
+
+FROZEN_SERVER = """
+import socket, sys
+import socketio
+from aiohttp import web
+
+sio = socketio.AsyncServer(async_mode="aiohttp", ping_interval=1, ping_timeout=1)
+app = web.Application()
+sio.attach(app)
+online = sys.argv[2]
+
+@sio.on("getOnlineUsers")
+async def answer(sid, *args):
+    users = [{"userId": 1, "status": "online", "lastSeen": online}] if online != "-" else []
+    await sio.emit("onlineUsersList", users, to=sid)
+
+sock = socket.socket()
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+sock.bind(("127.0.0.1", int(sys.argv[1])))
+print("listening", flush=True)
+web.run_app(app, sock=sock, print=None)
+"""
+
+
+def start_python_server(port: int, online: str) -> subprocess.Popen:
+    process = subprocess.Popen(
+        [sys.executable, "-c", FROZEN_SERVER, str(port), online],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout.readline().startswith("listening")
+    return process
+
+
+def test_silently_dead_server_gap_starts_when_last_heard(engine, tmp_path):
+    """A server frozen with SIGSTOP sends nothing, not even pings: the listener notices
+    only after the ping timeout, but the gap starts when it last heard from it."""
+    port = free_port()
+    since = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
+
+    async def scenario():
+        frozen = start_python_server(port, since)
+        listener = make_listener(engine, f"http://127.0.0.1:{port}", tmp_path)
+        task = asyncio.create_task(listener.run())
+        try:
+            await wait_rows(engine, [("1", "online", False)])
+            frozen.send_signal(signal.SIGSTOP)
+            stopped_at = datetime.now(UTC)
+            await async_wait_for(lambda: not listener.stats.connected, 15, what="timeout")
+            noticed_at = datetime.now(UTC)
+            frozen.kill()
+            frozen.wait()
+            fresh = start_python_server(port, "-")  # restarted: nobody online
+            try:
+                await wait_rows(engine, [("1", "online", False), ("1", "offline", True)], 20)
+            finally:
+                listener.stop()
+                await asyncio.wait_for(task, 20)
+                fresh.kill()
+                fresh.wait()
+        finally:
+            if frozen.poll() is None:
+                frozen.kill()
+        gap = (await db(coverage_rows, engine))[0]
+        # last heard: within a ping interval (1 s) before the freeze, well before the notice
+        assert stopped_at - timedelta(seconds=1.5) <= gap.ended_at <= stopped_at
+        assert noticed_at - gap.ended_at >= timedelta(seconds=1)
+        [offline] = [r for r in await db(transition_rows, engine) if r.inferred]
+        assert offline.occurred_at == gap.ended_at
 
     asyncio.run(scenario())
