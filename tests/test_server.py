@@ -512,3 +512,31 @@ def test_serve_command_refuses_a_busy_port_and_a_short_secret(capsys):
     assert "cannot listen on 127.0.0.1" in capsys.readouterr().err
     assert cli.main(["serve", "--no-db", "--port", "0", "--auth-secret", "short"]) == 1
     assert "16 characters" in capsys.readouterr().err
+
+
+def test_server_rows_and_a_listeners_rows_are_the_same_rows(engine):
+    """A listener logging our broadcasts computes the same (user_id, occurred_at, status)
+    keys as the server's own rows, so the database holds each transition once."""
+    with running_server(engine, grace=0.2) as srv:
+        watcher = srv.client()
+        tabs = [srv.client() for _ in range(3)]
+        for number, tab in enumerate(tabs, 1):
+            tab.emit("userOnline", {"userId": number})
+        tabs[0].emit("userStatus", {"userId": 1, "status": "away"})
+        tabs[1].emit("userOffline", {"userId": 2})
+        tabs[2].drop()
+        wait_for(lambda: len(watcher.changes()) == 6, what="six transitions")
+        srv.flush()
+    heard = [protocol.parse_status_changed(p) for p in watcher.received("userStatusChanged")]
+    now = protocol.now_millis()
+    result = storage.write_batch(
+        engine,
+        [
+            storage.Transition(c.user_id, c.status, c.last_seen, now, source="listener")
+            for c in heard
+        ],
+    )
+    assert result.inserted == 0 and result.duplicates == 6
+    with engine.connect() as conn:
+        rows = conn.execute(text("select source from presence_transitions")).scalars().all()
+    assert rows == ["server"] * 6
