@@ -229,6 +229,8 @@ def _query(
     engine: Engine, sql: str, params: dict[str, Any], utc: Sequence[str] = ()
 ) -> pd.DataFrame:
     with engine.connect() as conn:
+        # sorts of a few hundred thousand transitions stay in memory
+        conn.exec_driver_sql("set local work_mem = '64MB'")
         frame = _pd().read_sql(text(sql), conn, params=params)
     for column in utc:
         frame[column] = _pd().to_datetime(frame[column], utc=True)
@@ -491,18 +493,37 @@ def availability(
         from generate_series(cast(:d0 as date)::timestamp, cast(:d1 as date)::timestamp,
                              interval '1 day') d
     ),
-    avail as (
-        select sh.day, s.user_id,
-               sum(extract(epoch from least(s.seg_end, sh.sh_end)
-                                      - greatest(s.seg_start, sh.sh_start))) as secs
-        from seg s
-        cross join lateral generate_series(
-            (s.seg_start at time zone cast(:tz as text))::date::timestamp - interval '1 day',
-            (s.seg_end at time zone cast(:tz as text))::date::timestamp, interval '1 day') d
-        join shifts sh on sh.day = d::date
+    sh as (
+        select array_agg(sh_start order by day) as st, array_agg(sh_end order by day) as en,
+               array_agg(day order by day) as days, count(*)::int as n
+        from shifts
+    ),
+    -- each available segment against the shifts around it: i is the last shift
+    -- starting at or before it, j the last starting before its end (shifts are
+    -- at most a day long and never overlap, so most segments touch i and i + 1)
+    sa as (
+        select s.user_id, s.seg_start as a, s.seg_end as b,
+               width_bucket(s.seg_start, sh.st) as i, width_bucket(s.seg_end, sh.st) as j
+        from seg s cross join sh
         where s.status = any(cast(:avail as text[]))
-          and s.seg_start < sh.sh_end and s.seg_end > sh.sh_start
-        group by sh.day, s.user_id
+    ),
+    pieces as (
+        select x.user_id, x.k,
+               extract(epoch from least(x.b, sh.en[x.k]) - greatest(x.a, sh.st[x.k])) as secs
+        from (
+            select user_id, a, b, i as k from sa where i >= 1
+            union all
+            select user_id, a, b, i + 1 from sa where j >= i + 1
+            union all
+            select sa.user_id, sa.a, sa.b, k from sa
+            cross join lateral generate_series(sa.i + 2, sa.j) k where sa.j >= sa.i + 2
+        ) x cross join sh
+        where x.k <= sh.n
+    ),
+    avail as (
+        select sh.days[p.k] as day, p.user_id, sum(p.secs) filter (where p.secs > 0) as secs
+        from pieces p cross join sh
+        group by 1, 2
     )
     select sh.day as date, su.user_id, u.user_name, u.team,
            coalesce(a.secs, 0)::float8 as available_seconds,
