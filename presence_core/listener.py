@@ -14,11 +14,13 @@ How it works (docs/listener.md says more):
 - Each ``userStatusChanged`` is a transition when the status changed and a
   sighting (``last_seen`` only) when it repeats. ``occurred_at`` follows DESIGN
   "Clock". Bad events are logged and counted, never written.
-- Socket handlers only parse and queue; a separate writer task commits batches
-  with :func:`presence_core.storage.write_batch` (idempotent) at least every
-  200 ms. When the database is down, or the bounded queue is full, records go to
-  an append-only spool (:mod:`presence_core.spool`) and are replayed, in order,
-  when the database answers again.
+- Socket handlers only note what arrived; a separate writer task handles it in
+  order, in batches (parse, decide), and commits them with
+  :func:`presence_core.storage.write_batch` (idempotent) at least every 200 ms,
+  so a slow database never stalls receiving. When the database is down, or the
+  bounded queue is full, records go to an append-only spool
+  (:mod:`presence_core.spool`) and are replayed, in order, when the database
+  answers again.
 - Its heartbeat row in ``presence_listeners`` is refreshed every few seconds.
 """
 
@@ -61,7 +63,6 @@ from presence_core.storage import OFFLINE, Sighting, Transition, current_state, 
 
 log = logging.getLogger("presence.listener")
 
-ONLINE = "online"
 CLOCK_AHEAD_LIMIT = timedelta(seconds=5)  # DESIGN "Clock"
 CLOCK_BEHIND_LIMIT = timedelta(days=1)  # a lastSeen older than this is not believed either
 TICK = timedelta(microseconds=1)  # keeps a user's rows strictly ordered in time
