@@ -240,6 +240,7 @@ class PresenceServer:
         self._timers: set[asyncio.TimerHandle] = set()
         self._tasks: set[asyncio.Task] = set()
         self._last_change: dict[str, datetime] = {}  # user key -> last transition's time
+        self._prune_at = 10_000
         self._register()
 
     # --- Socket.IO handlers -----------------------------------------------------------
@@ -426,13 +427,8 @@ class PresenceServer:
 
     async def _detach(self, conn: _Conn, when: datetime, reason: str) -> None:
         """This connection no longer speaks for its user (explicit userOffline)."""
-        key, conn.key, conn.wire_id, conn.stale, conn.heartbeats = (
-            conn.key,
-            None,
-            None,
-            False,
-            False,
-        )
+        key = conn.key
+        conn.key, conn.wire_id, conn.stale, conn.heartbeats = None, None, False, False
         user = self.users.get(key) if key is not None else None
         if user is not None and conn.sid in user.conns:
             await self._leave(user, conn.sid, when, reason)
@@ -468,6 +464,8 @@ class PresenceServer:
         if previous is not None and moment <= previous:
             moment = previous + _MILLISECOND
         self._last_change[user.key] = moment
+        if len(self._last_change) > self._prune_at:
+            self._forget_old_changes()
         if status != protocol.OFFLINE:
             user.status_since = moment
         user.last_seen = max(user.last_seen, moment)
@@ -511,6 +509,18 @@ class PresenceServer:
         for _sid, eio_sid in self.sio.manager.get_participants("/", None):
             for part in packets:
                 await self.sio.eio.send_packet(eio_sid, part)
+
+    def _forget_old_changes(self) -> None:
+        """Keep the per-user last-change times only where they can still matter: a new
+        transition is never dated before the user's current status began (see
+        ``_leave``), so only the last moments of users who left can collide."""
+        horizon = protocol.now_millis() - timedelta(seconds=self.options.grace + 5)
+        self._last_change = {
+            key: moment
+            for key, moment in self._last_change.items()
+            if moment > horizon or key in self.users
+        }
+        self._prune_at = max(10_000, 2 * len(self._last_change))  # amortised O(1)
 
     def _sighting(self, user: _User) -> None:
         if self.writer is not None:
