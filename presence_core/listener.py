@@ -767,9 +767,10 @@ class Listener:
         handles them in batches (much cheaper than one by one between socket reads);
         anything else is handled at once, after the events before it."""
         self._inbox.append((kind, at or _now(), payload))
-        if kind != "event":
-            self._pump()
-        elif len(self._inbox) == 1 or len(self._inbox) >= self.max_batch:
+        if kind != "event" or len(self._inbox) >= self.max_batch:
+            self._pump()  # (a long write must not let the inbox grow past the bounded queue)
+            self._wake.set()
+        elif len(self._inbox) == 1:
             self._wake.set()
 
     def _pump(self) -> None:
