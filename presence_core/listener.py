@@ -558,6 +558,7 @@ class Listener:
         self._started_at = _now()
         self._stop: asyncio.Event | None = None
         self._wake: asyncio.Event | None = None
+        self._beat_soon: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sio: socketio.AsyncClient | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -572,6 +573,7 @@ class Listener:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
+        self._beat_soon = asyncio.Event()
         self._started_at = _now()
         if not await self._prepare():
             return
@@ -792,6 +794,7 @@ class Listener:
         self._enqueue(CoverageMark(self.name, at), at)
         self._requests.clear()
         self._requests.append("reconcile")
+        self._beat_soon.set()
         log.info("event=connected listener=%s server=%s", self.name, self.server_url)
         self._spawn(self._ask_online_users(sio))
 
@@ -803,6 +806,7 @@ class Listener:
         if self._reconciled:
             self._gap_start = at
             self._reconciled = False
+        self._beat_soon.set()
         log.info("event=disconnected listener=%s server=%s", self.name, self.server_url)
 
     async def _ask_online_users(self, sio: socketio.AsyncClient | None) -> None:
@@ -1098,7 +1102,9 @@ class Listener:
 
     async def _heartbeat_loop(self) -> None:
         while not self._stop.is_set():
-            await self._sleep(self.heartbeat_interval)
+            with contextlib.suppress(TimeoutError):  # a (dis)connect beats at once
+                await asyncio.wait_for(self._beat_soon.wait(), self.heartbeat_interval)
+            self._beat_soon.clear()
             if self._spooling or self._stop.is_set():
                 continue  # the database is down; the spool replay will tell
             beat = self._heartbeat(connected=self.stats.connected)
