@@ -327,7 +327,10 @@ def main(argv: list[str] | None = None) -> int:
         "--crowd", type=int, default=300, help="simulated crowd size (default 300; 0: skip)"
     )
     parser.add_argument(
-        "--crowd-seconds", type=float, default=12.0, help="how long the crowd lives (default 12)"
+        "--crowd-seconds", type=float, default=10.0, help="how long the crowd lives (default 10)"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs per storm size, the best kept (default 1)"
     )
     parser.add_argument("--no-record", action="store_true", help="print only")
     args = parser.parse_args(argv if argv is not None else sys.argv[1:])
@@ -362,10 +365,16 @@ def main(argv: list[str] | None = None) -> int:
     storm: dict[str, list[StormResult]] = {}
     for make in servers:
         for users in sizes:
-            with make() as server:
-                result = asyncio.run(_storm(server.url, users, args.spread, args.timeout))
+            result = None
+            for _ in range(args.repeat):  # best of: the machine is shared and noisy
+                with make() as server:
+                    attempt = asyncio.run(_storm(server.url, users, args.spread, args.timeout))
+                print(server.name, attempt, flush=True)
+                if result is None or attempt.latency_p95 < result.latency_p95:
+                    result = attempt
+                if attempt.convergence is None:
+                    break  # a storm that never converged is not worth a second try
             storm.setdefault(server.name, []).append(result)
-            print(server.name, result, flush=True)
             if result.broken:
                 break  # bigger storms only break harder
 
@@ -433,12 +442,16 @@ def main(argv: list[str] | None = None) -> int:
                 f"{crowd_cpu[servers_names[0]] / crowd_cpu[servers_names[1]]:.2f}. "
                 "Broadcasts for the same crowd, ours ÷ Node: "
                 f"{delivery_ratio:.2f}"
-                " (the guide's server also broadcasts every repeated `userOnline` (extra tabs, "
-                "reconnects) and every reload or network blip that our grace period absorbs)."
+                ". They broadcast different things: ours also broadcasts `userStatus` changes "
+                "(away, busy), which the guide's server ignores; the guide's server broadcasts "
+                "every repeated `userOnline` (extra tabs, reconnects) and every network blip "
+                "that our grace period absorbs."
                 if len(crowd_cpu) == 2
                 else ""
             ),
-            f"Login storm: N users connect within {args.spread:g} s, each `userOnline` is "
+            f"Login storm (best of {args.repeat} run(s) per size, each on a fresh server; on a "
+            "shared machine single runs vary a lot, `--repeat 3` steadies them): "
+            f"N users connect within {args.spread:g} s, each `userOnline` is "
             "broadcast to every connected client (about N²/2 messages). Convergence: time "
             "after the last announcement until every client has heard every announcement; "
             "latency: announcement → one watcher hears it (both polled every 10 ms, so figures "
