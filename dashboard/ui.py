@@ -3,8 +3,10 @@ empty states, the "database is down" notice and the optional access gate."""
 
 from __future__ import annotations
 
+import functools
 import hmac
 import html
+import urllib.parse
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -141,6 +143,17 @@ def dot(color: str, pulse: bool = False, title: str = "") -> str:
     classes = "pd-dot pd-pulse" if pulse else "pd-dot"
     label = f' title="{html.escape(title)}"' if title else ""
     return f'<span class="{classes}" style="--pd-color:{color}"{label}></span>'
+
+
+@functools.cache
+def dot_image(color: str) -> str:
+    """A status dot as an SVG data URL, for ``st.column_config.ImageColumn`` cells
+    (where HTML cannot go)."""
+    svg = (
+        "<svg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 24 24' width='24' height='24'>"
+        f"<circle cx='12' cy='12' r='5' fill='{color}'/></svg>"
+    )
+    return "data:image/svg+xml;utf8," + urllib.parse.quote(svg)
 
 
 def user_cards(rows: Iterable[dict], empty: str = "", kind: str = "users") -> str:

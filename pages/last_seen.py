@@ -16,8 +16,6 @@ SORTS = {
     "Team": "Team",
 }
 
-STYLED_ROWS = 10_000
-
 st.title("Last seen")
 zone = ui.viewer_zone()
 st.caption(f"Every user, as the guide shows them. Times in {zone.key}.")
@@ -59,7 +57,7 @@ for row in users.itertuples(index=False):
 
 table = pd.DataFrame(
     {
-        " ": ["●"] * len(dots),
+        " ": [ui.dot_image(color) for color in dots],
         "User": users["user_id"].astype(str).to_numpy(),
         "Name": users["user_name"].to_numpy(),
         "Type": users["user_type"].to_numpy(),
@@ -76,15 +74,10 @@ if SORTS[sort]:
     table = table.sort_values(SORTS[sort], kind="stable", na_position="last")
 
 st.caption(f"{len(table):,} users")
-table = ui.capped(table, data.MAX_ROWS)
-shown = table
-if len(table) <= STYLED_ROWS:  # colouring cells is costly; plain dots beyond this
-    colors = pd.Series(dots).reindex(table.index)
-    shown = table.style.apply(lambda _: [f"color: {c}" for c in colors], subset=[" "])
 st.dataframe(
-    shown,
+    ui.capped(table, data.MAX_ROWS),
     hide_index=True,
     width="stretch",
     height=min(35 * (len(table) + 1) + 3, 700),
-    column_config={" ": st.column_config.TextColumn(" ", width=32)},
+    column_config={" ": st.column_config.ImageColumn(" ", width=32)},
 )

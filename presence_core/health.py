@@ -140,27 +140,39 @@ def last_event(engine: Engine) -> tuple[datetime | None, timedelta | None]:
     return row.last_event_at, max(row.now - row.last_event_at, timedelta(0))
 
 
+# Counted by received_at; the occurred_at bound lets the index narrow the scan (a
+# transition received in the window but that occurred over LOOKBACK earlier, such
+# as a long-spooled replay, is not counted).
 _PER_MINUTE = """
-with minutes as (
-    select generate_series(
-        date_trunc('minute', now()) - make_interval(mins => :minutes - 1),
-        date_trunc('minute', now()), interval '1 minute') as minute
+with bounds as (
+    select date_trunc('minute', now()) - make_interval(mins => :minutes - 1) as lo,
+           date_trunc('minute', now()) as hi
+),
+counted as (
+    select date_trunc('minute', t.received_at) as minute, count(*)::int as events
+    from presence_transitions t, bounds b
+    where t.occurred_at >= b.lo - cast(:lookback as interval)
+      and t.received_at >= b.lo
+    group by 1
 )
-select m.minute, count(t.id)::int as events
-from minutes m
-left join presence_transitions t
-  on t.received_at >= m.minute and t.received_at < m.minute + interval '1 minute'
-group by m.minute order by m.minute
+select m.minute, coalesce(c.events, 0) as events
+from bounds b
+cross join lateral generate_series(b.lo, b.hi, interval '1 minute') as m(minute)
+left join counted c on c.minute = m.minute
+order by m.minute
 """
+
+LOOKBACK = timedelta(hours=1)
 
 
 def events_per_minute(engine: Engine, minutes: int = 60) -> list[tuple[datetime, int]]:
     """Transitions written per minute (by ``received_at``) over the last ``minutes``
-    minutes, oldest first, the current minute last; minutes without any count 0."""
+    minutes, oldest first, the current minute last; minutes without any count 0.
+    Only transitions that occurred at most an hour before the window are looked at."""
     if minutes < 1:
         raise ValueError("minutes must be at least 1")
     with engine.connect() as conn:
-        rows = conn.execute(text(_PER_MINUTE), {"minutes": minutes}).all()
+        rows = conn.execute(text(_PER_MINUTE), {"minutes": minutes, "lookback": LOOKBACK}).all()
     return [(row.minute, row.events) for row in rows]
 
 
