@@ -140,14 +140,14 @@ def test_one_connection_switching_user_takes_the_first_offline():
 
 
 def test_grace_period_a_reload_does_not_flap():
-    with running_server(grace=0.5) as srv:
+    with running_server(grace=1.0) as srv:
         watcher = srv.client()
         page = srv.client()
+        reloaded = srv.client()  # connected ahead, so only its userOnline races the grace
         page.emit("userOnline", {"userId": 7, "userType": "agent", "userName": "R"})
         watcher.wait_change(7, "online")
         page.drop()  # the reload: the old page's connection vanishes
-        wait_for(lambda: srv.server.health()["connections"] == 1, what="server saw the drop")
-        reloaded = srv.client()
+        wait_for(lambda: srv.server.health()["connections"] == 2, what="server saw the drop")
         reloaded.emit("userOnline", {"userId": 7, "userType": "agent", "userName": "R"})
         reloaded.online_list()
         wait_for(lambda: srv.snapshot() == {"7": ("online", 1)}, what="old page's grace over")
@@ -174,14 +174,14 @@ def test_offline_after_grace_is_backdated_to_the_disconnect():
 
 
 def test_heartbeat_refreshes_and_silence_times_out_backdated():
-    with running_server(heartbeat_timeout=0.6) as srv:
+    with running_server(heartbeat_timeout=1.0) as srv:
         watcher = srv.client()
         client = srv.client()
         client.emit("userOnline", {"userId": 11})
         watcher.wait_change(11, "online")
-        for _ in range(4):  # heartbeats keep it online past the timeout
+        for _ in range(7):  # heartbeats keep it online past the timeout
             client.call("userHeartbeat", {"userId": 11})
-            time.sleep(0.25)  # the client's rhythm, not a wait for the server
+            time.sleep(0.2)  # the client's rhythm, not a wait for the server
         assert srv.snapshot() == {"11": ("online", 1)}
         last_beat = datetime.now(UTC)
         assert client.call("userHeartbeat", {"userId": 11}) == {"ok": True}
@@ -191,7 +191,7 @@ def test_heartbeat_refreshes_and_silence_times_out_backdated():
         assert (
             last_beat - timedelta(milliseconds=1) <= last_seen <= last_beat + timedelta(seconds=0.2)
         )
-        assert timed_out_at - last_seen >= timedelta(seconds=0.55)
+        assert timed_out_at - last_seen >= timedelta(seconds=0.95)
         assert offline["reason"] == "timeout"
         # a sign of life brings it back
         client.call("userHeartbeat", {"userId": 11})

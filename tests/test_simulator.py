@@ -73,7 +73,7 @@ def _transitions_per_user(watcher) -> dict:
 def test_crowd_drives_our_server_and_is_deterministic():
     seen = []
     for _ in range(2):
-        with running_server(grace=0.5) as srv:
+        with running_server(grace=2.0) as srv:  # reconnects stay well inside it
             watcher = srv.client()
             lines = []
             stats = srv.loop.run(
