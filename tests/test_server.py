@@ -390,18 +390,18 @@ def test_a_hanging_database_never_delays_the_protocol(database_url):
         blackhole.listen(64)
         stuck = db.make_engine(
             database_url.set(host="127.0.0.1", port=blackhole.getsockname()[1]),
-            connect_args={"connect_timeout": 2},
+            connect_args={"connect_timeout": 3},
         )
         with running_server(stuck) as srv:
             client = srv.client()
-            started = time.monotonic()
             client.emit("userOnline", {"userId": 1})
             client.wait_change(1, "online")
             for _ in range(20):
                 client.call("userHeartbeat", {"userId": 1})
             assert len(client.online_list()) == 1
-            assert time.monotonic() - started < 1.5  # while the writer is stuck for 2 s
-            assert srv.server.writer.batches == 0  # indeed, nothing could be written
+            # every answer came while the writer's first attempt was still hanging
+            writer = srv.server.writer
+            assert (writer.batches, writer.failures) == (0, 0) and writer.pending() >= 1
         stuck.dispose()
 
 
