@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 import socketio
 from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import Engine, text
 
 from presence_core.listener import (
@@ -682,3 +684,59 @@ def test_without_a_token_our_server_refuses_and_the_listener_keeps_trying(engine
             assert coverage_rows(engine) == []
 
         asyncio.run(scenario())
+
+
+# --- any payload at all: never a crash, never a junk row ------------------------------------
+
+_json = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=True)
+    | st.text(max_size=300),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+_field = _json | st.sampled_from(["online", "offline", "away", "", "2026-03-02T09:00:00Z"])
+_payload = st.fixed_dictionaries(
+    {},
+    optional={
+        "userId": _field | st.integers(0, 10**6),
+        "status": _field,
+        "lastSeen": _field | st.integers(0, 2**45),
+        "userName": _field,
+        "userType": _field,
+        "team": _field,
+        "reason": _field,
+    },
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_payload | _json, min_size=1, max_size=5))
+def test_any_payload_is_rejected_or_stored_sanely(payloads):
+    async def scenario():
+        listener = Listener(None, "http://127.0.0.1:9", name="fuzz", spool_dir="/nonexistent")
+        listener._wake = asyncio.Event()
+        received = datetime.now(UTC)
+        for payload in payloads:
+            listener._on_status_changed((payload,), received)
+        records = [p.record for p in listener._queue]
+        assert len(records) + listener.stats.rejected == len(payloads)
+        for record in records:
+            assert isinstance(record, (Transition, Sighting))
+            assert record.user_id.strip() and len(record.user_id) <= 256
+            assert "\x00" not in record.user_id
+            at = record.occurred_at if isinstance(record, Transition) else record.last_seen
+            assert at.tzinfo is not None
+            assert at <= received + timedelta(seconds=5)
+            assert at >= received - timedelta(days=1)
+            for name in (record.user_name, record.user_type, record.team):
+                assert name is None or (len(name) <= 256 and "\x00" not in name)
+            if isinstance(record, Transition):
+                assert record.status.strip() and len(record.status) <= 64
+                assert record.reason is None or "\x00" not in record.reason
+
+    asyncio.run(scenario())
