@@ -11,6 +11,7 @@ The baseline, measured in the same run, is the same page on an empty database:
 what Streamlit and the browser cost before any data.
 
     python -m bench.bench_dashboard [--users N] [--days D] [--runs R]
+    python -m bench.bench_dashboard --database-url URL   # an existing history, as it is
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from datetime import UTC, datetime
 
 import psycopg
 from sqlalchemy import text
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, make_url
 
 from bench.report import record, table
 from presence_core import db, history
@@ -204,25 +205,40 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--days", type=int, default=14)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--runs", type=int, default=2, help="warm visits per page (best kept)")
+    parser.add_argument(
+        "--database-url", metavar="URL", help="measure this database's history (not generated)"
+    )
     args = parser.parse_args(argv)
 
     from playwright.sync_api import sync_playwright
 
     with (
         scratch_database("empty") as empty_url,
-        scratch_database("data") as data_url,
+        scratch_database("data") as scratch_url,
         sync_playwright() as playwright,
     ):
-        engine = db.make_engine(data_url)
-        print(f"generating {args.users} users × {args.days} days …", flush=True)
-        started = time.perf_counter()
-        rows = history.generate_history(
-            engine, args.users, args.days, args.seed, end=datetime.now(UTC)
-        )
-        with engine.begin() as conn:
-            conn.execute(text("analyze"))
+        if args.database_url:
+            data_url = make_url(args.database_url)
+            engine = db.make_engine(data_url)
+            with engine.connect() as conn:
+                rows = conn.execute(text("select count(*) from presence_transitions")).scalar()
+                args.users = conn.execute(text("select count(*) from presence_users")).scalar()
+                span = conn.execute(
+                    text("select max(occurred_at) - min(occurred_at) from presence_transitions")
+                ).scalar()
+            args.days = span.days + (span.seconds > 0) if span else 0
+        else:
+            data_url = scratch_url
+            engine = db.make_engine(data_url)
+            print(f"generating {args.users} users × {args.days} days …", flush=True)
+            started = time.perf_counter()
+            rows = history.generate_history(
+                engine, args.users, args.days, args.seed, end=datetime.now(UTC)
+            )
+            with engine.begin() as conn:
+                conn.execute(text("analyze"))
+            print(f"  {rows:,} transitions in {time.perf_counter() - started:.1f} s", flush=True)
         engine.dispose()
-        print(f"  {rows:,} transitions in {time.perf_counter() - started:.1f} s", flush=True)
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             print("empty database (baseline):", flush=True)

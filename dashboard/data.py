@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import tempfile
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
@@ -22,6 +24,7 @@ import pandas as pd
 import streamlit as st
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
+from streamlit.runtime.scriptrunner import add_script_run_ctx, get_script_run_ctx
 
 from presence_core import analytics, db, export, health
 from presence_core.config import Settings, load_settings
@@ -108,6 +111,23 @@ def _run(func, *args: Any, **kwargs: Any):
         if not exc.connection_invalidated:
             raise
         raise DatabaseDown(f"the database stopped answering: {_first_line(exc)}") from None
+
+
+def gather(*calls: Callable[[], Any]) -> list[Any]:
+    """Run several loader calls at once (each on its own connection) and return their
+    results in order; the first error (e.g. :class:`DatabaseDown`) is raised here.
+    Pages use it so that a page's queries wait for each other's time only once."""
+    if len(calls) < 2:
+        return [call() for call in calls]
+    ctx = get_script_run_ctx()
+
+    def run(call: Callable[[], Any]) -> Any:
+        if ctx is not None:
+            add_script_run_ctx(threading.current_thread(), ctx)
+        return call()
+
+    with ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="loader") as pool:
+        return list(pool.map(run, calls))
 
 
 def clear() -> None:

@@ -53,9 +53,17 @@ def _local(series: pd.Series) -> pd.Series:
     return pd.to_datetime(series, utc=True).dt.tz_convert(zone.key)
 
 
+# the page's queries run at once; drawing waits for the slowest only
+filters = (zone.key, type_filter, team_filter)
+curve, heat, dau, lengths = data.gather(
+    lambda: data.concurrency(start, end, bucket, *filters),
+    lambda: data.heatmap(start, end, *filters),
+    lambda: data.daily_active(start, end, *filters),
+    lambda: data.session_lengths(start, end, *filters),
+)
+
 # --- users present over time --------------------------------------------------
 st.subheader("Users present over time")
-curve = data.concurrency(start, end, bucket, zone.key, type_filter, team_filter)
 if curve.empty or (curve["peak"].fillna(0) == 0).all():
     ui.empty_state(
         "Nobody was present in this period. Pick another period, or start the listener "
@@ -98,7 +106,6 @@ else:
 left, right = st.columns(2)
 with left:
     st.subheader("When people are around")
-    heat = data.heatmap(start, end, zone.key, type_filter, team_filter)
     if heat.empty:
         st.caption("No data in this period.")
     else:
@@ -119,7 +126,6 @@ with left:
         st.plotly_chart(figure, width="stretch", config=CHART, key="act_heat")
 with right:
     st.subheader("Daily active users")
-    dau = data.daily_active(start, end, zone.key, type_filter, team_filter)
     if dau.empty:
         st.caption("No data in this period.")
     else:
@@ -131,7 +137,6 @@ with right:
 
 # --- session lengths ---------------------------------------------------------
 st.subheader("How long sessions last")
-lengths = data.session_lengths(start, end, zone.key, type_filter, team_filter)
 if lengths["sessions"].sum() == 0:
     st.caption("No finished sessions in this period.")
 else:

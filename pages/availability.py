@@ -59,8 +59,19 @@ st.caption(f"{start} to {end}, shift {shift_text} in {tz}; available = {', '.joi
 
 # --- right now -----------------------------------------------------------------
 now = datetime.now(UTC)
-present = data.current_presence(team=team_filter, user_type=type_filter)
-everyone = data.last_seen(include_hidden=False)
+# the page's queries run at once; drawing waits for the slowest only
+filters = (tz, type_filter, team_filter)
+present, everyone, avail, online, in_status, summary, found = data.gather(
+    lambda: data.current_presence(team=team_filter, user_type=type_filter),
+    lambda: data.last_seen(include_hidden=False),
+    lambda: data.availability(
+        start, end, tz, shift_start, shift_end, tuple(statuses), team_filter, type_filter
+    ),
+    lambda: data.online_seconds(start, end, *filters),
+    lambda: data.time_in_status(start, end, tz, None, type_filter, team_filter),
+    lambda: data.daily_summary(start, end, *filters, tuple(statuses)),
+    lambda: data.sessions(start, end, tz, None, type_filter, team_filter),
+)
 if team_filter:
     everyone = everyone[everyone["team"] == team_filter]
 if type_filter:
@@ -120,9 +131,6 @@ with right:
 
 # --- per agent over the period --------------------------------------------------
 st.subheader("Per agent")
-avail = data.availability(
-    start, end, tz, shift_start, shift_end, tuple(statuses), team_filter, type_filter
-)
 if avail.empty:
     ui.empty_state("No agents match these filters.")
     st.stop()
@@ -137,10 +145,8 @@ per_user["availability"] = (
     100.0 * per_user["available_seconds"] / per_user["shift_seconds"].where(lambda s: s > 0)
 ).fillna(0.0)
 
-online = data.online_seconds(start, end, tz, type_filter, team_filter)
 per_user = per_user.merge(online, on="user_id", how="left")
 
-in_status = data.time_in_status(start, end, tz, None, type_filter, team_filter)
 status_columns: list[str] = []
 if not in_status.empty:
     pivot = in_status.pivot_table(
@@ -150,7 +156,6 @@ if not in_status.empty:
     pivot.columns = status_columns
     per_user = per_user.merge(pivot.reset_index(), on="user_id", how="left")
 
-summary = data.daily_summary(start, end, tz, type_filter, team_filter, tuple(statuses))
 if not summary.empty:
     firsts = summary.groupby("user_id").agg(
         first_in=("first_online", "min"), last_out=("last_offline", "max")
@@ -159,7 +164,6 @@ if not summary.empty:
 else:
     per_user["first_in"] = pd.NaT
     per_user["last_out"] = pd.NaT
-found = data.sessions(start, end, tz, None, type_filter, team_filter)
 counts = found.groupby("user_id").size().rename("sessions").reset_index()
 per_user = per_user.merge(counts, on="user_id", how="left")
 per_user = per_user.sort_values(["availability", "user_id"], ascending=[False, True])
