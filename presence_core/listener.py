@@ -338,8 +338,9 @@ def plan_reconcile(
     """The rows that bring ``state`` in line with a server's ``onlineUsersList``.
 
     - A user in the snapshot whose status differs gets a row with the snapshot's
-      status at its ``lastSeen`` when that falls inside the gap (after
-      ``gap_start``, at most 5 s after ``reconnect_at``), else at ``reconnect_at``.
+      status at its ``statusSince`` (our server's extension) or else its
+      ``lastSeen``, when that falls inside the gap (after ``gap_start``, at most 5 s
+      after ``reconnect_at``), else at ``reconnect_at``.
     - A present user absent from the snapshot gets an ``inferred`` ``offline`` row at
       ``gap_start`` (never overstate presence); with no earlier coverage at all, at
       the user's last sign of life.
@@ -358,7 +359,9 @@ def plan_reconcile(
         if (view.status if view else OFFLINE) == user.status:
             rows.append(Sighting(user.user_id, received_at, **names))
             continue
-        at, reason = user.last_seen, "reconcile"
+        # when the status began: our server says so (statusSince); the guide's servers
+        # send lastSeen, which for them is the moment the user came online
+        at, reason = getattr(user, "status_since", None) or user.last_seen, "reconcile"
         if at is None:
             at, reason = reconnect_at, f"reconcile: lastSeen {user.last_seen_problem}"
         elif gap_start is not None and at < gap_start:

@@ -247,12 +247,20 @@ def test_reconcile_plan():
         OnlineUser("old", "online", T0 - timedelta(hours=3)),  # lastSeen before the gap
         OnlineUser("gone", "online", None, last_seen_raw=None),
         OnlineUser("came", "online", T0 + timedelta(minutes=5)),  # duplicate entry: ignored
+        # our server's statusSince says when the status began; lastSeen is the latest life
+        OnlineUser(
+            "since", "busy", T0 + timedelta(minutes=9), status_since=T0 + timedelta(minutes=2)
+        ),
     ]
     rows = plan_reconcile(state, snapshot, gap_start=gap, reconnect_at=back, received_at=back)
     sightings = [r for r in rows if isinstance(r, Sighting)]
     moves = {r.user_id: r for r in rows if isinstance(r, Transition)}
     assert [s.user_id for s in sightings] == ["stays"] and sightings[0].user_name == "Stay"
-    assert set(moves) == {"came", "old", "gone", "left", "late"}
+    assert set(moves) == {"came", "old", "gone", "left", "late", "since"}
+    assert (moves["since"].status, moves["since"].occurred_at) == (
+        "busy",
+        T0 + timedelta(minutes=2),
+    )
     assert moves["came"].occurred_at == T0 + timedelta(minutes=4)
     assert (moves["came"].reason, moves["came"].inferred, moves["came"].user_name) == (
         "reconcile",
