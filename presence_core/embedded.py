@@ -326,6 +326,9 @@ def _env_port() -> int | None:
 
 def _port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # PostgreSQL binds with SO_REUSEADDR: connections of a stopped server that
+        # linger in TIME_WAIT must not make its own port look taken
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
