@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def measure(engine: Engine, url, args) -> str:
+    load_before = os.getloadavg()[0]
     end = datetime.now(UTC).replace(microsecond=0)
     print(f"generating {args.users} users × {args.days} days …", flush=True)
     started = time.perf_counter()
@@ -267,6 +268,7 @@ def measure(engine: Engine, url, args) -> str:
             [f"export daily, csv ({period} days)", "", f"{seconds:.1f} s, {rss} MB", "", ""]
         )
 
+    load = f"{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
     headers = ["what", "target", "measured", "vs baseline", "met"]
     summary = (
         f"{args.users:,} users × {args.days} days = **{rows:,} transitions**, generated in "
@@ -278,7 +280,8 @@ def measure(engine: Engine, url, args) -> str:
         f"`COPY presence_transitions TO STDOUT` {rows / copy_s:,.0f} rows/s. Queries: best "
         f"of 3. Team: `{busiest_team}` ({team_tz}). Export rates are measured in process "
         "(`stream_export` drained); the `presence export` rows run it as a subprocess "
-        "(process start included) to measure its peak RSS (`VmHWM`)."
+        "(process start included) to measure its peak RSS (`VmHWM`). Load average "
+        f"(1 min) {load}: other work on the machine slows every figure alike."
     )
     return summary + "\n\n" + table(headers, lines + export_rows)
 
