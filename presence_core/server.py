@@ -199,6 +199,17 @@ class DatabaseWriter:
                 return
 
 
+class _Dispatcher(socketio.AsyncNamespace):
+    """The default namespace, handing every event to one function."""
+
+    def __init__(self, dispatch: Callable[..., Coroutine]) -> None:
+        super().__init__("/")
+        self._dispatch = dispatch
+
+    async def trigger_event(self, event: str, *args: object) -> object:
+        return await self._dispatch(event, *args)
+
+
 class _Uvicorn(uvicorn.Server):
     """uvicorn without its own signal handling: :meth:`PresenceServer.serve` installs
     handlers that first stop the presence logic, then the web server."""
@@ -246,8 +257,6 @@ class PresenceServer:
     # --- Socket.IO handlers -----------------------------------------------------------
 
     def _register(self) -> None:
-        self.sio.on("connect", self._on_connect)
-        self.sio.on("disconnect", self._on_disconnect)
         events: dict[str, Callable[[_Conn, object], Coroutine]] = {
             "userOnline": self._user_online,
             "userOffline": self._user_offline,
@@ -255,9 +264,24 @@ class PresenceServer:
             "userStatus": self._user_status,
             "getOnlineUsers": self._get_online_users,
         }
-        for name, handler in events.items():
-            self.sio.on(name, self._wrap(name, handler))
-        self.sio.on("*", self._on_unknown)
+        self._handlers = {name: self._wrap(name, handler) for name, handler in events.items()}
+        # One dispatcher for everything (a namespace's documented trigger_event hook):
+        # python-socketio's own routing would let a client call the connect or
+        # disconnect handler by sending an ordinary event of that name, and would call
+        # a catch-all handler with different arguments for an event named "*".
+        self.sio.register_namespace(_Dispatcher(self._dispatch))
+
+    async def _dispatch(self, event: object, sid: str, *args: object) -> object:
+        if event in ("connect", "disconnect"):
+            if self.sio.manager.is_connected(sid, "/"):  # a client's event, not the real one
+                return await self._refuse(sid, str(event), f"{event!r} is a reserved event")
+            if event == "connect":
+                return await self._on_connect(sid, *args)
+            return await self._on_disconnect(sid, *args)
+        handler = self._handlers.get(event) if isinstance(event, str) else None
+        if handler is None:
+            return await self._on_unknown(event, sid, *args)
+        return await handler(sid, *args)
 
     async def _on_connect(self, sid: str, environ: dict, auth_payload: object = None) -> None:
         if self.closing:
@@ -308,7 +332,7 @@ class PresenceServer:
 
         return on_event
 
-    async def _on_unknown(self, event: str, sid: str, *args: object) -> dict:
+    async def _on_unknown(self, event: object, sid: str, *args: object) -> dict:
         self.stats["events"] += 1
         name = event if isinstance(event, str) else repr(event)
         return await self._refuse(sid, name, f"unknown event {name[:64]!r}")

@@ -540,3 +540,26 @@ def test_server_rows_and_a_listeners_rows_are_the_same_rows(engine):
     with engine.connect() as conn:
         rows = conn.execute(text("select source from presence_transitions")).scalars().all()
     assert rows == ["server"] * 6
+
+
+def test_events_named_like_reserved_ones_are_refused_and_harmless():
+    """A client sending an ordinary event called "disconnect" or "connect" must not
+    reach the real handlers (it would fake a departure or reset its connection)."""
+    with running_server(grace=0) as srv:
+        watcher = srv.client()
+        client = srv.client()
+        client.emit("userOnline", {"userId": 1})
+        watcher.wait_change(1, "online")
+        for event in ("disconnect", "connect", "*"):
+            answer = client.call(event, {"userId": 1})
+            assert answer["ok"] is False, event
+        assert [e["event"] for e in client.received("presenceError")] == [
+            "disconnect",
+            "connect",
+            "*",
+        ]
+        watcher.online_list()
+        assert srv.snapshot() == {"1": ("online", 1)} and watcher.changes() == [(1, "online")]
+        assert srv.server.health()["connections"] == 2
+        client.emit("userHeartbeat", {"userId": 1})  # still itself
+        assert client.call("userHeartbeat", {"userId": 1}) == {"ok": True}
