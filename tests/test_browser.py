@@ -225,6 +225,8 @@ def test_export_downloads_the_databases_rows(browser, dashboard, known_data, eng
     page = new_page(browser)
     open_page(page, dashboard, "export")
     page.get_by_text("Include users who hide their last seen").click()
+    # the rerun is over once the command shown has the flag (the button is then current)
+    expect(page.locator("[data-testid='stCode']")).to_contain_text("--include-hidden")
     page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']")
     button = page.get_by_role("button", name=re.compile(r"Download presence-transitions-"))
     with page.expect_download() as info:
