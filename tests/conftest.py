@@ -30,6 +30,18 @@ from presence_core.embedded import EmbeddedPostgres
 _counter = itertools.count()
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """In CI (CI=true), a skipped test fails: a missing Chromium or Node must not
+    pass silently. Tests marked ``may_skip`` are exempt (e.g. root-only checks)."""
+    report = yield
+    exempt = item.get_closest_marker("may_skip") is not None or hasattr(report, "wasxfail")
+    if report.skipped and os.environ.get("CI") and not exempt:
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI, which must run every test: {report.longrepr}"
+    return report
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from playwright import sync_api
 from sqlalchemy import select, update
 
 from presence_core import health, tables
@@ -28,7 +29,6 @@ from tests.conftest import free_port
 from tests.nodejs import guide_server, node_available
 from tests.waiting import wait_for
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="pip install 'playwright>=1.45,<2'")
 expect = sync_api.expect
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -306,7 +306,8 @@ def live_stack(request, cli_env, tmp_path, engine) -> Iterator[tuple[str, str]]:
 
 
 def test_a_user_appears_on_live_within_3_s_and_leaves(browser, live_stack):
-    socketio = pytest.importorskip("socketio")
+    import socketio
+
     server_url, dashboard_url = live_stack
     page = new_page(browser)
     open_page(page, dashboard_url, "")

@@ -597,7 +597,6 @@ def test_heartbeat_row_and_metrics(engine, tmp_path):
 
 
 def test_against_our_server(engine, tmp_path):
-    pytest.importorskip("presence_core.server")
     from tests.server_harness import running_server
 
     with running_server(None) as srv:
@@ -639,7 +638,6 @@ def test_against_our_server(engine, tmp_path):
 
 
 def test_our_server_with_tokens_and_a_gap(engine, tmp_path):
-    pytest.importorskip("presence_core.server")
     from presence_core import auth
     from tests.server_harness import running_server
 
@@ -675,7 +673,6 @@ def test_our_server_with_tokens_and_a_gap(engine, tmp_path):
 
 
 def test_without_a_token_our_server_refuses_and_the_listener_keeps_trying(engine, tmp_path):
-    pytest.importorskip("presence_core.server")
     from tests.server_harness import running_server
 
     with running_server(None, auth_secret="listener-test-secret-0123456789") as srv:
