@@ -83,3 +83,75 @@ def test_demo_runs_and_stops_cleanly(tmp_path: Path):
             if process.is_running():
                 process.kill()
         EmbeddedPostgres(home).stop()
+
+
+def _demo(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRESENCE_")}
+    env["PRESENCE_HOME"] = str(home)
+    return subprocess.run(
+        [sys.executable, "-m", "presence_core", "demo", "--no-browser", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_a_second_demo_is_refused(tmp_path: Path):
+    import fcntl
+
+    home = tmp_path / "home"
+    home.mkdir()
+    with open(home / "demo.lock", "w") as lock:  # what a running demo holds
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        lock.write("4242")
+        lock.flush()
+        result = _demo(home, "--port", str(free_port()), "--server-port", str(free_port()))
+    assert result.returncode == 1
+    assert "a demo is already running" in result.stderr and "4242" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (home / "pgdata").exists()  # refused before touching anything
+
+
+def test_a_port_in_use_is_refused(tmp_path: Path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = _demo(tmp_path / "home", "--port", str(port), "--server-port", str(free_port()))
+    assert result.returncode == 1
+    assert f"port {port} for the dashboard is in use" in result.stderr
+    assert "--port" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_demo_refuses_an_external_database(tmp_path: Path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRESENCE_")}
+    env |= {"PRESENCE_HOME": str(tmp_path), "PRESENCE_DATABASE_URL": "postgresql://u@h/db"}
+    result = subprocess.run(
+        [sys.executable, "-m", "presence_core", "demo", "--no-browser"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1 and "unset PRESENCE_DATABASE_URL" in result.stderr
+
+
+def test_reset_deletes_the_data_and_stops_the_server(tmp_path: Path):
+    from presence_core.demo import _reset
+
+    server = EmbeddedPostgres(tmp_path / "home")
+    info = server.start(port=free_port())
+    with psycopg.connect(f"host=127.0.0.1 port={info.port} user=postgres dbname=presence") as c:
+        c.execute("create table leftover (v int)")
+    _reset(server)
+    assert server.running() is None
+    assert not server.pgdata.exists()
+    info = server.start(port=free_port())
+    try:
+        with psycopg.connect(f"host=127.0.0.1 port={info.port} user=postgres dbname=presence") as c:
+            assert c.execute("select to_regclass('leftover')").fetchone() == (None,)
+    finally:
+        server.stop()
