@@ -2,8 +2,8 @@
 history generator share.
 
 :func:`write_batch` is the one way transitions enter the database. It copies a
-batch into a temporary table with COPY, inserts what is new (the unique key
-``(user_id, occurred_at, status)`` makes a replay insert nothing twice) and
+batch with COPY, inserting only what is new (the unique key
+``(user_id, occurred_at, status)`` makes a replay insert nothing twice), and
 brings ``presence_users`` up to date, all in one transaction.
 """
 
@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from psycopg.errors import UniqueViolation
 from sqlalchemy import Connection, Engine, text
 
 OFFLINE = "offline"
@@ -81,9 +82,6 @@ _TRANSITION_COLUMNS = (
     "inferred",
     "reason",
     "source",
-    "user_type",
-    "user_name",
-    "team",
 )
 
 _STAGE_TABLE = """
@@ -94,84 +92,52 @@ create temporary table if not exists presence_stage (
     received_at timestamptz not null,
     inferred boolean not null,
     reason text,
-    source text,
+    source text
+) on commit delete rows
+"""
+
+# on conflict do nothing also skips duplicates inside the batch itself
+_INSERT_NEW = """
+insert into presence_transitions
+    (user_id, status, occurred_at, received_at, inferred, reason, source)
+select user_id, status, occurred_at, received_at, inferred, reason, source
+from presence_stage
+on conflict on constraint uq_presence_transitions_event do nothing
+"""
+
+# One row per user of the batch, summarised in Python (see _user_rows):
+# status_since is null for users seen only through sightings.
+_USER_STAGE_TABLE = """
+create temporary table if not exists presence_user_stage (
+    user_id text not null,
+    status text not null,
+    status_since timestamptz,
+    last_seen timestamptz not null,
     user_type text,
     user_name text,
     team text
 ) on commit delete rows
 """
 
-_INSERT_NEW = """
-insert into presence_transitions
-    (user_id, status, occurred_at, received_at, inferred, reason, source)
-select distinct on (user_id, occurred_at, status)
-    user_id, status, occurred_at, received_at, inferred, reason, source
-from presence_stage
-order by user_id, occurred_at, status, received_at
-on conflict on constraint uq_presence_transitions_event do nothing
-"""
-
-# One row per user: the latest staged transition (by occurred_at) sets the
-# status, unless the user's stored status is newer (a replay of old events
-# must not roll the current state back). Names and team fill in, never erase.
-_UPSERT_FROM_TRANSITIONS = """
+# The batch's latest transition sets a user's status, unless the stored status
+# is newer (a replay of old events must not roll the current state back).
+# last_seen only moves forward. Names and team fill in, never erase.
+_UPSERT_USERS = """
 insert into presence_users
     (user_id, user_type, user_name, team, status, status_since, last_seen)
-select latest.user_id, names.user_type, names.user_name, names.team,
-       latest.status, latest.occurred_at, latest.occurred_at
-from (
-    select distinct on (user_id) user_id, status, occurred_at
-    from presence_stage
-    order by user_id, occurred_at desc, received_at desc
-) latest
-join ({names}) names using (user_id)
+select user_id, user_type, user_name, team, status, status_since, last_seen
+from presence_user_stage
 on conflict (user_id) do update set
     status = case
-        when presence_users.status_since is null
-          or excluded.status_since >= presence_users.status_since
+        when excluded.status_since is not null
+         and (presence_users.status_since is null
+              or excluded.status_since >= presence_users.status_since)
         then excluded.status else presence_users.status end,
     status_since = greatest(presence_users.status_since, excluded.status_since),
     last_seen = greatest(presence_users.last_seen, excluded.last_seen),
     user_type = coalesce(excluded.user_type, presence_users.user_type),
     user_name = coalesce(excluded.user_name, presence_users.user_name),
     team = coalesce(excluded.team, presence_users.team)
-"""
-
-_UPSERT_SIGHTINGS = """
-insert into presence_users (user_id, user_type, user_name, team, last_seen)
-select user_id, names.user_type, names.user_name, names.team, latest.last_seen
-from (select user_id, max(last_seen) as last_seen from presence_sightings group by user_id) latest
-join ({names}) names using (user_id)
-on conflict (user_id) do update set
-    last_seen = greatest(presence_users.last_seen, excluded.last_seen),
-    user_type = coalesce(excluded.user_type, presence_users.user_type),
-    user_name = coalesce(excluded.user_name, presence_users.user_name),
-    team = coalesce(excluded.team, presence_users.team)
-"""
-
-
-def _latest_names(table: str, time_column: str) -> str:
-    """Per user, the most recent non-null type, name and team seen in ``table``."""
-    picks = ",\n    ".join(
-        f"(array_agg({c} order by {time_column} desc) filter (where {c} is not null))[1] as {c}"
-        for c in ("user_type", "user_name", "team")
-    )
-    return f"select user_id,\n    {picks}\nfrom {table} group by user_id"
-
-
-_UPSERT_FROM_TRANSITIONS = _UPSERT_FROM_TRANSITIONS.format(
-    names=_latest_names("presence_stage", "occurred_at")
-)
-_UPSERT_SIGHTINGS = _UPSERT_SIGHTINGS.format(names=_latest_names("presence_sightings", "last_seen"))
-
-_SIGHTING_TABLE = """
-create temporary table if not exists presence_sightings (
-    user_id text not null,
-    last_seen timestamptz not null,
-    user_type text,
-    user_name text,
-    team text
-) on commit delete rows
 """
 
 
@@ -194,41 +160,85 @@ def write_batch(
 def _write(
     conn: Connection, transitions: Sequence[Transition], sightings: Sequence[Sighting]
 ) -> BatchResult:
-    inserted = 0
-    if transitions:
-        conn.execute(text(_STAGE_TABLE))
-        _copy(
-            conn,
-            "presence_stage",
-            _TRANSITION_COLUMNS,
-            (
-                (
-                    t.user_id,
-                    t.status,
-                    t.occurred_at,
-                    t.received_at,
-                    t.inferred,
-                    t.reason,
-                    t.source,
-                    t.user_type,
-                    t.user_name,
-                    t.team,
-                )
-                for t in transitions
-            ),
-        )
-        inserted = conn.execute(text(_INSERT_NEW)).rowcount
-        conn.execute(text(_UPSERT_FROM_TRANSITIONS))
-    if sightings:
-        conn.execute(text(_SIGHTING_TABLE))
-        _copy(
-            conn,
-            "presence_sightings",
-            ("user_id", "last_seen", "user_type", "user_name", "team"),
-            ((s.user_id, s.last_seen, s.user_type, s.user_name, s.team) for s in sightings),
-        )
-        conn.execute(text(_UPSERT_SIGHTINGS))
+    inserted = _insert_transitions(conn, transitions) if transitions else 0
+    users = _user_rows(transitions, sightings)
+    if users:
+        conn.execute(text(_USER_STAGE_TABLE))
+        _copy(conn, "presence_user_stage", _USER_COLUMNS, users)
+        conn.execute(text(_UPSERT_USERS))
     return BatchResult(inserted=inserted, duplicates=len(transitions) - inserted)
+
+
+def _insert_transitions(conn: Connection, transitions: Sequence[Transition]) -> int:
+    """Insert the new transitions; return how many there were.
+
+    Usually every transition of a batch is new, so the batch is first copied
+    straight into the table inside a savepoint (as fast as a raw COPY). When
+    any row is already there (a replay, or a server and a listener logging the
+    same event), the savepoint is rolled back and the batch goes through a
+    staging table and ``on conflict do nothing`` instead.
+    """
+    rows = [
+        (t.user_id, t.status, t.occurred_at, t.received_at, t.inferred, t.reason, t.source)
+        for t in transitions
+    ]
+    try:
+        with conn.begin_nested():
+            _copy(conn, "presence_transitions", _TRANSITION_COLUMNS, rows)
+        return len(rows)
+    except UniqueViolation:
+        pass
+    conn.execute(text(_STAGE_TABLE))
+    _copy(conn, "presence_stage", _TRANSITION_COLUMNS, rows)
+    return conn.execute(text(_INSERT_NEW)).rowcount
+
+
+_USER_COLUMNS = ("user_id", "status", "status_since", "last_seen", "user_type", "user_name", "team")
+
+
+def _user_rows(transitions: Sequence[Transition], sightings: Sequence[Sighting]) -> list[tuple]:
+    """One row per user for ``presence_user_stage``: the latest transition's
+    status and time (by occurred_at, then received_at), the latest sign of life,
+    and the most recent non-null type, name and team."""
+    users: dict[str, dict] = {}
+
+    def entry(user_id: str) -> dict:
+        found = users.get(user_id)
+        if found is None:
+            found = users[user_id] = {"status": OFFLINE, "since": None, "key": None, "seen": None}
+        return found
+
+    def names(row: dict, at: datetime, item: Transition | Sighting) -> None:
+        for field in ("user_type", "user_name", "team"):
+            value = getattr(item, field)
+            if value is not None and (field not in row or at >= row[field][0]):
+                row[field] = (at, value)
+
+    for t in transitions:
+        row = entry(t.user_id)
+        key = (t.occurred_at, t.received_at)
+        if row["key"] is None or key >= row["key"]:
+            row.update(status=t.status, since=t.occurred_at, key=key)
+        if row["seen"] is None or t.occurred_at > row["seen"]:
+            row["seen"] = t.occurred_at
+        names(row, t.occurred_at, t)
+    for s in sightings:
+        row = entry(s.user_id)
+        if row["seen"] is None or s.last_seen > row["seen"]:
+            row["seen"] = s.last_seen
+        names(row, s.last_seen, s)
+    return [
+        (
+            user_id,
+            row["status"],
+            row["since"],
+            row["seen"],
+            row.get("user_type", (None, None))[1],
+            row.get("user_name", (None, None))[1],
+            row.get("team", (None, None))[1],
+        )
+        for user_id, row in users.items()
+    ]
 
 
 def _copy(conn: Connection, table: str, columns: Sequence[str], rows: Iterable[tuple]) -> None:

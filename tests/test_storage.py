@@ -138,3 +138,41 @@ def test_user_id_text(value, expected):
 def test_user_id_text_rejects(value):
     with pytest.raises(ValueError):
         user_id_text(value)
+
+
+def test_a_batch_mixing_old_and_new_rows_inserts_only_the_new(engine):
+    write_batch(engine, [tr("1", "online", 0), tr("1", "offline", 10)])
+    # the fast path (COPY straight into the table) meets the old row and must
+    # fall back without leaving any of the batch behind twice
+    result = write_batch(engine, [tr("2", "online", 1), tr("1", "offline", 10), tr("2", "away", 2)])
+    assert (result.inserted, result.duplicates) == (2, 1)
+    assert [(r.user_id, r.status) for r in rows(engine)] == [
+        ("1", "online"),
+        ("2", "online"),
+        ("2", "away"),
+        ("1", "offline"),
+    ]
+    assert current_state(engine)["2"].status == "away"
+
+
+def test_a_user_first_seen_by_a_sighting_is_offline_until_a_transition(engine):
+    write_batch(engine, sightings=[Sighting("5", T0, user_name="Eve", team="red")])
+    state = current_state(engine)["5"]
+    assert (state.status, state.status_since, state.last_seen) == ("offline", None, T0)
+    assert (state.user_name, state.team) == ("Eve", "red")
+    write_batch(engine, [tr("5", "online", 1)], [Sighting("5", T0 + timedelta(minutes=3))])
+    state = current_state(engine)["5"]
+    assert state.status == "online" and state.status_since == T0 + timedelta(minutes=1)
+    assert state.last_seen == T0 + timedelta(minutes=3)
+
+
+def test_names_come_from_the_latest_row_that_has_them(engine):
+    write_batch(
+        engine,
+        [
+            tr("1", "online", 0, user_name="Old name"),
+            tr("1", "away", 5, user_name="New name"),
+            tr("1", "online", 9),  # no name: keeps the newest one seen
+        ],
+    )
+    assert current_state(engine)["1"].user_name == "New name"
