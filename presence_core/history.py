@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Engine, text
 
 from presence_core import analytics, storage
 from presence_core.errors import PresenceError
@@ -292,77 +292,38 @@ def generate_history(
                 final.append(
                     (
                         profile.user_id,
-                        profile.user_type,
-                        profile.user_name,
-                        profile.team,
                         status,
                         since,
                         seen,
+                        profile.user_type,
+                        profile.user_name,
+                        profile.team,
                     )
                 )
             else:
                 final.append(
                     (
                         profile.user_id,
-                        profile.user_type,
-                        profile.user_name,
-                        profile.team,
                         storage.OFFLINE,
                         None,
                         end,
+                        profile.user_type,
+                        profile.user_name,
+                        profile.team,
                     )
                 )
         with engine.begin() as conn:
             if fresh:
-                storage._copy(conn, "presence_transitions", _COLUMNS, rows)
+                storage.copy_rows(conn, "presence_transitions", storage.TRANSITION_COLUMNS, rows)
             else:
                 storage.write_batch(conn, [storage.Transition(*r) for r in rows])
-            _set_users(conn, final)
+            storage.upsert_users(conn, final)
         written += len(rows)
         if progress is not None:
             progress(chunk[-1], users, written)
     if rollups:
         analytics.refresh_rollups(engine, end)
     return written
-
-
-_COLUMNS = ("user_id", "status", "occurred_at", "received_at", "inferred", "reason", "source")
-
-_USERS_STAGE = """
-create temporary table if not exists presence_history_users (
-    user_id text, user_type text, user_name text, team text,
-    status text, status_since timestamptz, last_seen timestamptz
-) on commit delete rows
-"""
-
-# The generated users' state as of the history's end: a newer state already
-# stored (by a listener) is kept.
-_USERS_UPSERT = """
-insert into presence_users
-    (user_id, user_type, user_name, team, status, status_since, last_seen)
-select user_id, user_type, user_name, team, status, status_since, last_seen
-from presence_history_users
-on conflict (user_id) do update set
-    user_type = excluded.user_type,
-    user_name = excluded.user_name,
-    team = excluded.team,
-    status = case when presence_users.status_since is null
-                    or excluded.status_since >= presence_users.status_since
-                  then excluded.status else presence_users.status end,
-    status_since = greatest(presence_users.status_since, excluded.status_since),
-    last_seen = greatest(presence_users.last_seen, excluded.last_seen)
-"""
-
-
-def _set_users(conn: Connection, rows: list[tuple]) -> None:
-    conn.execute(text(_USERS_STAGE))
-    storage._copy(
-        conn,
-        "presence_history_users",
-        ("user_id", "user_type", "user_name", "team", "status", "status_since", "last_seen"),
-        rows,
-    )
-    conn.execute(text(_USERS_UPSERT))
 
 
 # ---------------------------------------------------------------------------

@@ -74,7 +74,7 @@ class BatchResult:
     duplicates: int
 
 
-_TRANSITION_COLUMNS = (
+TRANSITION_COLUMNS = (
     "user_id",
     "status",
     "occurred_at",
@@ -163,9 +163,7 @@ def _write(
     inserted = _insert_transitions(conn, transitions) if transitions else 0
     users = _user_rows(transitions, sightings)
     if users:
-        conn.execute(text(_USER_STAGE_TABLE))
-        _copy(conn, "presence_user_stage", _USER_COLUMNS, users)
-        conn.execute(text(_UPSERT_USERS))
+        upsert_users(conn, users)
     return BatchResult(inserted=inserted, duplicates=len(transitions) - inserted)
 
 
@@ -184,16 +182,30 @@ def _insert_transitions(conn: Connection, transitions: Sequence[Transition]) -> 
     ]
     try:
         with conn.begin_nested():
-            _copy(conn, "presence_transitions", _TRANSITION_COLUMNS, rows)
+            copy_rows(conn, "presence_transitions", TRANSITION_COLUMNS, rows)
         return len(rows)
     except UniqueViolation:
         pass
     conn.execute(text(_STAGE_TABLE))
-    _copy(conn, "presence_stage", _TRANSITION_COLUMNS, rows)
-    return conn.execute(text(_INSERT_NEW)).rowcount
+    copy_rows(conn, "presence_stage", TRANSITION_COLUMNS, rows)
+    inserted = conn.execute(text(_INSERT_NEW)).rowcount
+    conn.execute(text("truncate presence_stage"))
+    return inserted
 
 
-_USER_COLUMNS = ("user_id", "status", "status_since", "last_seen", "user_type", "user_name", "team")
+USER_COLUMNS = ("user_id", "status", "status_since", "last_seen", "user_type", "user_name", "team")
+
+
+def upsert_users(conn: Connection, rows: Iterable[tuple]) -> None:
+    """Bring ``presence_users`` up to date from one row per user, in
+    :data:`USER_COLUMNS` order. A row's status applies when its ``status_since``
+    is not older than the stored one (None: the status is left alone);
+    ``last_seen`` only moves forward; names fill in, never erase."""
+    conn.execute(text(_USER_STAGE_TABLE))
+    copy_rows(conn, "presence_user_stage", USER_COLUMNS, rows)
+    conn.execute(text(_UPSERT_USERS))
+    # emptied at once, not only at commit: a caller may write twice in one transaction
+    conn.execute(text("truncate presence_user_stage"))
 
 
 def _user_rows(transitions: Sequence[Transition], sightings: Sequence[Sighting]) -> list[tuple]:
@@ -241,8 +253,9 @@ def _user_rows(transitions: Sequence[Transition], sightings: Sequence[Sighting])
     ]
 
 
-def _copy(conn: Connection, table: str, columns: Sequence[str], rows: Iterable[tuple]) -> None:
-    """COPY rows into ``table`` on the connection's own transaction."""
+def copy_rows(conn: Connection, table: str, columns: Sequence[str], rows: Iterable[tuple]) -> None:
+    """COPY rows (tuples in ``columns`` order) into ``table`` on the connection's
+    own transaction."""
     raw = conn.connection.driver_connection
     sql = f"copy {table} ({', '.join(columns)}) from stdin"
     with raw.cursor() as cursor, cursor.copy(sql) as copy:

@@ -114,7 +114,7 @@ def import_users(engine: Engine, rows: list[UserRow]) -> tuple[int, int]:
             {"ids": [r.user_id for r in rows]},
         ).scalar_one()
         conn.execute(text(_STAGE))
-        storage._copy(
+        storage.copy_rows(
             conn,
             "presence_users_import",
             ("user_id", "team", "user_name", "user_type"),

@@ -73,7 +73,11 @@ def test_list_says_connected_users_are_seen_now_and_since_when():
         client = srv.client()
         client.emit("userOnline", {"userId": 4})
         online = client.wait_change(4, "online")
-        time.sleep(0.002)  # let the clock pass a millisecond
+        # once the clock is a millisecond past the announcement, "seen now" differs from it
+        wait_for(
+            lambda: datetime.now(UTC) - timedelta(milliseconds=1) > parse(online["lastSeen"]),
+            what="the clock past the announcement",
+        )
         before = datetime.now(UTC) - timedelta(milliseconds=1)
         [entry] = client.online_list()
         assert entry["statusSince"] == online["lastSeen"]

@@ -176,3 +176,15 @@ def test_names_come_from_the_latest_row_that_has_them(engine):
         ],
     )
     assert current_state(engine)["1"].user_name == "New name"
+
+
+def test_two_batches_in_one_transaction(engine):
+    with engine.begin() as conn:
+        write_batch(conn, [tr("1", "online", 0), tr("2", "online", 0)])
+        write_batch(conn, [tr("1", "online", 0), tr("1", "away", 1)])  # one replayed row
+    assert [(r.user_id, r.status) for r in rows(engine)] == [
+        ("1", "online"),
+        ("2", "online"),
+        ("1", "away"),
+    ]
+    assert current_state(engine)["1"].status == "away"
