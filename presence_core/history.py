@@ -314,7 +314,13 @@ def generate_history(
                 )
         with engine.begin() as conn:
             if fresh:
-                storage.copy_rows(conn, "presence_transitions", storage.TRANSITION_COLUMNS, rows)
+                storage.copy_rows(
+                    conn,
+                    "presence_transitions",
+                    storage.TRANSITION_COLUMNS,
+                    rows,
+                    storage.TRANSITION_TYPES,
+                )
             else:
                 storage.write_batch(conn, [storage.Transition(*r) for r in rows])
             storage.upsert_users(conn, final)

@@ -108,6 +108,22 @@ def test_transitions_and_sightings_share_one_transaction(engine):
     assert current_state(engine) == {}
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [
+        Transition("2", "online", datetime(2026, 3, 2, 9, 1), T0),  # naive: refused, not guessed
+        Transition("2", "online", T0, "2026-03-02 09:01Z"),  # type: ignore[arg-type]
+        Transition(2, "online", T0, T0),  # type: ignore[arg-type]
+    ],
+)
+def test_a_value_of_the_wrong_type_is_a_data_error(engine, bad):
+    # binary COPY checks types in the client; it must fail like the database would
+    with pytest.raises(DataError, match="presence_transitions"):
+        write_batch(engine, [tr("1", "online", 0), bad])
+    assert rows(engine) == []
+    assert current_state(engine) == {}
+
+
 def test_flags_are_stored(engine):
     write_batch(engine, [tr("9", "offline", 2, inferred=True, reason="reconcile", source="l1")])
     with engine.connect() as conn:
