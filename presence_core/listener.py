@@ -46,10 +46,9 @@ import psycopg
 import socketio
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import CollectorRegistry
-from sqlalchemy import Engine, and_, func, select, update
-from sqlalchemy import exc as sa_exc
+from sqlalchemy import Engine, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from presence_core import tables
 from presence_core.protocol import (
@@ -58,8 +57,19 @@ from presence_core.protocol import (
     parse_online_users,
     parse_status_changed,
 )
+from presence_core.records import (
+    CoverageMark,
+    DatabaseDown,
+    Record,
+    first_line,
+    is_connection_error,
+    record_from_dict,
+    record_to_dict,
+    write_records,
+)
 from presence_core.spool import Spool
-from presence_core.storage import OFFLINE, Sighting, Transition, current_state, write_batch
+from presence_core.storage import OFFLINE, Sighting, Transition, current_state
+from presence_core.writer import ProcessWriter
 
 log = logging.getLogger("presence.listener")
 
@@ -68,167 +78,12 @@ CLOCK_BEHIND_LIMIT = timedelta(days=1)  # a lastSeen older than this is not beli
 TICK = timedelta(microseconds=1)  # keeps a user's rows strictly ordered in time
 MAX_REASON = 64
 MAX_NAME = 256
+WRITERS = ("process", "thread")  # where batches are written: a child process, or a thread
+MAX_ID = 256  # characters of a userId (storage.user_id_text)
 MAX_LOGGED_PAYLOAD = 200
 
 
-# --- records the writer commits --------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CoverageMark:
-    """The opening (``ended_at`` None) or the closing of a coverage interval."""
-
-    listener: str
-    started_at: datetime
-    ended_at: datetime | None = None
-
-
-Record = Transition | Sighting | CoverageMark
-
-
-def record_to_dict(record: Record) -> dict:
-    """A record as a JSON-ready dict (for the spool)."""
-    if isinstance(record, Transition):
-        return {
-            "k": "t",
-            "u": record.user_id,
-            "s": record.status,
-            "o": record.occurred_at.isoformat(),
-            "r": record.received_at.isoformat(),
-            "i": record.inferred,
-            "why": record.reason,
-            "src": record.source,
-            "ut": record.user_type,
-            "un": record.user_name,
-            "tm": record.team,
-        }
-    if isinstance(record, Sighting):
-        return {
-            "k": "s",
-            "u": record.user_id,
-            "l": record.last_seen.isoformat(),
-            "ut": record.user_type,
-            "un": record.user_name,
-            "tm": record.team,
-        }
-    return {
-        "k": "c",
-        "n": record.listener,
-        "a": record.started_at.isoformat(),
-        "e": record.ended_at.isoformat() if record.ended_at else None,
-    }
-
-
-def record_from_dict(data: Mapping) -> Record:
-    """The inverse of :func:`record_to_dict`; raises ValueError/KeyError for junk."""
-    kind = data["k"]
-    ts = datetime.fromisoformat
-    if kind == "t":
-        return Transition(
-            user_id=data["u"],
-            status=data["s"],
-            occurred_at=ts(data["o"]),
-            received_at=ts(data["r"]),
-            inferred=bool(data["i"]),
-            reason=data.get("why"),
-            source=data.get("src"),
-            user_type=data.get("ut"),
-            user_name=data.get("un"),
-            team=data.get("tm"),
-        )
-    if kind == "s":
-        return Sighting(
-            user_id=data["u"],
-            last_seen=ts(data["l"]),
-            user_type=data.get("ut"),
-            user_name=data.get("un"),
-            team=data.get("tm"),
-        )
-    if kind == "c":
-        return CoverageMark(
-            listener=data["n"],
-            started_at=ts(data["a"]),
-            ended_at=ts(data["e"]) if data["e"] else None,
-        )
-    raise ValueError(f"unknown spool record kind {kind!r}")
-
-
-# --- database access (all of the listener's SQL) ----------------------------------------
-
-
-class DatabaseDown(Exception):
-    """The database did not answer (connection refused, lost, shutting down)."""
-
-
-def _is_connection_error(exc: BaseException) -> bool:
-    if isinstance(
-        exc,
-        (
-            OperationalError,
-            InterfaceError,
-            OSError,
-            psycopg.OperationalError,
-            psycopg.InterfaceError,
-        ),
-    ):
-        return True
-    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
-
-
-_ROW_ERRORS = (sa_exc.DataError, sa_exc.IntegrityError, psycopg.DataError, psycopg.IntegrityError)
-
-
-def write_records(engine: Engine, records: Sequence[Record]) -> tuple[int, int]:
-    """Commit ``records`` in one transaction; return (transitions inserted, rejected).
-
-    Idempotent. Raises :class:`DatabaseDown` when the database cannot be reached.
-    A batch the database refuses for its content (which the listener's checks
-    should make impossible) is split in halves until the refused records are
-    found; those are dropped and logged, so one bad row never blocks the rest.
-    """
-    try:
-        return _write_once(engine, records), 0
-    except (SQLAlchemyError, psycopg.Error, OSError) as exc:
-        # COPY runs on the raw psycopg connection, so its errors arrive unwrapped
-        if not isinstance(exc, _ROW_ERRORS):
-            # down, or wrong in a way no row explains (schema, permissions): keep the
-            # records (the caller spools them) and try again later
-            raise DatabaseDown(_first_line(exc)) from None
-        if len(records) == 1:
-            log.error("event=row_refused record=%r error=%s", records[0], _first_line(exc))
-            return 0, 1
-    middle = len(records) // 2  # halve until the refused rows are found
-    first = write_records(engine, records[:middle])
-    second = write_records(engine, records[middle:])
-    return first[0] + second[0], first[1] + second[1]
-
-
-def _write_once(engine: Engine, records: Sequence[Record]) -> int:
-    transitions = [r for r in records if isinstance(r, Transition)]
-    sightings = [r for r in records if isinstance(r, Sighting)]
-    marks = [r for r in records if isinstance(r, CoverageMark)]
-    with engine.begin() as conn:
-        result = write_batch(conn, transitions, sightings)
-        for mark in marks:
-            _write_mark(conn, mark)
-    return result.inserted
-
-
-def _write_mark(conn, mark: CoverageMark) -> None:
-    """Open or close a coverage interval; idempotent and order-independent."""
-    cov = tables.coverage
-    key = and_(cov.c.listener == mark.listener, cov.c.started_at == mark.started_at)
-    if mark.ended_at is not None:
-        done = conn.execute(update(cov).where(key).values(ended_at=mark.ended_at)).rowcount
-        if done:
-            return
-    exists = conn.execute(select(cov.c.id).where(key).limit(1)).first()
-    if exists is None:
-        conn.execute(
-            cov.insert().values(
-                listener=mark.listener, started_at=mark.started_at, ended_at=mark.ended_at
-            )
-        )
+# --- database access (all of the listener's other SQL) ----------------------------------
 
 
 def close_dangling_coverage(engine: Engine, listener: str, now: datetime) -> datetime | None:
@@ -416,28 +271,23 @@ def _clean_text(value: object, limit: int = MAX_NAME) -> str | None:
     return text or None
 
 
-_NO_NAMES: dict = {"user_type": None, "user_name": None, "team": None}
+_NO_NAMES = (None, None, None)
 
 
-def _payload_names(payload: Mapping) -> dict:
+def _payload_names(payload: Mapping) -> tuple[str | None, str | None, str | None]:
+    """(user_type, user_name, team) as a payload carries them, cleaned."""
     if "userName" not in payload and "userType" not in payload and "team" not in payload:
-        return _NO_NAMES  # the guide's userStatusChanged: no names (read-only use below)
-    return {
-        "user_type": _clean_text(payload.get("userType")),
-        "user_name": _clean_text(payload.get("userName")),
-        "team": _clean_text(payload.get("team")),
-    }
+        return _NO_NAMES  # the guide's userStatusChanged carries none
+    return (
+        _clean_text(payload.get("userType")),
+        _clean_text(payload.get("userName")),
+        _clean_text(payload.get("team")),
+    )
 
 
 def _short(payload: object) -> str:
     text = repr(payload)
     return text if len(text) <= MAX_LOGGED_PAYLOAD else text[: MAX_LOGGED_PAYLOAD - 3] + "..."
-
-
-def _first_line(exc: BaseException) -> str:
-    inner = getattr(exc, "orig", None) or exc
-    lines = [line.strip() for line in str(inner).splitlines() if line.strip()]
-    return lines[0] if lines else type(inner).__name__
 
 
 def _now() -> datetime:
@@ -506,10 +356,11 @@ class _Collector:
 # --- the listener ----------------------------------------------------------------------
 
 
-@dataclass
-class _Pending:
-    received_at: datetime
-    record: Record
+# What waits for the writer: (received_at, record). A plain tuple, made once per event.
+_Pending = tuple[datetime, Record]
+
+# At most this many distinct status names are remembered as already checked.
+MAX_KNOWN_STATUSES = 64
 
 
 @dataclass
@@ -520,6 +371,9 @@ class Listener:
     and closing the coverage interval. Usable in-process (tests, the demo) and by
     ``presence listen``. ``on_written``, when given, is called on the event loop
     with each batch of records just committed (benchmarks time commits with it).
+    ``writer`` is where batches are committed: ``"process"`` (a child process, see
+    :mod:`presence_core.writer`; the default) or ``"thread"`` (a worker thread of
+    this process: one process less, but writing then slows receiving).
     """
 
     engine: Engine
@@ -537,6 +391,7 @@ class Listener:
     retry_cap: float = 5.0
     db_retry: float = 1.0
     transports: list[str] | None = None
+    writer: str = "process"
     on_written: Callable[[Sequence[Record]], None] | None = None
     stats: Stats = field(default_factory=Stats)
 
@@ -548,6 +403,7 @@ class Listener:
         self._queue: deque[_Pending] = deque()
         self._inbox: deque[tuple[str, datetime, object]] = deque()
         self._state: dict[str, UserView] = {}
+        self._statuses: set[str] = set()  # status names seen valid, exactly as sent
         self._named: set[str] = set()
         self._requests: deque[str] = deque()
         self._spooling = False
@@ -566,6 +422,9 @@ class Listener:
         self._sio: socketio.AsyncClient | None = None
         self._tasks: set[asyncio.Task] = set()
         self.ready = asyncio.Event()  # set once the database state is loaded
+        if self.writer not in WRITERS:
+            raise ValueError(f"writer must be one of {', '.join(WRITERS)}, not {self.writer!r}")
+        self._process_writer: ProcessWriter | None = None  # made by run()
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_Collector(self))
 
@@ -578,6 +437,9 @@ class Listener:
         self._wake = asyncio.Event()
         self._beat_soon = asyncio.Event()
         self._started_at = _now()
+        if self.writer == "process":
+            url = self.engine.url.render_as_string(hide_password=False)
+            self._process_writer = ProcessWriter(url)
         if not await self._prepare():
             return
         self.ready.set()
@@ -654,8 +516,8 @@ class Listener:
             write_heartbeat(self.engine, self._heartbeat(connected=False))
             return gap
         except (SQLAlchemyError, psycopg.Error, OSError) as exc:
-            if _is_connection_error(exc):
-                raise DatabaseDown(_first_line(exc)) from None
+            if is_connection_error(exc):
+                raise DatabaseDown(first_line(exc)) from None
             raise
 
     def _load_state(self, rows: Mapping) -> None:
@@ -840,39 +702,73 @@ class Listener:
             self._reject("userStatusChanged", f"internal error: {exc!r}", args)
 
     def _handle_status_changed(self, args: object, received_at: datetime) -> None:
-        payload = args[0] if isinstance(args, tuple) and len(args) == 1 else args
-        try:
-            change = parse_status_changed(payload)
-            if "\x00" in change.user_id:
-                raise ProtocolError("userStatusChanged: userId contains a NUL character")
-        except ProtocolError as exc:
-            self._reject("userStatusChanged", str(exc), payload)
-            return
-        occurred, note = event_time(change.last_seen, change.last_seen_problem, received_at)
+        payload = args[0] if type(args) is tuple and len(args) == 1 else args
+        quick = self._quick_change(payload)
+        if quick is not None:
+            uid, status, last_seen = quick
+            occurred, note = event_time(last_seen, None, received_at)
+        else:
+            try:
+                change = parse_status_changed(payload)
+                if "\x00" in change.user_id:
+                    raise ProtocolError("userStatusChanged: userId contains a NUL character")
+            except ProtocolError as exc:
+                self._reject("userStatusChanged", str(exc), payload)
+                return
+            uid, status = change.user_id, change.status
+            occurred, note = event_time(change.last_seen, change.last_seen_problem, received_at)
+            if payload.get("status") == status and len(self._statuses) < MAX_KNOWN_STATUSES:
+                self._statuses.add(status)
         names = _payload_names(payload)
-        uid = change.user_id
-        if names["user_name"]:
+        if names[1]:
             self._named.add(uid)
         view = self._state.get(uid)
-        if (view.status if view else OFFLINE) == change.status:
+        if (view.status if view else OFFLINE) == status:
             if view is not None and (view.last_seen is None or occurred > view.last_seen):
                 view.last_seen = occurred
             self.stats.sightings_queued += 1
-            self._enqueue(Sighting(uid, occurred, **names), received_at)
+            self._enqueue(Sighting(uid, occurred, *names), received_at)
             return
-        reason = _clean_text(payload.get("reason"), MAX_REASON)
+        reason = _clean_text(payload.get("reason"), MAX_REASON) if "reason" in payload else None
         at = _after(view, occurred)
         if at != occurred:
             note = "; ".join(filter(None, [note, "moved after the previous transition"]))
-        reason = "; ".join(filter(None, [reason, note])) or None
-        self._state[uid] = UserView(change.status, at, at)
+        if note:
+            reason = "; ".join(filter(None, [reason, note]))
+        self._state[uid] = UserView(status, at, at)
         self._enqueue(
-            Transition(uid, change.status, at, received_at, False, reason, self.name, **names),
+            Transition(uid, status, at, received_at, False, reason, self.name, *names),
             received_at,
         )
-        if change.status != OFFLINE and uid not in self._named:
+        if status != OFFLINE and uid not in self._named:
             self._named.add(uid)  # asked once: a server that has no name will not get asked again
             self._want_names = True
+
+    def _quick_change(self, payload: object) -> tuple[str, str, datetime] | None:
+        """(user id, status, lastSeen) of the common well-formed event, checked in a
+        few cheap steps: a user already known, a status already seen valid, an ISO
+        ``lastSeen`` in UTC. None sends the event through the full parser, which
+        gives the same answer for these and explains everything else."""
+        if type(payload) is not dict:
+            return None
+        uid = payload.get("userId")
+        if type(uid) is int:
+            uid = str(uid)
+            if len(uid) > MAX_ID:
+                return None
+        elif type(uid) is not str or uid not in self._state:
+            return None
+        status = payload.get("status")
+        raw = payload.get("lastSeen")
+        if status not in self._statuses or type(raw) is not str or len(raw) > 64:
+            return None
+        try:
+            last_seen = datetime.fromisoformat(raw)
+        except ValueError:
+            return None
+        if last_seen.tzinfo is not UTC:
+            return None
+        return uid, status, last_seen
 
     def _on_snapshot(self, args: object, received_at: datetime) -> None:
         payload = args[0] if isinstance(args, tuple) and len(args) == 1 else args
@@ -961,13 +857,13 @@ class Listener:
             )
         except (SQLAlchemyError, psycopg.Error, OSError, TimeoutError) as exc:
             self.stats.db_errors += 1
-            log.warning("event=state_read_failed error=%r", _first_line(exc))
+            log.warning("event=state_read_failed error=%r", first_line(exc))
             return None
 
     # -- the writer --------------------------------------------------------------------
 
     def _enqueue(self, record: Record, received_at: datetime) -> None:
-        item = _Pending(received_at, record)
+        item = (received_at, record)
         if self._spooling:
             self._spool([item])
             return
@@ -983,7 +879,7 @@ class Listener:
             self._wake.set()
 
     def _spool(self, items: Sequence[_Pending]) -> None:
-        self.stats.spooled += self.spool.append(record_to_dict(p.record) for p in items)
+        self.stats.spooled += self.spool.append(record_to_dict(record) for _, record in items)
 
     def _take(self) -> list[_Pending]:
         n = min(len(self._queue), self.max_batch)
@@ -1017,13 +913,17 @@ class Listener:
             if batch:
                 self._inflight = batch
                 try:
-                    inserted, refused = await asyncio.to_thread(
-                        write_records, self.engine, [p.record for p in batch]
-                    )
+                    records = [record for _, record in batch]
+                    if self._process_writer is not None:
+                        inserted, refused = await self._process_writer.write(records)
+                    else:
+                        inserted, refused = await asyncio.to_thread(
+                            write_records, self.engine, records
+                        )
                     self.stats.transitions_written += inserted
                     self.stats.rejected += refused
                     if self.on_written is not None:
-                        self.on_written([p.record for p in batch])
+                        self.on_written(records)
                 except Exception as exc:  # down, or anything unforeseen: keep it, retry later
                     self.stats.db_errors += 1
                     if not isinstance(exc, DatabaseDown):
@@ -1079,9 +979,9 @@ class Listener:
         """Everything received before this moment is committed or spooled."""
         candidates = [_now()]
         if self._queue:
-            candidates.append(self._queue[0].received_at)
+            candidates.append(self._queue[0][0])
         if self._inflight:
-            candidates.append(self._inflight[0].received_at)
+            candidates.append(self._inflight[0][0])
         if self._inbox:
             candidates.append(self._inbox[0][1])
         return min(candidates)
@@ -1115,7 +1015,7 @@ class Listener:
                 await asyncio.to_thread(write_heartbeat, self.engine, beat)
             except Exception as exc:  # never let the heartbeat die
                 self.stats.db_errors += 1
-                log.debug("event=heartbeat_failed error=%r", _first_line(exc))
+                log.debug("event=heartbeat_failed error=%r", first_line(exc))
 
     async def _names_loop(self) -> None:
         """Ask for the online list when a user came online without a name, so names
@@ -1141,13 +1041,17 @@ class Listener:
             self._on_disconnected(_now())
         self._closing = True
         self._wake.set()
-        await writer
+        try:
+            await writer
+        finally:
+            if self._process_writer is not None:
+                await self._process_writer.close()
         self.spool.close()
         try:
             beat = self._heartbeat(connected=False, stopped=True)
             await asyncio.to_thread(write_heartbeat, self.engine, beat)
         except (SQLAlchemyError, psycopg.Error, OSError) as exc:
-            log.warning("event=final_heartbeat_failed error=%r", _first_line(exc))
+            log.warning("event=final_heartbeat_failed error=%r", first_line(exc))
         log.info(
             "event=stopped listener=%s events=%d transitions=%d spooled=%d replayed=%d rejected=%d",
             self.name,

@@ -728,7 +728,7 @@ def test_any_payload_is_rejected_or_stored_sanely(payloads):
         received = datetime.now(UTC)
         for payload in payloads:
             listener._on_status_changed((payload,), received)
-        records = [p.record for p in listener._queue]
+        records = [record for _, record in listener._queue]
         assert len(records) + listener.stats.rejected == len(payloads)
         for record in records:
             assert isinstance(record, (Transition, Sighting))
