@@ -374,6 +374,8 @@ class Listener:
     ``writer`` is where batches are committed: ``"process"`` (a child process, see
     :mod:`presence_core.writer`; the default) or ``"thread"`` (a worker thread of
     this process: one process less, but writing then slows receiving).
+    ``connect_args`` are the writer process's connection options, as given to
+    the engine (an engine cannot tell them back); None means the defaults.
     """
 
     engine: Engine
@@ -392,6 +394,7 @@ class Listener:
     db_retry: float = 1.0
     transports: list[str] | None = None
     writer: str = "process"
+    connect_args: dict | None = None
     on_written: Callable[[Sequence[Record]], None] | None = None
     stats: Stats = field(default_factory=Stats)
 
@@ -439,7 +442,7 @@ class Listener:
         self._started_at = _now()
         if self.writer == "process":
             url = self.engine.url.render_as_string(hide_password=False)
-            self._process_writer = ProcessWriter(url)
+            self._process_writer = ProcessWriter(url, self.connect_args)
         if not await self._prepare():
             return
         self.ready.set()
@@ -1114,6 +1117,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="where records wait while the database is down (default PRESENCE_HOME/spool/NAME)",
     )
+    parser.add_argument(
+        "--writer",
+        choices=WRITERS,
+        default="process",
+        help="where batches are written: a child process (default; receiving then never "
+        "waits for writing) or a thread of this process (one process less)",
+    )
     add_database_arguments(parser)
 
 
@@ -1126,14 +1136,11 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings(home=args.home, database_url=args.database_url, server_url=args.server)
     if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
         raise PresenceError(f"--metrics-port {args.metrics_port} is not a port number")
-    engine = db.connect(
-        settings,
-        progress=default_progress,
-        connect_args={
-            "connect_timeout": 3,
-            "options": "-c timezone=UTC -c statement_timeout=30000",
-        },
-    )
+    connect_args = {
+        "connect_timeout": 3,
+        "options": "-c timezone=UTC -c statement_timeout=30000",
+    }
+    engine = db.connect(settings, progress=default_progress, connect_args=connect_args)
     spool_dir = Path(args.spool_dir) if args.spool_dir else None
     listener = Listener(
         engine,
@@ -1142,6 +1149,8 @@ def run(args: argparse.Namespace) -> int:
         token=args.token or os.environ.get("PRESENCE_TOKEN"),
         spool_dir=spool_dir
         or settings.home / "spool" / _slug(args.name or default_name(settings.server_url)),
+        writer=args.writer,
+        connect_args=connect_args,
     )
     metrics_server = None
     if args.metrics_port:

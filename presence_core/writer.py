@@ -46,10 +46,13 @@ class WriterLost(Exception):
 class ProcessWriter:
     """:func:`presence_core.records.write_records` in a child process, driven from
     an asyncio event loop. One batch at a time; the child starts on first use
-    and again after it is lost."""
+    and again after it is lost. ``url`` includes the password; ``connect_args``
+    are psycopg connection options (None: :func:`presence_core.db.make_engine`'s).
+    """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, connect_args: dict | None = None) -> None:
         self.url = url
+        self.connect_args = connect_args
         self._process: subprocess.Popen | None = None
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -113,7 +116,12 @@ class ProcessWriter:
         finally:
             theirs.close()
         self._reader, self._writer = await asyncio.open_unix_connection(sock=ours)
-        settings = {"url": self.url, "level": _level(), "format": _format()}
+        settings = {
+            "url": self.url,
+            "connect_args": self.connect_args,
+            "level": _level(),
+            "format": _format(),
+        }
         payload = pickle.dumps(settings)
         self._writer.write(len(payload).to_bytes(_HEADER, "big") + payload)
         log.info("event=writer_started pid=%d", self._process.pid)
@@ -167,7 +175,8 @@ def serve(sock: socket.socket) -> None:
     logging.basicConfig(level=settings["level"], format=settings["format"] or logging.BASIC_FORMAT)
     from presence_core import db
 
-    engine = db.make_engine(settings["url"])
+    options = {"connect_args": settings["connect_args"]} if settings["connect_args"] else {}
+    engine = db.make_engine(settings["url"], **options)
     try:
         while (header := _read(stream, _HEADER)) is not None:
             body = _read(stream, int.from_bytes(header, "big"))

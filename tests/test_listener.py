@@ -304,9 +304,14 @@ def test_records_survive_the_spool_format():
 
 
 @needs_node
-def test_live_changes_numeric_and_string_ids(node, engine, tmp_path):
+@pytest.mark.parametrize("writer", ["process", "thread"])
+def test_live_changes_numeric_and_string_ids(node, engine, tmp_path, writer):
     async def scenario():
-        async with listening(engine, node.url, tmp_path) as listener, users(node.url) as [tab]:
+        async with (
+            listening(engine, node.url, tmp_path, writer=writer) as listener,
+            users(node.url) as [tab],
+        ):
+            assert (listener._process_writer is not None) == (writer == "process")
             await tab.online(123, "Ann")
             await tab.online("u-7", "Bob", "admin")
             await tab.offline(123)
@@ -743,5 +748,61 @@ def test_any_payload_is_rejected_or_stored_sanely(payloads):
             if isinstance(record, Transition):
                 assert record.status.strip() and len(record.status) <= 64
                 assert record.reason is None or "\x00" not in record.reason
+
+    asyncio.run(scenario())
+
+
+# --- the quick path for common events gives what the full parser gives ----------------------
+
+_near_common = st.fixed_dictionaries(
+    {
+        "userId": st.sampled_from([7, "7", "u-1", " u-1", "", "u\x00", True, 7.0, 10**300]),
+        "status": st.sampled_from(["online", "offline", "away", " online", "Online", "", None]),
+        "lastSeen": st.sampled_from(
+            [
+                "2026-03-02T09:00:00.123Z",
+                "2026-03-02T09:00:00.123+00:00",
+                "2026-03-02T11:00:00.123+02:00",
+                "2026-03-02T09:00:00.123",
+                "2026-03-02T09:00:10Z",  # ahead of the receiving clock
+                "2026-02-01T09:00:00Z",  # over a day old
+                "yesterday",
+                1772442000123,
+                None,
+            ]
+        ),
+    },
+    optional={
+        "userName": st.sampled_from(["Ann", " Bob ", "", None, 5]),
+        "team": st.sampled_from(["ops", None]),
+        "reason": st.sampled_from(["tab closed", "", None, ["x"]]),
+    },
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_near_common, min_size=1, max_size=8))
+def test_quick_path_agrees_with_the_full_parser(payloads):
+    async def scenario():
+        received = datetime(2026, 3, 2, 9, 0, 1, tzinfo=UTC)
+        quick, full = (
+            Listener(None, "http://127.0.0.1:9", name="same", spool_dir="/nonexistent")
+            for _ in range(2)
+        )
+        for listener in (quick, full):
+            listener._wake = asyncio.Event()
+            # known users and statuses, so that the quick path is taken where it can be
+            listener._state = {
+                uid: UserView("away", T0 - timedelta(hours=1), T0 - timedelta(hours=1))
+                for uid in ("7", "u-1")
+            }
+        quick._statuses = {"online", "offline", "away"}
+        for payload in payloads:
+            quick._on_status_changed((payload,), received)
+            full._statuses.clear()  # never the quick path
+            full._on_status_changed((payload,), received)
+        assert [r for _, r in quick._queue] == [r for _, r in full._queue]
+        assert quick.stats.rejected == full.stats.rejected
+        assert quick._state == full._state
 
     asyncio.run(scenario())

@@ -229,6 +229,32 @@ def heartbeat(engine):
         ).one_or_none()
 
 
+def writer_children(pid: int) -> list[int]:
+    """Pids of the ``presence_core.writer`` processes whose parent is ``pid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == pid and b"presence_core.writer" in cmdline:
+            found.append(int(entry))
+    return found
+
+
+def running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 def stop_process(process: subprocess.Popen, sig: int) -> int:
     process.send_signal(sig)
     try:
@@ -254,6 +280,7 @@ def test_sigkilled_listener_reconciles_at_next_start(engine, cli_env, tmp_path):
                         [("1", "online", False), ("2", "online", False), ("4", "online", False)],
                     )
                     seen_4 = await tab.broadcast_time(4, "online")
+                    [writer] = writer_children(process.pid)
                     # a heartbeat after the last event, so the gap starts after it
                     await async_wait_for(
                         lambda: db(lambda: (h := heartbeat(engine)) and h.heartbeat_at > seen_4),
@@ -263,6 +290,8 @@ def test_sigkilled_listener_reconciles_at_next_start(engine, cli_env, tmp_path):
                 finally:
                     process.kill()  # SIGKILL: no flush, no goodbye
                     process.wait()
+                # its writer process notices (its socket closes) and goes too
+                await async_wait_for(lambda: not running(writer), 10, what="writer gone")
                 beat = await db(heartbeat, engine)
                 assert beat.stopped_at is None and beat.connected
                 await tab.offline(1)
@@ -322,9 +351,11 @@ def test_sigterm_flushes_closes_coverage_and_exits_0(engine, cli_env, tmp_path):
                         lambda: db(lambda: counted in (s := scrape()) and s), 15, what=counted
                     )
                     assert "presence_listener_queue_depth" in body
+                    [writer] = writer_children(process.pid)
                 finally:
                     code = await asyncio.to_thread(stop_process, process, signal.SIGTERM)
                 assert code == 0
+                assert not running(writer)  # the listener closed it before exiting
                 # flushed before exiting: nothing waits anywhere
                 assert await db(transitions, engine) == [
                     ("7", "online", False),
@@ -455,5 +486,53 @@ def test_silently_dead_server_gap_starts_when_last_heard(engine, tmp_path):
         assert noticed_at - gap.ended_at >= timedelta(seconds=1)
         [offline] = [r for r in await db(transition_rows, engine) if r.inferred]
         assert offline.occurred_at == gap.ended_at
+
+    asyncio.run(scenario())
+
+
+# --- the writer process dies -------------------------------------------------------------
+
+
+def test_writer_process_killed_mid_stream_loses_nothing(engine, tmp_path):
+    async def scenario():
+        with guide_server() as node:
+            async with (
+                listening(engine, node.url, tmp_path) as listener,
+                users(node.url) as [tab],
+            ):
+                await tab.online(1, "Ann")
+                await wait_rows(engine, [("1", "online", False)])
+                first = listener._process_writer.pid
+                os.kill(first, signal.SIGKILL)
+                await tab.online(2, "Bob")
+                await tab.offline(1)
+                await tab.online(3, "Cy")
+                await wait_rows(
+                    engine,
+                    [
+                        ("1", "online", False),
+                        ("1", "offline", False),
+                        ("2", "online", False),
+                        ("3", "online", False),
+                    ],
+                )
+                # the batch the dead writer could not take was spooled, then replayed
+                assert listener.stats.spooled >= 1
+                await async_wait_for(lambda: not listener.spooling, 10, what="direct writes")
+                await tab.offline(2)
+                await wait_rows(
+                    engine,
+                    [
+                        ("1", "online", False),
+                        ("1", "offline", False),
+                        ("2", "online", False),
+                        ("2", "offline", False),
+                        ("3", "online", False),
+                    ],
+                )
+                second = listener._process_writer.pid
+                assert second is not None and second != first  # a new writer took over
+                rows = {(r.user_id, r.status): r for r in await db(transition_rows, engine)}
+                assert rows["1", "offline"].occurred_at == await tab.broadcast_time(1, "offline")
 
     asyncio.run(scenario())
