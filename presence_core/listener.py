@@ -69,7 +69,7 @@ from presence_core.records import (
 )
 from presence_core.spool import Spool
 from presence_core.storage import OFFLINE, Sighting, Transition, current_state
-from presence_core.writer import ProcessWriter
+from presence_core.writer import ProcessWriter, WriterLost
 
 log = logging.getLogger("presence.listener")
 
@@ -79,6 +79,7 @@ TICK = timedelta(microseconds=1)  # keeps a user's rows strictly ordered in time
 MAX_REASON = 64
 MAX_NAME = 256
 WRITERS = ("process", "thread")  # where batches are written: a child process, or a thread
+WRITER_RETRIES = 3  # writer processes lost in a row before writing moves to a thread
 MAX_ID = 256  # characters of a userId (storage.user_id_text)
 MAX_LOGGED_PAYLOAD = 200
 
@@ -311,6 +312,7 @@ class Stats:
     connect_failures: int = 0
     reconciles: int = 0
     db_errors: int = 0
+    writers_lost: int = 0
     last_event_at: datetime | None = None
     connected: bool = False
 
@@ -345,6 +347,7 @@ class _Collector:
         yield counter("rejected", "bad events and refused rows, never written", st.rejected)
         yield counter("reconnects", "connections to the server after the first", st.reconnects)
         yield counter("db_errors", "failed attempts to reach the database", st.db_errors)
+        yield counter("writers_lost", "writer processes that died", st.writers_lost)
         yield counter("connect_failures", "failed attempts to connect", st.connect_failures)
         age = (_now() - st.last_event_at).total_seconds() if st.last_event_at else float("nan")
         yield gauge("last_event_age_seconds", "seconds since the last event", age)
@@ -428,6 +431,7 @@ class Listener:
         if self.writer not in WRITERS:
             raise ValueError(f"writer must be one of {', '.join(WRITERS)}, not {self.writer!r}")
         self._process_writer: ProcessWriter | None = None  # made by run()
+        self._writers_lost_in_a_row = 0
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_Collector(self))
 
@@ -904,7 +908,7 @@ class Listener:
             if self._spooling:
                 if batch:
                     self._spool(batch)
-                if time.monotonic() >= next_replay:
+                if time.monotonic() >= next_replay or self._closing:  # closing: one last try
                     if await self._replay():
                         continue
                     next_replay = time.monotonic() + self.db_retry
@@ -925,8 +929,14 @@ class Listener:
                         )
                     self.stats.transitions_written += inserted
                     self.stats.rejected += refused
+                    self._writers_lost_in_a_row = 0
                     if self.on_written is not None:
                         self.on_written(records)
+                except WriterLost as exc:  # the batch is spooled; the next one gets a new writer
+                    self._writer_lost(exc, len(batch))
+                    self._spooling = True
+                    self._spool(batch)
+                    next_replay = time.monotonic() + self.db_retry
                 except Exception as exc:  # down, or anything unforeseen: keep it, retry later
                     self.stats.db_errors += 1
                     if not isinstance(exc, DatabaseDown):
@@ -941,6 +951,19 @@ class Listener:
                     self._inflight = None
             if self._closing and not self._queue and not self._spooling:
                 return
+
+    def _writer_lost(self, exc: WriterLost, records: int) -> None:
+        self.stats.writers_lost += 1
+        self._writers_lost_in_a_row += 1
+        log.warning("event=writer_lost action=spool records=%d error=%r", records, str(exc))
+        if self._writers_lost_in_a_row >= WRITER_RETRIES:
+            # a writer that cannot even start (a broken environment) must not stop the
+            # logging: commit from a thread of this process instead, slower but working
+            log.error(
+                "event=writer_process_failing action=write_in_thread failures=%d",
+                self._writers_lost_in_a_row,
+            )
+            self._process_writer = None
 
     async def _replay(self) -> bool:
         """Replay the spool into the database; True when it is empty and writing

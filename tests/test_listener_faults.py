@@ -536,3 +536,33 @@ def test_writer_process_killed_mid_stream_loses_nothing(engine, tmp_path):
                 assert rows["1", "offline"].occurred_at == await tab.broadcast_time(1, "offline")
 
     asyncio.run(scenario())
+
+
+def test_a_writer_that_cannot_start_leaves_writing_to_a_thread(engine, tmp_path, monkeypatch):
+    # a broken environment for new processes: every writer process dies at once
+    monkeypatch.setenv("PYTHONHOME", "/nonexistent")
+
+    async def scenario():
+        with guide_server() as node:
+            async with (
+                listening(engine, node.url, tmp_path) as listener,
+                users(node.url) as [tab],
+            ):
+                expected: list[tuple] = []
+                # each change reaches a writer (or the spool, replayed from a thread)
+                while listener._process_writer is not None:
+                    assert len(expected) < 10, "still trying writer processes"
+                    if len(expected) % 2 == 0:
+                        await tab.online(3, "Cy")
+                        expected.append(("3", "online", False))
+                    else:
+                        await tab.offline(3)
+                        expected.append(("3", "offline", False))
+                    await wait_rows(engine, expected)
+                assert listener.stats.writers_lost == 3
+                await tab.online(4, "Dee")
+                await wait_rows(engine, [*expected, ("4", "online", False)])
+                assert listener.stats.writers_lost == 3  # written in a thread, no more tries
+            assert not listener.spool.segments()  # its last records too: nothing left behind
+
+    asyncio.run(scenario())
