@@ -767,7 +767,9 @@ class Listener:
             return None
         status = payload.get("status")
         raw = payload.get("lastSeen")
-        if status not in self._statuses or type(raw) is not str or len(raw) > 64:
+        if type(status) is not str or status not in self._statuses:
+            return None
+        if type(raw) is not str or len(raw) > 64:
             return None
         try:
             last_seen = datetime.fromisoformat(raw)

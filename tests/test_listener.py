@@ -732,7 +732,8 @@ def test_any_payload_is_rejected_or_stored_sanely(payloads):
         listener._wake = asyncio.Event()
         received = datetime.now(UTC)
         for payload in payloads:
-            listener._on_status_changed((payload,), received)
+            # the handler, not its catch-all guard: bad input is a rejection, not a crash
+            listener._handle_status_changed((payload,), received)
         records = [record for _, record in listener._queue]
         assert len(records) + listener.stats.rejected == len(payloads)
         for record in records:
@@ -757,7 +758,9 @@ def test_any_payload_is_rejected_or_stored_sanely(payloads):
 _near_common = st.fixed_dictionaries(
     {
         "userId": st.sampled_from([7, "7", "u-1", " u-1", "", "u\x00", True, 7.0, 10**300]),
-        "status": st.sampled_from(["online", "offline", "away", " online", "Online", "", None]),
+        "status": st.sampled_from(
+            ["online", "offline", "away", " online", "Online", "", None, ["online"], {}]
+        ),
         "lastSeen": st.sampled_from(
             [
                 "2026-03-02T09:00:00.123Z",
@@ -798,9 +801,11 @@ def test_quick_path_agrees_with_the_full_parser(payloads):
             }
         quick._statuses = {"online", "offline", "away"}
         for payload in payloads:
-            quick._on_status_changed((payload,), received)
+            # the handler itself, not its catch-all guard: a bad payload is a rejection,
+            # never an internal error
+            quick._handle_status_changed((payload,), received)
             full._statuses.clear()  # never the quick path
-            full._on_status_changed((payload,), received)
+            full._handle_status_changed((payload,), received)
         assert [r for _, r in quick._queue] == [r for _, r in full._queue]
         assert quick.stats.rejected == full.stats.rejected
         assert quick._state == full._state
