@@ -71,7 +71,7 @@ class ProcessWriter:
         if self._writer is None:
             await self._start()
         assert self._reader is not None and self._writer is not None
-        payload = pickle.dumps(list(records), protocol=pickle.HIGHEST_PROTOCOL)
+        payload = pickle.dumps(records, protocol=pickle.HIGHEST_PROTOCOL)
         try:
             self._writer.write(len(payload).to_bytes(_HEADER, "big"))
             self._writer.write(payload)

@@ -359,7 +359,8 @@ def test_database_is_kept_up_to_date(engine):
         assert state.last_seen == parse(online["lastSeen"])
 
         client.call("userHeartbeat", {"userId": 21})
-        time.sleep(0.002)  # let the clock pass a millisecond
+        first = protocol.now_millis()
+        wait_for(lambda: protocol.now_millis() > first, what="the clock past a millisecond")
         client.call("userHeartbeat", {"userId": 21})
         srv.flush()
         assert storage.current_state(engine)["21"].last_seen > state.last_seen
