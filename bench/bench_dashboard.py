@@ -31,8 +31,9 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
 
 from bench.report import record, table
-from presence_core import db, history
 from presence_core.config import load_settings
+from presence_core.database import engine as db
+from presence_core.synthetic import history
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

@@ -6,7 +6,7 @@
     the listener's clock stops when the last row is committed.
     The listener runs with its default writer process; a run with
     ``writer="thread"`` is shown beside it for comparison.
-(b) the writer's rows/s (``presence_core.records.write_records``: binary COPY,
+(b) the writer's rows/s (``presence_core.database.records.write_records``: binary COPY,
     idempotent fallback, users' state) as a ratio to a raw psycopg binary COPY of
     the same rows into the same table (target >= 0.5); a raw text COPY is shown
     for comparison.
@@ -38,11 +38,11 @@ import socketio
 from sqlalchemy import Engine, text
 
 from bench import report
-from presence_core import db
-from presence_core.embedded import EmbeddedPostgres
-from presence_core.listener import Listener
-from presence_core.records import write_records
-from presence_core.storage import TRANSITION_TYPES, Transition
+from presence_core.database import engine as db
+from presence_core.database.embedded import EmbeddedPostgres
+from presence_core.database.records import write_records
+from presence_core.database.storage import TRANSITION_TYPES, Transition
+from presence_core.listener.listener import Listener
 
 ROOT = Path(__file__).resolve().parent.parent
 BLASTER = Path(__file__).resolve().parent / "node" / "blaster.js"

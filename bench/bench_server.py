@@ -282,7 +282,7 @@ async def _crowd(server: Server, users: int, speed: float, duration: float) -> C
     """The simulated crowd (presence simulate) living a morning against ``server``."""
     from datetime import UTC, datetime
 
-    from presence_core.simulator import run_crowd
+    from presence_core.synthetic.crowd import run_crowd
 
     process = psutil.Process(server.process.pid)
     cpu = process.cpu_times()

@@ -6,18 +6,10 @@ it), then lets ``st.navigation`` run one of the pages in ``pages/``.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import streamlit as st
+from presence_core.dashboard import ui
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # `streamlit run` puts only dashboard/ on the path
-    sys.path.insert(0, str(ROOT))
-
-import streamlit as st  # noqa: E402
-
-from dashboard import ui  # noqa: E402
-
-PAGES = ROOT / "pages"
+from presence_core import resources
 
 # (file, title, icon, url path); Live is the default page
 PAGE_LIST = (
@@ -39,7 +31,7 @@ ui.require_access()
 ui.inject_style()
 
 pages = [
-    st.Page(PAGES / name, title=title, icon=icon, url_path=path, default=(i == 0))
+    st.Page(resources.page_file(name), title=title, icon=icon, url_path=path, default=(i == 0))
     for i, (name, title, icon, path) in enumerate(PAGE_LIST)
 ]
 page = st.navigation(pages)

@@ -1,7 +1,7 @@
 """Cached data access for the pages: one engine per database, short-lived results.
 
 Pages never talk to the database themselves: they call the loaders here, which
-call ``presence_core.analytics``/``health``/``export`` and cache the results
+call ``presence_core.analytics.queries``/``health``/``export`` and cache the results
 (``st.cache_data`` with a ``ttl``: a few seconds for live views, a minute for
 history). Every cache key includes the database the dashboard reads, so pointing
 it elsewhere (tests, ``PRESENCE_DATABASE_URL``) never mixes results.
@@ -26,8 +26,11 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from streamlit.runtime.scriptrunner import add_script_run_ctx, get_script_run_ctx
 
-from presence_core import analytics, db, export, health
+from presence_core import export
+from presence_core.analytics import health
+from presence_core.analytics import queries as analytics
 from presence_core.config import Settings, load_settings
+from presence_core.database import engine as db
 from presence_core.errors import PresenceError
 
 LIVE_TTL = 1.5  # seconds; Live refreshes every 2 s
@@ -352,7 +355,7 @@ def _health(key: str) -> health.HealthReport:
 
 
 def health_report() -> health.HealthReport:
-    """The Health page's figures (see ``presence_core.health.report``)."""
+    """The Health page's figures (see ``presence_core.analytics.health.report``)."""
     return _health(database_key())
 
 

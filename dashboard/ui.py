@@ -71,7 +71,7 @@ def viewer_zone(fallback: tzinfo | None = None) -> ZoneInfo:
             pass
     if isinstance(fallback, ZoneInfo):
         return fallback
-    from dashboard.data import settings
+    from presence_core.dashboard.data import settings
 
     return settings().tz
 
@@ -212,7 +212,7 @@ def database_down(exc: BaseException, retry_every: float | None = 3.0) -> None:
 
     @st.fragment(run_every=retry_every)
     def _retry() -> None:
-        from dashboard import data
+        from presence_core.dashboard import data
 
         try:
             data.check()
@@ -227,7 +227,7 @@ def database_down(exc: BaseException, retry_every: float | None = 3.0) -> None:
 
 def guarded(draw: Callable[[], None], retry_every: float | None = 3.0) -> None:
     """Run ``draw``; if the database is down, show that instead and keep retrying."""
-    from dashboard import data
+    from presence_core.dashboard import data
 
     try:
         draw()

@@ -9,7 +9,7 @@ PostgreSQL DDL without connecting.
 from alembic import context
 from sqlalchemy import create_engine
 
-from presence_core.tables import metadata
+from presence_core.database.tables import metadata
 
 config = context.config
 
@@ -38,7 +38,7 @@ def run_online() -> None:
         _run_with(connection)
         return
     from presence_core.config import load_settings
-    from presence_core.db import resolve_url
+    from presence_core.database.engine import resolve_url
 
     engine = create_engine(resolve_url(load_settings()))
     try:

@@ -8,8 +8,8 @@ import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
+from presence_core.dashboard import data, ui
 
-from dashboard import data, ui
 from presence_core.status import AMBER, GRAY, GREEN
 
 BUCKET_SECONDS = {"minute": 60, "5 minutes": 300, "hour": 3600, "day": 86400}

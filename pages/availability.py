@@ -7,8 +7,8 @@ from zoneinfo import ZoneInfo, available_timezones
 
 import pandas as pd
 import streamlit as st
+from presence_core.dashboard import data, ui
 
-from dashboard import data, ui
 from presence_core.status import GREEN
 
 st.title("Availability")

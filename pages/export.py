@@ -6,8 +6,8 @@ import shlex
 from datetime import UTC, datetime, timedelta
 
 import streamlit as st
+from presence_core.dashboard import data, ui
 
-from dashboard import data, ui
 from presence_core import export
 
 MIME = {

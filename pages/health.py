@@ -5,8 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import plotly.express as px
 import streamlit as st
-
-from dashboard import data, ui
+from presence_core.dashboard import data, ui
 
 st.title("Health")
 zone = ui.viewer_zone()

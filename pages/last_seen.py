@@ -6,8 +6,7 @@ from datetime import UTC, datetime
 
 import pandas as pd
 import streamlit as st
-
-from dashboard import data, ui
+from presence_core.dashboard import data, ui
 
 SORTS = {
     "Most recently seen": None,

@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import streamlit as st
+from presence_core.dashboard import data, ui
 
-from dashboard import data, ui
 from presence_core.status import AMBER, GREEN
 
 REFRESH_SECONDS = 2

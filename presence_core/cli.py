@@ -15,22 +15,8 @@ import sys
 from collections.abc import Sequence
 
 from presence_core import __version__
+from presence_core.commands import COMMANDS
 from presence_core.errors import PresenceError
-
-# (command, module, one-line help); modules are imported only when needed
-COMMANDS: tuple[tuple[str, str, str], ...] = (
-    ("db", "presence_core.cmd_db", "the embedded PostgreSQL: start, stop, status, url"),
-    ("migrate", "presence_core.cmd_migrate", "upgrade the database schema to this version"),
-    ("serve", "presence_core.server", "run the presence server (the guide's Socket.IO protocol)"),
-    ("token", "presence_core.auth", "issue a signed token for clients or observers"),
-    ("listen", "presence_core.listener", "log every status transition to PostgreSQL"),
-    ("simulate", "presence_core.simulator", "a crowd of Socket.IO clients living through shifts"),
-    ("generate-history", "presence_core.history", "write realistic synthetic history"),
-    ("export", "presence_core.export", "export presence history for analysts"),
-    ("users", "presence_core.users", "manage users' teams, names and types"),
-    ("dashboard", "presence_core.cmd_dashboard", "run the Streamlit dashboard"),
-    ("demo", "presence_core.demo", "the whole product on the embedded database, in one command"),
-)
 
 DATABASE_HELP = """
 environment:
@@ -54,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log more detail on stderr")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name, help_text in COMMANDS:
-        module = _load(module_name)
+        module = _load(f"presence_core.commands.{module_name}")
         if module is None:
             continue
         command = sub.add_parser(
@@ -76,18 +62,6 @@ def _load(module_name: str):
         if exc.name == module_name:  # not built yet; anything else missing is a real error
             return None
         raise
-
-
-def add_database_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags shared by commands that use the database."""
-    parser.add_argument(
-        "--database-url",
-        metavar="URL",
-        help="PostgreSQL URL; overrides PRESENCE_DATABASE_URL (default: the embedded database)",
-    )
-    parser.add_argument(
-        "--home", metavar="DIR", help="overrides PRESENCE_HOME (where the embedded database lives)"
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

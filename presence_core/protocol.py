@@ -10,7 +10,7 @@ Every parser raises :class:`ProtocolError` (a ValueError) with a one-line
 message naming what is wrong; nothing here touches the network or the database.
 
 ``userId`` keeps its wire type in outgoing payloads (a number stays a number, as
-in the guide); :func:`presence_core.storage.user_id_text` gives the stored text,
+in the guide); :func:`presence_core.database.storage.user_id_text` gives the stored text,
 so ``123`` and ``"123"`` are the same user.
 """
 
@@ -22,8 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from presence_core.database.storage import user_id_text
 from presence_core.status import parse_timestamp
-from presence_core.storage import user_id_text
 
 ONLINE = "online"
 OFFLINE = "offline"

@@ -23,9 +23,9 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL, make_url
 
-from presence_core import db
 from presence_core.config import parse_database_url
-from presence_core.embedded import EmbeddedPostgres
+from presence_core.database import engine as db
+from presence_core.database.embedded import EmbeddedPostgres
 
 _counter = itertools.count()
 

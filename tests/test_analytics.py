@@ -1,4 +1,4 @@
-"""Hand-computed cases for every metric of presence_core.analytics, on a real PostgreSQL."""
+"""Hand-computed cases for every metric of presence_core.analytics.queries, on a real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from sqlalchemy import text
 
-from presence_core import analytics
+from presence_core.analytics import queries as analytics
+from presence_core.database.storage import Transition, write_batch
 from presence_core.errors import PresenceError
-from presence_core.storage import Transition, write_batch
 
 NY = ZoneInfo("America/New_York")
 
@@ -414,7 +414,7 @@ def test_filters_and_unknown_zone(engine):
 
 
 def test_minute_rollup_agrees_with_the_raw_log_and_follows_late_writes(engine):
-    from presence_core import history
+    from presence_core.synthetic import history
 
     end = utc(2026, 3, 12, 6, 30)
     history.generate_history(engine, 30, 8, seed=4, end=end)

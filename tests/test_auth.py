@@ -8,8 +8,9 @@ import time
 
 import pytest
 
-from presence_core import auth, cli
+from presence_core import cli
 from presence_core.errors import PresenceError
+from presence_core.server import auth
 
 SECRET = "a-secret-of-enough-length"
 

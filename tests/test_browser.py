@@ -22,9 +22,10 @@ import pytest
 from playwright import sync_api
 from sqlalchemy import select, update
 
-from presence_core import health, tables
+from presence_core.analytics import health
+from presence_core.database import tables
+from presence_core.database.storage import Transition, write_batch
 from presence_core.status import parse_timestamp
-from presence_core.storage import Transition, write_batch
 from tests.conftest import free_port
 from tests.nodejs import guide_server, node_available
 from tests.waiting import wait_for

@@ -17,9 +17,9 @@ import streamlit as st
 from sqlalchemy import update
 from streamlit.testing.v1 import AppTest
 
-from presence_core import tables
+from presence_core.database import tables
+from presence_core.database.storage import Sighting, Transition, write_batch
 from presence_core.status import AMBER, GRAY, GREEN
-from presence_core.storage import Sighting, Transition, write_batch
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -304,7 +304,8 @@ def test_export_shows_the_equivalent_command(known_data):
 
 
 def test_export_file_equals_the_cli_stream(known_data, engine):
-    from dashboard import data
+    from presence_core.dashboard import data
+
     from presence_core import export
 
     filters = export.ExportFilters(include_hidden=True)
@@ -395,8 +396,8 @@ def test_password_gate(known_data):
 def test_dashboard_command_environment_and_errors(monkeypatch, capsys):
     import argparse
 
-    from presence_core import cmd_dashboard
     from presence_core.cli import main
+    from presence_core.commands import dashboard as cmd_dashboard
 
     parser = argparse.ArgumentParser()
     cmd_dashboard.add_arguments(parser)

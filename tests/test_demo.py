@@ -13,7 +13,7 @@ import psutil
 import psycopg
 import pytest
 
-from presence_core.embedded import EmbeddedPostgres
+from presence_core.database.embedded import EmbeddedPostgres
 from tests.conftest import free_port
 from tests.waiting import wait_for
 
@@ -140,7 +140,7 @@ def test_the_demo_refuses_an_external_database(tmp_path: Path):
 
 
 def test_reset_deletes_the_data_and_stops_the_server(tmp_path: Path):
-    from presence_core.demo import _reset
+    from presence_core.commands.demo import _reset
 
     server = EmbeddedPostgres(tmp_path / "home")
     info = server.start(port=free_port())

@@ -13,8 +13,8 @@ import psutil
 import psycopg
 import pytest
 
-from presence_core import embedded
-from presence_core.embedded import EmbeddedError, EmbeddedPostgres
+from presence_core.database import embedded
+from presence_core.database.embedded import EmbeddedError, EmbeddedPostgres
 from tests.conftest import free_port
 from tests.waiting import wait_for
 
@@ -52,7 +52,7 @@ def test_start_when_running_returns_the_same_server(server):
 def test_two_processes_starting_at_once_get_one_server(tmp_path):
     home = tmp_path / "home"
     code = (
-        "import sys; from presence_core.embedded import EmbeddedPostgres; "
+        "import sys; from presence_core.database.embedded import EmbeddedPostgres; "
         "print(EmbeddedPostgres(sys.argv[1]).start().pid)"
     )
     env = {**os.environ, "PRESENCE_DB_PORT": str(free_port())}

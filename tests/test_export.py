@@ -13,10 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import text
 
-from presence_core import analytics, export
+from presence_core import export
+from presence_core.analytics import queries as analytics
+from presence_core.database.storage import Transition, write_batch
 from presence_core.errors import PresenceError
 from presence_core.export import ExportFilters, stream_export
-from presence_core.storage import Transition, write_batch
 
 T = datetime(2026, 5, 4, 9, tzinfo=UTC)
 ODD_NAME = 'Zoë "Z" O\'Neil, Jr.\\\nline two\ttab'

@@ -1,4 +1,4 @@
-"""presence_core.health against a real PostgreSQL: listeners' heartbeats, the last
+"""presence_core.analytics.health against a real PostgreSQL: listeners' heartbeats, the last
 event, events per minute, row counts and size."""
 
 from __future__ import annotations
@@ -7,9 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import text
 
-from presence_core import health, tables
+from presence_core.analytics import health
 from presence_core.config import load_settings
-from presence_core.storage import Transition, write_batch
+from presence_core.database import tables
+from presence_core.database.storage import Transition, write_batch
 
 
 def _listener(engine, name, heartbeat_ago, stopped=False, last_event_ago=None, **extra):

@@ -10,8 +10,9 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import text
 
-from presence_core import analytics, history
+from presence_core.analytics import queries as analytics
 from presence_core.errors import PresenceError
+from presence_core.synthetic import history
 
 END = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)  # a Monday, mid-shift in Europe
 

@@ -22,7 +22,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, text
 
-from presence_core.listener import (
+from presence_core.database.storage import Sighting, Transition
+from presence_core.listener.listener import (
     Listener,
     UserView,
     event_time,
@@ -31,7 +32,6 @@ from presence_core.listener import (
     record_to_dict,
 )
 from presence_core.protocol import OnlineUser, parse_last_seen
-from presence_core.storage import Sighting, Transition
 from tests.nodejs import guide_server, node_available
 from tests.waiting import async_wait_for
 
@@ -643,7 +643,7 @@ def test_against_our_server(engine, tmp_path):
 
 
 def test_our_server_with_tokens_and_a_gap(engine, tmp_path):
-    from presence_core import auth
+    from presence_core.server import auth
     from tests.server_harness import running_server
 
     secret = "listener-test-secret-0123456789"

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from presence_core import db as dbmod
-from presence_core.embedded import EmbeddedPostgres
+from presence_core.database import engine as dbmod
+from presence_core.database.embedded import EmbeddedPostgres
 from tests.conftest import free_port
 from tests.nodejs import guide_server, node_available
 from tests.test_listener import (
@@ -230,7 +230,7 @@ def heartbeat(engine):
 
 
 def writer_children(pid: int) -> list[int]:
-    """Pids of the ``presence_core.writer`` processes whose parent is ``pid``."""
+    """Pids of the ``presence_core.listener.writer`` processes whose parent is ``pid``."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -241,7 +241,7 @@ def writer_children(pid: int) -> list[int]:
         except OSError:
             continue
         parent = int(stat.rsplit(")", 1)[1].split()[1])
-        if parent == pid and b"presence_core.writer" in cmdline:
+        if parent == pid and b"presence_core.listener.writer" in cmdline:
             found.append(int(entry))
     return found
 

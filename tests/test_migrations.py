@@ -11,9 +11,9 @@ import psycopg
 import pytest
 from sqlalchemy import inspect, text
 
-from presence_core import db
 from presence_core.config import load_settings
-from presence_core.embedded import _bin
+from presence_core.database import engine as db
+from presence_core.database.embedded import _bin
 
 ROOT = Path(__file__).resolve().parent.parent
 

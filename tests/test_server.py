@@ -19,8 +19,10 @@ import pytest
 import socketio
 from sqlalchemy import text
 
-from presence_core import auth, protocol, storage
-from presence_core.server import PresenceServer, ServerOptions
+from presence_core import protocol
+from presence_core.database import storage
+from presence_core.server import auth
+from presence_core.server.server import PresenceServer, ServerOptions
 from tests.conftest import free_port
 from tests.server_harness import Client, LoopThread, running_server
 from tests.waiting import wait_for
@@ -388,7 +390,7 @@ def test_database_is_kept_up_to_date(engine):
 
 
 def test_a_hanging_database_never_delays_the_protocol(database_url):
-    from presence_core import db
+    from presence_core.database import engine as db
 
     with socket.socket() as blackhole:  # accepts TCP, never answers: a database stuck
         blackhole.bind(("127.0.0.1", 0))
@@ -411,8 +413,8 @@ def test_a_hanging_database_never_delays_the_protocol(database_url):
 
 
 def test_writer_keeps_failed_batches_and_retries(engine, database_url):
-    from presence_core import db
-    from presence_core.server import DatabaseWriter
+    from presence_core.database import engine as db
+    from presence_core.server.server import DatabaseWriter
 
     dead = db.make_engine(database_url.set(host="127.0.0.1", port=free_port()))
     writer = DatabaseWriter(dead, interval=0.02)

@@ -13,7 +13,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from presence_core import protocol, simulator
+from presence_core import protocol
+from presence_core.synthetic import crowd as simulator
 from tests.nodejs import NODE_DIR, guide_server, node_available
 from tests.server_harness import Client, LoopThread, running_server
 from tests.waiting import wait_for

@@ -11,9 +11,9 @@ from collections import defaultdict
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from presence_core import simulator
-from presence_core.server import PresenceServer, ServerOptions
-from presence_core.simulator import CLOSE, DROP, LOGOUT, OPEN, STATUS, make_users, plan_crowd
+from presence_core.server.server import PresenceServer, ServerOptions
+from presence_core.synthetic import crowd as simulator
+from presence_core.synthetic.crowd import CLOSE, DROP, LOGOUT, OPEN, STATUS, make_users, plan_crowd
 from tests.conftest import free_port
 from tests.server_harness import LoopThread, running_server
 from tests.waiting import wait_for

@@ -10,9 +10,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from presence_core.listener import write_records
-from presence_core.spool import Spool
-from presence_core.storage import Transition
+from presence_core.database.storage import Transition
+from presence_core.listener.listener import write_records
+from presence_core.listener.spool import Spool
 from tests.test_listener import ScriptedServer, listening, transitions, wait_rows
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -98,7 +98,7 @@ def test_appended_records_survive_sigkill(tmp_path):
     script = textwrap.dedent(
         f"""
         import os, signal
-        from presence_core.spool import Spool
+        from presence_core.listener.spool import Spool
         spool = Spool({str(tmp_path / "s")!r}, fsync_interval=3600)
         for i in range(100):
             spool.append([{{"n": i}}])

@@ -8,7 +8,7 @@ import pytest
 from psycopg.errors import DataError
 from sqlalchemy import text
 
-from presence_core.storage import (
+from presence_core.database.storage import (
     Sighting,
     Transition,
     current_state,

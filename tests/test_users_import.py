@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from presence_core import storage
+from presence_core.database import storage
+from presence_core.database.users import import_users, parse_users_csv
 from presence_core.errors import PresenceError
-from presence_core.users import import_users, parse_users_csv
 
 T = datetime(2026, 5, 4, 9, tzinfo=UTC)
 

@@ -1,4 +1,4 @@
-"""The listener's writer process (presence_core.writer), driven directly: a real
+"""The listener's writer process (presence_core.listener.writer), driven directly: a real
 child process writing into a real PostgreSQL."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import Engine, text
 
-from presence_core.records import CoverageMark, DatabaseDown
-from presence_core.storage import Sighting, Transition
-from presence_core.writer import ProcessWriter, WriterLost
+from presence_core.database.records import CoverageMark, DatabaseDown
+from presence_core.database.storage import Sighting, Transition
+from presence_core.listener.writer import ProcessWriter, WriterLost
 from tests.conftest import free_port
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)

@@ -10,7 +10,7 @@ a grace period so that a page reload does not flap, statuses beyond online
 
 The state lives in memory, in one process. ``presence_users`` (status,
 last_seen, names) and ``presence_transitions`` (``source='server'``) are kept up
-to date through :func:`presence_core.storage.write_batch`, from a background
+to date through :func:`presence_core.database.storage.write_batch`, from a background
 thread, so a slow database never delays the event loop. Timestamps are cut to
 milliseconds, the wire's precision, so a listener logging the same broadcasts
 writes the same keys and the database keeps one row per transition.
@@ -18,7 +18,6 @@ writes the same keys and the database keeps one row per transition.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -26,7 +25,6 @@ import logging
 import os
 import signal
 import socket
-import threading
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -37,9 +35,12 @@ import socketio
 import uvicorn
 from sqlalchemy import Engine
 
-from presence_core import auth, protocol, storage
+from presence_core import protocol
+from presence_core.database import storage
 from presence_core.errors import PresenceError
 from presence_core.protocol import ONLINE, ProtocolError
+from presence_core.server import auth
+from presence_core.server.writer import DatabaseWriter
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class ServerOptions:
     at least once and then stays silent this long stops counting (0: never);
     connections that never send heartbeats (the guide's clients) are not timed out.
     ``auth_secret``: when set, every connection needs a token (see
-    :mod:`presence_core.auth`). ``max_message_bytes``: larger messages close
+    :mod:`presence_core.server.auth`). ``max_message_bytes``: larger messages close
     the sender's connection (engine.io's limit).
     """
 
@@ -102,101 +103,6 @@ class _User:
     team: str | None = None
     conns: set[str] = field(default_factory=set)  # live connections, and ones in grace
     left_at: datetime | None = None  # when the latest connection stopped counting
-
-
-class DatabaseWriter:
-    """Batches transitions and sightings and writes them from a thread of its own.
-
-    ``add_*`` never blocks on the database. A failed batch is kept and retried
-    (transitions first, at most ``max_pending``; sightings are merged per user).
-    """
-
-    def __init__(self, engine: Engine, interval: float = 0.5, max_pending: int = 200_000) -> None:
-        self.engine = engine
-        self.interval = interval
-        self.max_pending = max_pending
-        self.transitions_written = 0
-        self.batches = 0
-        self.failures = 0
-        self.dropped = 0
-        self._lock = threading.Lock()
-        self._transitions: list[storage.Transition] = []
-        self._sightings: dict[str, storage.Sighting] = {}
-        self._wake = threading.Event()
-        self._stopping = False
-        self._idle = threading.Event()
-        self._idle.set()
-        self._thread = threading.Thread(target=self._run, name="presence-db-writer", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def add_transition(self, transition: storage.Transition) -> None:
-        with self._lock:
-            if len(self._transitions) >= self.max_pending:
-                self._transitions.pop(0)
-                self.dropped += 1
-            self._transitions.append(transition)
-            self._idle.clear()
-
-    def add_sighting(self, sighting: storage.Sighting) -> None:
-        with self._lock:
-            old = self._sightings.get(sighting.user_id)
-            if old is None or old.last_seen <= sighting.last_seen:
-                self._sightings[sighting.user_id] = sighting
-            self._idle.clear()
-
-    def pending(self) -> int:
-        with self._lock:
-            return len(self._transitions) + len(self._sightings)
-
-    def wait_idle(self, timeout: float) -> bool:
-        """Wait until everything added so far is written (for tests and shutdown)."""
-        self._wake.set()
-        return self._idle.wait(timeout)
-
-    def stop(self, timeout: float = 10) -> None:
-        """Write what is pending (trying for up to ``timeout`` seconds) and stop."""
-        self._stopping = True
-        self._wake.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-        left = self.pending()
-        if left:
-            log.warning("database writer stopped with %d writes not done", left)
-
-    def _run(self) -> None:
-        delay = self.interval
-        while True:
-            self._wake.wait(delay)
-            self._wake.clear()
-            with self._lock:
-                transitions, self._transitions = self._transitions, []
-                sightings, self._sightings = self._sightings, {}
-            if transitions or sightings:
-                try:
-                    storage.write_batch(self.engine, transitions, list(sightings.values()))
-                except Exception as exc:  # the database is down or slow: keep and retry
-                    self.failures += 1
-                    log.warning("database write failed (%s); will retry", exc)
-                    with self._lock:
-                        self._transitions[:0] = transitions
-                        for s in sightings.values():
-                            old = self._sightings.get(s.user_id)
-                            if old is None or old.last_seen < s.last_seen:
-                                self._sightings[s.user_id] = s
-                    delay = min(delay * 2, 5.0)
-                    if self._stopping:
-                        return
-                    continue
-                self.batches += 1
-                self.transitions_written += len(transitions)
-                delay = self.interval
-            with self._lock:
-                if not self._transitions and not self._sightings:
-                    self._idle.set()
-            if self._stopping and self._idle.is_set():
-                return
 
 
 class _Dispatcher(socketio.AsyncNamespace):
@@ -709,75 +615,3 @@ class PresenceServer:
 
 
 # --- the `presence serve` command ---------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from presence_core.cli import add_database_arguments
-
-    parser.add_argument("--host", default=DEFAULT_HOST, help=f"address (default {DEFAULT_HOST})")
-    parser.add_argument(
-        "--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT})"
-    )
-    parser.add_argument(
-        "--cors-origins",
-        default="*",
-        metavar="ORIGINS",
-        help="origins allowed to connect from a browser: '*' (default) or a comma-separated list",
-    )
-    parser.add_argument(
-        "--grace",
-        type=float,
-        default=DEFAULT_GRACE,
-        metavar="S",
-        help="seconds a closed connection still counts, so a reload does not flap (default 5)",
-    )
-    parser.add_argument(
-        "--heartbeat-timeout",
-        type=float,
-        default=DEFAULT_HEARTBEAT_TIMEOUT,
-        metavar="S",
-        help="a connection that sends userHeartbeat and then goes silent this long is "
-        "offline (default 60; 0 = never)",
-    )
-    parser.add_argument(
-        "--auth-secret",
-        metavar="SECRET",
-        help=f"require signed tokens (see `presence token`); default ${auth.SECRET_ENV}",
-    )
-    parser.add_argument(
-        "--no-db", action="store_true", help="keep presence in memory only; write nothing"
-    )
-    add_database_arguments(parser)
-
-
-def _origins(text: str) -> str | list[str]:
-    text = text.strip()
-    if text == "*":
-        return "*"
-    return [o.strip().rstrip("/") for o in text.split(",") if o.strip()]
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.grace < 0 or args.heartbeat_timeout < 0:
-        raise PresenceError("--grace and --heartbeat-timeout cannot be negative")
-    secret = args.auth_secret or os.environ.get(auth.SECRET_ENV) or None
-    options = ServerOptions(
-        cors_origins=_origins(args.cors_origins),
-        grace=args.grace,
-        heartbeat_timeout=args.heartbeat_timeout,
-        auth_secret=secret,
-    )
-    engine = None
-    if not args.no_db:
-        from presence_core import db
-        from presence_core.config import load_settings
-
-        settings = load_settings(database_url=args.database_url, home=args.home)
-        engine = db.connect(settings)
-    server = PresenceServer(engine, options)
-    try:
-        asyncio.run(server.serve(args.host, args.port))
-    finally:
-        if engine is not None:
-            engine.dispose()
-    return 0

@@ -9,7 +9,6 @@ database whose schema is behind, naming ``presence migrate``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
@@ -19,12 +18,11 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from presence_core import resources
 from presence_core.config import Settings
-from presence_core.embedded import EmbeddedPostgres
+from presence_core.database.embedded import EmbeddedPostgres
 from presence_core.errors import PresenceError
 
-ROOT = Path(__file__).resolve().parent.parent
-MIGRATIONS = ROOT / "migrations"
 MIN_SERVER_VERSION = 140000
 
 Progress = Callable[[str], None]
@@ -58,8 +56,8 @@ def make_engine(url: URL | str, **kwargs) -> Engine:
 
 def alembic_config(connection=None) -> Config:
     """Alembic's configuration for ``migrations/``, optionally bound to a connection."""
-    config = Config(str(ROOT / "alembic.ini"))
-    config.set_main_option("script_location", str(MIGRATIONS))
+    config = Config()
+    config.set_main_option("script_location", str(resources.migrations_dir()))
     if connection is not None:
         config.attributes["connection"] = connection
     return config

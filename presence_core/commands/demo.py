@@ -23,9 +23,9 @@ import urllib.request
 import webbrowser
 from pathlib import Path
 
-from presence_core import db
 from presence_core.config import load_settings
-from presence_core.embedded import EmbeddedPostgres, default_progress
+from presence_core.database import engine as db
+from presence_core.database.embedded import EmbeddedPostgres, default_progress
 from presence_core.errors import PresenceError
 
 STOP_TIMEOUT_S = 6
@@ -124,7 +124,7 @@ class Demo:
             empty = conn.execute(text("select not exists (select 1 from presence_transitions)"))
             if not empty.scalar_one():
                 return
-        from presence_core import history
+        from presence_core.synthetic import history
 
         say(
             f"writing {self.args.history_days} days of history for "

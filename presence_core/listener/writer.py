@@ -8,9 +8,9 @@ other down (docs/benchmarks.md, listener). A child process has its own
 interpreter; the listener's event loop only hands it batches of records over a
 socket pair, with no helper thread in the listener.
 
-The child is ``python -m presence_core.writer FD``: it reads its settings (the
+The child is ``python -m presence_core.listener.writer FD``: it reads its settings (the
 database URL, password included, never on a command line) and then batches from
-the socket, writes each with :func:`presence_core.records.write_records`, and
+the socket, writes each with :func:`presence_core.database.records.write_records`, and
 answers with the result. It ignores SIGINT and SIGTERM, because the listener
 decides when writing ends (it flushes first); it exits when the socket closes,
 which is also what happens when the listener dies.
@@ -31,7 +31,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from presence_core.records import DatabaseDown, Record, write_records
+from presence_core.database.records import DatabaseDown, Record, write_records
 
 log = logging.getLogger("presence.listener")
 
@@ -44,10 +44,10 @@ class WriterLost(Exception):
 
 
 class ProcessWriter:
-    """:func:`presence_core.records.write_records` in a child process, driven from
+    """:func:`presence_core.database.records.write_records` in a child process, driven from
     an asyncio event loop. One batch at a time; the child starts on first use
     and again after it is lost. ``url`` includes the password; ``connect_args``
-    are psycopg connection options (None: :func:`presence_core.db.make_engine`'s).
+    are psycopg connection options (None: :func:`presence_core.database.engine.make_engine`'s).
     """
 
     def __init__(self, url: str, connect_args: dict | None = None) -> None:
@@ -65,7 +65,7 @@ class ProcessWriter:
     async def write(self, records: Sequence[Record]) -> tuple[int, int]:
         """Commit ``records``; returns (transitions inserted, rows rejected).
 
-        Raises :class:`presence_core.records.DatabaseDown` as ``write_records``
+        Raises :class:`presence_core.database.records.DatabaseDown` as ``write_records``
         does, and :class:`WriterLost` when the child died or could not start.
         """
         if self._writer is None:
@@ -106,7 +106,7 @@ class ProcessWriter:
         ours, theirs = socket.socketpair()
         try:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "presence_core.writer", str(theirs.fileno())],
+                [sys.executable, "-m", "presence_core.listener.writer", str(theirs.fileno())],
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
             )
@@ -173,7 +173,7 @@ def serve(sock: socket.socket) -> None:
         return
     settings = pickle.loads(_read(stream, int.from_bytes(header, "big")) or b"")
     logging.basicConfig(level=settings["level"], format=settings["format"] or logging.BASIC_FORMAT)
-    from presence_core import db
+    from presence_core.database import engine as db
 
     options = {"connect_args": settings["connect_args"]} if settings["connect_args"] else {}
     engine = db.make_engine(settings["url"], **options)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 
-from presence_core.cli import add_database_arguments
+from presence_core.commands.common import add_database_arguments
 from presence_core.config import load_settings
-from presence_core.embedded import EmbeddedPostgres, default_progress
+from presence_core.database.embedded import EmbeddedPostgres, default_progress
 from presence_core.errors import PresenceError
 
 
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     server = EmbeddedPostgres(settings.home)
     if args.action == "start":
         info = server.start(port=args.port, progress=default_progress)
-        from presence_core import db
+        from presence_core.database import engine as db
 
         db.connect(settings, progress=default_progress).dispose()  # migrate on first start
         print(f"running: pid {info.pid}, {info.url}, data in {info.pgdata}")

@@ -9,10 +9,7 @@ seed gives the same history. Rows go in with COPY through the storage layer and
 
 from __future__ import annotations
 
-import argparse
 import random
-import sys
-import time as clock
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -20,7 +17,8 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine, text
 
-from presence_core import analytics, storage
+from presence_core.analytics import queries as analytics
+from presence_core.database import storage
 from presence_core.errors import PresenceError
 
 SOURCE = "history"
@@ -255,7 +253,7 @@ def generate_history(
 
     Users are ``u00001``… with names, types and teams. On a database that holds
     none of their transitions yet the rows are copied straight in; otherwise they
-    go through :func:`presence_core.storage.write_batch`, which skips what exists.
+    go through :func:`presence_core.database.storage.write_batch`, which skips what exists.
     With ``rollups`` the concurrency rollup is brought up to date at the end, so
     the dashboard's first long-range chart is fast.
     """
@@ -334,57 +332,3 @@ def generate_history(
 
 # ---------------------------------------------------------------------------
 # command line
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from presence_core.cli import add_database_arguments
-
-    parser.add_argument("--users", type=int, default=200, help="how many users (default 200)")
-    parser.add_argument(
-        "--days", type=int, default=30, help="how many days, ending now (default 30)"
-    )
-    parser.add_argument("--seed", type=int, default=1, help="same seed, same history (default 1)")
-    add_database_arguments(parser)
-
-
-def terminal_progress(stream=None) -> Progress | None:
-    """A one-line progress bar on ``stream`` (stderr) when it is a terminal, else None."""
-    out = stream or sys.stderr
-    if not out.isatty():
-        return None
-    started = clock.monotonic()
-
-    def show(done: int, total: int, rows: int) -> None:
-        width = 30
-        filled = int(width * done / total)
-        rate = rows / max(clock.monotonic() - started, 1e-6)
-        out.write(
-            f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} users, "
-            f"{rows:,} transitions ({rate:,.0f}/s)"
-        )
-        if done >= total:
-            out.write("\n")
-        out.flush()
-
-    return show
-
-
-def run(args: argparse.Namespace) -> int:
-    from presence_core import db
-    from presence_core.config import load_settings
-    from presence_core.embedded import default_progress
-
-    settings = load_settings(home=args.home, database_url=args.database_url)
-    engine = db.connect(settings, progress=default_progress)
-    try:
-        started = clock.monotonic()
-        written = generate_history(
-            engine, args.users, args.days, args.seed, progress=terminal_progress()
-        )
-    finally:
-        engine.dispose()
-    print(
-        f"wrote {written:,} transitions for {args.users} users over {args.days} days "
-        f"in {clock.monotonic() - started:.1f} s"
-    )
-    return 0

@@ -9,16 +9,13 @@ the line number, and nothing is changed: the whole file is one transaction.
 
 from __future__ import annotations
 
-import argparse
 import csv
-import io
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 from sqlalchemy import Engine, text
 
-from presence_core import storage
+from presence_core.database import storage
 from presence_core.errors import PresenceError
 
 REQUIRED = ("user_id", "team")
@@ -122,44 +119,3 @@ def import_users(engine: Engine, rows: list[UserRow]) -> tuple[int, int]:
         )
         conn.execute(text(_UPSERT))
     return before, len(rows) - before
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from presence_core.cli import add_database_arguments
-
-    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    imp = actions.add_parser(
-        "import",
-        help="set teams (and names, types) from a CSV of user_id,team[,user_name,user_type]",
-        description=__doc__.split("\n\n", 1)[1],
-    )
-    imp.add_argument("file", metavar="FILE.csv", help="the CSV file ('-' for stdin)")
-    add_database_arguments(imp)
-
-
-def run(args: argparse.Namespace) -> int:
-    import sys
-
-    from presence_core import db
-    from presence_core.config import load_settings
-    from presence_core.embedded import default_progress
-
-    if args.file == "-":
-        rows = parse_users_csv(io.StringIO(sys.stdin.read()), "stdin")
-    else:
-        path = Path(args.file)
-        try:
-            content = path.read_text(encoding="utf-8-sig")
-        except FileNotFoundError:
-            raise PresenceError(f"{path}: no such file") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise PresenceError(f"{path}: cannot read: {exc}") from None
-        rows = parse_users_csv(io.StringIO(content, newline=""), str(path))
-    settings = load_settings(home=args.home, database_url=args.database_url)
-    engine = db.connect(settings, progress=default_progress)
-    try:
-        updated, created = import_users(engine, rows)
-    finally:
-        engine.dispose()
-    print(f"imported {len(rows)} users: {updated} updated, {created} created")
-    return 0

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 
-from presence_core import db
-from presence_core.cli import add_database_arguments
+from presence_core.commands.common import add_database_arguments
 from presence_core.config import load_settings
-from presence_core.embedded import default_progress
+from presence_core.database import engine as db
+from presence_core.database.embedded import default_progress
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -13,13 +13,10 @@ own backend).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
 import random
-import signal
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -344,7 +341,7 @@ class _Crowd:
     def auth_for(self, user: SimUser) -> dict | None:
         if self.auth_secret is None:
             return None
-        from presence_core.auth import issue_token
+        from presence_core.server.auth import issue_token
 
         return {"token": issue_token(self.auth_secret, user.user_id)}
 
@@ -478,7 +475,7 @@ async def _probe(url: str, crowd: _Crowd) -> None:
     client = socketio.AsyncClient(reconnection=False, handle_sigint=False)
     probe_auth = None
     if crowd.auth_secret is not None:
-        from presence_core.auth import issue_token
+        from presence_core.server.auth import issue_token
 
         probe_auth = {"token": issue_token(crowd.auth_secret, observer=True)}
     try:
@@ -489,92 +486,3 @@ async def _probe(url: str, crowd: _Crowd) -> None:
 
 
 # --- the `presence simulate` command --------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from presence_core.auth import SECRET_ENV, parse_duration
-
-    parser.add_argument("--server", metavar="URL", help="default $PRESENCE_SERVER_URL")
-    parser.add_argument("--users", type=int, default=50, help="how many people (default 50)")
-    parser.add_argument(
-        "--speed",
-        type=float,
-        default=60.0,
-        help="simulated seconds per real second (default 60: a simulated minute per second)",
-    )
-    parser.add_argument(
-        "--duration",
-        type=parse_duration,
-        default=60.0,
-        metavar="S",
-        help="how long to run, in real time: seconds or 10m, 2h (default 60)",
-    )
-    parser.add_argument("--seed", type=int, default=1, help="the same seed, the same crowd")
-    parser.add_argument(
-        "--start",
-        metavar="ISO",
-        help="the simulated clock's start, e.g. 2026-03-02T08:00Z (default now)",
-    )
-    parser.add_argument(
-        "--heartbeat",
-        type=float,
-        default=15.0,
-        metavar="S",
-        help="real seconds between userHeartbeat on each connection (default 15; 0 = none)",
-    )
-    parser.add_argument(
-        "--auth-secret", metavar="SECRET", help=f"sign tokens for the crowd (default ${SECRET_ENV})"
-    )
-    parser.add_argument("--quiet", action="store_true", help="no progress lines")
-
-
-def run(args: argparse.Namespace) -> int:
-    import os
-
-    from presence_core.auth import SECRET_ENV
-    from presence_core.config import load_settings
-    from presence_core.status import parse_timestamp
-
-    settings = load_settings(server_url=args.server)
-    start = None
-    if args.start:
-        try:
-            start = parse_timestamp(args.start)
-        except ValueError as exc:
-            raise PresenceError(f"--start: {exc}") from None
-
-    def show(stats: CrowdStats) -> None:
-        print(stats.line(), file=sys.stderr, flush=True)
-
-    async def main() -> CrowdStats:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
-        print(
-            f"simulating {args.users} users against {settings.server_url} "
-            f"(speed {args.speed:g}x, {args.duration:g} s, seed {args.seed}); Ctrl-C stops",
-            file=sys.stderr,
-            flush=True,
-        )
-        return await run_crowd(
-            settings.server_url,
-            args.users,
-            args.speed,
-            args.duration,
-            args.seed,
-            start=start,
-            auth_secret=args.auth_secret or os.environ.get(SECRET_ENV) or None,
-            heartbeat=args.heartbeat,
-            progress=None if args.quiet else show,
-            stop=stop,
-        )
-
-    stats = asyncio.run(main())
-    print(
-        f"done: {stats.connects} connections, {stats.events_sent} events sent, "
-        f"{stats.drops} drops, {stats.broadcasts_received} broadcasts received, "
-        f"{stats.errors_received} errors"
-    )
-    return 0

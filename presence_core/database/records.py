@@ -1,7 +1,7 @@
 """What the listener commits (transitions, sightings, coverage marks), how a record
 is kept in the spool, and :func:`write_records`, the one function that writes them.
 
-This module has no Socket.IO in it: :mod:`presence_core.writer` runs
+This module has no Socket.IO in it: :mod:`presence_core.listener.writer` runs
 :func:`write_records` in a child process that imports only this and the storage
 layer.
 """
@@ -18,8 +18,8 @@ from sqlalchemy import Engine, and_, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
-from presence_core import tables
-from presence_core.storage import Sighting, Transition, write_batch
+from presence_core.database import tables
+from presence_core.database.storage import Sighting, Transition, write_batch
 
 log = logging.getLogger("presence.listener")
 

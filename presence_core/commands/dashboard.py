@@ -12,14 +12,11 @@ import argparse
 import os
 import socket
 import sys
-from pathlib import Path
 
-from presence_core.cli import add_database_arguments
+from presence_core import resources
+from presence_core.commands.common import add_database_arguments
 from presence_core.config import load_settings
 from presence_core.errors import PresenceError
-
-ROOT = Path(__file__).resolve().parent.parent
-APP = ROOT / "dashboard" / "app.py"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +40,7 @@ def command(args: argparse.Namespace) -> list[str]:
         "-m",
         "streamlit",
         "run",
-        str(APP),
+        str(resources.dashboard_app()),
         "--server.headless=true",
         f"--server.port={args.port}",
         f"--server.address={args.host}",
@@ -76,9 +73,10 @@ def run(args: argparse.Namespace) -> int:
         )
     print(f"presence: dashboard on http://{_shown(args.host)}:{args.port}", file=sys.stderr)
     sys.stderr.flush()
-    # Streamlit reads .streamlit/config.toml from the working directory; exec keeps
-    # our pid, so a supervisor's SIGTERM reaches Streamlit directly.
-    os.chdir(ROOT)
+    # Streamlit reads the shipped settings beside the entry point and secrets from the
+    # working directory's .streamlit/ (or ~/.streamlit); exec keeps our pid, so a
+    # supervisor's SIGTERM reaches Streamlit directly.
+    resources.streamlit_config()
     os.execve(sys.executable, command(args), env)
     return 0  # not reached
 

@@ -18,13 +18,12 @@ import hashlib
 import hmac
 import json
 import math
-import os
 import re
 import time
 from dataclasses import dataclass
 
+from presence_core.database.storage import user_id_text
 from presence_core.errors import PresenceError
-from presence_core.storage import user_id_text
 
 SECRET_ENV = "PRESENCE_AUTH_SECRET"
 OBSERVER = "observer"
@@ -138,33 +137,3 @@ def parse_duration(text: str) -> float:
 
 
 # --- the `presence token` command --------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    who = parser.add_mutually_exclusive_group(required=True)
-    who.add_argument("--user", metavar="ID", help="the user id the token speaks for")
-    who.add_argument(
-        "--observer",
-        action="store_true",
-        help="a read-only token (listener, dashboards): may watch, may not announce anyone",
-    )
-    parser.add_argument(
-        "--ttl",
-        type=parse_duration,
-        default=float(DEFAULT_TTL),
-        metavar="DURATION",
-        help="how long the token is valid: seconds or 15m, 12h, 7d (default 1d)",
-    )
-    parser.add_argument(
-        "--secret",
-        metavar="SECRET",
-        help=f"the server's secret (default ${SECRET_ENV}; at least 16 characters)",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    secret = args.secret or os.environ.get(SECRET_ENV)
-    if not secret:
-        raise PresenceError(f"no secret: pass --secret or set {SECRET_ENV}")
-    print(issue_token(secret, args.user, observer=args.observer, ttl=args.ttl))
-    return 0

@@ -1,0 +1,1 @@
+"""The Alembic environment: the only place that creates or changes tables."""

@@ -1,0 +1,137 @@
+"""Export presence history for analysts: transitions, sessions or a daily summary.
+
+Columns are DESIGN's, in order; timestamps are ISO-8601 with offset (UTC).
+Rows stream from PostgreSQL to the output (COPY TO; for Parquet the CSV stream is
+parsed by Arrow block by block, one row group each), so memory stays flat however
+many rows there are. Users who hide their last seen are left out unless
+--include-hidden. Dates given to --from/--to are whole days in the display time
+zone (--to inclusive); `daily` takes its days in that zone too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time as clock
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from presence_core.analytics import queries as analytics
+from presence_core.commands.common import add_database_arguments
+from presence_core.errors import PresenceError
+from presence_core.export import DATASETS, FORMATS, ExportFilters, _moment, stream_export
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", choices=DATASETS, required=True, help="what to export")
+    parser.add_argument("--format", choices=FORMATS, default="csv", help="file format (csv)")
+    parser.add_argument(
+        "--output", required=True, metavar="PATH", help="file to write; '-' for stdout"
+    )
+    parser.add_argument("--from", dest="start", metavar="WHEN", help="date or timestamp (start)")
+    parser.add_argument("--to", dest="end", metavar="WHEN", help="date (inclusive) or timestamp")
+    parser.add_argument("--user", action="append", metavar="ID", help="only this user (repeatable)")
+    parser.add_argument("--type", dest="user_type", help="only users of this type")
+    parser.add_argument("--team", help="only this team")
+    parser.add_argument(
+        "--include-hidden", action="store_true", help="include users who hide their last seen"
+    )
+    parser.add_argument("--tz", help="time zone of dates and daily rows (default PRESENCE_TZ)")
+    add_database_arguments(parser)
+
+
+Progress = Callable[..., None]
+
+
+def terminal_progress(stream=None) -> Progress | None:
+    """A one-line counter (rows, bytes, rate) on a terminal's stderr, else None."""
+    out = stream or sys.stderr
+    if not out.isatty():
+        return None
+    started = clock.monotonic()
+    shown = [0.0]
+
+    def show(rows: int, size: int, final: bool = False) -> None:
+        now = clock.monotonic()
+        if not final and now - shown[0] < 0.2:
+            return
+        shown[0] = now
+        rate = rows / max(now - started, 1e-6)
+        out.write(f"\rexported {rows:,} rows, {size / 1e6:,.1f} MB ({rate:,.0f} rows/s)")
+        if final:
+            out.write("\n")
+        out.flush()
+
+    return show
+
+
+def write_stream(chunks: Iterable[bytes], out, fmt: str, progress=None) -> tuple[int, int]:
+    """Copy ``chunks`` to the binary file ``out``; returns (rows, bytes). Rows are
+    counted as lines for CSV (minus the header) and JSON lines."""
+    lines = size = 0
+    for chunk in chunks:
+        out.write(chunk)
+        size += len(chunk)
+        if fmt != "parquet":
+            lines += chunk.count(b"\n")
+        if progress is not None:
+            progress(lines - (fmt == "csv"), size)
+    rows = max(lines - (fmt == "csv"), 0)
+    if progress is not None:
+        progress(rows, size, True)
+    return rows, size
+
+
+def run(args: argparse.Namespace) -> int:
+    from presence_core.config import load_settings
+    from presence_core.database import engine as db
+    from presence_core.database.embedded import default_progress
+
+    settings = load_settings(home=args.home, database_url=args.database_url)
+    tz = analytics._zone(args.tz) if args.tz else settings.tz
+    filters = ExportFilters(
+        start=_moment(args.start, "--from") if args.start else None,
+        end=_moment(args.end, "--to") if args.end else None,
+        user_ids=tuple(args.user) if args.user else None,
+        user_type=args.user_type,
+        team=args.team,
+        include_hidden=args.include_hidden,
+        tz=tz,
+        available_statuses=tuple(settings.available_statuses),
+    )
+    to_stdout = args.output == "-"
+    if to_stdout and args.format == "parquet" and sys.stdout.isatty():
+        raise PresenceError("parquet is binary: give --output FILE, or pipe stdout elsewhere")
+    engine = db.connect(settings, progress=default_progress)
+    try:
+        chunks = stream_export(engine, args.dataset, args.format, filters)
+        progress = terminal_progress()
+        if to_stdout:
+            sys.stdout.flush()
+            rows, _ = write_stream(chunks, sys.stdout.buffer, args.format, progress)
+            sys.stdout.buffer.flush()
+        else:
+            path = Path(args.output)
+            partial = path.with_name(path.name + ".partial")
+            try:
+                with open(partial, "wb") as out:
+                    rows, size = write_stream(chunks, out, args.format, progress)
+                os.replace(partial, path)
+            except OSError as exc:
+                raise PresenceError(f"cannot write {path}: {exc.strerror or exc}") from None
+            finally:
+                if partial.exists():
+                    partial.unlink()
+            if args.format != "parquet":
+                print(f"wrote {rows:,} rows to {path}", file=sys.stderr)
+            else:
+                print(f"wrote {path} ({size:,} bytes)", file=sys.stderr)
+    except BrokenPipeError:
+        # the reader went away (`| head`): stop quietly, as Unix tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    finally:
+        engine.dispose()
+    return 0
