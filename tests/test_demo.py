@@ -61,7 +61,9 @@ def test_demo_runs_and_stops_cleanly(tmp_path: Path):
             timeout=120,
             what="the dashboard's health endpoint",
         )
-        conninfo = f"host=127.0.0.1 port={db_port} user=postgres dbname=presence"
+        conninfo = wait_for(
+            lambda: EmbeddedPostgres(home).running(), timeout=60, what="the embedded database"
+        ).conninfo()
         first = wait_for(lambda: _live_transitions(conninfo), timeout=60, what="live transitions")
         wait_for(
             lambda: _live_transitions(conninfo) > first, timeout=60, what="more live transitions"
@@ -144,14 +146,14 @@ def test_reset_deletes_the_data_and_stops_the_server(tmp_path: Path):
 
     server = EmbeddedPostgres(tmp_path / "home")
     info = server.start(port=free_port())
-    with psycopg.connect(f"host=127.0.0.1 port={info.port} user=postgres dbname=presence") as c:
+    with psycopg.connect(info.conninfo()) as c:
         c.execute("create table leftover (v int)")
     _reset(server)
     assert server.running() is None
     assert not server.pgdata.exists()
     info = server.start(port=free_port())
     try:
-        with psycopg.connect(f"host=127.0.0.1 port={info.port} user=postgres dbname=presence") as c:
+        with psycopg.connect(info.conninfo()) as c:
             assert c.execute("select to_regclass('leftover')").fetchone() == (None,)
     finally:
         server.stop()

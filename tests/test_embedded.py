@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -20,7 +21,7 @@ from tests.waiting import wait_for
 
 
 def conninfo(info: embedded.ServerInfo) -> str:
-    return f"host=127.0.0.1 port={info.port} user=postgres dbname=presence"
+    return info.conninfo()
 
 
 @pytest.fixture
@@ -173,7 +174,11 @@ def test_cli_db_commands(tmp_path):
         assert started.returncode == 0, started.stderr
         assert "running: pid" in started.stdout
         url = presence("url").stdout.strip()
-        assert url == f"postgresql+psycopg://postgres@127.0.0.1:{env['PRESENCE_DB_PORT']}/presence"
+        port = env["PRESENCE_DB_PORT"]
+        assert re.fullmatch(
+            rf"postgresql\+psycopg://postgres:[\w-]{{20,}}@127\.0\.0\.1:{port}/presence", url
+        )
+        assert url.split("@")[0].split(":")[-1] not in started.stdout  # no password in status lines
         with psycopg.connect(url.replace("+psycopg", "")) as conn:
             # the embedded database is migrated on first start
             assert conn.execute("select version_num from alembic_version").fetchone()
@@ -183,3 +188,90 @@ def test_cli_db_commands(tmp_path):
         assert presence("status").returncode == 3
     finally:
         EmbeddedPostgres(tmp_path / "home").stop()
+
+
+OTHER_ACCOUNT = "presence_other"
+
+
+def _other_account() -> str:
+    """A second real local account (created when missing; needs root)."""
+    import pwd
+
+    try:
+        pwd.getpwnam(OTHER_ACCOUNT)
+    except KeyError:
+        subprocess.run(
+            [
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                OTHER_ACCOUNT,
+            ],
+            check=True,
+            capture_output=True,
+        )
+    return OTHER_ACCOUNT
+
+
+def _as_other(*argv: str) -> subprocess.CompletedProcess[str]:
+    """Run a program as the second account (the suite's Python lives under root's private
+    home, so the other account uses the wheel's own psql and plain system tools)."""
+    import pwd
+
+    entry = pwd.getpwnam(_other_account())
+    return subprocess.run(
+        list(argv),
+        user=entry.pw_uid,
+        group=entry.pw_gid,
+        extra_groups=[],
+        env={"PATH": "/usr/bin:/bin", "HOME": "/", "PGCONNECT_TIMEOUT": "5"},
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def _connects_as_other(port: int) -> list[str]:
+    """The roles the second account manages to connect as, without a password."""
+    psql = embedded._bin("psql")
+    return [
+        user
+        for user in ("postgres", embedded.SYSTEM_USER, OTHER_ACCOUNT)
+        if _as_other(
+            psql, "-w", f"host=127.0.0.1 port={port} user={user} dbname=presence", "-c", "select 1"
+        ).returncode
+        == 0
+    ]
+
+
+@pytest.mark.may_skip
+@pytest.mark.skipif(os.geteuid() != 0, reason="creating a second local account needs root")
+def test_only_its_owner_can_connect(server):
+    info = server.start(port=free_port())
+    with psycopg.connect(info.conninfo()) as conn:  # the owner, with the generated password
+        assert conn.execute("select current_user").fetchone() == ("postgres",)
+    assert (server.password_path.stat().st_mode & 0o777) == 0o600
+    assert _connects_as_other(info.port) == []
+    # nor can it read the password, even knowing where it is
+    stolen = _as_other("/bin/cat", str(server.password_path))
+    assert stolen.returncode != 0 and info.password not in stolen.stdout
+
+
+@pytest.mark.may_skip
+@pytest.mark.skipif(os.geteuid() != 0, reason="creating a second local account needs root")
+def test_a_data_directory_that_trusted_everyone_is_switched_to_passwords(server):
+    info = server.start(port=free_port())
+    # make it look like one created by an older version: trust for every local connection
+    server._write_as_server(server.pgdata / "pg_hba.conf", "host all all 127.0.0.1/32 trust\n")
+    with psycopg.connect(info.conninfo("postgres"), autocommit=True) as conn:
+        conn.execute("select pg_reload_conf()")
+    assert "postgres" in _connects_as_other(info.port)  # the hole the switch closes
+    server.stop()
+
+    info = server.start(port=free_port())
+    assert _connects_as_other(info.port) == []
+    with psycopg.connect(info.conninfo()) as conn:
+        assert conn.execute("select 1").fetchone() == (1,)

