@@ -40,6 +40,11 @@ class Settings:
     server_url: str
     tz: ZoneInfo
     available_statuses: tuple[str, ...] = field(default=DEFAULT_AVAILABLE_STATUSES)
+    db_port: int | None = None  # the embedded database's port, when one is insisted on
+    auth_secret: str | None = field(default=None, repr=False)  # the server's token secret
+    token: str | None = field(default=None, repr=False)  # the token a client presents
+    redis_url: str | None = field(default=None, repr=False)
+    read_database_url: URL | None = None  # a streaming replica for reads, when set
 
     @property
     def embedded(self) -> bool:
@@ -109,6 +114,57 @@ def parse_statuses(value: str) -> tuple[str, ...]:
     return statuses
 
 
+def parse_port(value: str, name: str) -> int:
+    """A TCP port number, or :class:`ConfigError` naming the setting."""
+    try:
+        port = int(str(value).strip())
+    except ValueError:
+        raise ConfigError(f"{name}={value!r} is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{name}={port} is out of range 1–65535")
+    return port
+
+
+def read_secret_file(path: str | Path, what: str) -> str:
+    """The secret kept in a file (first line, surrounding blanks removed).
+
+    Secrets belong in files or variables, never on a command line, where every
+    local account can read them with ``ps``.
+    """
+    file = Path(path).expanduser()
+    try:
+        content = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{what} file {file}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{what} file {file}: cannot read: {exc}") from None
+    secret = content.strip().splitlines()[0].strip() if content.strip() else ""
+    if not secret:
+        raise ConfigError(f"{what} file {file} is empty")
+    return secret
+
+
+def _secret(
+    env: Mapping[str, str], value: str | None, file: str | None, variable: str, what: str
+) -> str | None:
+    """A flag's value, else the flag's file, else VARIABLE, else VARIABLE_FILE."""
+    if value:
+        return value
+    if file:
+        return read_secret_file(file, what)
+    if env.get(variable):
+        return env[variable]
+    if env.get(f"{variable}_FILE"):
+        return read_secret_file(env[f"{variable}_FILE"], what)
+    return None
+
+
+def display_timezone(env: Mapping[str, str] | None = None) -> ZoneInfo:
+    """The display time zone when the viewer's gives none: ``PRESENCE_TZ``, else UTC."""
+    env = os.environ if env is None else env
+    return parse_timezone(env.get("PRESENCE_TZ") or "UTC")
+
+
 def load_settings(
     env: Mapping[str, str] | None = None,
     *,
@@ -117,16 +173,33 @@ def load_settings(
     server_url: str | None = None,
     tz: str | None = None,
     available_statuses: str | None = None,
+    auth_secret: str | None = None,
+    auth_secret_file: str | None = None,
+    token: str | None = None,
+    token_file: str | None = None,
+    redis_url: str | None = None,
+    read_database_url: str | None = None,
 ) -> Settings:
     """Read ``PRESENCE_*`` variables from ``env`` (default ``os.environ``).
 
     Keyword arguments are command-line flags: when not None they win over the
-    environment. Raises :class:`ConfigError` with a one-line message.
+    environment. Secrets come from a flag, the flag's file, ``PRESENCE_X`` or
+    ``PRESENCE_X_FILE``, in that order. Raises :class:`ConfigError` with a
+    one-line message.
     """
     env = os.environ if env is None else env
     url_text = database_url if database_url is not None else env.get("PRESENCE_DATABASE_URL")
     home_text = home if home is not None else env.get("PRESENCE_HOME") or DEFAULT_HOME
+    port_text = env.get("PRESENCE_DB_PORT")
+    read_text = read_database_url or env.get("PRESENCE_READ_DATABASE_URL")
     return Settings(
+        db_port=parse_port(port_text, "PRESENCE_DB_PORT") if port_text else None,
+        auth_secret=_secret(
+            env, auth_secret, auth_secret_file, "PRESENCE_AUTH_SECRET", "auth secret"
+        ),
+        token=_secret(env, token, token_file, "PRESENCE_TOKEN", "token"),
+        redis_url=(redis_url or env.get("PRESENCE_REDIS_URL") or None),
+        read_database_url=parse_database_url(read_text) if read_text else None,
         database_url=parse_database_url(url_text) if url_text is not None else None,
         home=Path(home_text).expanduser().absolute(),
         server_url=parse_server_url(

@@ -7,16 +7,16 @@ seen. A ``last_seen`` in the future counts as just now.
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime, timedelta, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from presence_core.config import ConfigError, display_timezone
 
 GREEN = "#10b981"
 AMBER = "#f59e0b"
 GRAY = "#6b7280"
 
 OFFLINE = "offline"
-TZ_ENV = "PRESENCE_TZ"
 
 _ONLINE_FOR = timedelta(seconds=30)
 _AMBER_FOR = timedelta(minutes=5)
@@ -57,16 +57,16 @@ def _resolve_tz(tz: tzinfo | str | None) -> tzinfo:
     if isinstance(tz, tzinfo):
         return tz
     if tz is None:
-        tz = os.environ.get(TZ_ENV) or "UTC"
-        source = f" (from {TZ_ENV})"
-    elif isinstance(tz, str):
-        source = ""
-    else:
+        try:
+            return display_timezone()
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+    if not isinstance(tz, str):
         raise ValueError(f"not a time zone: {_describe(tz)}")
     try:
         return ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError, OSError):
-        raise ValueError(f"unknown time zone{source}: {_describe(tz)}") from None
+        raise ValueError(f"unknown time zone: {_describe(tz)}") from None
 
 
 def _now(now: datetime | str | None) -> datetime:

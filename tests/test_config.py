@@ -96,3 +96,38 @@ def test_flags_override_environment():
 def test_bad_settings(env, message):
     with pytest.raises(ConfigError, match=message):
         load_settings(env)
+
+
+def test_secrets_come_from_flags_files_or_variables_never_needing_the_command_line(tmp_path):
+    from presence_core.config import load_settings
+
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("from-a-file-0123456789\n")
+    token_file = tmp_path / "token"
+    token_file.write_text("  tok-from-file \n")
+    assert load_settings({}).auth_secret is None and load_settings({}).token is None
+    by_file = load_settings({"PRESENCE_AUTH_SECRET_FILE": str(secret_file)})
+    assert by_file.auth_secret == "from-a-file-0123456789"
+    assert load_settings({"PRESENCE_TOKEN_FILE": str(token_file)}).token == "tok-from-file"
+    # a flag wins over its file, which wins over the variables
+    env = {"PRESENCE_AUTH_SECRET": "from-the-variable-0123"}
+    assert load_settings(env).auth_secret == "from-the-variable-0123"
+    assert load_settings(env, auth_secret_file=str(secret_file)).auth_secret.startswith("from-a")
+    assert load_settings(env, auth_secret="flag").auth_secret == "flag"
+    # and the secret never shows in the settings' repr (logs, tracebacks)
+    assert "from-a-file" not in repr(by_file)
+
+
+def test_bad_secret_files_and_ports_are_one_line(tmp_path):
+    from presence_core.config import ConfigError, load_settings
+
+    (tmp_path / "empty").write_text("\n")
+    for env, words in [
+        ({"PRESENCE_AUTH_SECRET_FILE": str(tmp_path / "missing")}, "no such file"),
+        ({"PRESENCE_TOKEN_FILE": str(tmp_path / "empty")}, "is empty"),
+        ({"PRESENCE_DB_PORT": "99999"}, "out of range"),
+        ({"PRESENCE_DB_PORT": "x"}, "not a port"),
+    ]:
+        with pytest.raises(ConfigError, match=words) as caught:
+            load_settings(env)
+        assert "\n" not in str(caught.value)

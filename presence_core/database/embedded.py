@@ -415,16 +415,12 @@ def _is_our_postgres(pid: int, pgdata: Path) -> bool:
 
 
 def _env_port() -> int | None:
-    text = os.environ.get("PRESENCE_DB_PORT")
-    if not text:
-        return None
+    from presence_core.config import ConfigError, load_settings
+
     try:
-        port = int(text)
-    except ValueError:
-        raise EmbeddedError(f"PRESENCE_DB_PORT={text!r} is not a port number") from None
-    if not 1 <= port <= 65535:
-        raise EmbeddedError(f"PRESENCE_DB_PORT={port} is out of range 1–65535")
-    return port
+        return load_settings().db_port
+    except ConfigError as exc:
+        raise EmbeddedError(str(exc)) from None
 
 
 def _port_free(port: int) -> bool:
