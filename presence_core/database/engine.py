@@ -21,15 +21,11 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from presence_core import resources
 from presence_core.config import Settings
 from presence_core.database.embedded import EmbeddedPostgres
-from presence_core.errors import PresenceError
+from presence_core.errors import DatabaseUnavailable, PresenceError
 
 MIN_SERVER_VERSION = 140000
 
 Progress = Callable[[str], None]
-
-
-class DatabaseUnavailable(PresenceError):
-    """The database cannot be reached."""
 
 
 class SchemaMismatch(PresenceError):
