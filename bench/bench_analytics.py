@@ -27,7 +27,7 @@ import psycopg
 from sqlalchemy import Engine, text
 
 from bench.report import record, table
-from presence_core.analytics import queries as analytics
+from presence_core import analytics
 from presence_core.config import load_settings
 from presence_core.database import engine as db
 from presence_core.export import ExportFilters, stream_export

@@ -8,7 +8,8 @@ import hmac
 import html
 import urllib.parse
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, date, datetime, timedelta, tzinfo
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pandas as pd
@@ -176,6 +177,63 @@ def display_name(user_id: object, user_name: object) -> str:
     if user_name is None or (isinstance(user_name, float) and pd.isna(user_name)):
         return str(user_id)
     return str(user_name) or str(user_id)
+
+
+# ---------------------------------------------------------------------------
+# pickers shared by the pages
+
+ALL_TEAMS = "All teams"
+ALL_TYPES = "All types"
+
+
+def date_range(picked: object, today: date) -> tuple[date, date]:
+    """``st.date_input``'s value (one date, a range, or a half-picked range) as
+    ``(start, end)``, earliest first; nothing picked yet means today."""
+    if isinstance(picked, (tuple, list)):
+        start, end = (picked[0], picked[-1]) if picked else (today, today)
+    else:
+        start = end = picked  # type: ignore[assignment]
+    return min(start, end), max(start, end)
+
+
+def period_picker(
+    key: str,
+    today: date,
+    days: int = 7,
+    label: str = "Period",
+    where: Any = None,
+    disabled: bool = False,
+) -> tuple[date, date]:
+    """A range of whole days ending today (the last ``days`` by default); returns
+    ``(start, end)``, both included."""
+    picked = (where or st).date_input(
+        label,
+        value=(today - timedelta(days=days - 1), today),
+        max_value=today,
+        key=key,
+        format="YYYY-MM-DD",
+        disabled=disabled,
+    )
+    return date_range(picked, today)
+
+
+def team_type_pickers(
+    choices: dict[str, list[str]],
+    key: str,
+    team_in: Any = None,
+    type_in: Any = None,
+    multi: bool = False,
+) -> tuple[Any, Any]:
+    """The team and user type filters (widget keys ``<key>_team``, ``<key>_type``),
+    drawn in ``team_in`` / ``type_in``. Returns ``(team, user_type)``: one value
+    each or None for all; with ``multi``, lists (None when nothing is chosen)."""
+    if multi:
+        teams = (team_in or st).multiselect("Team", choices["team"], key=f"{key}_team")
+        types = (type_in or st).multiselect("Type", choices["user_type"], key=f"{key}_type")
+        return teams or None, types or None
+    team = (team_in or st).selectbox("Team", [ALL_TEAMS, *choices["team"]], key=f"{key}_team")
+    kind = (type_in or st).selectbox("Type", [ALL_TYPES, *choices["user_type"]], key=f"{key}_type")
+    return (None if team == ALL_TEAMS else team), (None if kind == ALL_TYPES else kind)
 
 
 # ---------------------------------------------------------------------------

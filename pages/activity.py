@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import pandas as pd
 import plotly.express as px
@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from presence_core.dashboard import data, ui
 
+from presence_core import analytics
 from presence_core.status import AMBER, GRAY, GREEN
 
 BUCKET_SECONDS = {"minute": 60, "5 minutes": 300, "hour": 3600, "day": 86400}
@@ -19,27 +20,12 @@ CHART = {"displayModeBar": False}
 st.title("Activity")
 zone = ui.viewer_zone()
 today = datetime.now(UTC).astimezone(zone).date()
-choices = data.choices()
+choices = data.load(analytics.filter_choices)
 
 c1, c2, c3, c4 = st.columns([2, 1, 1, 1])
-picked = c1.date_input(
-    "Period",
-    value=(today - timedelta(days=6), today),
-    max_value=today,
-    key="act_period",
-    format="YYYY-MM-DD",
-)
+start, end = ui.period_picker("act_period", today, where=c1)
 bucket = c2.selectbox("Bucket", list(BUCKET_SECONDS), index=2, key="act_bucket")
-team = c3.selectbox("Team", ["All teams", *choices["team"]], key="act_team")
-user_type = c4.selectbox("Type", ["All types", *choices["user_type"]], key="act_type")
-team_filter = None if team == "All teams" else team
-type_filter = None if user_type == "All types" else user_type
-
-if isinstance(picked, (tuple, list)):
-    start, end = (picked[0], picked[-1]) if picked else (today, today)
-else:
-    start = end = picked
-start, end = min(start, end), max(start, end)
+team_filter, type_filter = ui.team_type_pickers(choices, "act", team_in=c3, type_in=c4)
 days = (end - start).days + 1
 st.caption(f"{start} to {end} ({days} day{'s' * (days != 1)}), times in {zone.key}.")
 
@@ -54,12 +40,12 @@ def _local(series: pd.Series) -> pd.Series:
 
 
 # the page's queries run at once; drawing waits for the slowest only
-filters = (zone.key, type_filter, team_filter)
+filters = {"tz": zone.key, "user_type": type_filter, "team": team_filter}
 curve, heat, dau, lengths = data.gather(
-    lambda: data.concurrency(start, end, bucket, *filters),
-    lambda: data.heatmap(start, end, *filters),
-    lambda: data.daily_active(start, end, *filters),
-    lambda: data.session_lengths(start, end, *filters),
+    lambda: data.load(analytics.concurrency, start, end, bucket, **filters),
+    lambda: data.load(analytics.weekday_hour_heatmap, start, end, **filters),
+    lambda: data.load(analytics.daily_active_users, start, end, **filters),
+    lambda: data.load(analytics.session_length_distribution, start, end, **filters),
 )
 
 # --- users present over time --------------------------------------------------
@@ -155,7 +141,7 @@ else:
 
 # --- one user's timeline -----------------------------------------------------
 st.subheader("One user's sessions")
-names = data.user_names()
+names = data.load(analytics.user_names)
 user = st.selectbox(
     "User",
     choices["user_id"],
@@ -167,11 +153,17 @@ user = st.selectbox(
 if user is None:
     st.caption("Choose a user to see their sessions, coloured by status.")
 else:
-    segments = data.user_timeline(user, start, end, zone.key)
+    segments = data.load(
+        analytics.user_timeline, user, start, end, zone.key, max_rows=data.MAX_ROWS
+    )
     if segments.empty:
         st.caption("No sessions in this period.")
     else:
-        segments = segments.assign(start=_local(segments["start"]), end=_local(segments["end"]))
+        segments = segments.assign(
+            start=_local(segments["start"]),
+            end=_local(segments["end"]),
+            length=[ui.format_duration(s) for s in segments["seconds"]],
+        )
         statuses = sorted(segments["status"].unique())
         palette = {s: px.colors.qualitative.Safe[i % 11] for i, s in enumerate(statuses)}
         palette.update({"online": GREEN, "away": AMBER, "busy": "#ef4444", "idle": GRAY})

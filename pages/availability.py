@@ -9,24 +9,22 @@ import pandas as pd
 import streamlit as st
 from presence_core.dashboard import data, ui
 
+from presence_core import analytics
 from presence_core.status import GREEN
 
 st.title("Availability")
 viewer = ui.viewer_zone()
-choices = data.choices()
+choices = data.load(analytics.filter_choices)
 settings = data.settings()
 
 with st.container(border=True):
     c1, c2, c3 = st.columns(3)
-    team = c1.selectbox("Team", ["All teams", *choices["team"]], key="av_team")
-    user_type = c2.selectbox("Type", ["All types", *choices["user_type"]], key="av_type")
+    team_filter, type_filter = ui.team_type_pickers(choices, "av", team_in=c1, type_in=c2)
     zones = sorted(available_timezones() | {viewer.key})
     tz = c3.selectbox("Time zone", zones, index=zones.index(viewer.key), key="av_tz")
     today = datetime.now(UTC).astimezone(ZoneInfo(tz)).date()
     c4, c5, c6, c7 = st.columns([2, 1, 1, 1])
-    picked = c4.date_input(
-        "Days", value=(today, today), max_value=today, key="av_days", format="YYYY-MM-DD"
-    )
+    start, end = ui.period_picker("av_days", today, days=1, label="Days", where=c4)
     whole_day = c7.checkbox("Whole day", value=False, key="av_whole_day")
     shift_start = c5.time_input("Shift starts", time(9, 0), key="av_from", disabled=whole_day)
     shift_end = c6.time_input("Shift ends", time(17, 0), key="av_to", disabled=whole_day)
@@ -42,13 +40,6 @@ with st.container(border=True):
         "Away longer than (min)", min_value=1, max_value=24 * 60, value=15, key="av_limit"
     )
 
-team_filter = None if team == "All teams" else team
-type_filter = None if user_type == "All types" else user_type
-if isinstance(picked, (tuple, list)):
-    start, end = (picked[0], picked[-1]) if picked else (today, today)
-else:
-    start = end = picked
-start, end = min(start, end), max(start, end)
 if whole_day:
     shift_start, shift_end = time(0), None
 if not statuses:
@@ -59,36 +50,41 @@ st.caption(f"{start} to {end}, shift {shift_text} in {tz}; available = {', '.joi
 
 # --- right now -----------------------------------------------------------------
 now = datetime.now(UTC)
+include_offline = st.toggle("Count offline agents as away", value=False, key="av_offline")
+teams = None if team_filter is None else [team_filter]
+types = None if type_filter is None else [type_filter]
 # the page's queries run at once; drawing waits for the slowest only
-filters = (tz, type_filter, team_filter)
-present, everyone, avail, online, in_status, summary, found = data.gather(
-    lambda: data.current_presence(team=team_filter, user_type=type_filter),
-    lambda: data.last_seen(include_hidden=False),
-    lambda: data.availability(
-        start, end, tz, shift_start, shift_end, tuple(statuses), team_filter, type_filter
+present, everyone, away, per_user = data.gather(
+    lambda: data.load(
+        analytics.current_presence, team=team_filter, user_type=type_filter, ttl=data.LIVE_TTL
     ),
-    lambda: data.online_seconds(start, end, *filters),
-    lambda: data.time_in_status(start, end, tz, None, type_filter, team_filter),
-    lambda: data.daily_summary(start, end, *filters, tuple(statuses)),
-    lambda: data.sessions(start, end, tz, None, type_filter, team_filter),
+    lambda: data.load(analytics.last_seen_table, teams=teams, user_types=types, ttl=data.LIVE_TTL),
+    lambda: data.load(
+        analytics.away_users,
+        tuple(statuses),
+        timedelta(minutes=int(limit)),
+        team=team_filter,
+        user_type=type_filter,
+        include_offline=include_offline,
+        ttl=data.LIVE_TTL,
+    ),
+    lambda: data.load(
+        analytics.agent_summary,
+        start,
+        end,
+        tz,
+        shift_start,
+        shift_end,
+        tuple(statuses),
+        team=team_filter,
+        user_type=type_filter,
+    ),
 )
-if team_filter:
-    everyone = everyone[everyone["team"] == team_filter]
-if type_filter:
-    everyone = everyone[everyone["user_type"] == type_filter]
 if everyone.empty:
     ui.empty_state()
     st.stop()
 
 available_now = present[present["status"].isin(statuses)]
-cutoff = pd.Timestamp(now - timedelta(minutes=int(limit)))
-include_offline = st.toggle("Count offline agents as away", value=False, key="av_offline")
-away = everyone[
-    ~everyone["status"].isin(statuses)
-    & (include_offline | (everyone["status"] != "offline"))
-    & everyone["status_since"].notna()
-    & (everyone["status_since"] < cutoff)
-].sort_values("status_since")
 
 left, right = st.columns(2)
 with left:
@@ -131,67 +127,32 @@ with right:
 
 # --- per agent over the period --------------------------------------------------
 st.subheader("Per agent")
-if avail.empty:
+if per_user.empty:
     ui.empty_state("No agents match these filters.")
     st.stop()
 
-per_user = avail.groupby("user_id", as_index=False).agg(
-    name=("user_name", "first"),
-    team=("team", "first"),
-    available_seconds=("available_seconds", "sum"),
-    shift_seconds=("shift_seconds", "sum"),
-)
-per_user["availability"] = (
-    100.0 * per_user["available_seconds"] / per_user["shift_seconds"].where(lambda s: s > 0)
-).fillna(0.0)
-
-per_user = per_user.merge(online, on="user_id", how="left")
-
-status_columns: list[str] = []
-if not in_status.empty:
-    pivot = in_status.pivot_table(
-        index="user_id", columns="status", values="seconds", aggfunc="sum", fill_value=0.0
-    )
-    status_columns = [f"in {s}" for s in pivot.columns]
-    pivot.columns = status_columns
-    per_user = per_user.merge(pivot.reset_index(), on="user_id", how="left")
-
-if not summary.empty:
-    firsts = summary.groupby("user_id").agg(
-        first_in=("first_online", "min"), last_out=("last_offline", "max")
-    )
-    per_user = per_user.merge(firsts.reset_index(), on="user_id", how="left")
-else:
-    per_user["first_in"] = pd.NaT
-    per_user["last_out"] = pd.NaT
-counts = found.groupby("user_id").size().rename("sessions").reset_index()
-per_user = per_user.merge(counts, on="user_id", how="left")
-per_user = per_user.sort_values(["availability", "user_id"], ascending=[False, True])
-
+status_columns = [c for c in per_user.columns if c.startswith("in ")]
 zone = ZoneInfo(tz)
 shown = pd.DataFrame(
     {
         "agent": [
             ui.display_name(uid, name)
-            for uid, name in zip(per_user["user_id"], per_user["name"], strict=True)
+            for uid, name in zip(per_user["user_id"], per_user["user_name"], strict=True)
         ],
         "user": per_user["user_id"].astype(str).to_numpy(),
         "team": per_user["team"].to_numpy(),
-        "availability": per_user["availability"].round(1).to_numpy(),
+        "availability": per_user["availability_pct"].round(1).to_numpy(),
         "available": [ui.format_duration(s) for s in per_user["available_seconds"]],
-        "online": [ui.format_duration(s) for s in per_user["online_seconds"].fillna(0)],
-        **{
-            column: [ui.format_duration(s) for s in per_user[column].fillna(0)]
-            for column in status_columns
-        },
+        "online": [ui.format_duration(s) for s in per_user["online_seconds"]],
+        **{column: [ui.format_duration(s) for s in per_user[column]] for column in status_columns},
         "first in": [ui.format_time(t, zone)[:16] for t in per_user["first_in"]],
         "last out": [ui.format_time(t, zone)[:16] for t in per_user["last_out"]],
-        "sessions": per_user["sessions"].fillna(0).astype(int).to_numpy(),
+        "sessions": per_user["sessions"].to_numpy(),
     }
 )
 m1, m2, m3 = st.columns(3)
 m1.metric("Agents", len(shown))
-m2.metric("Mean availability", f"{per_user['availability'].mean():.1f} %")
+m2.metric("Mean availability", f"{per_user['availability_pct'].mean():.1f} %")
 m3.metric("Available at some point", int((per_user["available_seconds"] > 0).sum()))
 st.dataframe(
     ui.capped(shown, data.MAX_ROWS),

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import shlex
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import streamlit as st
 from presence_core.dashboard import data, ui
 
-from presence_core import export
+from presence_core import analytics, export
 
 MIME = {
     "csv": "text/csv",
@@ -27,7 +27,7 @@ st.caption(
     "when you click Download, streamed from the database."
 )
 zone = ui.viewer_zone()
-choices = data.choices()
+choices = data.load(analytics.filter_choices)
 today = datetime.now(UTC).astimezone(zone).date()
 
 c1, c2 = st.columns([1, 2])
@@ -40,17 +40,9 @@ dataset = c1.radio(
 )
 with c2:
     everything = st.toggle("All history", value=False, key="ex_all")
-    picked = st.date_input(
-        "Days",
-        value=(today - timedelta(days=6), today),
-        max_value=today,
-        key="ex_days",
-        format="YYYY-MM-DD",
-        disabled=everything,
-    )
+    start, end = ui.period_picker("ex_days", today, label="Days", disabled=everything)
     f1, f2 = st.columns(2)
-    user_type = f1.selectbox("Type", ["All types", *choices["user_type"]], key="ex_type")
-    team = f2.selectbox("Team", ["All teams", *choices["team"]], key="ex_team")
+    team, user_type = ui.team_type_pickers(choices, "ex", team_in=f2, type_in=f1)
     users = st.multiselect(
         "Users (empty: everyone)", choices["user_id"], key="ex_users", max_selections=100
     )
@@ -60,17 +52,12 @@ with c2:
         "Include users who hide their last seen", value=False, key="ex_hidden"
     )
 
-if isinstance(picked, (tuple, list)):
-    start, end = (picked[0], picked[-1]) if picked else (today, today)
-else:
-    start = end = picked
-start, end = min(start, end), max(start, end)
 filters = export.ExportFilters(
     start=None if everything else start,
     end=None if everything else end,
     user_ids=tuple(users) or None,
-    user_type=None if user_type == "All types" else user_type,
-    team=None if team == "All teams" else team,
+    user_type=user_type,
+    team=team,
     include_hidden=include_hidden,
     tz=zone.key,
     available_statuses=tuple(data.settings().available_statuses),

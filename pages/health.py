@@ -7,9 +7,11 @@ import plotly.express as px
 import streamlit as st
 from presence_core.dashboard import data, ui
 
+from presence_core import analytics
+
 st.title("Health")
 zone = ui.viewer_zone()
-report = data.health_report()
+report = data.load(analytics.health.report, data.settings(), ttl=data.TABLE_TTL)
 
 
 def _age(delta) -> str:
@@ -78,7 +80,7 @@ else:
     st.caption("No listener heartbeat recorded.")
 
 st.subheader("Coverage gaps (last 24 h)")
-gaps = data.coverage_gaps(24)
+gaps = data.load(analytics.recent_coverage_gaps, 24, ttl=data.TABLE_TTL)
 if gaps.empty:
     st.caption("None: a listener watched the whole time.")
 else:

@@ -8,6 +8,8 @@ import pandas as pd
 import streamlit as st
 from presence_core.dashboard import data, ui
 
+from presence_core import analytics
+
 SORTS = {
     "Most recently seen": None,
     "Name": "Name",
@@ -19,33 +21,27 @@ st.title("Last seen")
 zone = ui.viewer_zone()
 st.caption(f"Every user, as the guide shows them. Times in {zone.key}.")
 
-users = data.last_seen(include_hidden=False)
-if users.empty:
-    ui.empty_state()
-    st.stop()
+choices = data.load(analytics.filter_choices)
 
-choices = data.choices()
 search = st.text_input(
     "Search", placeholder="name or id", key="ls_search", label_visibility="collapsed"
 )
 c1, c2, c3, c4 = st.columns(4)
-types = c1.multiselect("Type", choices["user_type"], key="ls_type")
-teams = c2.multiselect("Team", choices["team"], key="ls_team")
-statuses = c3.multiselect("Status", sorted(set(users["status"])), key="ls_status")
+teams, types = ui.team_type_pickers(choices, "ls", team_in=c2, type_in=c1, multi=True)
+statuses = c3.multiselect("Status", choices["status"], key="ls_status")
 sort = c4.selectbox("Sort by", list(SORTS), key="ls_sort")
 
-if search:
-    needle = search.strip().lower()
-    users = users[
-        users["user_id"].astype(str).str.lower().str.contains(needle, regex=False)
-        | users["user_name"].fillna("").str.lower().str.contains(needle, regex=False)
-    ]
-if types:
-    users = users[users["user_type"].isin(types)]
-if teams:
-    users = users[users["team"].isin(teams)]
-if statuses:
-    users = users[users["status"].isin(statuses)]
+users = data.load(
+    analytics.last_seen_table,
+    search=search or None,
+    teams=teams,
+    user_types=types,
+    statuses=statuses or None,
+    ttl=data.LIVE_TTL,
+)
+if users.empty and not (search or teams or types or statuses):
+    ui.empty_state()
+    st.stop()
 
 now = datetime.now(UTC)
 texts, dots = [], []

@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 from presence_core.dashboard import data, ui
 
+from presence_core import analytics
 from presence_core.status import AMBER, GREEN
 
 REFRESH_SECONDS = 2
@@ -17,12 +18,9 @@ MAX_CARDS = 500
 st.title("Live")
 st.caption("Who is here right now. Refreshes every 2 seconds.")
 
-choices = data.choices()
+choices = data.load(analytics.filter_choices)
 left, right, _ = st.columns([1, 1, 2])
-team = left.selectbox("Team", ["All teams", *choices["team"]], key="live_team")
-user_type = right.selectbox("Type", ["All types", *choices["user_type"]], key="live_type")
-team_filter = None if team == "All teams" else team
-type_filter = None if user_type == "All types" else user_type
+team_filter, type_filter = ui.team_type_pickers(choices, "live", team_in=left, type_in=right)
 
 
 def _counts(frame: pd.DataFrame, column: str, label: str) -> pd.DataFrame:
@@ -39,17 +37,19 @@ def _draw(team: str | None, user_type: str | None) -> None:
     now = datetime.now(UTC)
     zone = ui.viewer_zone()
     available = set(data.settings().available_statuses)
-    present = data.current_presence(team=team, user_type=user_type)
-    everyone = data.last_seen(include_hidden=False)
-    if team:
-        everyone = everyone[everyone["team"] == team]
-    if user_type:
-        everyone = everyone[everyone["user_type"] == user_type]
-    recent = everyone[
-        (everyone["status"] == "offline")
-        & everyone["last_seen"].notna()
-        & (everyone["last_seen"] >= pd.Timestamp(now - RECENT))
-    ]
+    teams = None if team is None else [team]
+    types = None if user_type is None else [user_type]
+    present, everyone, recent = data.gather(
+        lambda: data.load(
+            analytics.current_presence, team=team, user_type=user_type, ttl=data.LIVE_TTL
+        ),
+        lambda: data.load(
+            analytics.last_seen_table, teams=teams, user_types=types, ttl=data.LIVE_TTL
+        ),
+        lambda: data.load(
+            analytics.recently_left, RECENT, team=team, user_type=user_type, ttl=data.LIVE_TTL
+        ),
+    )
 
     cols = st.columns(4)
     cols[0].metric("Present now", len(present))

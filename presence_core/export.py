@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Engine, text
 from sqlalchemy.dialects import postgresql
 
-from presence_core.analytics import queries as analytics
+from presence_core import analytics
 from presence_core.errors import PresenceError
 
 DATASETS = ("transitions", "sessions", "daily")

@@ -1,4 +1,4 @@
-"""Hand-computed cases for every metric of presence_core.analytics.queries, on a real PostgreSQL."""
+"""Hand-computed cases for every metric of presence_core.analytics, on a real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from sqlalchemy import text
 
-from presence_core.analytics import queries as analytics
+from presence_core import analytics
 from presence_core.database.storage import Transition, write_batch
 from presence_core.errors import PresenceError
 

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
-from presence_core.analytics import queries as analytics
+from presence_core import analytics
 from presence_core.database.storage import Transition, write_batch
 
 NY = ZoneInfo("America/New_York")

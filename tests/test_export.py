@@ -13,8 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import text
 
-from presence_core import export
-from presence_core.analytics import queries as analytics
+from presence_core import analytics, export
 from presence_core.database.storage import Transition, write_batch
 from presence_core.errors import PresenceError
 from presence_core.export import ExportFilters, stream_export

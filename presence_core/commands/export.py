@@ -17,7 +17,7 @@ import time as clock
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from presence_core.analytics import queries as analytics
+from presence_core import analytics
 from presence_core.commands.common import add_database_arguments
 from presence_core.errors import PresenceError
 from presence_core.export import DATASETS, FORMATS, ExportFilters, _moment, stream_export
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     from presence_core.database.embedded import default_progress
 
     settings = load_settings(home=args.home, database_url=args.database_url)
-    tz = analytics._zone(args.tz) if args.tz else settings.tz
+    tz = analytics.time_zone(args.tz) if args.tz else settings.tz
     filters = ExportFilters(
         start=_moment(args.start, "--from") if args.start else None,
         end=_moment(args.end, "--to") if args.end else None,

@@ -1,0 +1,278 @@
+"""Availability for a shift window, and who came in first and left last each day."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Engine
+
+from presence_core.analytics.common import (
+    DEFAULT_AVAILABLE,
+    bind,
+    empty_frame,
+    load_pandas,
+    read_frame,
+    resolve_period,
+    time_zone,
+)
+from presence_core.analytics.daily import daily_summary
+from presence_core.analytics.sessions import online_seconds, sessions, time_in_status
+from presence_core.analytics.sql import SEGMENTS, SESSIONS
+from presence_core.errors import PresenceError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+def availability(
+    engine: Engine,
+    start_date: date,
+    end_date: date,
+    tz: str | tzinfo | None = None,
+    shift_start: time = time(0),
+    shift_end: time | None = None,
+    available_statuses: Sequence[str] = DEFAULT_AVAILABLE,
+    team: str | None = None,
+    user_type: str | None = None,
+    user_ids: Iterable[str] | None = None,
+) -> pd.DataFrame:
+    """Availability per user per local day, both dates inclusive.
+
+    Each day's shift runs from ``shift_start`` to ``shift_end`` local time in
+    ``tz`` (``shift_end`` None: to the next midnight, the whole day; a
+    ``shift_end`` at or before ``shift_start``: a night shift ending the next
+    day). Columns ``date, user_id, user_name, team, available_seconds,
+    shift_seconds, availability_pct`` with ``availability_pct`` = seconds in an
+    available status inside the shift ÷ the shift's seconds × 100. Every
+    selected user gets a row per day (0 when never available). The part of a
+    shift after now counts as unavailable.
+    """
+    zone = time_zone(tz)
+    if end_date < start_date:
+        raise PresenceError("availability: end date is before start date")
+    lo = datetime.combine(start_date, time(0), tzinfo=zone).astimezone(UTC)
+    hi = min(
+        datetime.combine(end_date + timedelta(days=2), time(0), tzinfo=zone).astimezone(UTC),
+        datetime.now(UTC),
+    )
+    if shift_end is None:
+        end_offset = timedelta(days=1)
+    elif shift_end <= shift_start:
+        end_offset = timedelta(
+            days=1, hours=shift_end.hour, minutes=shift_end.minute, seconds=shift_end.second
+        )
+    else:
+        end_offset = timedelta(
+            hours=shift_end.hour, minutes=shift_end.minute, seconds=shift_end.second
+        )
+    start_offset = timedelta(
+        hours=shift_start.hour, minutes=shift_start.minute, seconds=shift_start.second
+    )
+    sql = (
+        "with"
+        + SEGMENTS
+        + """,
+    shifts as (
+        select d::date as day,
+               (d + cast(:s_off as interval)) at time zone cast(:tz as text) as sh_start,
+               (d + cast(:e_off as interval)) at time zone cast(:tz as text) as sh_end
+        from generate_series(cast(:d0 as date)::timestamp, cast(:d1 as date)::timestamp,
+                             interval '1 day') d
+    ),
+    sh as (
+        select array_agg(sh_start order by day) as st, array_agg(sh_end order by day) as en,
+               array_agg(day order by day) as days, count(*)::int as n
+        from shifts
+    ),
+    -- each available segment against the shifts around it: i is the last shift
+    -- starting at or before it, j the last starting before its end (shifts are
+    -- at most a day long and never overlap, so most segments touch i and i + 1)
+    sa as (
+        select s.user_id, s.seg_start as a, s.seg_end as b,
+               width_bucket(s.seg_start, sh.st) as i, width_bucket(s.seg_end, sh.st) as j
+        from seg s cross join sh
+        where s.status = any(cast(:avail as text[]))
+    ),
+    pieces as (
+        select x.user_id, x.k,
+               extract(epoch from least(x.b, sh.en[x.k]) - greatest(x.a, sh.st[x.k])) as secs
+        from (
+            select user_id, a, b, i as k from sa where i >= 1
+            union all
+            select user_id, a, b, i + 1 from sa where j >= i + 1
+            union all
+            select sa.user_id, sa.a, sa.b, k from sa
+            cross join lateral generate_series(sa.i + 2, sa.j) k where sa.j >= sa.i + 2
+        ) x cross join sh
+        where x.k <= sh.n
+    ),
+    avail as (
+        select sh.days[p.k] as day, p.user_id, sum(p.secs) filter (where p.secs > 0) as secs
+        from pieces p cross join sh
+        group by 1, 2
+    )
+    select sh.day as date, su.user_id, u.user_name, u.team,
+           coalesce(a.secs, 0)::float8 as available_seconds,
+           extract(epoch from sh.sh_end - sh.sh_start)::float8 as shift_seconds,
+           (100.0 * coalesce(a.secs, 0)
+               / nullif(extract(epoch from sh.sh_end - sh.sh_start), 0))::float8
+               as availability_pct
+    from shifts sh cross join sel_users su
+    join presence_users u on u.user_id = su.user_id
+    left join avail a on a.day = sh.day and a.user_id = su.user_id
+    order by sh.day, su.user_id"""
+    )
+    params = bind(
+        lo,
+        hi if hi > lo else lo,
+        zone,
+        user_ids,
+        user_type,
+        team,
+        s_off=start_offset,
+        e_off=end_offset,
+        d0=start_date,
+        d1=end_date,
+        avail=list(available_statuses),
+    )
+    return read_frame(engine, sql, params)
+
+
+def first_in_last_out(
+    engine: Engine,
+    start: datetime | date,
+    end: datetime | date | None,
+    tz: str | tzinfo | None = None,
+    user_type: str | None = None,
+    team: str | None = None,
+) -> pd.DataFrame:
+    """Per local day: ``date, first_in_user, first_in_at`` (the earliest session
+    start that day) and ``last_out_user, last_out_at`` (the latest session end
+    that day, closed sessions only). Days with neither are left out."""
+    zone = time_zone(tz)
+    lo, hi = resolve_period(start, end, zone)
+    if hi <= lo:
+        return empty_frame(("date", "first_in_user", "first_in_at", "last_out_user", "last_out_at"))
+    sql = (
+        "with"
+        + SESSIONS
+        + """,
+    ins as (
+        select distinct on (day) day, user_id, started_at from (
+            select (started_at at time zone cast(:tz as text))::date as day, user_id, started_at
+            from sess where started_at >= cast(:start as timestamptz)
+        ) s order by day, started_at, user_id
+    ),
+    outs as (
+        select distinct on (day) day, user_id, ended_at from (
+            select (ended_at at time zone cast(:tz as text))::date as day, user_id, ended_at
+            from sess where not open
+        ) s order by day, ended_at desc, user_id
+    )
+    select coalesce(i.day, o.day) as date, i.user_id as first_in_user,
+           i.started_at as first_in_at, o.user_id as last_out_user, o.ended_at as last_out_at
+    from ins i full join outs o on o.day = i.day
+    order by 1"""
+    )
+    return read_frame(
+        engine,
+        sql,
+        bind(lo, hi, zone, user_type=user_type, team=team),
+        utc=("first_in_at", "last_out_at"),
+    )
+
+
+def agent_summary(
+    engine: Engine,
+    start_date: date,
+    end_date: date,
+    tz: str | tzinfo | None = None,
+    shift_start: time = time(0),
+    shift_end: time | None = None,
+    available_statuses: Sequence[str] = DEFAULT_AVAILABLE,
+    team: str | None = None,
+    user_type: str | None = None,
+) -> pd.DataFrame:
+    """One row per user over the whole period (the Availability page's table):
+    ``user_id, user_name, team, available_seconds, shift_seconds, availability_pct``
+    (summed over the days' shifts, as :func:`availability`), ``online_seconds``,
+    one ``in <status>`` column of seconds per present status seen, ``first_in`` /
+    ``last_out`` (the earliest session start and latest session end, as the daily
+    summary), ``sessions`` (overlapping the period); most available first.
+
+    The five reads behind it run at once, each on its own connection."""
+    pd_ = load_pandas()
+    filters = {"tz": tz, "team": team, "user_type": user_type}
+    jobs = {
+        "avail": lambda: availability(
+            engine,
+            start_date,
+            end_date,
+            tz,
+            shift_start,
+            shift_end,
+            available_statuses,
+            team=team,
+            user_type=user_type,
+        ),
+        "online": lambda: online_seconds(engine, start_date, end_date, per_day=False, **filters),
+        "status": lambda: time_in_status(engine, start_date, end_date, **filters),
+        "daily": lambda: daily_summary(
+            engine, start_date, end_date, available_statuses=available_statuses, **filters
+        ),
+        "sessions": lambda: sessions(engine, start_date, end_date, **filters),
+    }
+    with ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="agents") as pool:
+        futures = {name: pool.submit(job) for name, job in jobs.items()}
+        found = {name: future.result() for name, future in futures.items()}
+    avail = found["avail"]
+    if avail.empty:
+        return empty_frame(AGENT_COLUMNS)
+    per_user = avail.groupby("user_id", as_index=False).agg(
+        user_name=("user_name", "first"),
+        team=("team", "first"),
+        available_seconds=("available_seconds", "sum"),
+        shift_seconds=("shift_seconds", "sum"),
+    )
+    shift = per_user["shift_seconds"].where(per_user["shift_seconds"] > 0)
+    per_user["availability_pct"] = (100.0 * per_user["available_seconds"] / shift).fillna(0.0)
+    per_user = per_user.merge(found["online"], on="user_id", how="left")
+    per_user["online_seconds"] = per_user["online_seconds"].fillna(0.0)
+    summary = found["daily"]
+    firsts = summary.groupby("user_id").agg(
+        first_in=("first_online", "min"), last_out=("last_offline", "max")
+    )
+    per_user = per_user.merge(firsts.reset_index(), on="user_id", how="left")
+    if summary.empty:
+        per_user["first_in"] = pd_.NaT
+        per_user["last_out"] = pd_.NaT
+    counts = found["sessions"].groupby("user_id").size().rename("sessions").reset_index()
+    per_user = per_user.merge(counts, on="user_id", how="left")
+    per_user["sessions"] = per_user["sessions"].fillna(0).astype(int)
+    in_status = found["status"]
+    if not in_status.empty:
+        pivot = in_status.pivot_table(
+            index="user_id", columns="status", values="seconds", aggfunc="sum", fill_value=0.0
+        )
+        pivot.columns = [f"in {s}" for s in pivot.columns]
+        per_user = per_user.merge(pivot.reset_index(), on="user_id", how="left")
+        per_user[list(pivot.columns)] = per_user[list(pivot.columns)].fillna(0.0)
+    per_user = per_user.sort_values(["availability_pct", "user_id"], ascending=[False, True])
+    return per_user.reset_index(drop=True)
+
+
+AGENT_COLUMNS = (
+    "user_id",
+    "user_name",
+    "team",
+    "available_seconds",
+    "shift_seconds",
+    "availability_pct",
+    "online_seconds",
+    "first_in",
+    "last_out",
+    "sessions",
+)

@@ -1,0 +1,162 @@
+"""Helpers shared by every metric: periods, time zones, bound parameters, reading a frame.
+
+The conventions below hold for every function of ``presence_core.analytics``:
+
+- **Periods** are half-open ``[start, end)``. ``start``/``end`` are aware
+  datetimes (naive means UTC), or ``date`` objects meaning whole local days in
+  ``tz``: a ``start`` date is that day's local midnight, an ``end`` date is
+  *inclusive* (the period runs to the next local midnight). An ``end`` in the
+  future is clamped to now: nothing is counted after now.
+- **tz** is an IANA name (``"America/New_York"``) or a ``ZoneInfo``. Local days
+  follow it, so a day can last 23 or 25 hours across DST changes.
+- **Filters** ``user_ids``, ``user_type``, ``team`` restrict the users; None means all.
+- **Returned timestamps** are tz-aware UTC; **dates** are local dates in ``tz``.
+- The state at a period's start counts: a user online since before ``start``
+  with no transition inside the period is online for all of it.
+- A **session** opens at a present status (anything but ``offline``) and closes
+  at the next ``offline``; repeated or changing present statuses do not split it.
+  Transitions are ordered by ``(occurred_at, id)``. Inferred rows count like any other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy import Engine, text
+
+from presence_core.errors import PresenceError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = [
+    "BUCKETS",
+    "DEFAULT_AVAILABLE",
+    "DEFAULT_LENGTH_BINS",
+    "OFFLINE",
+    "period_params",
+    "resolve_period",
+    "time_zone",
+]
+
+
+def load_pandas():
+    """pandas, imported on first use (it costs a second and 100 MB; the CLI's
+    other commands, and the export, never need it)."""
+    import pandas
+
+    return pandas
+
+
+OFFLINE = "offline"
+DEFAULT_AVAILABLE = ("online",)
+
+BUCKETS: dict[str, timedelta | None] = {
+    "minute": timedelta(minutes=1),
+    "5 minutes": timedelta(minutes=5),
+    "hour": timedelta(hours=1),
+    "day": None,  # local days: 23, 24 or 25 hours
+}
+
+DEFAULT_LENGTH_BINS: tuple[int, ...] = (0, 300, 900, 1800, 3600, 7200, 14400, 28800, 43200)
+
+
+def time_zone(tz: str | tzinfo | None) -> ZoneInfo:
+    """``tz`` as a ``ZoneInfo`` (None: UTC); :class:`PresenceError` for an unknown or
+    non-IANA zone, so every metric, the export and the CLI reject it the same way."""
+    if tz is None:
+        return ZoneInfo("UTC")
+    if isinstance(tz, ZoneInfo):
+        return tz
+    if isinstance(tz, tzinfo):
+        name = tz.tzname(None)
+        if name == "UTC":
+            return ZoneInfo("UTC")
+        raise PresenceError(f"time zone {tz!r} is not an IANA zone; pass a name or ZoneInfo")
+    try:
+        return ZoneInfo(str(tz))
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise PresenceError(f"unknown time zone {tz!r}") from exc
+
+
+def instant(value: datetime | date, tz: ZoneInfo, is_end: bool) -> datetime:
+    """A period bound in UTC: a datetime as is (naive = UTC), a date as its local
+    midnight in ``tz`` (the next one for an inclusive end date)."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+    day = value + timedelta(days=1) if is_end else value
+    return datetime.combine(day, time(0), tzinfo=tz).astimezone(UTC)
+
+
+def resolve_period(
+    start: datetime | date, end: datetime | date | None, tz: ZoneInfo
+) -> tuple[datetime, datetime]:
+    """``[start, end)`` in UTC as the module docstring says, the end clamped to now."""
+    now = datetime.now(UTC)
+    lo = instant(start, tz, False)
+    hi = now if end is None else min(instant(end, tz, True), now)
+    return lo, hi
+
+
+def bind(
+    start: datetime,
+    end: datetime,
+    tz: ZoneInfo | None = None,
+    user_ids: Iterable[str] | None = None,
+    user_type: str | None = None,
+    team: str | None = None,
+    include_hidden: bool = True,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The bound parameters of the SQL blocks (``presence_core.analytics.sql``), plus
+    ``extra`` ones for the query at hand."""
+    params: dict[str, Any] = {
+        "start": start,
+        "end": end,
+        "tz": (tz or ZoneInfo("UTC")).key,
+        "user_ids": None if user_ids is None else [str(u) for u in user_ids],
+        "user_type": user_type,
+        "team": team,
+        "include_hidden": include_hidden,
+    }
+    params.update(extra)
+    return params
+
+
+def read_frame(
+    engine: Engine, sql: str, params: dict[str, Any], utc: Sequence[str] = ()
+) -> pd.DataFrame:
+    """Run ``sql`` and return its rows as a DataFrame; ``utc`` columns become tz-aware UTC."""
+    with engine.connect() as conn:
+        # sorts of a few hundred thousand transitions stay in memory
+        conn.exec_driver_sql("set local work_mem = '64MB'")
+        frame = load_pandas().read_sql(text(sql), conn, params=params)
+    for column in utc:
+        frame[column] = load_pandas().to_datetime(frame[column], utc=True)
+    return frame
+
+
+def empty_frame(columns: Sequence[str]) -> pd.DataFrame:
+    """An empty result with these columns (for periods that hold no time)."""
+    return load_pandas().DataFrame({c: load_pandas().Series(dtype="object") for c in columns})
+
+
+def period_params(
+    start: datetime | date,
+    end: datetime | date | None,
+    tz: str | tzinfo | None = None,
+    user_ids: Iterable[str] | None = None,
+    user_type: str | None = None,
+    team: str | None = None,
+    include_hidden: bool = True,
+) -> dict[str, Any]:
+    """Bound parameters for :func:`sessions_sql` (and the building blocks), the
+    period resolved as described in this module's docstring."""
+    zone = time_zone(tz)
+    lo, hi = resolve_period(start, end, zone)
+    return bind(lo, max(lo, hi), zone, user_ids, user_type, team, include_hidden)

@@ -1,0 +1,202 @@
+"""Users present at once: concurrency per bucket (from the minute rollup where it
+is worth it), the weekday × hour heatmap, and daily active users."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date, datetime, timedelta, tzinfo
+from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Engine
+
+from presence_core.analytics.common import (
+    BUCKETS,
+    bind,
+    empty_frame,
+    load_pandas,
+    read_frame,
+    resolve_period,
+    time_zone,
+)
+from presence_core.analytics.rollups import (
+    ceil_minute,
+    floor_minute,
+    refresh_rollups,
+    rollup_valid_until,
+)
+from presence_core.analytics.sql import (
+    DAYS,
+    LABELS,
+    SEGMENTS,
+    bounds_sql,
+    bucket_params,
+    concurrency_sql,
+    seg_days,
+)
+from presence_core.errors import PresenceError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+# The rollup's buckets over [:start, :end), from its minutes inside [:a, :b).
+_ROLLUP_SQL = """
+with {bounds}, {labels},
+parts as (
+    select l.lab[i] as bucket, greatest(l.thr[i], cast(:a as timestamptz)) as s,
+           least(coalesce(l.thr[i + 1], cast(:end as timestamptz)), cast(:b as timestamptz)) as e
+    from labels l cross join generate_subscripts(l.thr, 1) i
+),
+agg as (
+    select l.lab[width_bucket(m.minute, l.thr)] as bucket, max(m.peak) as peak,
+           sum(m.user_seconds) as user_seconds
+    from presence_concurrency_minutes m cross join labels l
+    where m.minute >= cast(:a as timestamptz) and m.minute < cast(:b as timestamptz)
+    group by 1
+)
+select p.bucket, coalesce(a.peak, 0)::int as peak, coalesce(a.user_seconds, 0)::float8
+       as user_seconds, extract(epoch from p.e - p.s)::float8 as seconds
+from parts p left join agg a using (bucket)
+where p.e > p.s
+order by 1"""
+
+ROLLUP_WORTH = timedelta(hours=6)
+"""Concurrency spans longer than this are read from the minute rollup (refreshed as needed)."""
+
+
+def _whole_minute_offsets(zone: ZoneInfo, lo: datetime, hi: datetime) -> bool:
+    return all(
+        (moment.astimezone(zone).utcoffset() or timedelta()).total_seconds() % 60 == 0
+        for moment in (lo, hi)
+    )
+
+
+def concurrency(
+    engine: Engine,
+    start: datetime | date,
+    end: datetime | date | None,
+    bucket: str = "hour",
+    tz: str | tzinfo | None = None,
+    user_type: str | None = None,
+    team: str | None = None,
+    statuses: Sequence[str] | None = None,
+    rollup: bool = True,
+) -> pd.DataFrame:
+    """Users present at once, per bucket: ``bucket, peak, mean``.
+
+    ``bucket`` is ``minute``, ``5 minutes``, ``hour`` (fixed lengths aligned to
+    ``tz``'s clock) or ``day`` (local days). ``bucket`` is each bucket's start
+    (UTC); the first and last buckets only count their part inside the period.
+    ``peak`` is the most users present at the same instant, ``mean`` the
+    time-weighted average. ``statuses`` counts only users in those statuses
+    (default: every present status).
+
+    Without filters, spans longer than :data:`ROLLUP_WORTH` read whole minutes
+    from the per-minute rollup (same SQL, computed ahead and kept valid by a
+    trigger), refreshing it first when needed; ``rollup=False`` computes
+    everything from the transitions. Both give the same figures.
+    """
+    if bucket not in BUCKETS:
+        raise PresenceError(f"unknown bucket {bucket!r}; choose one of {', '.join(BUCKETS)}")
+    zone = time_zone(tz)
+    lo, hi = resolve_period(start, end, zone)
+    if hi <= lo:
+        return empty_frame(("bucket", "peak", "mean"))
+    pieces: list[pd.DataFrame] = []
+    a = b = lo
+    if (
+        rollup
+        and user_type is None
+        and team is None
+        and statuses is None
+        and hi - lo > ROLLUP_WORTH
+        and _whole_minute_offsets(zone, lo, hi)
+    ):
+        a = ceil_minute(lo)
+        with engine.connect() as conn:
+            valid = rollup_valid_until(conn)
+        wanted = floor_minute(hi)
+        if valid is None or wanted - max(valid, a) > ROLLUP_WORTH:
+            refresh_rollups(engine, wanted)
+            with engine.connect() as conn:
+                valid = rollup_valid_until(conn)
+        b = max(a, min(wanted, valid)) if valid is not None else a
+        if b > a:
+            sql = _ROLLUP_SQL.format(bounds=bounds_sql(bucket), labels=LABELS)
+            params = bind(lo, hi, zone, a=a, b=b, **bucket_params(bucket))
+            pieces.append(read_frame(engine, sql, params, utc=("bucket",)))
+        else:
+            a = b = lo
+    for part_lo, part_hi in ((lo, a), (b, hi)):
+        if part_hi > part_lo:
+            params = bind(part_lo, part_hi, zone, user_type=user_type, team=team)
+            params.update(
+                bucket_params(bucket), statuses=None if statuses is None else list(statuses)
+            )
+            pieces.append(read_frame(engine, concurrency_sql(bucket), params, utc=("bucket",)))
+    frame = load_pandas().concat([p for p in pieces if not p.empty] or pieces, ignore_index=True)
+    frame = frame.groupby("bucket", as_index=False).agg(
+        peak=("peak", "max"), user_seconds=("user_seconds", "sum"), seconds=("seconds", "sum")
+    )
+    mean = (frame["user_seconds"] / frame["seconds"].where(frame["seconds"] > 0)).fillna(0.0)
+    return load_pandas().DataFrame(
+        {"bucket": frame["bucket"], "peak": frame["peak"].astype(int), "mean": mean.astype(float)}
+    )
+
+
+def weekday_hour_heatmap(
+    engine: Engine,
+    start: datetime | date,
+    end: datetime | date | None,
+    tz: str | tzinfo | None = None,
+    user_type: str | None = None,
+    team: str | None = None,
+    value: str = "mean",
+) -> pd.DataFrame:
+    """Average concurrency by local weekday × hour: ``weekday`` (0 = Monday), ``hour``
+    (0–23), ``value`` = the average over the period's hourly buckets of their
+    ``mean`` (or their ``peak`` with ``value='peak'``)."""
+    if value not in ("mean", "peak"):
+        raise PresenceError("heatmap value must be 'mean' or 'peak'")
+    zone = time_zone(tz)
+    hourly = concurrency(engine, start, end, "hour", zone, user_type=user_type, team=team)
+    if hourly.empty:
+        return empty_frame(("weekday", "hour", "value"))
+    local = hourly["bucket"].dt.tz_convert(zone.key)
+    frame = load_pandas().DataFrame(
+        {"weekday": local.dt.day_of_week, "hour": local.dt.hour, "value": hourly[value]}
+    )
+    return frame.groupby(["weekday", "hour"], as_index=False)["value"].mean()
+
+
+def daily_active_users(
+    engine: Engine,
+    start: datetime | date,
+    end: datetime | date | None,
+    tz: str | tzinfo | None = None,
+    user_type: str | None = None,
+    team: str | None = None,
+) -> pd.DataFrame:
+    """Distinct users present at some moment of each local day: ``date, active_users``
+    (every day of the period, 0 included)."""
+    zone = time_zone(tz)
+    lo, hi = resolve_period(start, end, zone)
+    if hi <= lo:
+        return empty_frame(("date", "active_users"))
+    sql = (
+        "with"
+        + SEGMENTS
+        + ","
+        + DAYS
+        + """,
+    parts as ("""
+        + seg_days("seg", "x.seg_start", "x.seg_end")
+        + """
+        where x.present
+    )
+    select d.day as date, count(distinct p.user_id)::int as active_users
+    from days d left join parts p on p.day = d.day and p.part_end > p.part_start
+    group by d.day order by d.day"""
+    )
+    return read_frame(engine, sql, bind(lo, hi, zone, user_type=user_type, team=team))

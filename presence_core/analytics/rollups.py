@@ -1,0 +1,112 @@
+"""Maintenance of the per-minute concurrency rollup (``presence_concurrency_minutes``).
+
+The rollup holds, per UTC minute, the peak and the integral of users present,
+computed by the same SQL as every other concurrency figure
+(:func:`presence_core.analytics.sql.concurrency_sql`); a trigger marks it dirty
+from the earliest minute any write touches. Reads live in ``concurrency``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Engine, text
+
+from presence_core.analytics.common import bind
+from presence_core.analytics.sql import bucket_params, concurrency_sql
+
+_ROLLUP_LOCK = 0x50524553  # advisory lock key: one refresher at a time
+
+
+def floor_minute(moment: datetime) -> datetime:
+    """``moment`` cut to its minute."""
+    return moment.replace(second=0, microsecond=0)
+
+
+def ceil_minute(moment: datetime) -> datetime:
+    """The first whole minute at or after ``moment``."""
+    floor = floor_minute(moment)
+    return floor if floor == moment else floor + timedelta(minutes=1)
+
+
+def rollup_valid_until(conn) -> datetime | None:
+    """Minutes before this are valid in the rollup (None: none are)."""
+    row = conn.execute(
+        text("select valid_until, dirty_from from presence_rollup_state where name = 'concurrency'")
+    ).one_or_none()
+    if row is None or row.valid_until is None:
+        return None
+    if row.dirty_from is not None and row.dirty_from < row.valid_until:
+        return row.dirty_from
+    return row.valid_until
+
+
+def refresh_rollups(
+    engine: Engine, until: datetime | None = None, chunk: timedelta = timedelta(days=7)
+) -> int:
+    """Bring the per-minute concurrency rollup up to date, up to ``until`` (default
+    now; whole minutes only), recomputing from the earliest change any write made.
+    Returns the minutes written; 0 if another process is refreshing it."""
+    target = floor_minute(min(until or datetime.now(UTC), datetime.now(UTC)).astimezone(UTC))
+    written = 0
+    with engine.connect() as conn:
+        if not conn.execute(text("select pg_try_advisory_lock(:k)"), {"k": _ROLLUP_LOCK}).scalar():
+            conn.rollback()
+            return 0
+        conn.commit()
+        try:
+            with conn.begin():
+                row = conn.execute(
+                    text(
+                        "select valid_until, dirty_from from presence_rollup_state"
+                        " where name = 'concurrency' for update"
+                    )
+                ).one()
+                start = row.valid_until
+                if start is not None and row.dirty_from is not None:
+                    start = min(start, row.dirty_from)
+                if start is None:  # never built, or emptied
+                    conn.execute(text("delete from presence_concurrency_minutes"))
+                    first = conn.execute(
+                        text("select min(occurred_at) from presence_transitions")
+                    ).scalar()
+                    start = floor_minute(first) if first is not None else target
+                start = floor_minute(start)
+                conn.execute(
+                    text(
+                        "update presence_rollup_state set valid_until = :v, dirty_from = null"
+                        " where name = 'concurrency'"
+                    ),
+                    {"v": start},
+                )
+            insert = (
+                "insert into presence_concurrency_minutes (minute, peak, user_seconds) "
+                "select bucket, peak, user_seconds from (" + concurrency_sql("minute") + ") c"
+            )
+            lo = start
+            while lo < target:
+                hi = min(lo + chunk, target)
+                with conn.begin():
+                    conn.execute(
+                        text(
+                            "delete from presence_concurrency_minutes"
+                            " where minute >= :lo and minute < :hi"
+                        ),
+                        {"lo": lo, "hi": hi},
+                    )
+                    params = bind(lo, hi, ZoneInfo("UTC"), statuses=None)
+                    params.update(bucket_params("minute"))
+                    written += conn.execute(text(insert), params).rowcount
+                    conn.execute(
+                        text(
+                            "update presence_rollup_state set valid_until = :v"
+                            " where name = 'concurrency'"
+                        ),
+                        {"v": hi},
+                    )
+                lo = hi
+        finally:
+            conn.execute(text("select pg_advisory_unlock(:k)"), {"k": _ROLLUP_LOCK})
+            conn.commit()
+    return written

@@ -1,0 +1,260 @@
+"""Sessions and time: sessions, time in each status, online seconds, session lengths,
+flapping (DESIGN "Metrics": Session, Online seconds, Time in status)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import date, datetime, timedelta, tzinfo
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Engine, text
+
+from presence_core.analytics.common import (
+    DEFAULT_LENGTH_BINS,
+    bind,
+    empty_frame,
+    load_pandas,
+    read_frame,
+    resolve_period,
+    time_zone,
+)
+from presence_core.analytics.sql import SEGMENTS, SESSIONS, USERS, seg_days
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+SESSION_COLUMNS = (
+    "user_id",
+    "user_type",
+    "user_name",
+    "team",
+    "started_at",
+    "ended_at",
+    "duration_seconds",
+    "open",
+)
+
+
+def sessions_sql() -> str:
+    """The sessions query (DESIGN's export columns), for :func:`sessions` and the export."""
+    return (
+        "with"
+        + SESSIONS
+        + """
+    select s.user_id, u.user_type, u.user_name, u.team, s.started_at, s.ended_at,
+           extract(epoch from s.ended_at - s.started_at)::float8 as duration_seconds, s.open
+    from sess s join presence_users u using (user_id)
+    order by s.started_at, s.user_id"""
+    )
+
+
+def sessions(
+    engine: Engine,
+    start: datetime | date,
+    end: datetime | date | None = None,
+    user_ids: Iterable[str] | None = None,
+    user_type: str | None = None,
+    team: str | None = None,
+    tz: str | tzinfo | None = None,
+    include_hidden: bool = True,
+) -> pd.DataFrame:
+    """Sessions overlapping ``[start, end)``: ``user_id, user_type, user_name, team,
+    started_at, ended_at, duration_seconds, open``.
+
+    ``started_at`` is the session's true start, even before ``start``. A session
+    not closed by ``end`` (or now) ends there and has ``open`` true; its
+    ``duration_seconds`` runs from ``started_at`` to that end.
+    """
+    zone = time_zone(tz)
+    lo, hi = resolve_period(start, end, zone)
+    if hi <= lo:
+        return empty_frame(SESSION_COLUMNS)
+    params = bind(lo, hi, zone, user_ids, user_type, team, include_hidden)
+    return read_frame(engine, sessions_sql(), params, utc=("started_at", "ended_at"))
+
+
+def time_in_status(
+    engine: Engine,
+    start: datetime | date,
+    end: datetime | date | None,
+    tz: str | tzinfo | None = None,
+    user_ids: Iterable[str] | None = None,
+    user_type: str | None = None,
+    team: str | None = None,
+    statuses: Iterable[str] | None = None,
+) -> pd.DataFrame:
+    """Seconds each user spent in each status per local day: ``date, user_id, status,
+    seconds`` (only the parts inside ``[start, end)``; rows with zero seconds left
+    out). By default every present status; ``statuses`` names the ones to report
+    (``offline`` included if asked)."""
+    zone = time_zone(tz)
+    lo, hi = resolve_period(start, end, zone)
+    if hi <= lo:
+        return empty_frame(("date", "user_id", "status", "seconds"))
+    sql = (
+        "with"
+        + SEGMENTS
+        + """,
+    parts as ("""
+        + seg_days("seg", "x.seg_start", "x.seg_end")
+        + """
+        where (cast(:statuses as text[]) is null and x.present)
+           or x.status = any(cast(:statuses as text[]))
+    )
+    select day as date, user_id, status,
+           sum(extract(epoch from part_end - part_start))::float8 as seconds
+    from parts where part_end > part_start
+    group by day, user_id, status order by day, user_id, status"""
+    )
+    params = bind(
+        lo,
+        hi,
+        zone,
+        user_ids,
+        user_type,
+        team,
+        statuses=None if statuses is None else list(statuses),
+    )
+    return read_frame(engine, sql, params)
+
+
+def online_seconds(
+    engine: Engine,
+    start: datetime | date,
+    end: datetime | date | None,
+    tz: str | tzinfo | None = None,
+    user_ids: Iterable[str] | None = None,
+    user_type: str | None = None,
+    team: str | None = None,
+    per_day: bool = True,
+) -> pd.DataFrame:
+    """Seconds present (any status but offline) per user: ``date, user_id,
+    online_seconds`` per local day, or ``user_id, online_seconds`` over the whole
+    period when ``per_day`` is false (users present for no time are left out)."""
+    zone = time_zone(tz)
+    lo, hi = resolve_period(start, end, zone)
+    if not per_day:
+        if hi <= lo:
+            return empty_frame(("user_id", "online_seconds"))
+        sql = (
+            "with"
+            + SEGMENTS
+            + """
+        select user_id, sum(extract(epoch from seg_end - seg_start))::float8 as online_seconds
+        from seg where present group by user_id order by user_id"""
+        )
+        return read_frame(engine, sql, bind(lo, hi, zone, user_ids, user_type, team))
+    if hi <= lo:
+        return empty_frame(("date", "user_id", "online_seconds"))
+    sql = (
+        "with"
+        + SEGMENTS
+        + """,
+    parts as ("""
+        + seg_days("seg", "x.seg_start", "x.seg_end")
+        + """
+        where x.present
+    )
+    select day as date, user_id,
+           sum(extract(epoch from part_end - part_start))::float8 as online_seconds
+    from parts where part_end > part_start
+    group by day, user_id order by day, user_id"""
+    )
+    return read_frame(engine, sql, bind(lo, hi, zone, user_ids, user_type, team))
+
+
+def session_length_distribution(
+    engine: Engine,
+    start: datetime | date,
+    end: datetime | date | None,
+    bins: Sequence[int] = DEFAULT_LENGTH_BINS,
+    user_type: str | None = None,
+    team: str | None = None,
+    tz: str | tzinfo | None = None,
+) -> pd.DataFrame:
+    """How long sessions last: the closed sessions overlapping the period, counted
+    by whole duration into ``bins`` (lower edges in seconds, ascending; the last
+    bin is open-ended). Columns ``lower_seconds, upper_seconds`` (None for the
+    last), ``sessions``; every bin present."""
+    edges = sorted({int(b) for b in bins})
+    if not edges or edges[0] != 0:
+        edges = [0, *[b for b in edges if b > 0]]
+    zone = time_zone(tz)
+    lo, hi = resolve_period(start, end, zone)
+    counts = [0] * len(edges)
+    if hi > lo:
+        sql = (
+            "with"
+            + SESSIONS
+            + """
+        select width_bucket(extract(epoch from ended_at - started_at)::float8,
+                            cast(:edges as float8[])) as i, count(*)::int as n
+        from sess where not open group by 1"""
+        )
+        params = bind(lo, hi, zone, user_type=user_type, team=team, edges=[float(e) for e in edges])
+        with engine.connect() as conn:
+            for i, n in conn.execute(text(sql), params):
+                counts[max(i, 1) - 1] += n
+    return load_pandas().DataFrame(
+        {
+            "lower_seconds": edges,
+            "upper_seconds": [*edges[1:], None],
+            "sessions": counts,
+        }
+    )
+
+
+def flapping_users(
+    engine: Engine,
+    start: datetime | date,
+    end: datetime | date | None,
+    min_transitions: int = 6,
+    window: timedelta = timedelta(minutes=10),
+    user_type: str | None = None,
+    team: str | None = None,
+) -> pd.DataFrame:
+    """Users whose status changed at least ``min_transitions`` times within some
+    span of ``window`` inside the period: ``user_id, user_name, team, transitions``
+    (in the whole period), ``max_in_window``, ``burst_start`` (where the busiest
+    window begins), most flapping first."""
+    zone = time_zone(None)
+    lo, hi = resolve_period(start, end, zone)
+    if hi <= lo:
+        return empty_frame(
+            ("user_id", "user_name", "team", "transitions", "max_in_window", "burst_start")
+        )
+    sql = (
+        "with"
+        + USERS
+        + """,
+    tr as (
+        select t.user_id, t.occurred_at,
+               count(*) over (partition by t.user_id order by t.occurred_at
+                              range between current row and cast(:win as interval) following)
+                   as n_in
+        from presence_transitions t join sel_users su using (user_id)
+        where t.occurred_at >= cast(:start as timestamptz)
+          and t.occurred_at < cast(:end as timestamptz)
+    ),
+    per_user as (
+        select user_id, count(*)::int as transitions, max(n_in)::int as max_in_window,
+               (array_agg(occurred_at order by n_in desc, occurred_at))[1] as burst_start
+        from tr group by user_id
+    )
+    select p.user_id, u.user_name, u.team, p.transitions, p.max_in_window, p.burst_start
+    from per_user p join presence_users u using (user_id)
+    where p.max_in_window >= :min_n
+    order by p.max_in_window desc, p.transitions desc, p.user_id"""
+    )
+    # the frame is closed at both ends; a window of length W holds [t, t + W)
+    params = bind(
+        lo,
+        hi,
+        zone,
+        user_type=user_type,
+        team=team,
+        win=window - timedelta(microseconds=1),
+        min_n=int(min_transitions),
+    )
+    return read_frame(engine, sql, params, utc=("burst_start",))
