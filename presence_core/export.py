@@ -124,10 +124,26 @@ def _query(dataset: str, filters: ExportFilters) -> tuple[str, dict[str, Any]]:
     raise PresenceError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
 
 
-def _text_select(dataset: str, sql: str, words: bool) -> str:
+# Characters that make a spreadsheet read a cell as a formula (OWASP "CSV injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_FORMULA_CHARS = ", ".join(f"chr({ord(c)})" for c in FORMULA_STARTS)
+
+
+def _text_columns(dataset: str) -> set[str]:
+    """The dataset's free-text columns (ids, names, teams, statuses, reasons): not
+    timestamps, dates, numbers or booleans."""
+    return {c for c in COLUMNS[dataset] if c not in _TYPES}
+
+
+def _text_select(dataset: str, sql: str, words: bool, neutralise: bool = False) -> str:
     """The query with timestamps as ISO-8601 text (as JSON writes them); with
-    ``words``, booleans as ``true``/``false``."""
+    ``words``, booleans as ``true``/``false``; with ``neutralise``, a text cell that
+    begins with one of :data:`FORMULA_STARTS` gets a leading ``'`` so that a
+    spreadsheet shows it instead of running it (numbers and timestamps are not
+    text cells: a negative number stays a number). Done in COPY's select, so the
+    stream is unchanged: no row is held in Python."""
     exprs = []
+    text_columns = _text_columns(dataset) if neutralise else set()
     for column in COLUMNS[dataset]:
         if words and column in ("inferred", "open"):
             exprs.append(f"q.{column}::text as {column}")
@@ -135,6 +151,11 @@ def _text_select(dataset: str, sql: str, words: bool) -> str:
             exprs.append(f"to_json(q.{column}) #>> '{{}}' as {column}")
         elif column == "date":
             exprs.append("q.date::text as date")
+        elif column in text_columns:
+            exprs.append(
+                f"case when left(q.{column}, 1) in ({_FORMULA_CHARS})"
+                f" then chr(39) || q.{column} else q.{column} end as {column}"
+            )
         else:
             exprs.append(f"q.{column}")
     return f"select {', '.join(exprs)} from ({sql}) q"
@@ -152,14 +173,16 @@ def stream_export(
     engine: Engine, dataset: str, fmt: str, filters: ExportFilters | None = None
 ) -> Iterator[bytes]:
     """The export as a stream of byte chunks (a whole file: CSV with a header line,
-    JSON lines, or a Parquet file written in row groups). Memory stays bounded."""
+    JSON lines, or a Parquet file written in row groups). Memory stays bounded.
+    CSV cells a spreadsheet would run as a formula are neutralised (see
+    :func:`_text_select`); Parquet and JSON lines keep the raw values."""
     if fmt not in FORMATS:
         raise PresenceError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     filters = filters or ExportFilters()
     sql, params = _query(dataset, filters)
     if fmt == "parquet":
         return _parquet(engine, dataset, sql, params)
-    select = _text_select(dataset, sql, words=fmt == "csv")
+    select = _text_select(dataset, sql, words=fmt == "csv", neutralise=fmt == "csv")
     if fmt == "csv":
         copy = f"copy ({select}) to stdout with (format csv, header true)"
     else:

@@ -186,3 +186,85 @@ def test_cli_errors_are_one_line(history, cli_env, tmp_path):
     assert nowhere.stderr.decode().startswith("presence: error: cannot write")
     zone = presence(cli_env, "export", "--dataset", "daily", "--output", "-", "--tz", "Nowhere/X")
     assert zone.returncode == 1 and b"unknown time zone" in zone.stderr
+
+
+# ---------------------------------------------------------------------------
+# spreadsheet formulas (OWASP CSV injection)
+
+FORMULAS = {
+    "u1": ('=HYPERLINK("http://evil.example","click")', "agent", "red"),
+    "u2": ("Plain", "+cmd|' /C calc'!A0", "red"),
+    "u3": ("Team lead", "agent", "@SUM(1+1)*cmd|' /C calc'!A0"),
+    "u4": ("\tTabbed", "agent", "red"),
+    "u5": ("\rReturned", "-2+3", "red"),
+    "-6": ("'already quoted", "agent", "=1+1"),
+}
+
+
+@pytest.fixture
+def formulas(engine):
+    write_batch(
+        engine,
+        [
+            Transition(uid, status, at, at, team=team, user_type=kind, user_name=name, reason=why)
+            for uid, (name, kind, team) in FORMULAS.items()
+            for status, at, why in (
+                ("online", utc(2026, 5, 4, 9), "=cmd"),
+                ("offline", utc(2026, 5, 4, 10), "-timeout"),
+            )
+        ],
+    )
+    return engine
+
+
+def _safe(value: str) -> str:
+    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+
+def test_csv_cells_that_start_a_formula_are_neutralised(formulas):
+    rows = read_csv(formulas, "transitions")
+    assert len(rows) == 2 * len(FORMULAS)
+    for row in rows:
+        name, kind, team = FORMULAS[row["user_id"].removeprefix("'")]
+        assert row["user_name"] == _safe(name)
+        assert row["user_type"] == _safe(kind)
+        assert row["team"] == _safe(team)
+        assert row["reason"] in ("'=cmd", "'-timeout")
+        assert row["occurred_at"].startswith("2026-05-04T")  # timestamps untouched
+    assert {r["user_id"] for r in rows} == {"u1", "u2", "u3", "u4", "u5", "'-6"}
+    names = {r["user_name"] for r in rows}
+    assert '\'=HYPERLINK("http://evil.example","click")' in names
+    assert "'\tTabbed" in names and "'\rReturned" in names
+    assert "'already quoted" in names  # a leading quote is not a formula
+    # every text column of every dataset, no cell a spreadsheet would run
+    for dataset in export.DATASETS:
+        for row in read_csv(formulas, dataset, ExportFilters(tz="UTC")):
+            for column in export._text_columns(dataset):
+                assert row[column][:1] not in ("=", "+", "-", "@", "\t", "\r"), (dataset, row)
+    # numbers stay numbers
+    daily = read_csv(formulas, "daily", ExportFilters(tz="UTC"))
+    assert {r["online_seconds"] for r in daily} == {"3600"}
+    assert {r["sessions"] for r in daily} == {"1"}
+
+
+def test_parquet_and_jsonl_keep_raw_values(formulas, tmp_path):
+    lines = b"".join(stream_export(formulas, "sessions", "jsonl")).decode().splitlines()
+    assert {json.loads(x)["user_name"] for x in lines} == {v[0] for v in FORMULAS.values()}
+    out = tmp_path / "t.parquet"
+    out.write_bytes(b"".join(stream_export(formulas, "transitions", "parquet")))
+    table = pq.read_table(out).to_pydict()
+    assert set(table["team"]) == {v[2] for v in FORMULAS.values()}
+    assert set(table["user_id"]) == set(FORMULAS)
+    assert set(table["reason"]) == {"=cmd", "-timeout"}
+
+
+def test_cli_and_the_export_page_neutralise_csv(formulas, cli_env):
+    done = presence(cli_env, "export", "--dataset", "sessions", "--output", "-")
+    assert done.returncode == 0, done.stderr
+    rows = list(csv.DictReader(io.StringIO(done.stdout.decode(), newline="")))
+    assert {r["user_type"] for r in rows} == {_safe(v[1]) for v in FORMULAS.values()}
+    from presence_core.dashboard import data
+
+    page = data.export_file(formulas, "transitions", "csv", ExportFilters()).read()
+    page_rows = list(csv.DictReader(io.StringIO(page.decode(), newline="")))
+    assert {r["team"] for r in page_rows} == {_safe(v[2]) for v in FORMULAS.values()}
