@@ -26,7 +26,21 @@ from presence_core.database.storage import user_id_text
 from presence_core.status import parse_timestamp
 
 ONLINE = "online"
-OFFLINE = "offline"
+OFFLINE = "offline"  # ends presence; every other status is present
+
+# The protocol's events, by the direction they travel. Server, listener and simulator
+# name events through these constants, never through string literals of their own.
+USER_ONLINE = "userOnline"
+USER_OFFLINE = "userOffline"
+USER_HEARTBEAT = "userHeartbeat"
+USER_STATUS = "userStatus"
+GET_ONLINE_USERS = "getOnlineUsers"
+USER_STATUS_CHANGED = "userStatusChanged"
+ONLINE_USERS_LIST = "onlineUsersList"
+PRESENCE_ERROR = "presenceError"
+CLIENT_EVENTS = (USER_ONLINE, USER_OFFLINE, USER_HEARTBEAT, USER_STATUS, GET_ONLINE_USERS)
+SERVER_EVENTS = (USER_STATUS_CHANGED, ONLINE_USERS_LIST, PRESENCE_ERROR)
+EVENTS = CLIENT_EVENTS + SERVER_EVENTS
 
 MAX_TEXT = 256  # userName, userType, team
 MAX_STATUS = 64

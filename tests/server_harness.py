@@ -16,7 +16,7 @@ from typing import Any
 
 import socketio
 
-from presence_core.server.server import PresenceServer, ServerOptions
+from presence_core.server import PresenceServer, ServerOptions
 from tests.waiting import wait_for
 
 

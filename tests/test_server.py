@@ -21,8 +21,7 @@ from sqlalchemy import text
 
 from presence_core import protocol
 from presence_core.database import storage
-from presence_core.server import auth
-from presence_core.server.server import PresenceServer, ServerOptions
+from presence_core.server import PresenceServer, ServerOptions, auth
 from tests.conftest import free_port
 from tests.server_harness import Client, LoopThread, running_server
 from tests.waiting import wait_for
@@ -414,7 +413,7 @@ def test_a_hanging_database_never_delays_the_protocol(database_url):
 
 def test_writer_keeps_failed_batches_and_retries(engine, database_url):
     from presence_core.database import engine as db
-    from presence_core.server.server import DatabaseWriter
+    from presence_core.server.writer import DatabaseWriter
 
     dead = db.make_engine(database_url.set(host="127.0.0.1", port=free_port()))
     writer = DatabaseWriter(dead, interval=0.02)

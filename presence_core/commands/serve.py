@@ -1,19 +1,8 @@
-"""The presence server: the guide's Socket.IO protocol, with what the guide's backend lacks.
+"""Run the presence server: the guide's Socket.IO protocol, with /health, until stopped.
 
-Clients announce themselves with ``userOnline``; every change of a user's status
-is broadcast to all clients as ``userStatusChanged``; ``getOnlineUsers`` answers
-``onlineUsersList``. On top of the guide: several connections per user (the last
-one to close takes the user offline), ``userHeartbeat`` with a silence timeout,
-a grace period so that a page reload does not flap, statuses beyond online
-(``userStatus``), refusal to act for another user, optional signed tokens, a
-``presenceError`` for every bad event, and a shutdown that tells nobody a lie.
-
-The state lives in memory, in one process. ``presence_users`` (status,
-last_seen, names) and ``presence_transitions`` (``source='server'``) are kept up
-to date through :func:`presence_core.storage.write_batch`, from a background
-thread, so a slow database never delays the event loop. Timestamps are cut to
-milliseconds, the wire's precision, so a listener logging the same broadcasts
-writes the same keys and the database keeps one row per transition.
+SIGTERM or Ctrl-C stops it gracefully: nobody is marked offline (the people did not
+leave, the server did), pending database writes are flushed; a second Ctrl-C forces
+the exit. docs/server.md says more.
 """
 
 from __future__ import annotations
@@ -24,14 +13,14 @@ import os
 
 from presence_core.commands.common import add_database_arguments
 from presence_core.errors import PresenceError
-from presence_core.server import auth
-from presence_core.server.server import (
+from presence_core.server import (
     DEFAULT_GRACE,
     DEFAULT_HEARTBEAT_TIMEOUT,
     DEFAULT_HOST,
     DEFAULT_PORT,
     PresenceServer,
     ServerOptions,
+    auth,
 )
 
 

@@ -1,1 +1,29 @@
-"""TODO"""
+"""The presence server: the guide's Socket.IO protocol over uvicorn, with /health.
+
+``PresenceServer(engine_or_None, ServerOptions(...))``; ``await server.start(host, port)``
+then ``await server.stop()``, or ``await server.serve(host, port)`` until a signal.
+Tokens: :func:`issue_token` / :func:`verify_token` (module :mod:`.auth`).
+"""
+
+from presence_core.server.auth import Identity, TokenError, issue_token, verify_token
+from presence_core.server.options import (
+    DEFAULT_GRACE,
+    DEFAULT_HEARTBEAT_TIMEOUT,
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    ServerOptions,
+)
+from presence_core.server.server import PresenceServer
+
+__all__ = [
+    "DEFAULT_GRACE",
+    "DEFAULT_HEARTBEAT_TIMEOUT",
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "Identity",
+    "PresenceServer",
+    "ServerOptions",
+    "TokenError",
+    "issue_token",
+    "verify_token",
+]

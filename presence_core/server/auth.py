@@ -1,7 +1,7 @@
-"""Signed tokens for the presence server, and the `presence token` command.
+"""Signed tokens for the presence server (``presence token`` prints them).
 
-Print a token for a user or for a read-only observer (the listener, dashboards),
-signed with the server's secret (--secret or PRESENCE_AUTH_SECRET).
+A token speaks for a user or for a read-only observer (the listener, dashboards),
+signed with the server's secret.
 
 A token is ``<claims>.<signature>``: the claims are JSON, base64url-encoded
 without padding; the signature is HMAC-SHA256 of the encoded claims under the
@@ -135,5 +135,3 @@ def parse_duration(text: str) -> float:
     factor = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
     return float(match.group(1)) * factor
 
-
-# --- the `presence token` command --------------------------------------------------------

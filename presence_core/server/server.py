@@ -10,73 +10,46 @@ a grace period so that a page reload does not flap, statuses beyond online
 
 The state lives in memory, in one process. ``presence_users`` (status,
 last_seen, names) and ``presence_transitions`` (``source='server'``) are kept up
-to date through :func:`presence_core.database.storage.write_batch`, from a background
-thread, so a slow database never delays the event loop. Timestamps are cut to
-milliseconds, the wire's precision, so a listener logging the same broadcasts
-writes the same keys and the database keeps one row per transition.
+to date through the database writer, from a background thread, so a slow
+database never delays the event loop. Timestamps are cut to milliseconds, the
+wire's precision, so a listener logging the same broadcasts writes the same keys
+and the database keeps one row per transition.
+
+This module holds connections and protocol handling; fan-out is
+:mod:`~presence_core.server.broadcast`, the HTTP side and uvicorn
+:mod:`~presence_core.server.http`, the options :mod:`~presence_core.server.options`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
 import signal
-import socket
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-import engineio
 import socketio
-import uvicorn
 from sqlalchemy import Engine
 
 from presence_core import protocol
 from presence_core.database import storage
-from presence_core.errors import PresenceError
 from presence_core.protocol import ONLINE, ProtocolError
 from presence_core.server import auth
+from presence_core.server.broadcast import Broadcaster
+from presence_core.server.http import HealthApp, WebServer
+from presence_core.server.options import DEFAULT_HOST, DEFAULT_PORT, ServerOptions
 from presence_core.server.writer import DatabaseWriter
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 4100
-DEFAULT_GRACE = 5.0
-DEFAULT_HEARTBEAT_TIMEOUT = 60.0
-SOURCE = "server"
 _MILLISECOND = timedelta(milliseconds=1)
-FAST_BROADCAST = os.environ.get("PRESENCE_FAST_BROADCAST", "1") != "0"
 
 
 class Refused(ProtocolError):
     """A well-formed event this connection may not send (another user, an observer…)."""
-
-
-@dataclass
-class ServerOptions:
-    """How the server behaves; every duration is in seconds.
-
-    ``grace``: how long an abruptly closed connection still counts for its user
-    (0: none). ``heartbeat_timeout``: a connection that has sent ``userHeartbeat``
-    at least once and then stays silent this long stops counting (0: never);
-    connections that never send heartbeats (the guide's clients) are not timed out.
-    ``auth_secret``: when set, every connection needs a token (see
-    :mod:`presence_core.server.auth`). ``max_message_bytes``: larger messages close
-    the sender's connection (engine.io's limit).
-    """
-
-    cors_origins: str | list[str] = "*"
-    grace: float = DEFAULT_GRACE
-    heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT
-    auth_secret: str | None = None
-    flush_interval: float = 0.5
-    max_message_bytes: int = 1_000_000
-    source: str = SOURCE
 
 
 @dataclass(eq=False)
@@ -116,15 +89,6 @@ class _Dispatcher(socketio.AsyncNamespace):
         return await self._dispatch(event, *args)
 
 
-class _Uvicorn(uvicorn.Server):
-    """uvicorn without its own signal handling: :meth:`PresenceServer.serve` installs
-    handlers that first stop the presence logic, then the web server."""
-
-    @contextlib.contextmanager
-    def capture_signals(self):
-        yield
-
-
 class PresenceServer:
     """The Socket.IO presence server; ``asgi_app`` can be served by any ASGI server.
 
@@ -145,14 +109,14 @@ class PresenceServer:
             max_http_buffer_size=self.options.max_message_bytes,
             async_handlers=False,  # one client's events in order; handlers never block
         )
-        self.asgi_app = socketio.ASGIApp(self.sio, other_asgi_app=self._http)
+        self.asgi_app = socketio.ASGIApp(self.sio, other_asgi_app=HealthApp(self.health))
+        self.web = WebServer(self.asgi_app, max_message_bytes=self.options.max_message_bytes)
+        self._broadcaster = Broadcaster(self.sio)
         self.conns: dict[str, _Conn] = {}
         self.users: dict[str, _User] = {}
         self.closing = False
         self.stats = {"events": 0, "refused": 0, "broadcasts": 0, "transitions": 0}
         self.port: int | None = None
-        self._uvicorn: _Uvicorn | None = None
-        self._serve_task: asyncio.Task | None = None
         self._sweeper: asyncio.Task | None = None
         self._timers: set[asyncio.TimerHandle] = set()
         self._tasks: set[asyncio.Task] = set()
@@ -164,11 +128,11 @@ class PresenceServer:
 
     def _register(self) -> None:
         events: dict[str, Callable[[_Conn, object], Coroutine]] = {
-            "userOnline": self._user_online,
-            "userOffline": self._user_offline,
-            "userHeartbeat": self._user_heartbeat,
-            "userStatus": self._user_status,
-            "getOnlineUsers": self._get_online_users,
+            protocol.USER_ONLINE: self._user_online,
+            protocol.USER_OFFLINE: self._user_offline,
+            protocol.USER_HEARTBEAT: self._user_heartbeat,
+            protocol.USER_STATUS: self._user_status,
+            protocol.GET_ONLINE_USERS: self._get_online_users,
         }
         self._handlers = {name: self._wrap(name, handler) for name, handler in events.items()}
         # One dispatcher for everything (a namespace's documented trigger_event hook):
@@ -245,7 +209,9 @@ class PresenceServer:
 
     async def _refuse(self, sid: str, event: str, message: str) -> dict:
         self.stats["refused"] += 1
-        await self.sio.emit("presenceError", protocol.presence_error(event, message), to=sid)
+        await self.sio.emit(
+            protocol.PRESENCE_ERROR, protocol.presence_error(event, message), to=sid
+        )
         return {"ok": False, "error": message}
 
     # --- the events -------------------------------------------------------------------
@@ -310,7 +276,7 @@ class PresenceServer:
         protocol.parse_get_online_users(payload)
         if conn.key is not None:
             await self._alive(conn)
-        await self.sio.emit("onlineUsersList", self.online_users(), to=conn.sid)
+        await self.sio.emit(protocol.ONLINE_USERS_LIST, self.online_users(), to=conn.sid)
 
     # --- state changes ----------------------------------------------------------------
 
@@ -416,29 +382,7 @@ class PresenceServer:
             )
         self.stats["broadcasts"] += 1
         payload = protocol.status_changed(user.wire_id, status, moment, reason)
-        await self._broadcast("userStatusChanged", payload)
-
-    async def _broadcast(self, event: str, data: object) -> None:
-        """Send one event to every connected client, encoded once.
-
-        python-socketio's own ``emit`` to everyone starts a task per recipient; a
-        straight loop over the engine.io sockets does the same work faster (see
-        bench/bench_server.py), which matters because the guide's broadcast makes a
-        storm of N logins cost N² deliveries. PRESENCE_FAST_BROADCAST=0 goes back
-        to ``emit``.
-        """
-        if not FAST_BROADCAST:
-            await self.sio.emit(event, data)
-            return
-        pkt = self.sio.packet_class(socketio.packet.EVENT, namespace="/", data=[event, data])
-        encoded = pkt.encode()
-        packets = [
-            engineio.packet.Packet(engineio.packet.MESSAGE, part)
-            for part in (encoded if isinstance(encoded, list) else [encoded])
-        ]
-        for _sid, eio_sid in self.sio.manager.get_participants("/", None):
-            for part in packets:
-                await self.sio.eio.send_packet(eio_sid, part)
+        await self._broadcaster.send(protocol.USER_STATUS_CHANGED, payload)
 
     def _forget_old_changes(self) -> None:
         """Keep the per-user last-change times only where they can still matter: a new
@@ -520,55 +464,13 @@ class PresenceServer:
             **self.stats,
         }
 
-    async def _http(self, scope: dict, receive: Callable, send: Callable) -> None:
-        """Everything that is not Socket.IO: ``GET /health`` (JSON), else 404."""
-        if scope["type"] != "http":
-            return
-        if scope.get("path") == "/health":
-            status, body = 200, json.dumps(self.health()).encode()
-        else:
-            status, body = 404, b'{"error": "not found"}'
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [(b"content-type", b"application/json")],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
-
     # --- running ----------------------------------------------------------------------
 
     async def start(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> int:
         """Listen on ``host:port`` (0: any free port) and return the port."""
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        # accepted sockets inherit it (Linux): without it, an event followed by its ack
-        # (two small writes) waits ~40 ms for the client's delayed ACK (Nagle)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            sock.close()
-            raise PresenceError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self.asgi_app,
-            log_level="warning",
-            lifespan="off",
-            timeout_graceful_shutdown=3,
-            ws_max_size=self.options.max_message_bytes + 1024,
-        )
-        self._uvicorn = _Uvicorn(config)
-        if self.writer is not None:
+        self.port = await self.web.start(host, port)
+        if self.writer is not None:  # events queued before it runs are written when it does
             self.writer.start()
-        self._serve_task = asyncio.create_task(self._uvicorn.serve(sockets=[sock]))
-        while not self._uvicorn.started:
-            if self._serve_task.done():
-                self._serve_task.result()
-                raise PresenceError("the web server stopped while starting")
-            await asyncio.sleep(0.01)
         if self.options.heartbeat_timeout > 0:
             self._sweeper = asyncio.create_task(self._sweep())
         return self.port
@@ -576,14 +478,12 @@ class PresenceServer:
     def begin_shutdown(self) -> None:
         """Stop acting on events: from now on, connections closing mean nothing."""
         self.closing = True
-        if self._uvicorn is not None:
-            self._uvicorn.should_exit = True
+        self.web.request_exit()
 
     async def stop(self) -> None:
         """Shut down gracefully: no offline broadcast for anyone; pending writes flushed."""
         self.begin_shutdown()
-        if self._serve_task is not None:
-            await self._serve_task
+        await self.web.wait()
         if self._sweeper is not None:
             self._sweeper.cancel()
         for handle in list(self._timers):
@@ -600,8 +500,8 @@ class PresenceServer:
         loop = asyncio.get_running_loop()
 
         def on_signal(sig: signal.Signals) -> None:
-            if self.closing and sig == signal.SIGINT and self._uvicorn is not None:
-                self._uvicorn.force_exit = True
+            if self.closing and sig == signal.SIGINT:
+                self.web.request_exit(force=True)
             log.info("%s: shutting down (no one is marked offline)", sig.name)
             self.begin_shutdown()
 
@@ -610,8 +510,5 @@ class PresenceServer:
                 loop.add_signal_handler(sig, on_signal, sig)
         where = f"http://{host if ':' not in host else f'[{host}]'}:{self.port}"
         print(f"presence server listening on {where}", flush=True)
-        await self._serve_task
+        await self.web.wait()
         await self.stop()
-
-
-# --- the `presence serve` command ---------------------------------------------------------
