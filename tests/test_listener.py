@@ -22,16 +22,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, text
 
+from presence_core.database.records import record_from_dict, record_to_dict
 from presence_core.database.storage import Sighting, Transition
-from presence_core.listener.listener import (
-    Listener,
-    UserView,
-    event_time,
-    plan_reconcile,
-    record_from_dict,
-    record_to_dict,
-)
-from presence_core.protocol import OnlineUser, parse_last_seen
+from presence_core.listener import Listener, UserTracker, UserView, event_time, plan_reconcile
+from presence_core.protocol import OnlineUser, ProtocolError, parse_last_seen
 from tests.nodejs import guide_server, node_available
 from tests.waiting import async_wait_for
 
@@ -311,7 +305,7 @@ def test_live_changes_numeric_and_string_ids(node, engine, tmp_path, writer):
             listening(engine, node.url, tmp_path, writer=writer) as listener,
             users(node.url) as [tab],
         ):
-            assert (listener._process_writer is not None) == (writer == "process")
+            assert listener.pipeline.writes_in_process == (writer == "process")
             await tab.online(123, "Ann")
             await tab.online("u-7", "Bob", "admin")
             await tab.offline(123)
@@ -727,30 +721,29 @@ _payload = st.fixed_dictionaries(
 @settings(max_examples=400, deadline=None)
 @given(st.lists(_payload | _json, min_size=1, max_size=5))
 def test_any_payload_is_rejected_or_stored_sanely(payloads):
-    async def scenario():
-        listener = Listener(None, "http://127.0.0.1:9", name="fuzz", spool_dir="/nonexistent")
-        listener._wake = asyncio.Event()
-        received = datetime.now(UTC)
-        for payload in payloads:
-            # the handler, not its catch-all guard: bad input is a rejection, not a crash
-            listener._handle_status_changed((payload,), received)
-        records = [record for _, record in listener._queue]
-        assert len(records) + listener.stats.rejected == len(payloads)
-        for record in records:
-            assert isinstance(record, (Transition, Sighting))
-            assert record.user_id.strip() and len(record.user_id) <= 256
-            assert "\x00" not in record.user_id
-            at = record.occurred_at if isinstance(record, Transition) else record.last_seen
-            assert at.tzinfo is not None
-            assert at <= received + timedelta(seconds=5)
-            assert at >= received - timedelta(days=1)
-            for name in (record.user_name, record.user_type, record.team):
-                assert name is None or (len(name) <= 256 and "\x00" not in name)
-            if isinstance(record, Transition):
-                assert record.status.strip() and len(record.status) <= 64
-                assert record.reason is None or "\x00" not in record.reason
-
-    asyncio.run(scenario())
+    tracker = UserTracker()
+    received = datetime.now(UTC)
+    records, rejected = [], 0
+    for payload in payloads:
+        # a bad payload is a ProtocolError (counted by the listener), never another error
+        try:
+            records.append(tracker.status_changed(payload, received, "fuzz"))
+        except ProtocolError:
+            rejected += 1
+    assert len(records) + rejected == len(payloads)
+    for record in records:
+        assert isinstance(record, (Transition, Sighting))
+        assert record.user_id.strip() and len(record.user_id) <= 256
+        assert "\x00" not in record.user_id
+        at = record.occurred_at if isinstance(record, Transition) else record.last_seen
+        assert at.tzinfo is not None
+        assert at <= received + timedelta(seconds=5)
+        assert at >= received - timedelta(days=1)
+        for name in (record.user_name, record.user_type, record.team):
+            assert name is None or (len(name) <= 256 and "\x00" not in name)
+        if isinstance(record, Transition):
+            assert record.status.strip() and len(record.status) <= 64
+            assert record.reason is None or "\x00" not in record.reason
 
 
 # --- the quick path for common events gives what the full parser gives ----------------------
@@ -786,28 +779,22 @@ _near_common = st.fixed_dictionaries(
 @settings(max_examples=300, deadline=None)
 @given(st.lists(_near_common, min_size=1, max_size=8))
 def test_quick_path_agrees_with_the_full_parser(payloads):
-    async def scenario():
-        received = datetime(2026, 3, 2, 9, 0, 1, tzinfo=UTC)
-        quick, full = (
-            Listener(None, "http://127.0.0.1:9", name="same", spool_dir="/nonexistent")
-            for _ in range(2)
-        )
-        for listener in (quick, full):
-            listener._wake = asyncio.Event()
-            # known users and statuses, so that the quick path is taken where it can be
-            listener._state = {
-                uid: UserView("away", T0 - timedelta(hours=1), T0 - timedelta(hours=1))
-                for uid in ("7", "u-1")
-            }
-        quick._statuses = {"online", "offline", "away"}
-        for payload in payloads:
-            # the handler itself, not its catch-all guard: a bad payload is a rejection,
-            # never an internal error
-            quick._handle_status_changed((payload,), received)
-            full._statuses.clear()  # never the quick path
-            full._handle_status_changed((payload,), received)
-        assert [r for _, r in quick._queue] == [r for _, r in full._queue]
-        assert quick.stats.rejected == full.stats.rejected
-        assert quick._state == full._state
-
-    asyncio.run(scenario())
+    received = datetime(2026, 3, 2, 9, 0, 1, tzinfo=UTC)
+    quick, full = UserTracker(), UserTracker(quick=False)
+    for tracker in (quick, full):
+        # known users and statuses, so that the quick path is taken where it can be
+        tracker.views = {
+            uid: UserView("away", T0 - timedelta(hours=1), T0 - timedelta(hours=1))
+            for uid in ("7", "u-1")
+        }
+    quick.known_statuses.update({"online", "offline", "away"})
+    answers: dict[int, list] = {id(quick): [], id(full): []}
+    for payload in payloads:
+        for tracker in (quick, full):
+            # a bad payload is a rejection (ProtocolError), never an internal error
+            try:
+                answers[id(tracker)].append(tracker.status_changed(payload, received, "same"))
+            except ProtocolError as exc:
+                answers[id(tracker)].append(str(exc))
+    assert answers[id(quick)] == answers[id(full)]
+    assert quick.views == full.views

@@ -502,7 +502,7 @@ def test_writer_process_killed_mid_stream_loses_nothing(engine, tmp_path):
             ):
                 await tab.online(1, "Ann")
                 await wait_rows(engine, [("1", "online", False)])
-                first = listener._process_writer.pid
+                first = listener.pipeline.writer_pid
                 os.kill(first, signal.SIGKILL)
                 await tab.online(2, "Bob")
                 await tab.offline(1)
@@ -530,7 +530,7 @@ def test_writer_process_killed_mid_stream_loses_nothing(engine, tmp_path):
                         ("3", "online", False),
                     ],
                 )
-                second = listener._process_writer.pid
+                second = listener.pipeline.writer_pid
                 assert second is not None and second != first  # a new writer took over
                 rows = {(r.user_id, r.status): r for r in await db(transition_rows, engine)}
                 assert rows["1", "offline"].occurred_at == await tab.broadcast_time(1, "offline")
@@ -550,7 +550,7 @@ def test_a_writer_that_cannot_start_leaves_writing_to_a_thread(engine, tmp_path,
             ):
                 expected: list[tuple] = []
                 # each change reaches a writer (or the spool, replayed from a thread)
-                while listener._process_writer is not None:
+                while listener.pipeline.writes_in_process:
                     assert len(expected) < 10, "still trying writer processes"
                     if len(expected) % 2 == 0:
                         await tab.online(3, "Cy")

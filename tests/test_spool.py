@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from presence_core.database.records import write_records
 from presence_core.database.storage import Transition
-from presence_core.listener.listener import write_records
 from presence_core.listener.spool import Spool
 from tests.test_listener import ScriptedServer, listening, transitions, wait_rows
 

@@ -1,39 +1,24 @@
-"""Log every status transition a presence server announces into PostgreSQL, until stopped.
+"""``presence listen``: the listener's flags, signals and metrics server.
 
-The listener is a python-socketio ``AsyncClient`` that speaks the guide's protocol
-and needs nothing else from the server: it works against ``presence serve`` and
-against the guide's own Node backend.
-
-How it works (docs/listener.md says more):
-
-- It connects with jittered exponential backoff, for as long as it takes. On every
-  (re)connect it opens a coverage interval (``presence_coverage``), asks
-  ``getOnlineUsers`` and reconciles the snapshot with the database (DESIGN
-  "Semantics"): ``online`` rows for users the database missed, ``inferred``
-  ``offline`` rows at the start of the gap for users who left unseen.
-- Each ``userStatusChanged`` is a transition when the status changed and a
-  sighting (``last_seen`` only) when it repeats. ``occurred_at`` follows DESIGN
-  "Clock". Bad events are logged and counted, never written.
-- Socket handlers only note what arrived; a separate writer task handles it in
-  order, in batches (parse, decide), and commits them with
-  :func:`presence_core.storage.write_batch` (idempotent) at least every 200 ms,
-  so a slow database never stalls receiving. When the database is down, or the
-  bounded queue is full, records go to an append-only spool
-  (:mod:`presence_core.spool`) and are replayed, in order, when the database
-  answers again.
-- Its heartbeat row in ``presence_listeners`` is refreshed every few seconds.
+What the listener does is :mod:`presence_core.listener`'s; this module turns the
+command line and the environment into a :class:`~presence_core.listener.Listener`
+and runs it until SIGINT or SIGTERM (flush, then exit 0).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import signal
 from pathlib import Path
 
 from presence_core.commands.common import add_database_arguments
-from presence_core.listener.listener import WRITERS, Listener, _slug, default_name, log
+from presence_core.listener.decisions import default_name, spool_name
+from presence_core.listener.pipeline import WRITERS
+
+log = logging.getLogger("presence.listener")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -78,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from presence_core.database import engine as db
     from presence_core.database.embedded import default_progress
     from presence_core.errors import PresenceError
+    from presence_core.listener import Listener
 
     settings = load_settings(home=args.home, database_url=args.database_url, server_url=args.server)
     if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
@@ -94,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         name=args.name,
         token=args.token or os.environ.get("PRESENCE_TOKEN"),
         spool_dir=spool_dir
-        or settings.home / "spool" / _slug(args.name or default_name(settings.server_url)),
+        or settings.home / "spool" / spool_name(args.name or default_name(settings.server_url)),
         writer=args.writer,
         connect_args=connect_args,
     )

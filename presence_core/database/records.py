@@ -10,27 +10,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 
 import psycopg
-from sqlalchemy import Engine, and_, select, update
+from sqlalchemy import Engine
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
-from presence_core.database import tables
+from presence_core.database.coverage import CoverageMark, write_mark
 from presence_core.database.storage import Sighting, Transition, write_batch
 
 log = logging.getLogger("presence.listener")
-
-
-@dataclass(frozen=True)
-class CoverageMark:
-    """The opening (``ended_at`` None) or the closing of a coverage interval."""
-
-    listener: str
-    started_at: datetime
-    ended_at: datetime | None = None
 
 
 Record = Transition | Sighting | CoverageMark
@@ -160,25 +150,8 @@ def _write_once(engine: Engine, records: Sequence[Record]) -> int:
     with engine.begin() as conn:
         result = write_batch(conn, transitions, sightings)
         for mark in marks:
-            _write_mark(conn, mark)
+            write_mark(conn, mark)
     return result.inserted
-
-
-def _write_mark(conn, mark: CoverageMark) -> None:
-    """Open or close a coverage interval; idempotent and order-independent."""
-    cov = tables.coverage
-    key = and_(cov.c.listener == mark.listener, cov.c.started_at == mark.started_at)
-    if mark.ended_at is not None:
-        done = conn.execute(update(cov).where(key).values(ended_at=mark.ended_at)).rowcount
-        if done:
-            return
-    exists = conn.execute(select(cov.c.id).where(key).limit(1)).first()
-    if exists is None:
-        conn.execute(
-            cov.insert().values(
-                listener=mark.listener, started_at=mark.started_at, ended_at=mark.ended_at
-            )
-        )
 
 
 def first_line(exc: BaseException) -> str:

@@ -1,0 +1,213 @@
+"""The listener's pure decisions: what time an event gets, which rows a reconcile
+writes, how long to wait before retrying, what a listener is called.
+
+Nothing here does I/O or reads a clock: every moment is an argument, so each rule
+can be tested with plain values (tests/test_listener.py, "pure parts").
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import socket
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from presence_core.database.storage import OFFLINE, Sighting, Transition
+from presence_core.protocol import MAX_TEXT, OnlineUser, ProtocolError, parse_online_users
+
+__all__ = [
+    "CLOCK_AHEAD_LIMIT",
+    "CLOCK_BEHIND_LIMIT",
+    "TICK",
+    "UserView",
+    "backoff_delay",
+    "clean_text",
+    "default_name",
+    "event_time",
+    "moved_after",
+    "parse_snapshot",
+    "payload_names",
+    "plan_reconcile",
+    "short",
+    "spool_name",
+]
+
+CLOCK_AHEAD_LIMIT = timedelta(seconds=5)  # DESIGN "Clock"
+CLOCK_BEHIND_LIMIT = timedelta(days=1)  # a lastSeen older than this is not believed either
+TICK = timedelta(microseconds=1)  # keeps a user's rows strictly ordered in time
+MAX_REASON = 64
+MAX_LOGGED_PAYLOAD = 200
+
+
+@dataclass
+class UserView:
+    """What the listener believes about a user: status, since when, last sign of life."""
+
+    status: str
+    since: datetime | None
+    last_seen: datetime | None
+
+
+def event_time(
+    last_seen: datetime | None, problem: str | None, received_at: datetime
+) -> tuple[datetime, str | None]:
+    """DESIGN "Clock": the event's ``lastSeen``, unless it is missing, unparseable,
+    more than 5 s ahead of ``received_at`` (or more than a day behind it); then
+    ``received_at``, with a note for the row's ``reason``."""
+    if last_seen is None:
+        return received_at, f"clock: lastSeen {problem or 'missing'}, received_at used"
+    ahead = last_seen - received_at
+    if ahead > CLOCK_AHEAD_LIMIT:
+        return received_at, f"clock: lastSeen {ahead.total_seconds():.1f} s ahead, received_at used"
+    if -ahead > CLOCK_BEHIND_LIMIT:
+        return received_at, "clock: lastSeen over a day old, received_at used"
+    return last_seen, None
+
+
+def moved_after(view: UserView | None, at: datetime) -> datetime:
+    """``at``, moved just after the user's current status began if it is not later."""
+    if view is not None and view.since is not None and at <= view.since:
+        return view.since + TICK
+    return at
+
+
+def plan_reconcile(
+    state: Mapping[str, UserView],
+    snapshot: Iterable[OnlineUser],
+    *,
+    gap_start: datetime | None,
+    reconnect_at: datetime,
+    received_at: datetime,
+    source: str | None = None,
+) -> list[Transition | Sighting]:
+    """The rows that bring ``state`` in line with a server's ``onlineUsersList``.
+
+    - A user in the snapshot whose status differs gets a row with the snapshot's
+      status at its ``statusSince`` (our server's extension) or else its
+      ``lastSeen``, when that falls inside the gap (after ``gap_start``, at most 5 s
+      after ``reconnect_at``), else at ``reconnect_at``.
+    - A present user absent from the snapshot gets an ``inferred`` ``offline`` row at
+      ``gap_start`` (never overstate presence); with no earlier coverage at all, at
+      the user's last sign of life.
+    - Users whose status agrees get a sighting (names, ``last_seen``).
+
+    Rows are kept after the user's current ``status_since``.
+    """
+    rows: list[Transition | Sighting] = []
+    seen: set[str] = set()
+    for user in snapshot:
+        if user.user_id in seen:
+            continue
+        seen.add(user.user_id)
+        view = state.get(user.user_id)
+        names = {"user_type": user.user_type, "user_name": user.user_name, "team": user.team}
+        if (view.status if view else OFFLINE) == user.status:
+            rows.append(Sighting(user.user_id, received_at, **names))
+            continue
+        # when the status began: our server says so (statusSince); the guide's servers
+        # send lastSeen, which for them is the moment the user came online
+        at, reason = getattr(user, "status_since", None) or user.last_seen, "reconcile"
+        if at is None:
+            at, reason = reconnect_at, f"reconcile: lastSeen {user.last_seen_problem}"
+        elif gap_start is not None and at < gap_start:
+            at, reason = reconnect_at, "reconcile: lastSeen before the gap, reconnect time used"
+        elif at > reconnect_at + CLOCK_AHEAD_LIMIT:
+            at, reason = reconnect_at, "reconcile: lastSeen ahead, reconnect time used"
+        rows.append(
+            Transition(
+                user.user_id,
+                user.status,
+                moved_after(view, at),
+                received_at,
+                inferred=False,
+                reason=reason,
+                source=source,
+                **names,
+            )
+        )
+    for user_id, view in state.items():
+        if view.status == OFFLINE or user_id in seen:
+            continue
+        if gap_start is not None:
+            at, reason = gap_start, "reconcile: absent from onlineUsersList"
+        else:
+            at = min(view.last_seen or view.since or reconnect_at, reconnect_at)
+            reason = "reconcile: absent from onlineUsersList, no earlier coverage"
+        rows.append(
+            Transition(
+                user_id,
+                OFFLINE,
+                moved_after(view, at),
+                received_at,
+                inferred=True,
+                reason=reason,
+                source=source,
+            )
+        )
+    return rows
+
+
+def parse_snapshot(payload: object) -> tuple[list[OnlineUser], list[tuple[str, object]]]:
+    """The users of an ``onlineUsersList`` payload, and (error, entry) for each entry
+    refused (the whole payload, when it is not a list)."""
+    if not isinstance(payload, list):
+        return [], [("not an array", payload)]
+    users: list[OnlineUser] = []
+    refused: list[tuple[str, object]] = []
+    for entry in payload:
+        try:
+            user = parse_online_users([entry])[0]
+            if "\x00" in user.user_id:
+                raise ProtocolError("onlineUsersList: userId contains a NUL character")
+            users.append(user)
+        except ProtocolError as exc:
+            refused.append((str(exc), entry))
+    return users, refused
+
+
+def backoff_delay(attempt: int, base: float = 0.5, cap: float = 10.0) -> float:
+    """Exponential backoff with full jitter in [cap/2, cap] once capped: the delay
+    before attempt ``attempt`` (1 for the first retry)."""
+    ceiling = min(cap, base * 2 ** min(attempt - 1, 20))
+    return random.uniform(ceiling / 2, ceiling)
+
+
+def clean_text(value: object, limit: int = MAX_TEXT) -> str | None:
+    """A name, type, team or reason as the listener keeps it: a string, NULs removed,
+    stripped and cut to ``limit``; None for anything else or nothing left."""
+    if not isinstance(value, str):
+        return None
+    text = value.replace("\x00", "").strip()[:limit]
+    return text or None
+
+
+_NO_NAMES = (None, None, None)
+
+
+def payload_names(payload: Mapping) -> tuple[str | None, str | None, str | None]:
+    """(user_type, user_name, team) as a payload carries them, cleaned."""
+    if "userName" not in payload and "userType" not in payload and "team" not in payload:
+        return _NO_NAMES  # the guide's userStatusChanged carries none
+    return (
+        clean_text(payload.get("userType")),
+        clean_text(payload.get("userName")),
+        clean_text(payload.get("team")),
+    )
+
+
+def short(payload: object) -> str:
+    """``payload`` as a log line shows it: its repr, cut to a few hundred characters."""
+    text = repr(payload)
+    return text if len(text) <= MAX_LOGGED_PAYLOAD else text[: MAX_LOGGED_PAYLOAD - 3] + "..."
+
+
+def default_name(server_url: str) -> str:
+    """The default listener name: this host and the server it listens to."""
+    return f"{socket.gethostname()}:{re.sub(r'^https?://', '', server_url)}"
+
+
+def spool_name(name: str) -> str:
+    """A listener's name as a directory name (its spool's)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:100] or "listener"
