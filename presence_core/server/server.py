@@ -15,7 +15,8 @@ database never delays the event loop. Timestamps are cut to milliseconds, the
 wire's precision, so a listener logging the same broadcasts writes the same keys
 and the database keeps one row per transition.
 
-This module holds connections and protocol handling; fan-out is
+This module holds connections and protocol handling; who is present and each
+transition is :mod:`~presence_core.server.state`, fan-out
 :mod:`~presence_core.server.broadcast`, the HTTP side and uvicorn
 :mod:`~presence_core.server.http`, the options :mod:`~presence_core.server.options`.
 """
@@ -29,23 +30,21 @@ import signal
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import socketio
 from sqlalchemy import Engine
 
 from presence_core import protocol
-from presence_core.database import storage
-from presence_core.protocol import ONLINE, ProtocolError
+from presence_core.protocol import ProtocolError
 from presence_core.server import auth
 from presence_core.server.broadcast import Broadcaster
 from presence_core.server.http import HealthApp, WebServer
 from presence_core.server.options import DEFAULT_HOST, DEFAULT_PORT, ServerOptions
+from presence_core.server.state import PresenceState
 from presence_core.server.writer import DatabaseWriter
 
 log = logging.getLogger(__name__)
-
-_MILLISECOND = timedelta(milliseconds=1)
 
 
 class Refused(ProtocolError):
@@ -62,20 +61,6 @@ class _Conn:
     last_life_mono: float = field(default_factory=time.monotonic)
     heartbeats: bool = False  # has sent userHeartbeat: the silence timeout applies
     stale: bool = False  # timed out; the next sign of life revives it
-
-
-@dataclass(eq=False)
-class _User:
-    key: str
-    wire_id: protocol.UserId
-    status: str
-    status_since: datetime
-    last_seen: datetime
-    user_type: str | None = None
-    user_name: str | None = None
-    team: str | None = None
-    conns: set[str] = field(default_factory=set)  # live connections, and ones in grace
-    left_at: datetime | None = None  # when the latest connection stopped counting
 
 
 class _Dispatcher(socketio.AsyncNamespace):
@@ -111,17 +96,19 @@ class PresenceServer:
         )
         self.asgi_app = socketio.ASGIApp(self.sio, other_asgi_app=HealthApp(self.health))
         self.web = WebServer(self.asgi_app, max_message_bytes=self.options.max_message_bytes)
-        self._broadcaster = Broadcaster(self.sio)
+        self.state = PresenceState(
+            Broadcaster(self.sio).send,
+            self.writer,
+            source=self.options.source,
+            grace=self.options.grace,
+        )
         self.conns: dict[str, _Conn] = {}
-        self.users: dict[str, _User] = {}
         self.closing = False
-        self.stats = {"events": 0, "refused": 0, "broadcasts": 0, "transitions": 0}
+        self.stats = {"events": 0, "refused": 0}
         self.port: int | None = None
         self._sweeper: asyncio.Task | None = None
         self._timers: set[asyncio.TimerHandle] = set()
         self._tasks: set[asyncio.Task] = set()
-        self._last_change: dict[str, datetime] = {}  # user key -> last transition's time
-        self._prune_at = 10_000
         self._register()
 
     # --- Socket.IO handlers -----------------------------------------------------------
@@ -233,44 +220,40 @@ class PresenceServer:
             raise Refused(f"{event}: this connection speaks for user {conn.key!r}, not {key!r}")
 
     async def _user_online(self, conn: _Conn, payload: object) -> None:
-        token_user = self._token_user(conn, "userOnline")
+        token_user = self._token_user(conn, protocol.USER_ONLINE)
         event = protocol.parse_user_online(payload, default_id=token_user)
         if token_user is not None and event.key != token_user:
             raise Refused(f"userOnline: this connection's token is for user {token_user!r}")
         now = protocol.now_millis()
         if conn.key is not None and conn.key != event.key:
-            await self._detach(conn, now, "userOffline")  # one connection, another user
-        user = self.users.get(event.key)
-        if user is not None:
-            for name in ("user_type", "user_name", "team"):
-                if getattr(event, name) is not None:
-                    setattr(user, name, getattr(event, name))
+            await self._detach(conn, now, protocol.USER_OFFLINE)  # one connection, another user
+        self.state.rename(event.key, event)
         self._touch(conn, now)
         await self._attach(conn, event.key, event.user_id, now, event)
 
     async def _user_offline(self, conn: _Conn, payload: object) -> None:
-        token_user = self._token_user(conn, "userOffline")
+        token_user = self._token_user(conn, protocol.USER_OFFLINE)
         ref = protocol.parse_user_offline(payload, default_id=token_user)
-        self._own(conn, ref.key, "userOffline")
-        await self._detach(conn, protocol.now_millis(), "userOffline")
+        self._own(conn, ref.key, protocol.USER_OFFLINE)
+        await self._detach(conn, protocol.now_millis(), protocol.USER_OFFLINE)
 
     async def _user_heartbeat(self, conn: _Conn, payload: object) -> None:
-        token_user = self._token_user(conn, "userHeartbeat")
+        token_user = self._token_user(conn, protocol.USER_HEARTBEAT)
         ref = protocol.parse_user_heartbeat(payload, default_id=token_user)
-        self._own(conn, ref.key, "userHeartbeat")
+        self._own(conn, ref.key, protocol.USER_HEARTBEAT)
         conn.heartbeats = True
         await self._alive(conn)
 
     async def _user_status(self, conn: _Conn, payload: object) -> None:
-        token_user = self._token_user(conn, "userStatus")
+        token_user = self._token_user(conn, protocol.USER_STATUS)
         event = protocol.parse_user_status(payload, default_id=token_user)
-        self._own(conn, event.key, "userStatus")
+        self._own(conn, event.key, protocol.USER_STATUS)
         now = await self._alive(conn, sighting=False)
-        user = self.users[event.key]
+        user = self.state.users[event.key]
         if user.status != event.status:
-            await self._change(user, event.status, now, "userStatus")
+            await self.state.change(user, event.status, now, protocol.USER_STATUS)
         else:
-            self._sighting(user)
+            self.state.sighting(user)
 
     async def _get_online_users(self, conn: _Conn, payload: object) -> None:
         protocol.parse_get_online_users(payload)
@@ -278,7 +261,7 @@ class PresenceServer:
             await self._alive(conn)
         await self.sio.emit(protocol.ONLINE_USERS_LIST, self.online_users(), to=conn.sid)
 
-    # --- state changes ----------------------------------------------------------------
+    # --- which connection counts for whom ---------------------------------------------
 
     def _touch(self, conn: _Conn, now: datetime) -> None:
         conn.last_life = now
@@ -293,10 +276,7 @@ class PresenceServer:
         if conn.stale:
             await self._attach(conn, conn.key, conn.wire_id, now, None)
         else:
-            user = self.users[conn.key]
-            user.last_seen = max(user.last_seen, now)
-            if sighting:
-                self._sighting(user)
+            self.state.seen(conn.key, now, sighting=sighting)
         return now
 
     async def _attach(
@@ -308,105 +288,18 @@ class PresenceServer:
         names: protocol.UserOnline | None,
     ) -> None:
         conn.key, conn.wire_id, conn.stale = key, wire_id, False
-        user = self.users.get(key)
-        if user is not None:  # already present: no transition, no broadcast
-            user.conns.add(conn.sid)
-            user.last_seen = max(user.last_seen, now)
-            self._sighting(user)
-            return
-        user = _User(key=key, wire_id=wire_id, status=ONLINE, status_since=now, last_seen=now)
-        if names is not None:
-            user.user_type, user.user_name, user.team = names.user_type, names.user_name, names.team
-        user.conns.add(conn.sid)
-        self.users[key] = user
-        await self._announce(user, ONLINE, now, "userOnline")
+        await self.state.join(conn.sid, key, wire_id, now, names)
 
     async def _detach(self, conn: _Conn, when: datetime, reason: str) -> None:
         """This connection no longer speaks for its user (explicit userOffline)."""
         key = conn.key
         conn.key, conn.wire_id, conn.stale, conn.heartbeats = None, None, False, False
-        user = self.users.get(key) if key is not None else None
-        if user is not None and conn.sid in user.conns:
-            await self._leave(user, conn.sid, when, reason)
+        await self.state.part(key, conn.sid, when, reason)
 
     async def _release(self, conn: _Conn, ended: datetime, reason: str) -> None:
         """A closed connection's grace period is over."""
-        user = self.users.get(conn.key) if conn.key is not None else None
-        if user is not None and conn.sid in user.conns and not self.closing:
-            await self._leave(user, conn.sid, ended, reason)
-
-    async def _leave(self, user: _User, sid: str, when: datetime, reason: str) -> None:
-        user.conns.discard(sid)
-        user.left_at = when if user.left_at is None else max(user.left_at, when)
-        if user.conns:
-            return
-        del self.users[user.key]
-        moment = max(user.left_at, user.status_since)
-        user.last_seen = moment
-        await self._announce(user, protocol.OFFLINE, moment, reason)
-
-    async def _change(self, user: _User, status: str, now: datetime, reason: str) -> None:
-        user.status, user.status_since = status, now
-        user.last_seen = max(user.last_seen, now)
-        await self._announce(user, status, now, reason)
-
-    async def _announce(self, user: _User, status: str, moment: datetime, reason: str) -> None:
-        """Record a transition and broadcast it to every client.
-
-        A user's transitions get strictly increasing times (bumped by a millisecond
-        where two fall in the same one), so their order survives the database.
-        """
-        previous = self._last_change.get(user.key)
-        if previous is not None and moment <= previous:
-            moment = previous + _MILLISECOND
-        self._last_change[user.key] = moment
-        if len(self._last_change) > self._prune_at:
-            self._forget_old_changes()
-        if status != protocol.OFFLINE:
-            user.status_since = moment
-        user.last_seen = max(user.last_seen, moment)
-        self.stats["transitions"] += 1
-        if self.writer is not None:
-            self.writer.add_transition(
-                storage.Transition(
-                    user_id=user.key,
-                    status=status,
-                    occurred_at=moment,
-                    received_at=protocol.now_millis(),
-                    reason=reason,
-                    source=self.options.source,
-                    user_type=user.user_type,
-                    user_name=user.user_name,
-                    team=user.team,
-                )
-            )
-        self.stats["broadcasts"] += 1
-        payload = protocol.status_changed(user.wire_id, status, moment, reason)
-        await self._broadcaster.send(protocol.USER_STATUS_CHANGED, payload)
-
-    def _forget_old_changes(self) -> None:
-        """Keep the per-user last-change times only where they can still matter: a new
-        transition is never dated before the user's current status began (see
-        ``_leave``), so only the last moments of users who left can collide."""
-        horizon = protocol.now_millis() - timedelta(seconds=self.options.grace + 5)
-        self._last_change = {
-            key: moment
-            for key, moment in self._last_change.items()
-            if moment > horizon or key in self.users
-        }
-        self._prune_at = max(10_000, 2 * len(self._last_change))  # amortised O(1)
-
-    def _sighting(self, user: _User) -> None:
-        if self.writer is not None:
-            self.writer.add_sighting(
-                storage.Sighting(
-                    user_id=user.key,
-                    last_seen=user.last_seen,
-                    user_type=user.user_type,
-                    user_name=user.user_name,
-                    team=user.team,
-                )
-            )
+        if not self.closing:
+            await self.state.part(conn.key, conn.sid, ended, reason)
 
     async def _sweep(self) -> None:
         """Take connections silent past the heartbeat timeout out of their users'."""
@@ -417,9 +310,7 @@ class PresenceServer:
             for conn in list(self.conns.values()):
                 if conn.heartbeats and not conn.stale and conn.key and conn.last_life_mono < limit:
                     conn.stale = True
-                    user = self.users.get(conn.key)
-                    if user is not None and conn.sid in user.conns:
-                        await self._leave(user, conn.sid, conn.last_life, "timeout")
+                    await self.state.part(conn.key, conn.sid, conn.last_life, "timeout")
 
     def _spawn(self, coro: Coroutine) -> None:
         task = asyncio.ensure_future(coro)
@@ -428,40 +319,29 @@ class PresenceServer:
 
     # --- reading the state ------------------------------------------------------------
 
-    def online_users(self) -> list[dict]:
-        """The ``onlineUsersList`` payload: every present user.
+    @property
+    def users(self) -> dict:
+        """The present users by key (read-only; see :mod:`presence_core.server.state`)."""
+        return self.state.users
 
-        ``lastSeen`` is now for a user with a live connection (the server sees them:
-        engine.io's pings vouch for it), else the last sign of life (a user whose
-        connections are all in their grace period); ``statusSince`` says when the
-        current status began.
-        """
-        now = protocol.now_millis()
-        return [
-            protocol.online_user(
-                u.wire_id,
-                u.status,
-                now if any(sid in self.conns for sid in u.conns) else u.last_seen,
-                u.user_type,
-                u.user_name,
-                u.team,
-                u.status_since,
-            )
-            for u in self.users.values()
-        ]
+    def online_users(self) -> list[dict]:
+        """The ``onlineUsersList`` payload (see :meth:`PresenceState.online_users`)."""
+        return self.state.online_users(lambda sid: sid in self.conns)
 
     def snapshot(self) -> dict[str, tuple[str, int]]:
         """``{user key: (status, connections counting for it)}`` (for tests and /health)."""
-        return {key: (u.status, len(u.conns)) for key, u in self.users.items()}
+        return self.state.snapshot()
 
     def health(self) -> dict:
         return {
             "connections": len(self.conns),
-            "users": len(self.users),
+            "users": len(self.state.users),
             "closing": self.closing,
             "database": self.writer is not None,
             "pending_writes": self.writer.pending() if self.writer else 0,
             **self.stats,
+            "broadcasts": self.state.broadcasts,
+            "transitions": self.state.transitions,
         }
 
     # --- running ----------------------------------------------------------------------

@@ -1,0 +1,213 @@
+"""Who is present, and each change of it: the server's state, its times, its records.
+
+:class:`PresenceState` knows users, the connections counting for each (by id), and
+turns every change of a user's status into one transition: dated, written through
+the database writer, broadcast. It knows nothing of sockets or payloads; the
+server (:mod:`presence_core.server.server`) decides which connection speaks for
+whom and calls it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from presence_core import protocol
+from presence_core.database import storage
+from presence_core.protocol import OFFLINE, ONLINE
+from presence_core.server.writer import DatabaseWriter
+
+_MILLISECOND = timedelta(milliseconds=1)
+
+
+@dataclass(eq=False)
+class User:
+    """A present user: status, names, and the connections that count for them."""
+
+    key: str
+    wire_id: protocol.UserId
+    status: str
+    status_since: datetime
+    last_seen: datetime
+    user_type: str | None = None
+    user_name: str | None = None
+    team: str | None = None
+    conns: set[str] = field(default_factory=set)  # live connections, and ones in grace
+    left_at: datetime | None = None  # when the latest connection stopped counting
+
+
+class PresenceState:
+    """The present users and every transition between statuses.
+
+    ``broadcast(event, payload)`` sends to every client; ``writer`` (None: no
+    database) stores transitions and sightings; ``grace`` is the server's grace
+    period, which bounds how long a departed user's last time must be remembered.
+    """
+
+    def __init__(
+        self,
+        broadcast: Callable[[str, object], Awaitable[None]],
+        writer: DatabaseWriter | None,
+        *,
+        source: str,
+        grace: float,
+    ) -> None:
+        self.users: dict[str, User] = {}
+        self.transitions = 0
+        self.broadcasts = 0
+        self._broadcast = broadcast
+        self._writer = writer
+        self._source = source
+        self._grace = grace
+        self._last_change: dict[str, datetime] = {}  # user key -> last transition's time
+        self._prune_at = 10_000
+
+    # --- changes --------------------------------------------------------------------
+
+    async def join(
+        self,
+        sid: str,
+        key: str,
+        wire_id: protocol.UserId,
+        now: datetime,
+        names: protocol.UserOnline | None,
+    ) -> None:
+        """Connection ``sid`` counts for user ``key``; if the user was not present, they
+        come online (a transition)."""
+        user = self.users.get(key)
+        if user is not None:  # already present: no transition, no broadcast
+            user.conns.add(sid)
+            user.last_seen = max(user.last_seen, now)
+            self.sighting(user)
+            return
+        user = User(key=key, wire_id=wire_id, status=ONLINE, status_since=now, last_seen=now)
+        if names is not None:
+            user.user_type, user.user_name, user.team = names.user_type, names.user_name, names.team
+        user.conns.add(sid)
+        self.users[key] = user
+        await self._announce(user, ONLINE, now, protocol.USER_ONLINE)
+
+    def rename(self, key: str, names: protocol.UserOnline) -> None:
+        """Take the names a present user announced again (those given)."""
+        user = self.users.get(key)
+        if user is not None:
+            for name in ("user_type", "user_name", "team"):
+                if getattr(names, name) is not None:
+                    setattr(user, name, getattr(names, name))
+
+    async def part(self, key: str | None, sid: str, when: datetime, reason: str) -> None:
+        """Connection ``sid`` no longer counts for user ``key`` (since ``when``); when
+        no other does, the user goes offline (a transition)."""
+        user = self.users.get(key) if key is not None else None
+        if user is None or sid not in user.conns:
+            return
+        user.conns.discard(sid)
+        user.left_at = when if user.left_at is None else max(user.left_at, when)
+        if user.conns:
+            return
+        del self.users[user.key]
+        moment = max(user.left_at, user.status_since)
+        user.last_seen = moment
+        await self._announce(user, OFFLINE, moment, reason)
+
+    async def change(self, user: User, status: str, now: datetime, reason: str) -> None:
+        """A present user's new status (a transition)."""
+        user.status, user.status_since = status, now
+        user.last_seen = max(user.last_seen, now)
+        await self._announce(user, status, now, reason)
+
+    def seen(self, key: str, now: datetime, *, sighting: bool = True) -> User:
+        """A sign of life from a present user: ``last_seen`` advances."""
+        user = self.users[key]
+        user.last_seen = max(user.last_seen, now)
+        if sighting:
+            self.sighting(user)
+        return user
+
+    def sighting(self, user: User) -> None:
+        """Store the user's ``last_seen`` and names (no transition)."""
+        if self._writer is not None:
+            self._writer.add_sighting(
+                storage.Sighting(
+                    user_id=user.key,
+                    last_seen=user.last_seen,
+                    user_type=user.user_type,
+                    user_name=user.user_name,
+                    team=user.team,
+                )
+            )
+
+    async def _announce(self, user: User, status: str, moment: datetime, reason: str) -> None:
+        """Record a transition and broadcast it to every client.
+
+        A user's transitions get strictly increasing times (bumped by a millisecond
+        where two fall in the same one), so their order survives the database.
+        """
+        previous = self._last_change.get(user.key)
+        if previous is not None and moment <= previous:
+            moment = previous + _MILLISECOND
+        self._last_change[user.key] = moment
+        if len(self._last_change) > self._prune_at:
+            self._forget_old_changes()
+        if status != OFFLINE:
+            user.status_since = moment
+        user.last_seen = max(user.last_seen, moment)
+        self.transitions += 1
+        if self._writer is not None:
+            self._writer.add_transition(
+                storage.Transition(
+                    user_id=user.key,
+                    status=status,
+                    occurred_at=moment,
+                    received_at=protocol.now_millis(),
+                    reason=reason,
+                    source=self._source,
+                    user_type=user.user_type,
+                    user_name=user.user_name,
+                    team=user.team,
+                )
+            )
+        self.broadcasts += 1
+        payload = protocol.status_changed(user.wire_id, status, moment, reason)
+        await self._broadcast(protocol.USER_STATUS_CHANGED, payload)
+
+    def _forget_old_changes(self) -> None:
+        """Keep the per-user last-change times only where they can still matter: a new
+        transition is never dated before the user's current status began (see
+        :meth:`part`), so only the last moments of users who left can collide."""
+        horizon = protocol.now_millis() - timedelta(seconds=self._grace + 5)
+        self._last_change = {
+            key: moment
+            for key, moment in self._last_change.items()
+            if moment > horizon or key in self.users
+        }
+        self._prune_at = max(10_000, 2 * len(self._last_change))  # amortised O(1)
+
+    # --- reading --------------------------------------------------------------------
+
+    def online_users(self, live: Callable[[str], bool]) -> list[dict]:
+        """The ``onlineUsersList`` payload: every present user.
+
+        ``lastSeen`` is now for a user with a live connection (``live(sid)``: the
+        server sees them; engine.io's pings vouch for it), else the last sign of life
+        (a user whose connections are all in their grace period); ``statusSince``
+        says when the current status began.
+        """
+        now = protocol.now_millis()
+        return [
+            protocol.online_user(
+                u.wire_id,
+                u.status,
+                now if any(live(sid) for sid in u.conns) else u.last_seen,
+                u.user_type,
+                u.user_name,
+                u.team,
+                u.status_since,
+            )
+            for u in self.users.values()
+        ]
+
+    def snapshot(self) -> dict[str, tuple[str, int]]:
+        """``{user key: (status, connections counting for it)}``."""
+        return {key: (u.status, len(u.conns)) for key, u in self.users.items()}
