@@ -83,6 +83,17 @@ async def wait_rows(engine: Engine, expected: list[tuple], timeout: float = 15) 
         ) from None
 
 
+async def past_millisecond_of(moment: datetime) -> None:
+    """Wait until this machine's clock (which the guide's Node server reads too) has
+    left ``moment``'s millisecond, so that the next change is dated after it."""
+    await async_wait_for(
+        lambda: datetime.now(UTC) >= moment + timedelta(milliseconds=1),
+        1,
+        interval=0.001,
+        what=f"the clock past {moment.isoformat()}",
+    )
+
+
 class User:
     """A person's browser tab: a python-socketio client speaking the guide's protocol."""
 
@@ -269,7 +280,7 @@ def test_reconcile_plan():
         True,
     )
     # never before the status it ends
-    assert moves["late"].occurred_at == T0 + timedelta(seconds=2, microseconds=1)
+    assert moves["late"].occurred_at == T0 + timedelta(seconds=2, milliseconds=1)
 
 
 def test_reconcile_without_earlier_coverage_uses_last_sign_of_life():
@@ -308,6 +319,10 @@ def test_live_changes_numeric_and_string_ids(node, engine, tmp_path, writer):
             assert listener.pipeline.writes_in_process == (writer == "process")
             await tab.online(123, "Ann")
             await tab.online("u-7", "Bob", "admin")
+            # the guide's server dates changes by its clock in whole milliseconds: two
+            # changes of one user in the same millisecond would share a lastSeen, and the
+            # listener rightly moves the second one on (the same-millisecond test below)
+            await past_millisecond_of(await tab.broadcast_time(123, "online"))
             await tab.offline(123)
             await wait_rows(
                 engine,
@@ -523,6 +538,41 @@ def test_clock_rule_on_the_wire(engine, tmp_path):
                 assert rows["e"].reason == "userStatus" and rows["e"].status == "busy"
                 eve = await db(user_row, engine, "e")
                 assert (eve.user_name, eve.team, eve.status) == ("Eve", "blue", "busy")
+        finally:
+            await server.stop()
+
+    asyncio.run(scenario())
+
+
+def test_same_millisecond_changes_keep_their_order(engine, tmp_path):
+    """Two changes of one user with the same lastSeen (the guide's server dates by the
+    millisecond): the second is moved one millisecond on, the wire's resolution, and
+    says so; a later change keeps its own time."""
+
+    async def scenario():
+        server = await ScriptedServer().start()
+        at = datetime.now(UTC).replace(microsecond=123_000) - timedelta(seconds=2)
+        wire = at.isoformat().replace("+00:00", "Z")
+        try:
+            async with listening(engine, server.url, tmp_path):
+                await server.send({"userId": 5, "status": "online", "lastSeen": wire})
+                await server.send({"userId": 5, "status": "away", "lastSeen": wire})
+                later = (at + timedelta(seconds=1)).isoformat()
+                await server.send({"userId": 5, "status": "offline", "lastSeen": later})
+                await wait_rows(
+                    engine, [("5", "online", False), ("5", "away", False), ("5", "offline", False)]
+                )
+                rows = await db(transition_rows, engine)
+                assert [r.occurred_at for r in rows] == [
+                    at,
+                    at + timedelta(milliseconds=1),
+                    at + timedelta(seconds=1),
+                ]
+                assert [r.reason for r in rows] == [
+                    None,
+                    "moved after the previous transition",
+                    None,
+                ]
         finally:
             await server.stop()
 

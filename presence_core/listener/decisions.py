@@ -36,7 +36,12 @@ __all__ = [
 
 CLOCK_AHEAD_LIMIT = timedelta(seconds=5)  # DESIGN "Clock"
 CLOCK_BEHIND_LIMIT = timedelta(days=1)  # a lastSeen older than this is not believed either
-TICK = timedelta(microseconds=1)  # keeps a user's rows strictly ordered in time
+# Keeps a user's rows strictly ordered in time: a second change of one user in the same
+# millisecond is moved one millisecond on. A millisecond, not less: it is the wire's
+# resolution (lastSeen carries milliseconds), so a moved time is still one a server could
+# have sent (our server spaces same-millisecond changes exactly so) and compares equal
+# to the broadcast it came from, never a microsecond beside it.
+TICK = timedelta(milliseconds=1)
 MAX_REASON = 64
 MAX_LOGGED_PAYLOAD = 200
 
