@@ -59,6 +59,7 @@ PASSWORD_FILE = "db-password"
 HBA = """# Written by presence: only clients that know the generated password may connect.
 host all all 127.0.0.1/32 scram-sha-256
 host all all ::1/128 scram-sha-256
+host replication all 127.0.0.1/32 scram-sha-256
 local all all scram-sha-256
 """
 

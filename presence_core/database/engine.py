@@ -9,6 +9,7 @@ database whose schema is behind, naming ``presence migrate``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 
 from alembic import command
 from alembic.config import Config
@@ -20,6 +21,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from presence_core import resources
 from presence_core.config import Settings
+from presence_core.database import partitions
 from presence_core.database.embedded import EmbeddedPostgres
 from presence_core.errors import DatabaseUnavailable, PresenceError
 
@@ -131,7 +133,47 @@ def connect(
         if settings.embedded and current_revision(engine) != head_revision():
             migrate(engine)
         check_schema(engine)
+        partitions.ensure_ahead(engine)
     return engine
+
+
+def connect_reader(
+    settings: Settings, *, progress: Progress | None = None, **engine_kwargs
+) -> Engine:
+    """An engine for reading: the streaming replica of ``PRESENCE_READ_DATABASE_URL``
+    when one is configured, else the same database writers use.
+
+    The dashboard, exports and analytics read here, so long reports never
+    compete with the listener's writes on the primary. A replica's schema is
+    the primary's, so it is checked the same way (a replica that is behind says
+    so); nothing is ever migrated or written through this engine.
+    """
+    if settings.read_database_url is None:
+        return connect(settings, progress=progress, **engine_kwargs)
+    engine = make_engine(settings.read_database_url, **engine_kwargs)
+    check_reachable(engine)
+    check_schema(engine)
+    return engine
+
+
+def replication_lag(engine: Engine) -> timedelta | None:
+    """How far a streaming replica is behind its primary; None on a primary.
+
+    Measured as the age of the last transaction replayed, and zero when the
+    replica has replayed everything it received (an idle primary sends nothing,
+    so an old replay time alone would overstate the lag).
+    """
+    with engine.connect() as conn:
+        row = conn.execute(
+            text(
+                "select pg_is_in_recovery(), "
+                "case when pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() "
+                "then interval '0' else now() - pg_last_xact_replay_timestamp() end"
+            )
+        ).one()
+    if not row[0]:
+        return None
+    return row[1] if row[1] is not None else timedelta(0)
 
 
 def _where(url: URL) -> str:
