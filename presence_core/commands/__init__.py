@@ -18,6 +18,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("generate-history", "generate_history", "write realistic synthetic history"),
     ("export", "export", "export presence history for analysts"),
     ("users", "users", "manage users' teams, names and types"),
+    ("teams", "teams", "manage teams' time zones, shifts and targets"),
     ("dashboard", "dashboard", "run the Streamlit dashboard"),
     ("demo", "demo", "the whole product on the embedded database, in one command"),
 )

@@ -16,8 +16,10 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    Numeric,
     Table,
     Text,
+    Time,
     UniqueConstraint,
     false,
     func,
@@ -56,6 +58,19 @@ transitions = Table(
     UniqueConstraint("user_id", "occurred_at", "status", name="uq_presence_transitions_event"),
     # time-range scans across all users (concurrency, exports by period)
     Index("ix_presence_transitions_occurred_at", "occurred_at"),
+)
+
+# Each team's time zone and daily shift (migration 0003; `presence teams import`).
+# shift_end at or before shift_start: the shift crosses midnight (equal: the whole
+# day); see presence_core.shifts.
+teams = Table(
+    "presence_teams",
+    metadata,
+    Column("team", Text, primary_key=True),
+    Column("time_zone", Text),
+    Column("shift_start", Time),
+    Column("shift_end", Time),
+    Column("target_pct", Numeric),
 )
 
 coverage = Table(

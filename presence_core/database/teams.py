@@ -1,0 +1,241 @@
+"""Teams: `presence teams import FILE.csv` sets each team's time zone, shift and target.
+
+The CSV has a header line naming its columns: `team`, `time_zone`, `shift_start` and
+`shift_end` required, `target_pct` optional, in any order. Times are 24-hour
+`HH:MM` (or `HH:MM:SS`); a `shift_end` at or before `shift_start` crosses midnight
+(22:00,06:00), and 00:00,24:00 is the whole day. `target_pct` is a percentage
+above 0 and at most 100; an empty cell means no target, and a file without the
+column leaves every team's target as it was. Teams not yet known are created;
+teams not in the file are left alone. A malformed file is refused with the line
+number, and nothing is changed: the whole file is one transaction.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import time
+from decimal import Decimal
+
+from sqlalchemy import Connection, Engine, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from presence_core.database import tables
+from presence_core.errors import PresenceError
+from presence_core.protocol import MAX_TEXT
+from presence_core.shifts import WHOLE_DAY, TeamSettings, whole_day, zone_named
+
+__all__ = [
+    "TeamsFile",
+    "import_teams",
+    "parse_teams_csv",
+    "settings_for",
+    "team_settings",
+    "teams_without_users",
+    "write_teams",
+]
+
+REQUIRED = ("team", "time_zone", "shift_start", "shift_end")
+OPTIONAL = ("target_pct",)
+_TIME = re.compile(r"(\d{1,2}):(\d{2})(?::(\d{2}))?")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class TeamsFile:
+    """A parsed import file: its teams, and whether it has a ``target_pct`` column
+    (without one, targets are left as they are)."""
+
+    teams: tuple[TeamSettings, ...]
+    sets_targets: bool
+
+
+def _clean_lines(lines: Iterable[str], name: str) -> Iterator[str]:
+    """The file's lines, refusing characters PostgreSQL cannot store (NUL, lone
+    surrogates from an undecodable pipe) with the physical line number."""
+    for number, line in enumerate(lines, start=1):
+        if "\x00" in line:
+            raise PresenceError(f"{name}, line {number}: contains a NUL character")
+        if _SURROGATE.search(line):
+            raise PresenceError(f"{name}, line {number}: contains bytes that are not UTF-8")
+        yield line
+
+
+def _parse_time(value: str, column: str, *, end: bool) -> time:
+    match = _TIME.fullmatch(value)
+    if match is None:
+        raise ValueError(f"{column} {value!r} is not a time of day (HH:MM, 24-hour)")
+    hour, minute, second = int(match[1]), int(match[2]), int(match[3] or 0)
+    if end and (hour, minute, second) == (24, 0, 0):
+        return time(0, 0)  # 24:00: midnight at the end of the day
+    if hour > 23 or minute > 59 or second > 59:
+        raise ValueError(f"{column} {value!r} is not a time of day (HH:MM, 24-hour)")
+    return time(hour, minute, second)
+
+
+def _parse_target(value: str) -> float | None:
+    if not value:
+        return None
+    text = value.removesuffix("%").strip()
+    try:
+        target = float(text)
+    except ValueError:
+        target = math.nan
+    if not (math.isfinite(target) and 0 < target <= 100):
+        raise ValueError(f"target_pct {value!r} is not a percentage above 0 and at most 100")
+    return target
+
+
+def _parse_team(value: str) -> str:
+    if not value:
+        raise ValueError("team is empty")
+    if len(value) > MAX_TEXT:
+        raise ValueError(f"team is {len(value)} characters; at most {MAX_TEXT}")
+    if _CONTROL.search(value):
+        raise ValueError(f"team {value!r} contains a control character")
+    return value
+
+
+def _parse_row(record: dict[str, str]) -> TeamSettings:
+    team = _parse_team(record["team"])
+    zone = record["time_zone"]
+    zone_named(zone)
+    start = _parse_time(record["shift_start"], "shift_start", end=False)
+    end = _parse_time(record["shift_end"], "shift_end", end=True)
+    return TeamSettings(team, zone, start, end, _parse_target(record.get("target_pct", "")))
+
+
+def parse_teams_csv(lines: Iterable[str], name: str = "input") -> TeamsFile:
+    """Parse and validate the whole file; raise PresenceError naming the first bad line."""
+    reader = csv.reader(_clean_lines(lines, name), strict=True)
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise PresenceError(
+            f"{name}: empty file; expected a header team,time_zone,shift_start,shift_end"
+        ) from None
+    except csv.Error as exc:
+        raise PresenceError(f"{name}, line 1: {exc}") from None
+    columns = [c.strip().lower() for c in header]
+    unknown = [c for c in columns if c not in REQUIRED + OPTIONAL]
+    if unknown:
+        raise PresenceError(
+            f"{name}, line 1: unknown column {unknown[0]!r}; expected "
+            "team,time_zone,shift_start,shift_end[,target_pct]"
+        )
+    missing = [c for c in REQUIRED if c not in columns]
+    if missing:
+        raise PresenceError(f"{name}, line 1: missing column {missing[0]!r}")
+    if len(set(columns)) != len(columns):
+        raise PresenceError(f"{name}, line 1: a column is named twice")
+    teams: list[TeamSettings] = []
+    seen: dict[str, int] = {}
+    try:
+        for fields in reader:
+            line = reader.line_num
+            if not fields or all(not f.strip() for f in fields):
+                continue
+            if len(fields) != len(columns):
+                raise PresenceError(
+                    f"{name}, line {line}: {len(fields)} fields, expected {len(columns)}"
+                )
+            record = {c: f.strip() for c, f in zip(columns, fields, strict=True)}
+            try:
+                settings = _parse_row(record)
+            except ValueError as exc:
+                raise PresenceError(f"{name}, line {line}: {exc}") from None
+            if settings.team in seen:
+                raise PresenceError(
+                    f"{name}, line {line}: team {settings.team!r} already given on line "
+                    f"{seen[settings.team]}"
+                )
+            seen[settings.team] = line
+            teams.append(settings)
+    except csv.Error as exc:
+        raise PresenceError(f"{name}, line {reader.line_num}: {exc}") from None
+    return TeamsFile(tuple(teams), sets_targets="target_pct" in columns)
+
+
+def _values(settings: TeamSettings) -> dict:
+    return {
+        "team": settings.team,
+        "time_zone": settings.time_zone,
+        "shift_start": settings.shift_start,
+        "shift_end": settings.shift_end,
+        "target_pct": None if settings.target_pct is None else Decimal(str(settings.target_pct)),
+    }
+
+
+def write_teams(
+    conn: Connection, teams: Iterable[TeamSettings], *, replace: bool = True, targets: bool = True
+) -> int:
+    """Upsert ``teams`` on the caller's transaction; returns how many rows were written.
+
+    ``replace=False`` keeps the settings of teams already known (what the synthetic
+    organisation does, so it never overwrites a real import); ``targets=False``
+    keeps known teams' targets.
+    """
+    rows = [_values(t) for t in teams]
+    if not rows:
+        return 0
+    stmt = pg_insert(tables.teams).values(rows)
+    if replace:
+        kept = {"team"} if targets else {"team", "target_pct"}
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[tables.teams.c.team],
+            set_={c: stmt.excluded[c] for c in rows[0] if c not in kept},
+        )
+    else:
+        stmt = stmt.on_conflict_do_nothing(index_elements=[tables.teams.c.team])
+    return conn.execute(stmt).rowcount
+
+
+def import_teams(engine: Engine, parsed: TeamsFile) -> tuple[int, int]:
+    """Apply an import file in one transaction; returns (teams updated, teams created)."""
+    names = [t.team for t in parsed.teams]
+    with engine.begin() as conn:
+        before = len(
+            conn.execute(select(tables.teams.c.team).where(tables.teams.c.team.in_(names))).all()
+        )
+        write_teams(conn, parsed.teams, targets=parsed.sets_targets)
+    return before, len(names) - before
+
+
+def teams_without_users(engine: Engine, teams: Iterable[str]) -> list[str]:
+    """Those of ``teams`` that no user belongs to (a typo in an import, usually)."""
+    names = sorted(set(teams))
+    if not names:
+        return []
+    users = tables.users
+    with engine.connect() as conn:
+        used = set(
+            conn.execute(select(users.c.team).distinct().where(users.c.team.in_(names))).scalars()
+        )
+    return [n for n in names if n not in used]
+
+
+def _from_row(row, display_tz: str) -> TeamSettings:
+    start = row.shift_start if row.shift_start is not None else WHOLE_DAY[0]
+    end = row.shift_end if row.shift_end is not None else start
+    target = None if row.target_pct is None else float(row.target_pct)
+    return TeamSettings(row.team, row.time_zone or display_tz, start, end, target)
+
+
+def team_settings(engine: Engine, display_tz: str = "UTC") -> dict[str, TeamSettings]:
+    """Every configured team's settings, by name (a row missing its zone takes
+    ``display_tz``; one missing its times, the whole day)."""
+    with engine.connect() as conn:
+        rows = conn.execute(select(tables.teams).order_by(tables.teams.c.team)).all()
+    return {row.team: _from_row(row, display_tz) for row in rows}
+
+
+def settings_for(engine: Engine, team: str, display_tz: str = "UTC") -> TeamSettings:
+    """The settings of ``team``; a team nobody has configured works the whole day in
+    ``display_tz`` (what the Availability page uses before anything is imported)."""
+    with engine.connect() as conn:
+        row = conn.execute(select(tables.teams).where(tables.teams.c.team == team)).first()
+    return whole_day(team, display_tz) if row is None else _from_row(row, display_tz)
