@@ -9,9 +9,15 @@ sends with ``parse_status_changed`` and ``parse_online_users``.
 Every parser raises :class:`ProtocolError` (a ValueError) with a one-line
 message naming what is wrong; nothing here touches the network or the database.
 
+This module is the one home of the protocol's rules, for the server and the
+listener alike: the event names, the statuses that mean something (``online``,
+``offline``), every length limit and every character check. Whatever passes them
+PostgreSQL stores: no NUL character, no lone surrogate, nothing over-long, only
+the types the protocol names.
+
 ``userId`` keeps its wire type in outgoing payloads (a number stays a number, as
-in the guide); :func:`presence_core.database.storage.user_id_text` gives the stored text,
-so ``123`` and ``"123"`` are the same user.
+in the guide); :func:`user_id_text` gives the stored text, so ``123`` and
+``"123"`` are the same user.
 """
 
 from __future__ import annotations
@@ -22,7 +28,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from presence_core.database.storage import user_id_text
 from presence_core.status import parse_timestamp
 
 ONLINE = "online"
@@ -42,9 +47,13 @@ CLIENT_EVENTS = (USER_ONLINE, USER_OFFLINE, USER_HEARTBEAT, USER_STATUS, GET_ONL
 SERVER_EVENTS = (USER_STATUS_CHANGED, ONLINE_USERS_LIST, PRESENCE_ERROR)
 EVENTS = CLIENT_EVENTS + SERVER_EVENTS
 
+MAX_ID = 256  # characters of a userId
 MAX_TEXT = 256  # userName, userType, team
 MAX_STATUS = 64
+MAX_REASON = 64  # the reason a userStatusChanged gives (our extension)
 _STATUS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.:/-]*$")
+# what PostgreSQL refuses in text: NUL, and lone surrogates (not encodable as UTF-8)
+_UNSTORABLE_RE = re.compile("[\x00\ud800-\udfff]")
 
 UserId = int | str
 
@@ -89,6 +98,52 @@ def _describe(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def unstorable(text: str) -> str | None:
+    """What in ``text`` PostgreSQL would refuse ("a NUL character", "a lone surrogate
+    U+D800"), or None when it can be stored."""
+    found = _UNSTORABLE_RE.search(text)
+    if found is None:
+        return None
+    char = found.group()
+    return "a NUL character" if char == "\x00" else f"a lone surrogate U+{ord(char):04X}"
+
+
+def user_id_text(value: object) -> str:
+    """A protocol ``userId`` as stored text: ``123`` → ``"123"``, strings unchanged.
+
+    Raises ProtocolError (a ValueError) for anything else (bool, float, None,
+    containers), for empty or over-long ids (more than 256 characters) and for ids
+    PostgreSQL would refuse (NUL, lone surrogates).
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ProtocolError(f"userId must be a number or a string, not {type(value).__name__}")
+    if isinstance(value, int) and abs(value) >= 10**MAX_ID:  # str() of a huge int is slow
+        raise ProtocolError(f"userId is a number of more than {MAX_ID} digits")
+    result = str(value)
+    if not result.strip():
+        raise ProtocolError("userId is empty")
+    if len(result) > MAX_ID:
+        raise ProtocolError(f"userId is {len(result)} characters long; at most {MAX_ID}")
+    bad = unstorable(result)
+    if bad is not None:
+        raise ProtocolError(f"userId holds {bad}")
+    return result
+
+
+def check_text(value: object, field: str, event: str, limit: int = MAX_TEXT) -> str:
+    """A text field (``userName``, ``userType``, ``team``…): a string of at most
+    ``limit`` characters once stripped, storable as it is. Returned stripped."""
+    if not isinstance(value, str):
+        raise ProtocolError(f"{event}: {field} must be a string, not {type(value).__name__}")
+    text = value.strip()
+    if len(text) > limit:
+        raise ProtocolError(f"{event}: {field} is {len(text)} characters; at most {limit}")
+    bad = unstorable(text)
+    if bad is not None:
+        raise ProtocolError(f"{event}: {field} holds {bad}")
+    return text
+
+
 def _mapping(payload: object, event: str) -> Mapping:
     if not isinstance(payload, Mapping):
         raise ProtocolError(f"{event} expects an object, got {type(payload).__name__}")
@@ -105,7 +160,7 @@ def _user_id(payload: Mapping, event: str, *, required: bool = True) -> tuple[Us
         value = int(value)  # 123.0 from a loose JSON encoder is 123
     try:
         key = user_id_text(value)
-    except ValueError as exc:
+    except ProtocolError as exc:
         raise ProtocolError(f"{event}: {exc}") from None
     return value, key
 
@@ -114,15 +169,10 @@ def _optional_text(payload: Mapping, field: str, event: str, limit: int = MAX_TE
     value = payload.get(field)
     if value is None:
         return None
-    if not isinstance(value, str):
-        raise ProtocolError(f"{event}: {field} must be a string, not {type(value).__name__}")
-    value = value.strip()
-    if len(value) > limit:
-        raise ProtocolError(f"{event}: {field} is {len(value)} characters; at most {limit}")
-    return value or None
+    return check_text(value, field, event, limit) or None
 
 
-def check_status(value: object, event: str = "userStatus") -> str:
+def check_status(value: object, event: str = USER_STATUS) -> str:
     """A status name: a non-empty string of at most 64 letters, digits and ``_.:/-`` or
     spaces, starting with a letter or digit. Returned stripped, case kept."""
     if not isinstance(value, str):
@@ -143,7 +193,7 @@ def parse_user_online(payload: object, *, default_id: UserId | None = None) -> U
     ``default_id`` stands in for a missing ``userId`` (a client identified by its
     token may leave it out). Names and team are optional strings.
     """
-    event = "userOnline"
+    event = USER_ONLINE
     if payload is None and default_id is not None:
         payload = {}
     data = _mapping(payload, event)
@@ -171,18 +221,18 @@ def _parse_ref(payload: object, event: str, default_id: UserId | None) -> UserRe
 
 def parse_user_offline(payload: object, *, default_id: UserId | None = None) -> UserRef:
     """``userOffline {userId}``."""
-    return _parse_ref(payload, "userOffline", default_id)
+    return _parse_ref(payload, USER_OFFLINE, default_id)
 
 
 def parse_user_heartbeat(payload: object, *, default_id: UserId | None = None) -> UserRef:
     """``userHeartbeat {userId}`` (the guide's origin added it)."""
-    return _parse_ref(payload, "userHeartbeat", default_id)
+    return _parse_ref(payload, USER_HEARTBEAT, default_id)
 
 
 def parse_user_status(payload: object, *, default_id: UserId | None = None) -> UserStatus:
     """``userStatus {userId, status}``: any present status; ``offline`` is refused
     (a client leaves with ``userOffline``)."""
-    event = "userStatus"
+    event = USER_STATUS
     data = _mapping(payload, event)
     ref = _parse_ref(data, event, default_id)
     if "status" not in data:
@@ -197,7 +247,7 @@ def parse_get_online_users(payload: object = None) -> None:
     """``getOnlineUsers``: carries nothing (an empty object is accepted too)."""
     if payload is None or (isinstance(payload, Mapping) and not payload):
         return None
-    raise ProtocolError(f"getOnlineUsers carries no data, got {_describe(payload)}")
+    raise ProtocolError(f"{GET_ONLINE_USERS} carries no data, got {_describe(payload)}")
 
 
 # --- outgoing payloads (server → clients) --------------------------------------------
@@ -290,6 +340,7 @@ class StatusChange:
     status: str
     last_seen: datetime | None
     last_seen_raw: object = None
+    reason: str | None = None  # our server's extension, made storable (observed_text)
 
     @property
     def last_seen_problem(self) -> str | None:
@@ -344,18 +395,20 @@ def parse_last_seen(value: object) -> datetime | None:
     return None
 
 
-def _observed_text(data: Mapping, field: str) -> str | None:
-    value = data.get(field)
-    if value is None:
+def observed_text(value: object, limit: int = MAX_TEXT) -> str | None:
+    """A name (or reason) a server sent, made storable: names are decoration, so a
+    strange one is dropped (None), not fatal, and a long one is cut to ``limit``."""
+    if value is None or isinstance(value, bool) or not isinstance(value, (str, int, float)):
         return None
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        return None  # names are decoration: a strange one is dropped, not fatal
-    return str(value).strip()[:MAX_TEXT] or None
+    text = str(value).strip()[:limit]
+    if unstorable(text) is not None:
+        return None
+    return text or None
 
 
 def parse_status_changed(payload: object) -> StatusChange:
     """``userStatusChanged {userId, status, lastSeen}`` as a server sends it."""
-    event = "userStatusChanged"
+    event = USER_STATUS_CHANGED
     data = _mapping(payload, event)
     found = _user_id(data, event)
     assert found is not None
@@ -367,11 +420,12 @@ def parse_status_changed(payload: object) -> StatusChange:
         status=check_status(data["status"], event),
         last_seen=parse_last_seen(raw),
         last_seen_raw=raw,
+        reason=observed_text(data.get("reason"), MAX_REASON),
     )
 
 
 def _parse_online_entry(entry: object, index: int) -> OnlineUser:
-    event = f"onlineUsersList[{index}]"
+    event = f"{ONLINE_USERS_LIST}[{index}]"
     data = _mapping(entry, event)
     found = _user_id(data, event)
     assert found is not None
@@ -381,9 +435,9 @@ def _parse_online_entry(entry: object, index: int) -> OnlineUser:
         user_id=found[1],
         status=ONLINE if status is None else check_status(status, event),
         last_seen=parse_last_seen(raw),
-        user_type=_observed_text(data, "userType"),
-        user_name=_observed_text(data, "userName"),
-        team=_observed_text(data, "team"),
+        user_type=observed_text(data.get("userType")),
+        user_name=observed_text(data.get("userName")),
+        team=observed_text(data.get("team")),
         last_seen_raw=raw,
         status_since=parse_last_seen(data.get("statusSince")),
     )
@@ -396,7 +450,7 @@ def parse_online_users(payload: object, *, skip_bad: bool = False) -> list[Onlin
     raises ProtocolError naming its index, or is left out with ``skip_bad=True``.
     """
     if not isinstance(payload, list):
-        raise ProtocolError(f"onlineUsersList expects an array, got {type(payload).__name__}")
+        raise ProtocolError(f"{ONLINE_USERS_LIST} expects an array, got {type(payload).__name__}")
     users = []
     for index, entry in enumerate(payload):
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -163,3 +164,65 @@ def test_parse_online_users():
     assert len(protocol.parse_online_users([{"userId": 1}, 7], skip_bad=True)) == 1
     with pytest.raises(ProtocolError):
         protocol.parse_online_users({"userId": 1})
+
+
+UNSTORABLE = [
+    ("a NUL character", "a\x00b"),
+    ("a lone surrogate U+D800", "x\ud800"),
+    ("a lone surrogate U+DFFF", "\udfff"),
+]
+
+
+@pytest.mark.parametrize("what, text", UNSTORABLE)
+@pytest.mark.parametrize("field", ["userId", "userName", "userType", "team"])
+def test_what_postgres_would_refuse_is_refused_in_every_field(field, what, text):
+    payload = {"userId": 1, field: text}
+    what = re.escape(what)
+    with pytest.raises(ProtocolError, match=what) as info:
+        protocol.parse_user_online(payload)
+    assert field in str(info.value) and "userOnline" in str(info.value)
+    if field == "userId":
+        for parse in (protocol.parse_user_offline, protocol.parse_user_heartbeat):
+            with pytest.raises(ProtocolError, match=what):
+                parse(payload)
+        with pytest.raises(ProtocolError, match=what):
+            protocol.parse_user_status({"userId": text, "status": "away"})
+        with pytest.raises(ProtocolError, match=what):  # the listener's side too
+            protocol.parse_status_changed({"userId": text, "status": "online"})
+        with pytest.raises(ProtocolError, match=what):
+            protocol.parse_online_users([{"userId": text}])
+
+
+@pytest.mark.parametrize("_what, text", UNSTORABLE)
+def test_statuses_with_unstorable_characters_are_refused(_what, text):
+    with pytest.raises(ProtocolError):
+        protocol.parse_user_status({"userId": 1, "status": "away" + text})
+    with pytest.raises(ProtocolError):
+        protocol.parse_status_changed({"userId": 1, "status": text})
+
+
+def test_limits_and_types_live_here():
+    assert protocol.user_id_text(123) == "123" and protocol.user_id_text("u") == "u"
+    assert protocol.user_id_text("x" * protocol.MAX_ID) == "x" * protocol.MAX_ID
+    for bad in ["x" * (protocol.MAX_ID + 1), 10**protocol.MAX_ID, "", " ", True, 1.5, None, [1]]:
+        with pytest.raises(ProtocolError):  # a ValueError too, for callers that catch that
+            protocol.user_id_text(bad)
+    assert protocol.check_text(" Ann ", "userName", "e") == "Ann"
+    with pytest.raises(ProtocolError, match="at most 256"):
+        protocol.check_text("n" * 257, "userName", "e")
+    with pytest.raises(ProtocolError, match="must be a string"):
+        protocol.check_text(5, "team", "e")
+    assert set(protocol.EVENTS) == set(protocol.CLIENT_EVENTS) | set(protocol.SERVER_EVENTS)
+    assert "userStatusChanged" in protocol.SERVER_EVENTS and "userOnline" in protocol.CLIENT_EVENTS
+
+
+def test_names_a_server_sends_are_made_storable_or_dropped():
+    [entry] = protocol.parse_online_users(
+        [{"userId": 1, "userName": "a\x00b", "userType": "\ud800", "team": " T "}]
+    )
+    assert (entry.user_name, entry.user_type, entry.team) == (None, None, "T")
+    change = protocol.parse_status_changed({"userId": 1, "status": "online", "reason": "r" * 100})
+    assert change.reason == "r" * protocol.MAX_REASON
+    assert (
+        protocol.parse_status_changed({"userId": 1, "status": "x", "reason": "\x00"}).reason is None
+    )

@@ -569,3 +569,38 @@ def test_events_named_like_reserved_ones_are_refused_and_harmless():
         assert srv.server.health()["connections"] == 2
         client.emit("userHeartbeat", {"userId": 1})  # still itself
         assert client.call("userHeartbeat", {"userId": 1}) == {"ok": True}
+
+
+def test_values_postgres_would_refuse_get_presence_error_and_writing_goes_on(engine):
+    """A NUL or a lone surrogate in any field, an over-long value, a wrong type: each is
+    refused at the edge with presenceError, changes nothing, and never reaches the
+    database, so the next user's transitions are still written."""
+    with running_server(engine) as srv:
+        watcher = srv.client()
+        client = srv.client()
+        bad = []
+        for text in ("a\x00b", "\ud800", "x\udfff"):
+            bad += [
+                ("userOnline", {"userId": text}),
+                ("userOnline", {"userId": 1, "userName": text}),
+                ("userOnline", {"userId": 1, "userType": text}),
+                ("userOnline", {"userId": 1, "team": text}),
+            ]
+        bad += [
+            ("userOnline", {"userId": 1, "userName": "n" * 257}),
+            ("userOnline", {"userId": 1, "team": ["T"]}),
+        ]
+        for number, (event, payload) in enumerate(bad, 1):
+            answer = client.call(event, payload)
+            assert answer["ok"] is False, payload
+            error = client.wait_error(number)
+            assert error["event"] == event and error["message"] == answer["error"]
+        client.emit("userOnline", {"userId": 1, "userName": "Ann"})
+        client.emit("userStatus", {"userId": 1, "status": "away\x00"})
+        assert "status" in client.wait_error(len(bad) + 1)["message"]
+        client.emit("userStatus", {"userId": 1, "status": "away"})
+        watcher.wait_change(1, "away")
+        srv.flush()
+        assert watcher.changes() == [(1, "online"), (1, "away")]
+    state = storage.current_state(engine)
+    assert list(state) == ["1"] and state["1"].user_name == "Ann" and state["1"].status == "away"

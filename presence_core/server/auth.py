@@ -22,8 +22,8 @@ import re
 import time
 from dataclasses import dataclass
 
-from presence_core.database.storage import user_id_text
 from presence_core.errors import PresenceError
+from presence_core.protocol import user_id_text
 
 SECRET_ENV = "PRESENCE_AUTH_SECRET"
 OBSERVER = "observer"
@@ -134,4 +134,3 @@ def parse_duration(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 3600, 15m, 12h, 7d)")
     factor = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
     return float(match.group(1)) * factor
-
