@@ -28,6 +28,7 @@ st.set_page_config(
     initial_sidebar_state="expanded",
 )
 ui.require_access()
+ui.hidden_toggle()
 ui.inject_style()
 
 pages = [

@@ -311,7 +311,8 @@ def require_access() -> None:
     Off by default. With ``[access] password`` in ``.streamlit/secrets.toml`` a
     password is asked (compared in constant time); with an ``[auth]`` section the
     viewer signs in through OIDC (``st.login``), optionally limited to
-    ``[access] allowed_emails``.
+    ``[access] allowed_emails``; the accounts in ``[access] admins`` may always look
+    and may show the users who hide their last seen (:func:`is_admin`).
     """
     access = _secrets_section("access")
     if _secrets_section("auth"):
@@ -321,15 +322,59 @@ def require_access() -> None:
         _require_password(str(password))
 
 
+def _emails(access: dict, name: str) -> set[str]:
+    return {str(e).strip().lower() for e in access.get(name, []) if str(e).strip()}
+
+
+def _signed_in_email() -> str:
+    try:
+        if not st.user.get("is_logged_in"):
+            return ""
+        return str(st.user.get("email") or "").strip().lower()
+    except Exception:  # no session (bare mode)
+        return ""
+
+
+def is_admin() -> bool:
+    """Whether the viewer is an administrator: access control is configured with
+    sign-in (an ``[auth]`` section) and the signed-in account's email is in
+    ``[access] admins``. Never with the shared password alone: it names nobody."""
+    if not _secrets_section("auth"):
+        return False
+    email = _signed_in_email()
+    return bool(email) and email in _emails(_secrets_section("access"), "admins")
+
+
+HIDDEN_TOGGLE = "pd_include_hidden"
+
+
+def hidden_toggle() -> None:
+    """For an administrator only: the sidebar's switch that shows the users who hide
+    their last seen (their times, sessions and exports) on every page."""
+    if is_admin():
+        st.sidebar.toggle(
+            "Show users who hide their last seen",
+            value=False,
+            key=HIDDEN_TOGGLE,
+            help="Administrators only. Their times then appear on every page and in exports.",
+        )
+
+
+def include_hidden() -> bool:
+    """What pages pass as ``include_hidden`` to ``presence_core.analytics``: true only
+    for an administrator who turned :func:`hidden_toggle` on."""
+    return is_admin() and bool(st.session_state.get(HIDDEN_TOGGLE, False))
+
+
 def _require_login(access: dict) -> None:
-    if not st.user.is_logged_in:
+    if not st.user.get("is_logged_in"):
         st.title("Presence analytics")
         st.write("Sign in to see the dashboard.")
         st.button("Sign in", on_click=st.login, type="primary")
         st.stop()
-    allowed = [str(e).lower() for e in access.get("allowed_emails", [])]
-    email = str(st.user.get("email") or "").lower()
-    if allowed and email not in allowed:
+    allowed = _emails(access, "allowed_emails")
+    email = _signed_in_email()
+    if allowed and email not in allowed | _emails(access, "admins"):
         st.error(f"{email or 'This account'} may not see this dashboard.")
         st.button("Sign out", on_click=st.logout)
         st.stop()

@@ -20,7 +20,8 @@ CHART = {"displayModeBar": False}
 st.title("Activity")
 zone = ui.viewer_zone()
 today = datetime.now(UTC).astimezone(zone).date()
-choices = data.load(analytics.filter_choices)
+hidden = ui.include_hidden()  # an administrator who asked for users who hide their times
+choices = data.load(analytics.filter_choices, include_hidden=hidden)
 
 c1, c2, c3, c4 = st.columns([2, 1, 1, 1])
 start, end = ui.period_picker("act_period", today, where=c1)
@@ -141,7 +142,7 @@ else:
 
 # --- one user's timeline -----------------------------------------------------
 st.subheader("One user's sessions")
-names = data.load(analytics.user_names)
+names = data.load(analytics.user_names, include_hidden=hidden)
 user = st.selectbox(
     "User",
     choices["user_id"],
@@ -154,7 +155,13 @@ if user is None:
     st.caption("Choose a user to see their sessions, coloured by status.")
 else:
     segments = data.load(
-        analytics.user_timeline, user, start, end, zone.key, max_rows=data.MAX_ROWS
+        analytics.user_timeline,
+        user,
+        start,
+        end,
+        zone.key,
+        max_rows=data.MAX_ROWS,
+        include_hidden=hidden,
     )
     if segments.empty:
         st.caption("No sessions in this period.")

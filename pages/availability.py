@@ -14,6 +14,7 @@ from presence_core.status import GREEN
 
 st.title("Availability")
 viewer = ui.viewer_zone()
+hidden = ui.include_hidden()  # an administrator who asked for users who hide their times
 choices = data.load(analytics.filter_choices)
 settings = data.settings()
 
@@ -56,9 +57,19 @@ types = None if type_filter is None else [type_filter]
 # the page's queries run at once; drawing waits for the slowest only
 present, everyone, away, per_user = data.gather(
     lambda: data.load(
-        analytics.current_presence, team=team_filter, user_type=type_filter, ttl=data.LIVE_TTL
+        analytics.current_presence,
+        team=team_filter,
+        user_type=type_filter,
+        include_hidden=hidden,
+        ttl=data.LIVE_TTL,
     ),
-    lambda: data.load(analytics.last_seen_table, teams=teams, user_types=types, ttl=data.LIVE_TTL),
+    lambda: data.load(
+        analytics.last_seen_table,
+        teams=teams,
+        user_types=types,
+        include_hidden=hidden,
+        ttl=data.LIVE_TTL,
+    ),
     lambda: data.load(
         analytics.away_users,
         tuple(statuses),
@@ -66,6 +77,7 @@ present, everyone, away, per_user = data.gather(
         team=team_filter,
         user_type=type_filter,
         include_offline=include_offline,
+        include_hidden=hidden,
         ttl=data.LIVE_TTL,
     ),
     lambda: data.load(
@@ -78,6 +90,7 @@ present, everyone, away, per_user = data.gather(
         tuple(statuses),
         team=team_filter,
         user_type=type_filter,
+        include_hidden=hidden,
     ),
 )
 if everyone.empty:
@@ -92,7 +105,9 @@ with left:
     cards = [
         {
             "name": ui.display_name(r.user_id, r.user_name),
-            "meta": f"{r.status} · since {ui.format_clock(r.status_since, viewer, now)}",
+            "meta": f"{r.status} · since {ui.format_clock(r.status_since, viewer, now)}"
+            if pd.notna(r.status_since)
+            else r.status,
             "color": GREEN,
             "pulse": True,
         }

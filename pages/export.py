@@ -27,7 +27,8 @@ st.caption(
     "when you click Download, streamed from the database."
 )
 zone = ui.viewer_zone()
-choices = data.load(analytics.filter_choices)
+hidden = ui.include_hidden()  # an administrator who asked for users who hide their times
+choices = data.load(analytics.filter_choices, include_hidden=hidden)
 today = datetime.now(UTC).astimezone(zone).date()
 
 c1, c2 = st.columns([1, 2])
@@ -46,11 +47,9 @@ with c2:
     users = st.multiselect(
         "Users (empty: everyone)", choices["user_id"], key="ex_users", max_selections=100
     )
-    f3, f4 = st.columns(2)
-    fmt = f3.selectbox("Format", export.FORMATS, key="ex_format")
-    include_hidden = f4.checkbox(
-        "Include users who hide their last seen", value=False, key="ex_hidden"
-    )
+    fmt = st.selectbox("Format", export.FORMATS, key="ex_format")
+    if hidden:
+        st.caption("Includes the users who hide their last seen (administrator).")
 
 filters = export.ExportFilters(
     start=None if everything else start,
@@ -58,7 +57,7 @@ filters = export.ExportFilters(
     user_ids=tuple(users) or None,
     user_type=user_type,
     team=team,
-    include_hidden=include_hidden,
+    include_hidden=hidden,
     tz=zone.key,
     available_statuses=tuple(data.settings().available_statuses),
 )
@@ -86,7 +85,7 @@ if filters.user_type:
     argv += ["--type", filters.user_type]
 if filters.team:
     argv += ["--team", filters.team]
-if include_hidden:
+if hidden:
     argv.append("--include-hidden")
 argv += ["--tz", zone.key, "--format", fmt, "--output", file_name]
 st.markdown("**The same from the command line**")

@@ -21,7 +21,8 @@ st.title("Last seen")
 zone = ui.viewer_zone()
 st.caption(f"Every user, as the guide shows them. Times in {zone.key}.")
 
-choices = data.load(analytics.filter_choices)
+hidden = ui.include_hidden()  # an administrator who asked for users who hide their times
+choices = data.load(analytics.filter_choices, include_hidden=hidden)
 
 search = st.text_input(
     "Search", placeholder="name or id", key="ls_search", label_visibility="collapsed"
@@ -37,6 +38,7 @@ users = data.load(
     teams=teams,
     user_types=types,
     statuses=statuses or None,
+    include_hidden=hidden,
     ttl=data.LIVE_TTL,
 )
 if users.empty and not (search or teams or types or statuses):
@@ -46,7 +48,9 @@ if users.empty and not (search or teams or types or statuses):
 now = datetime.now(UTC)
 texts, dots = [], []
 for row in users.itertuples(index=False):
-    text, color = ui.status_text(row.status, row.last_seen, bool(row.hide_last_seen), now, zone)
+    text, color = ui.status_text(
+        row.status, row.last_seen, bool(row.hide_last_seen) and not hidden, now, zone
+    )
     texts.append(text)
     dots.append(color)
 
@@ -60,8 +64,8 @@ table = pd.DataFrame(
         "Status": users["status"].to_numpy(),
         "Last seen": texts,
         f"Exact time ({zone.key})": [
-            "hidden" if hidden else ui.format_time(seen, zone)
-            for seen, hidden in zip(users["last_seen"], users["hide_last_seen"], strict=True)
+            "hidden" if hides and not hidden else ui.format_time(seen, zone)
+            for seen, hides in zip(users["last_seen"], users["hide_last_seen"], strict=True)
         ],
     }
 )

@@ -18,6 +18,7 @@ MAX_CARDS = 500
 st.title("Live")
 st.caption("Who is here right now. Refreshes every 2 seconds.")
 
+hidden = ui.include_hidden()  # an administrator who asked for users who hide their times
 choices = data.load(analytics.filter_choices)
 left, right, _ = st.columns([1, 1, 2])
 team_filter, type_filter = ui.team_type_pickers(choices, "live", team_in=left, type_in=right)
@@ -29,11 +30,11 @@ def _counts(frame: pd.DataFrame, column: str, label: str) -> pd.DataFrame:
 
 
 @st.fragment(run_every=REFRESH_SECONDS)
-def board(team: str | None, user_type: str | None) -> None:
-    ui.guarded(lambda: _draw(team, user_type), retry_every=None)
+def board(team: str | None, user_type: str | None, hidden: bool) -> None:
+    ui.guarded(lambda: _draw(team, user_type, hidden), retry_every=None)
 
 
-def _draw(team: str | None, user_type: str | None) -> None:
+def _draw(team: str | None, user_type: str | None, hidden: bool) -> None:
     now = datetime.now(UTC)
     zone = ui.viewer_zone()
     available = set(data.settings().available_statuses)
@@ -41,13 +42,26 @@ def _draw(team: str | None, user_type: str | None) -> None:
     types = None if user_type is None else [user_type]
     present, everyone, recent = data.gather(
         lambda: data.load(
-            analytics.current_presence, team=team, user_type=user_type, ttl=data.LIVE_TTL
+            analytics.current_presence,
+            team=team,
+            user_type=user_type,
+            include_hidden=hidden,
+            ttl=data.LIVE_TTL,
         ),
         lambda: data.load(
-            analytics.last_seen_table, teams=teams, user_types=types, ttl=data.LIVE_TTL
+            analytics.last_seen_table,
+            teams=teams,
+            user_types=types,
+            include_hidden=hidden,
+            ttl=data.LIVE_TTL,
         ),
         lambda: data.load(
-            analytics.recently_left, RECENT, team=team, user_type=user_type, ttl=data.LIVE_TTL
+            analytics.recently_left,
+            RECENT,
+            team=team,
+            user_type=user_type,
+            include_hidden=hidden,
+            ttl=data.LIVE_TTL,
         ),
     )
 
@@ -116,4 +130,4 @@ def _draw(team: str | None, user_type: str | None) -> None:
     st.caption(f"Updated {ui.format_time(now, zone)}")
 
 
-board(team_filter, type_filter)
+board(team_filter, type_filter, hidden)

@@ -38,6 +38,7 @@ def availability(
     team: str | None = None,
     user_type: str | None = None,
     user_ids: Iterable[str] | None = None,
+    include_hidden: bool = False,
 ) -> pd.DataFrame:
     """Availability per user per local day, both dates inclusive.
 
@@ -132,6 +133,7 @@ def availability(
         user_ids,
         user_type,
         team,
+        include_hidden=include_hidden,
         s_off=start_offset,
         e_off=end_offset,
         d0=start_date,
@@ -148,6 +150,7 @@ def first_in_last_out(
     tz: str | tzinfo | None = None,
     user_type: str | None = None,
     team: str | None = None,
+    include_hidden: bool = False,
 ) -> pd.DataFrame:
     """Per local day: ``date, first_in_user, first_in_at`` (the earliest session
     start that day) and ``last_out_user, last_out_at`` (the latest session end
@@ -180,7 +183,7 @@ def first_in_last_out(
     return read_frame(
         engine,
         sql,
-        bind(lo, hi, zone, user_type=user_type, team=team),
+        bind(lo, hi, zone, user_type=user_type, team=team, include_hidden=include_hidden),
         utc=("first_in_at", "last_out_at"),
     )
 
@@ -195,6 +198,7 @@ def agent_summary(
     available_statuses: Sequence[str] = DEFAULT_AVAILABLE,
     team: str | None = None,
     user_type: str | None = None,
+    include_hidden: bool = False,
 ) -> pd.DataFrame:
     """One row per user over the whole period (the Availability page's table):
     ``user_id, user_name, team, available_seconds, shift_seconds, availability_pct``
@@ -205,7 +209,7 @@ def agent_summary(
 
     The five reads behind it run at once, each on its own connection."""
     pd_ = load_pandas()
-    filters = {"tz": tz, "team": team, "user_type": user_type}
+    filters = {"tz": tz, "team": team, "user_type": user_type, "include_hidden": include_hidden}
     jobs = {
         "avail": lambda: availability(
             engine,
@@ -217,6 +221,7 @@ def agent_summary(
             available_statuses,
             team=team,
             user_type=user_type,
+            include_hidden=include_hidden,
         ),
         "online": lambda: online_seconds(engine, start_date, end_date, per_day=False, **filters),
         "status": lambda: time_in_status(engine, start_date, end_date, **filters),

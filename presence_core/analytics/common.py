@@ -16,6 +16,14 @@ The conventions below hold for every function of ``presence_core.analytics``:
 - A **session** opens at a present status (anything but ``offline``) and closes
   at the next ``offline``; repeated or changing present statuses do not split it.
   Transitions are ordered by ``(occurred_at, id)``. Inferred rows count like any other.
+- **Hidden users** (``presence_users.hide_last_seen``): every read about individual
+  users (sessions, time in status, online seconds, availability, first in / last out,
+  the daily summary, flapping, one user's timeline, the choices of users to pick)
+  leaves them out, and the state tables (current presence, last seen) keep their
+  row and status but blank their times, unless ``include_hidden=True``, which only
+  a caller allowed to see them passes (the CLI's ``--include-hidden``; on the
+  dashboard an administrator who asks). Aggregates (concurrency, the heatmap,
+  daily active users, session lengths, counts) count them.
 """
 
 from __future__ import annotations
@@ -110,11 +118,14 @@ def bind(
     user_ids: Iterable[str] | None = None,
     user_type: str | None = None,
     team: str | None = None,
-    include_hidden: bool = True,
+    *,
+    include_hidden: bool,
     **extra: Any,
 ) -> dict[str, Any]:
     """The bound parameters of the SQL blocks (``presence_core.analytics.sql``), plus
-    ``extra`` ones for the query at hand."""
+    ``extra`` ones for the query at hand. ``include_hidden`` has no default: every
+    read says whether users who hide their last seen count (aggregates: yes;
+    anything per user: only when asked, as the module docstring says)."""
     params: dict[str, Any] = {
         "start": start,
         "end": end,
@@ -153,10 +164,10 @@ def period_params(
     user_ids: Iterable[str] | None = None,
     user_type: str | None = None,
     team: str | None = None,
-    include_hidden: bool = True,
+    include_hidden: bool = False,
 ) -> dict[str, Any]:
     """Bound parameters for :func:`sessions_sql` (and the building blocks), the
     period resolved as described in this module's docstring."""
     zone = time_zone(tz)
     lo, hi = resolve_period(start, end, zone)
-    return bind(lo, max(lo, hi), zone, user_ids, user_type, team, include_hidden)
+    return bind(lo, max(lo, hi), zone, user_ids, user_type, team, include_hidden=include_hidden)

@@ -124,13 +124,15 @@ def concurrency(
         b = max(a, min(wanted, valid)) if valid is not None else a
         if b > a:
             sql = _ROLLUP_SQL.format(bounds=bounds_sql(bucket), labels=LABELS)
-            params = bind(lo, hi, zone, a=a, b=b, **bucket_params(bucket))
+            params = bind(lo, hi, zone, include_hidden=True, a=a, b=b, **bucket_params(bucket))
             pieces.append(read_frame(engine, sql, params, utc=("bucket",)))
         else:
             a = b = lo
     for part_lo, part_hi in ((lo, a), (b, hi)):
         if part_hi > part_lo:
-            params = bind(part_lo, part_hi, zone, user_type=user_type, team=team)
+            params = bind(
+                part_lo, part_hi, zone, user_type=user_type, team=team, include_hidden=True
+            )
             params.update(
                 bucket_params(bucket), statuses=None if statuses is None else list(statuses)
             )
@@ -199,4 +201,6 @@ def daily_active_users(
     from days d left join parts p on p.day = d.day and p.part_end > p.part_start
     group by d.day order by d.day"""
     )
-    return read_frame(engine, sql, bind(lo, hi, zone, user_type=user_type, team=team))
+    return read_frame(
+        engine, sql, bind(lo, hi, zone, user_type=user_type, team=team, include_hidden=True)
+    )

@@ -85,7 +85,7 @@ def daily_summary(
     user_type: str | None = None,
     team: str | None = None,
     available_statuses: Sequence[str] = DEFAULT_AVAILABLE,
-    include_hidden: bool = True,
+    include_hidden: bool = False,
 ) -> pd.DataFrame:
     """One row per user per local day with a session overlapping it, DESIGN's
     columns: ``date, user_id, user_type, user_name, team, first_online,
@@ -116,9 +116,16 @@ def daily_params(
     user_type: str | None = None,
     team: str | None = None,
     available_statuses: Sequence[str] = DEFAULT_AVAILABLE,
-    include_hidden: bool = True,
+    include_hidden: bool = False,
 ) -> dict[str, Any]:
     """Bound parameters for :func:`daily_summary_sql`."""
     return bind(
-        lo, hi, zone, user_ids, user_type, team, include_hidden, avail=list(available_statuses)
+        lo,
+        hi,
+        zone,
+        user_ids,
+        user_type,
+        team,
+        include_hidden=include_hidden,
+        avail=list(available_statuses),
     )

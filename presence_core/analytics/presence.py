@@ -15,21 +15,30 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
+_SHOWN = "(cast(:include_hidden as boolean) or not hide_last_seen)"
+
+
 def current_presence(
-    engine: Engine, team: str | None = None, user_type: str | None = None
+    engine: Engine,
+    team: str | None = None,
+    user_type: str | None = None,
+    include_hidden: bool = False,
 ) -> pd.DataFrame:
     """Who is present now: ``user_id, user_name, user_type, team, status, status_since,
-    last_seen`` for every user whose stored status is not ``offline``, longest present first."""
-    sql = """
-    select user_id, user_name, user_type, team, status, status_since, last_seen
+    last_seen`` for every user whose stored status is not ``offline``, longest present
+    first. Users who hide their last seen are listed (being present is not a time),
+    but their ``status_since`` and ``last_seen`` are empty unless ``include_hidden``."""
+    sql = f"""
+    select user_id, user_name, user_type, team, status,
+           case when {_SHOWN} then status_since end as status_since,
+           case when {_SHOWN} then last_seen end as last_seen
     from presence_users
     where status <> 'offline'
       and (cast(:team as text) is null or team = cast(:team as text))
       and (cast(:user_type as text) is null or user_type = cast(:user_type as text))
-    order by status_since nulls last, user_id"""
-    return read_frame(
-        engine, sql, {"team": team, "user_type": user_type}, utc=("status_since", "last_seen")
-    )
+    order by (case when {_SHOWN} then status_since end) nulls last, user_id"""
+    params = {"team": team, "user_type": user_type, "include_hidden": include_hidden}
+    return read_frame(engine, sql, params, utc=("status_since", "last_seen"))
 
 
 _COUNT_BY = {"status": "status", "user_type": "user_type", "type": "user_type", "team": "team"}
@@ -46,8 +55,6 @@ def presence_counts(engine: Engine, by: str = "status") -> pd.DataFrame:
     where status <> 'offline' group by {column} order by present desc, {column} nulls last"""
     return read_frame(engine, sql, {})
 
-
-_SHOWN = "(cast(:include_hidden as boolean) or not hide_last_seen)"
 
 # The users a state read lists: teams, types and statuses (any of each; None: all),
 # and a search for a part of the id or the name (case-insensitive, not a pattern).
@@ -164,23 +171,30 @@ def recently_left(
     return read_frame(engine, sql, params, utc=("last_seen",))
 
 
-def filter_choices(engine: Engine) -> dict[str, list[str]]:
+def filter_choices(engine: Engine, include_hidden: bool = False) -> dict[str, list[str]]:
     """What the dashboard's filters offer: known ``team``, ``user_type``, current
-    ``status`` values and ``user_id`` s, each sorted (missing values left out)."""
-    sql = """
+    ``status`` values and ``user_id`` s, each sorted (missing values left out).
+    Users who hide their last seen are not offered as a ``user_id`` to pick (their
+    history would follow) unless ``include_hidden``; their team, type and status
+    still count."""
+    sql = f"""
     select 'team' as kind, team as value from presence_users where team is not null
     union select 'user_type', user_type from presence_users where user_type is not null
     union select 'status', status from presence_users where status is not null
-    union select 'user_id', user_id from presence_users"""
+    union select 'user_id', user_id from presence_users where {_SHOWN}"""
     found: dict[str, list[str]] = {"team": [], "user_type": [], "status": [], "user_id": []}
     with engine.connect() as conn:
-        for kind, value in conn.execute(text(sql)):
+        for kind, value in conn.execute(text(sql), {"include_hidden": include_hidden}):
             found[kind].append(str(value))
     return {kind: sorted(values) for kind, values in found.items()}
 
 
-def user_names(engine: Engine) -> dict[str, str]:
-    """User id → name, for the users that have one."""
-    sql = "select user_id, user_name from presence_users where user_name is not null"
+def user_names(engine: Engine, include_hidden: bool = False) -> dict[str, str]:
+    """User id → name, for the users that have one (not those who hide their last
+    seen, unless ``include_hidden``)."""
+    sql = f"""
+    select user_id, user_name from presence_users
+    where user_name is not null and {_SHOWN}"""
     with engine.connect() as conn:
-        return {str(uid): str(name) for uid, name in conn.execute(text(sql))}
+        rows = conn.execute(text(sql), {"include_hidden": include_hidden})
+        return {str(uid): str(name) for uid, name in rows}

@@ -95,7 +95,7 @@ def refresh_rollups(
                         ),
                         {"lo": lo, "hi": hi},
                     )
-                    params = bind(lo, hi, ZoneInfo("UTC"), statuses=None)
+                    params = bind(lo, hi, ZoneInfo("UTC"), include_hidden=True, statuses=None)
                     params.update(bucket_params("minute"))
                     written += conn.execute(text(insert), params).rowcount
                     conn.execute(

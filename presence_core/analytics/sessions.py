@@ -57,7 +57,7 @@ def sessions(
     user_type: str | None = None,
     team: str | None = None,
     tz: str | tzinfo | None = None,
-    include_hidden: bool = True,
+    include_hidden: bool = False,
 ) -> pd.DataFrame:
     """Sessions overlapping ``[start, end)``: ``user_id, user_type, user_name, team,
     started_at, ended_at, duration_seconds, open``.
@@ -70,7 +70,7 @@ def sessions(
     lo, hi = resolve_period(start, end, zone)
     if hi <= lo:
         return empty_frame(SESSION_COLUMNS)
-    params = bind(lo, hi, zone, user_ids, user_type, team, include_hidden)
+    params = bind(lo, hi, zone, user_ids, user_type, team, include_hidden=include_hidden)
     return read_frame(engine, sessions_sql(), params, utc=("started_at", "ended_at"))
 
 
@@ -83,6 +83,7 @@ def time_in_status(
     user_type: str | None = None,
     team: str | None = None,
     statuses: Iterable[str] | None = None,
+    include_hidden: bool = False,
 ) -> pd.DataFrame:
     """Seconds each user spent in each status per local day: ``date, user_id, status,
     seconds`` (only the parts inside ``[start, end)``; rows with zero seconds left
@@ -114,6 +115,7 @@ def time_in_status(
         user_ids,
         user_type,
         team,
+        include_hidden=include_hidden,
         statuses=None if statuses is None else list(statuses),
     )
     return read_frame(engine, sql, params)
@@ -128,6 +130,7 @@ def online_seconds(
     user_type: str | None = None,
     team: str | None = None,
     per_day: bool = True,
+    include_hidden: bool = False,
 ) -> pd.DataFrame:
     """Seconds present (any status but offline) per user: ``date, user_id,
     online_seconds`` per local day, or ``user_id, online_seconds`` over the whole
@@ -144,7 +147,11 @@ def online_seconds(
         select user_id, sum(extract(epoch from seg_end - seg_start))::float8 as online_seconds
         from seg where present group by user_id order by user_id"""
         )
-        return read_frame(engine, sql, bind(lo, hi, zone, user_ids, user_type, team))
+        return read_frame(
+            engine,
+            sql,
+            bind(lo, hi, zone, user_ids, user_type, team, include_hidden=include_hidden),
+        )
     if hi <= lo:
         return empty_frame(("date", "user_id", "online_seconds"))
     sql = (
@@ -161,7 +168,9 @@ def online_seconds(
     from parts where part_end > part_start
     group by day, user_id order by day, user_id"""
     )
-    return read_frame(engine, sql, bind(lo, hi, zone, user_ids, user_type, team))
+    return read_frame(
+        engine, sql, bind(lo, hi, zone, user_ids, user_type, team, include_hidden=include_hidden)
+    )
 
 
 def session_length_distribution(
@@ -192,7 +201,15 @@ def session_length_distribution(
                             cast(:edges as float8[])) as i, count(*)::int as n
         from sess where not open group by 1"""
         )
-        params = bind(lo, hi, zone, user_type=user_type, team=team, edges=[float(e) for e in edges])
+        params = bind(
+            lo,
+            hi,
+            zone,
+            user_type=user_type,
+            team=team,
+            include_hidden=True,
+            edges=[float(e) for e in edges],
+        )
         with engine.connect() as conn:
             for i, n in conn.execute(text(sql), params):
                 counts[max(i, 1) - 1] += n
@@ -213,6 +230,7 @@ def flapping_users(
     window: timedelta = timedelta(minutes=10),
     user_type: str | None = None,
     team: str | None = None,
+    include_hidden: bool = False,
 ) -> pd.DataFrame:
     """Users whose status changed at least ``min_transitions`` times within some
     span of ``window`` inside the period: ``user_id, user_name, team, transitions``
@@ -254,6 +272,7 @@ def flapping_users(
         zone,
         user_type=user_type,
         team=team,
+        include_hidden=include_hidden,
         win=window - timedelta(microseconds=1),
         min_n=int(min_transitions),
     )

@@ -63,6 +63,7 @@ def user_timeline(
     end: datetime | date | None = None,
     tz: str | tzinfo | None = None,
     max_rows: int = 50_000,
+    include_hidden: bool = False,
 ) -> pd.DataFrame:
     """One user's sessions overlapping ``[start, end)``, one row per stretch in one
     status: ``session`` (0, 1, … in time order), ``status``, ``start``, ``end``
@@ -72,5 +73,5 @@ def user_timeline(
     lo, hi = resolve_period(start, end, zone)
     if hi <= lo:
         return empty_frame(TIMELINE_COLUMNS)
-    params = bind(lo, hi, zone, [user_id], max_rows=int(max_rows))
+    params = bind(lo, hi, zone, [user_id], include_hidden=include_hidden, max_rows=int(max_rows))
     return read_frame(engine, _TIMELINE_SQL, params, utc=("start", "end"))
