@@ -10,9 +10,11 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import text
 
-from presence_core.analytics import queries as analytics
+from presence_core import analytics
+from presence_core.database.teams import team_settings
 from presence_core.errors import PresenceError
 from presence_core.synthetic import history
+from presence_core.synthetic.organisation import organisation
 
 END = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)  # a Monday, mid-shift in Europe
 
@@ -31,7 +33,7 @@ def fingerprint(engine) -> tuple[int, str]:
 
 def wipe(engine) -> None:
     with engine.begin() as conn:
-        conn.execute(text("truncate presence_transitions, presence_users"))
+        conn.execute(text("truncate presence_transitions, presence_users, presence_coverage"))
 
 
 def test_same_seed_same_history_other_seed_other_history(engine):
@@ -102,15 +104,22 @@ def test_shape_of_the_history(engine):
     # several time zones: the hour people log on differs between teams
     sessions = analytics.sessions(engine, END - timedelta(days=14), END)
     starts = sessions
-    tokyo = starts[starts.team == "support-apac"]["started_at"].dt.hour.median()
-    amer = starts[starts.team == "support-amer"]["started_at"].dt.hour.median()
+    tokyo = starts[starts.team == "Support APAC"]["started_at"].dt.hour.median()
+    amer = starts[starts.team == "Support Americas"]["started_at"].dt.hour.median()
     assert abs(tokyo - amer) >= 6
-    # a few night shifts: sessions that start in the evening, local time
-    local_start = [
-        s.started_at.astimezone(ZoneInfo(dict(history.TEAMS)[s.team])).hour
-        for s in sessions.itertuples()
+    # the night desk starts in the evening, local time, and works across midnight
+    zones = dict(history.TEAMS)
+    night = sessions[sessions.team == "Night Desk"]
+    local_start = [s.started_at.astimezone(ZoneInfo(zones[s.team])) for s in night.itertuples()]
+    assert len(local_start) > 20 and sum(t.hour >= 20 for t in local_start) > len(local_start) / 2
+    assert sum(s.ended_at.date() > s.started_at.date() for s in night.itertuples()) > 10
+    # everyone else starts in the morning of their own zone
+    day_teams = sessions[(sessions.team != "Night Desk") & ~sessions.open]
+    morning = [
+        6 <= s.started_at.astimezone(ZoneInfo(zones[s.team])).hour < 12
+        for s in day_teams.itertuples()
     ]
-    assert any(h >= 20 for h in local_start)
+    assert sum(morning) > 0.5 * len(morning)
 
 
 def test_users_table_ends_consistent(engine):
@@ -141,6 +150,33 @@ def test_users_table_ends_consistent(engine):
 def test_bad_sizes_are_refused(engine):
     with pytest.raises(PresenceError):
         history.generate_history(engine, 0, 5)
+    with pytest.raises(PresenceError):
+        history.generate_history(engine, 5, 0)
+
+
+def test_the_period_is_covered_and_the_teams_are_known(engine):
+    history.generate_history(engine, 30, 4, seed=2, end=END)
+    # Health: no gap in the generated period (before it, nobody was watching)
+    gaps = analytics.coverage_gaps(engine, END - timedelta(days=4), END)
+    assert gaps.empty, gaps
+    before = analytics.coverage_gaps(engine, END - timedelta(days=5), END)
+    assert before["seconds"].sum() == 24 * 3600
+    # presence_teams: every team the users are in, with the organisation's zone and shift
+    known = team_settings(engine)
+    with engine.connect() as conn:
+        used = set(conn.execute(text("select distinct team from presence_users")).scalars())
+    org = organisation(2)
+    assert set(known) == used
+    assert all(known[name] == org.team(name).settings for name in used)
+    assert known["Night Desk"].crosses_midnight and known["Night Desk"].time_zone == "Europe/Berlin"
+    # a team someone configured is left as it is; a second run adds no coverage twice
+    with engine.begin() as conn:
+        conn.execute(text("update presence_teams set target_pct = 55 where team = 'Sales'"))
+    history.generate_history(engine, 30, 4, seed=2, end=END)
+    assert team_settings(engine)["Sales"].target_pct == 55
+    with engine.connect() as conn:
+        rows = conn.execute(text("select listener, started_at, ended_at from presence_coverage"))
+        assert rows.all() == [("history", END - timedelta(days=4), END)]
 
 
 def test_cli(cli_env):

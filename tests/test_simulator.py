@@ -8,12 +8,13 @@ import signal
 import subprocess
 import sys
 from collections import defaultdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from presence_core.server.server import PresenceServer, ServerOptions
 from presence_core.synthetic import crowd as simulator
 from presence_core.synthetic.crowd import CLOSE, DROP, LOGOUT, OPEN, STATUS, make_users, plan_crowd
+from presence_core.synthetic.organisation import TEAMS, organisation
 from tests.conftest import free_port
 from tests.server_harness import LoopThread, running_server
 from tests.waiting import wait_for
@@ -26,10 +27,11 @@ def test_users_are_the_same_for_a_seed():
     assert make_users(30, 4) != make_users(30, 5)
     users = make_users(200, 1)
     assert {u.user_type for u in users} == {"agent", "admin"}
-    assert {u.team for u in users} == {team for team, _ in simulator.TEAMS}
-    assert len({u.user_id for u in users}) == 200
+    assert {u.team for u in users} == {team.name for team in TEAMS}
+    assert len({u.user_id for u in users}) == 200 and all(isinstance(u.user_id, int) for u in users)
     for user in users:
-        ZoneInfo(user.tz)
+        assert user.time_zone == organisation(1).team(user.team).time_zone
+        ZoneInfo(user.time_zone)
 
 
 def test_plan_is_deterministic_and_sane():
@@ -52,15 +54,27 @@ def test_plan_is_deterministic_and_sane():
     assert len(early) >= 10
 
 
-def test_shifts_follow_local_time():
+def test_logins_follow_each_team_shift_in_its_own_zone():
+    start = datetime(2026, 3, 3, 0, 0, tzinfo=UTC)
     users = make_users(120, 2)
-    plan = plan_crowd(users, 2, datetime(2026, 3, 3, 0, 0, tzinfo=UTC), 24 * 3600)
-    for action in plan:
+    org = organisation(2)
+    logged_in: set[int] = set()
+    logins = 0
+    for action in plan_crowd(users, 2, start, 24 * 3600):
+        if action.tab < 0:  # the end of the day
+            logged_in.discard(action.user)
+        if action.kind != OPEN or action.tab != 0 or action.user in logged_in:
+            continue  # other tabs, and reconnects after a lost connection
+        logged_in.add(action.user)
+        if action.at == 0:
+            continue  # a shift already under way at the start
         user = users[action.user]
-        if action.kind == OPEN and action.tab == 0 and user.user_type == "agent":
-            local = (TUESDAY.replace(hour=0, minute=0)).timestamp() + action.at
-            hour = datetime.fromtimestamp(local, ZoneInfo(user.tz)).hour
-            assert 4 <= hour <= 23  # nobody starts a shift in the middle of the night
+        local = (start + timedelta(seconds=action.at)).astimezone(ZoneInfo(user.time_zone))
+        shift = org.team(user.team).shift_start
+        late = (local.hour * 60 + local.minute) - (shift.hour * 60 + shift.minute)
+        assert abs((late + 720) % 1440 - 720) <= 90, (user, local)  # night desk included
+        logins += 1
+    assert logins > 60
 
 
 def _transitions_per_user(watcher) -> dict:

@@ -25,7 +25,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from presence_core.database import tables
 from presence_core.errors import PresenceError
-from presence_core.protocol import MAX_TEXT
+from presence_core.protocol import MAX_TEXT, unstorable
 from presence_core.shifts import WHOLE_DAY, TeamSettings, whole_day, zone_named
 
 __all__ = [
@@ -41,8 +41,6 @@ __all__ = [
 REQUIRED = ("team", "time_zone", "shift_start", "shift_end")
 OPTIONAL = ("target_pct",)
 _TIME = re.compile(r"(\d{1,2}):(\d{2})(?::(\d{2}))?")
-_SURROGATE = re.compile(r"[\ud800-\udfff]")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -54,14 +52,13 @@ class TeamsFile:
     sets_targets: bool
 
 
-def _clean_lines(lines: Iterable[str], name: str) -> Iterator[str]:
-    """The file's lines, refusing characters PostgreSQL cannot store (NUL, lone
-    surrogates from an undecodable pipe) with the physical line number."""
+def _storable_lines(lines: Iterable[str], name: str) -> Iterator[str]:
+    """The file's lines, refusing what PostgreSQL cannot store (a NUL, a lone
+    surrogate) with the physical line number, before the CSV reader sees it."""
     for number, line in enumerate(lines, start=1):
-        if "\x00" in line:
-            raise PresenceError(f"{name}, line {number}: contains a NUL character")
-        if _SURROGATE.search(line):
-            raise PresenceError(f"{name}, line {number}: contains bytes that are not UTF-8")
+        bad = unstorable(line)
+        if bad is not None:
+            raise PresenceError(f"{name}, line {number}: holds {bad}")
         yield line
 
 
@@ -95,8 +92,6 @@ def _parse_team(value: str) -> str:
         raise ValueError("team is empty")
     if len(value) > MAX_TEXT:
         raise ValueError(f"team is {len(value)} characters; at most {MAX_TEXT}")
-    if _CONTROL.search(value):
-        raise ValueError(f"team {value!r} contains a control character")
     return value
 
 
@@ -111,7 +106,7 @@ def _parse_row(record: dict[str, str]) -> TeamSettings:
 
 def parse_teams_csv(lines: Iterable[str], name: str = "input") -> TeamsFile:
     """Parse and validate the whole file; raise PresenceError naming the first bad line."""
-    reader = csv.reader(_clean_lines(lines, name), strict=True)
+    reader = csv.reader(_storable_lines(lines, name), strict=True)
     try:
         header = next(reader)
     except StopIteration:

@@ -1,10 +1,14 @@
-"""A crowd of real Socket.IO clients living through their shifts, to drive a presence server.
+"""A crowd of real Socket.IO clients: the synthetic organisation living through its shifts.
 
-Support agents and admins in teams across time zones log in at the start of their
-local shift, open extra tabs, take breaks (``away``), lose their network and come
-back, and leave at the end of the day; a few have a flapping connection. The plan
-is fixed by --seed and --start; --speed compresses simulated time (60: a simulated
-minute per second), --duration is wall-clock seconds.
+The people are those of :mod:`presence_core.synthetic.organisation` (the same user
+ids, names, teams and zones as ``generate-history``), and each works the same day
+the history would give them: logging in around their team's shift in its own zone,
+breaks (``away``), calls (``busy``), lost connections that come back, and leaving
+at the end of the day. On top of that day the crowd opens extra tabs and sometimes
+closes the app instead of logging out. The plan is fixed by --seed and --start;
+--speed compresses simulated time (60: a simulated minute per second), --duration
+is wall-clock seconds. People already at work at the start log in during the first
+moments (the ramp), in the status they were in.
 
 Works against any server speaking the guide's protocol (the extensions it uses,
 ``userHeartbeat``, ``userStatus`` and ``team``, are simply ignored by the guide's
@@ -21,47 +25,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from zoneinfo import ZoneInfo
 
 import socketio
 
 from presence_core import protocol
 from presence_core.errors import PresenceError
+from presence_core.synthetic.organisation import Person, WorkDay, organisation
 
 log = logging.getLogger(__name__)
 
-# team -> time zone of its people
-TEAMS: tuple[tuple[str, str], ...] = (
-    ("Support EU", "Europe/Berlin"),
-    ("Support UK", "Europe/London"),
-    ("Support US", "America/New_York"),
-    ("Support West", "America/Los_Angeles"),
-    ("Support APAC", "Asia/Singapore"),
-    ("Billing", "Europe/Madrid"),
-)
-_FIRST_NAMES = "Ana Ben Chen Dara Eli Fatima Goran Hana Ivan Jo Kemal Lea Mia Noah Olu Priya"
-_LAST_NAMES = "Abe Brandt Costa Dube Evans Fischer Garcia Horvat Ito Jensen Kim Lopez Moreau"
-FIRST = tuple(_FIRST_NAMES.split())
-LAST = tuple(_LAST_NAMES.split())
-
-USER_ID_BASE = 1000
-
 OPEN, CLOSE, DROP, STATUS, LOGOUT = "open", "close", "drop", "status", "logout"
-
-
-@dataclass(frozen=True)
-class SimUser:
-    """One simulated person; ``user_id`` is a number, as in the guide."""
-
-    index: int
-    user_id: int
-    user_name: str
-    user_type: str
-    team: str
-    tz: str
-    shift_start: float  # local hour
-    shift_hours: float
-    flaky: bool
 
 
 @dataclass(frozen=True, order=True)
@@ -103,114 +76,64 @@ class CrowdStats:
         )
 
 
-def make_users(count: int, seed: int) -> list[SimUser]:
-    """``count`` people, the same ones for the same seed."""
-    rng = random.Random(f"users:{seed}")
-    users = []
-    for index in range(count):
-        team, tz = TEAMS[index % len(TEAMS)] if index < len(TEAMS) else rng.choice(TEAMS)
-        admin = rng.random() < 0.12
-        users.append(
-            SimUser(
-                index=index,
-                user_id=USER_ID_BASE + index,
-                user_name=f"{rng.choice(FIRST)} {rng.choice(LAST)}",
-                user_type="admin" if admin else "agent",
-                team=team,
-                tz=tz,
-                shift_start=rng.choice((6, 7, 8, 8, 9, 9, 9, 10, 12, 14)) + rng.random() * 0.5,
-                shift_hours=rng.uniform(4, 6) if admin else rng.uniform(7.5, 9),
-                flaky=rng.random() < 0.04,
-            )
-        )
-    return users
+def make_users(count: int, seed: int) -> list[Person]:
+    """The organisation's first ``count`` people for ``seed`` (person ``i`` at ``i``)."""
+    return organisation(seed).people(count)
 
 
 def plan_crowd(
-    users: list[SimUser], seed: int, start: datetime, sim_seconds: float, ramp: float = 0.0
+    users: list[Person], seed: int, start: datetime, sim_seconds: float, ramp: float = 0.0
 ) -> list[Action]:
     """Every action of every user between ``start`` and ``start + sim_seconds``, in order.
 
     Users already on shift at ``start`` log in during the first ``ramp`` simulated
-    seconds. The same arguments always give the same plan.
+    seconds, in the status their day has them in. The same arguments always give the
+    same plan.
     """
+    org = organisation(seed)
+    start = start.astimezone(UTC)
+    end = start + timedelta(seconds=sim_seconds)
     actions: list[Action] = []
     for user in users:
-        rng = random.Random(f"plan:{seed}:{user.index}")
-        actions.extend(_plan_user(user, rng, start, sim_seconds, ramp))
+        for day in org.work_days(user, start, end):
+            tabs = random.Random(f"{seed}:tabs:{user.index}:{day.day.isoformat()}")
+            actions.extend(_plan_shift(user, day, tabs, start, sim_seconds, ramp))
     actions.sort()
     return actions
 
 
-def _plan_user(
-    user: SimUser, rng: random.Random, start: datetime, sim_seconds: float, ramp: float
-) -> list[Action]:
-    zone = ZoneInfo(user.tz)
-    local_start = start.astimezone(zone)
-    end = start + timedelta(seconds=sim_seconds)
-    out: list[Action] = []
-    day = local_start.date() - timedelta(days=1)
-    while True:
-        day_rng = random.Random(f"{rng.random()}")
-        shift = datetime(day.year, day.month, day.day, tzinfo=zone) + timedelta(
-            hours=user.shift_start + day_rng.gauss(0, 0.15)
-        )
-        if shift.astimezone(UTC) > end:
-            break
-        works = day.weekday() < 5 or day_rng.random() < 0.1
-        if works:
-            out.extend(_plan_shift(user, day_rng, shift.astimezone(UTC), start, end, ramp))
-        day += timedelta(days=1)
-    return out
-
-
 def _plan_shift(
-    user: SimUser,
+    user: Person,
+    day: WorkDay,
     rng: random.Random,
-    login: datetime,
     start: datetime,
-    end: datetime,
+    horizon: float,
     ramp: float,
 ) -> list[Action]:
-    logout = login + timedelta(hours=user.shift_hours + rng.gauss(0, 0.2))
-    if logout <= start or login >= end:
-        return []
-    t0 = (login - start).total_seconds()
-    t1 = (logout - start).total_seconds()
+    """One working day as actions, clipped to ``[0, horizon)`` simulated seconds."""
+    origin = start.timestamp()
+    t0, t1 = day.login - origin, day.logout - origin
     events: list[tuple[float, str, int, str | None]] = [(t0, OPEN, 0, None)]
-    length = t1 - t0
+    events += [(at - origin, STATUS, 0, status) for at, status in day.changes]
+    for lost, back in day.drops:
+        events += [(lost - origin, DROP, 0, None), (back - origin, OPEN, 0, None)]
     # extra tabs, each closed some time before the end
+    length = t1 - t0
     for tab, chance in ((1, 0.4), (2, 0.15)):
         if rng.random() < chance:
             opened = t0 + rng.uniform(0, length * 0.5)
             events.append((opened, OPEN, tab, None))
             events.append((rng.uniform(opened, t1), CLOSE, tab, None))
-    # breaks: away, then back
-    for _ in range(rng.choice((1, 2, 2, 3))):
-        begin = t0 + rng.uniform(0.1, 0.9) * length
-        events.append((begin, STATUS, 0, "away"))
-        events.append((begin + rng.uniform(5, 30) * 60, STATUS, 0, "online"))
-    if user.user_type == "admin" and rng.random() < 0.5:
-        begin = t0 + rng.uniform(0.1, 0.8) * length
-        events.append((begin, STATUS, 0, "busy"))
-        events.append((begin + rng.uniform(15, 60) * 60, STATUS, 0, "online"))
-    # network drops (the flaky ones often), reconnecting after a while
-    drops = rng.randint(4, 12) if user.flaky else (1 if rng.random() < 0.3 else 0)
-    for _ in range(drops):
-        at = t0 + rng.uniform(0.05, 0.95) * length
-        back = min(at + rng.uniform(1, 90), t1 - 1)
-        if back > at:
-            events.append((at, DROP, 0, None))
-            events.append((back, OPEN, 0, None))
-    events.append((t1, LOGOUT if rng.random() < 0.7 else CLOSE, -1, None))
+    events.append((t1, LOGOUT if day.signs_out else CLOSE, -1, None))
     events.sort(key=lambda e: e[0])
-    # clip to the window: a shift already under way starts with a login in the ramp
     out: list[Action] = []
     first = 0.0
-    if t0 < 0:
+    if t0 < 0:  # a shift already under way: log in during the ramp, as they are now
         first = rng.uniform(0, ramp) if ramp > 0 else 0.0
         out.append(Action(first, user.index, OPEN, 0))
-    horizon = (end - start).total_seconds()
+        status = day.status_at(origin)
+        if status != protocol.ONLINE:
+            out.append(Action(first + 0.001, user.index, STATUS, 0, status))
     for at, kind, tab, status in events:
         if at < 0 or at >= horizon or (t0 < 0 and at <= first):
             continue
@@ -221,7 +144,7 @@ def _plan_shift(
 class _Person:
     """A simulated user's connections (one AsyncClient per tab) and current status."""
 
-    def __init__(self, crowd: _Crowd, user: SimUser) -> None:
+    def __init__(self, crowd: _Crowd, user: Person) -> None:
         self.crowd, self.user = crowd, user
         self.tabs: dict[int, socketio.AsyncClient] = {}
         self.wanted: set[int] = set()  # tabs the plan has open (dropped ones included)
@@ -244,14 +167,17 @@ class _Person:
             for tab in list(self.tabs) if action.tab < 0 else [action.tab]:
                 self.wanted.discard(tab)
                 await self.close(tab)
-            if action.tab < 0:
+            if action.tab < 0:  # the app closed for the day: tomorrow starts online
                 self.wanted.clear()
+                self.status = protocol.ONLINE
         elif action.kind == DROP:
             await self.drop(action.tab)
-        elif action.kind == STATUS and self.tabs:
+        elif action.kind == STATUS:
+            # chosen even while the network is down: a reconnect sends it
             self.status = action.status or protocol.ONLINE
-            await self.emit(next(iter(self.tabs.values())), "userStatus",
-                            {"userId": self.user.user_id, "status": self.status})  # fmt: skip
+            if self.tabs:
+                await self.emit(next(iter(self.tabs.values())), protocol.USER_STATUS,
+                                {"userId": self.user.user_id, "status": self.status})  # fmt: skip
         elif action.kind == LOGOUT:
             await self.logout()
         self.crowd.refresh(self)
@@ -272,10 +198,10 @@ class _Person:
             return
         self.crowd.stats.connects += 1
         self.tabs[tab] = client
-        await self.emit(client, "userOnline", self.announce())
+        await self.emit(client, protocol.USER_ONLINE, self.announce())
         if self.status != protocol.ONLINE:  # a reconnect keeps the status it had
             await self.emit(
-                client, "userStatus", {"userId": self.user.user_id, "status": self.status}
+                client, protocol.USER_STATUS, {"userId": self.user.user_id, "status": self.status}
             )
 
     async def reopen(self, tab: int) -> None:
@@ -318,7 +244,7 @@ class _Person:
     async def logout(self) -> None:
         self.wanted.clear()
         for client in list(self.tabs.values()):
-            await self.emit(client, "userOffline", {"userId": self.user.user_id})
+            await self.emit(client, protocol.USER_OFFLINE, {"userId": self.user.user_id})
         for tab in list(self.tabs):
             await self.close(tab)
         self.status = protocol.ONLINE
@@ -326,11 +252,11 @@ class _Person:
     async def heartbeat(self) -> None:
         for client in list(self.tabs.values()):
             if client.connected:
-                await self.emit(client, "userHeartbeat", {"userId": self.user.user_id})
+                await self.emit(client, protocol.USER_HEARTBEAT, {"userId": self.user.user_id})
 
 
 class _Crowd:
-    def __init__(self, url: str, users: list[SimUser], auth_secret: str | None) -> None:
+    def __init__(self, url: str, users: list[Person], auth_secret: str | None) -> None:
         self.url = url
         self.people = [_Person(self, u) for u in users]
         self.auth_secret = auth_secret
@@ -338,7 +264,7 @@ class _Crowd:
         self.stopping = False
         self.retries: set[asyncio.Future] = set()
 
-    def auth_for(self, user: SimUser) -> dict | None:
+    def auth_for(self, user: Person) -> dict | None:
         if self.auth_secret is None:
             return None
         from presence_core.server.auth import issue_token
@@ -362,11 +288,11 @@ class _Crowd:
             self.retries.add(task)
             task.add_done_callback(self.retries.discard)
 
-        @client.on("userStatusChanged")
+        @client.on(protocol.USER_STATUS_CHANGED)
         async def on_change(data: object = None) -> None:
             stats.broadcasts_received += 1
 
-        @client.on("presenceError")
+        @client.on(protocol.PRESENCE_ERROR)
         async def on_error(data: object = None) -> None:
             stats.errors_received += 1
             log.warning("server refused an event: %s", data)
