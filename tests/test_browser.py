@@ -225,9 +225,10 @@ def test_last_seen_shows_the_guides_texts_in_the_viewers_zone(browser, dashboard
 def test_export_downloads_the_databases_rows(browser, dashboard, known_data, engine):
     page = new_page(browser)
     open_page(page, dashboard, "export")
-    page.get_by_text("Include users who hide their last seen").click()
-    # the rerun is over once the command shown has the flag (the button is then current)
-    expect(page.locator("[data-testid='stCode']")).to_contain_text("--include-hidden")
+    # no viewer but an administrator may include the users who hide their last seen
+    expect(page.locator("[data-testid='stCode']")).to_contain_text("presence export")
+    expect(page.locator("[data-testid='stCode']")).not_to_contain_text("--include-hidden")
+    assert page.get_by_text("Include users who hide their last seen").count() == 0
     page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']")
     button = page.get_by_role("button", name=re.compile(r"Download presence-transitions-"))
     with page.expect_download() as info:
@@ -252,7 +253,10 @@ def test_export_downloads_the_databases_rows(browser, dashboard, known_data, eng
                 tables.transitions.c.status,
                 tables.transitions.c.occurred_at,
             )
+            .join(tables.users, tables.users.c.user_id == tables.transitions.c.user_id)
+            .where(tables.users.c.hide_last_seen.is_(False))
         ).all()
+    assert stored and "5" not in {r["user_id"] for r in rows}
     assert sorted((r["user_id"], r["status"], parse_timestamp(r["occurred_at"])) for r in rows) == (
         sorted((u, s, at) for u, s, at in stored)
     )
