@@ -13,7 +13,6 @@ from presence_core.dashboard import data, ui
 from presence_core import analytics
 from presence_core.status import AMBER, GRAY, GREEN
 
-BUCKET_SECONDS = {"minute": 60, "5 minutes": 300, "hour": 3600, "day": 86400}
 WEEKDAYS = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
 CHART = {"displayModeBar": False}
 
@@ -25,14 +24,15 @@ choices = data.load(analytics.filter_choices, include_hidden=hidden)
 
 c1, c2, c3, c4 = st.columns([2, 1, 1, 1])
 start, end = ui.period_picker("act_period", today, where=c1)
-bucket = c2.selectbox("Bucket", list(BUCKET_SECONDS), index=2, key="act_bucket")
+bucket = c2.selectbox("Bucket", list(analytics.BUCKETS), index=2, key="act_bucket")
 team_filter, type_filter = ui.team_type_pickers(choices, "act", team_in=c3, type_in=c4)
 days = (end - start).days + 1
 st.caption(f"{start} to {end} ({days} day{'s' * (days != 1)}), times in {zone.key}.")
 
 # never more than data.MAX_ROWS buckets: widen the bucket for long periods
-while days * 86400 / BUCKET_SECONDS[bucket] > data.MAX_ROWS and bucket != "day":
-    bucket = list(BUCKET_SECONDS)[list(BUCKET_SECONDS).index(bucket) + 1]
+shown_bucket = analytics.bucket_for(days, bucket, data.MAX_ROWS)
+if shown_bucket != bucket:
+    bucket = shown_bucket
     st.caption(f"Long period: shown per {bucket}.")
 
 

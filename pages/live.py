@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-import pandas as pd
 import streamlit as st
 from presence_core.dashboard import data, ui
 
@@ -22,11 +21,6 @@ hidden = ui.include_hidden()  # an administrator who asked for users who hide th
 choices = data.load(analytics.filter_choices)
 left, right, _ = st.columns([1, 1, 2])
 team_filter, type_filter = ui.team_type_pickers(choices, "live", team_in=left, type_in=right)
-
-
-def _counts(frame: pd.DataFrame, column: str, label: str) -> pd.DataFrame:
-    counts = frame[column].fillna("—").value_counts().rename_axis(label).reset_index()
-    return counts.rename(columns={"count": "present"})
 
 
 @st.fragment(run_every=REFRESH_SECONDS)
@@ -79,7 +73,8 @@ def _draw(team: str | None, user_type: str | None, hidden: bool) -> None:
         for column, (key, label) in zip(
             st.columns(2), (("user_type", "type"), ("team", "team")), strict=True
         ):
-            counts = _counts(present, key, label)
+            counts = analytics.count_by(present, key).rename(columns={key: label})
+            counts[label] = counts[label].fillna("—")
             with column:
                 st.markdown(f"**By {label}**")
                 st.dataframe(

@@ -129,7 +129,7 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 _FORMULA_CHARS = ", ".join(f"chr({ord(c)})" for c in FORMULA_STARTS)
 
 
-def _text_columns(dataset: str) -> set[str]:
+def text_columns(dataset: str) -> set[str]:
     """The dataset's free-text columns (ids, names, teams, statuses, reasons): not
     timestamps, dates, numbers or booleans."""
     return {c for c in COLUMNS[dataset] if c not in _TYPES}
@@ -143,7 +143,7 @@ def _text_select(dataset: str, sql: str, words: bool, neutralise: bool = False) 
     text cells: a negative number stays a number). Done in COPY's select, so the
     stream is unchanged: no row is held in Python."""
     exprs = []
-    text_columns = _text_columns(dataset) if neutralise else set()
+    neutralised = text_columns(dataset) if neutralise else set()
     for column in COLUMNS[dataset]:
         if words and column in ("inferred", "open"):
             exprs.append(f"q.{column}::text as {column}")
@@ -151,7 +151,7 @@ def _text_select(dataset: str, sql: str, words: bool, neutralise: bool = False) 
             exprs.append(f"to_json(q.{column}) #>> '{{}}' as {column}")
         elif column == "date":
             exprs.append("q.date::text as date")
-        elif column in text_columns:
+        elif column in neutralised:
             exprs.append(
                 f"case when left(q.{column}, 1) in ({_FORMULA_CHARS})"
                 f" then chr(39) || q.{column} else q.{column} end as {column}"

@@ -174,3 +174,18 @@ def test_the_old_module_path_still_works():
 
     assert queries.refresh_rollups is analytics.refresh_rollups
     assert set(analytics.__all__) <= set(dir(analytics))
+
+
+def test_bucket_for_widens_long_periods_and_count_by_counts_a_frame():
+    assert analytics.bucket_for(7, "minute", 50_000) == "minute"  # 10,080 minutes
+    assert analytics.bucket_for(60, "minute", 50_000) == "5 minutes"  # 86,400 > 50,000
+    assert analytics.bucket_for(365, "minute", 50_000) == "hour"
+    assert analytics.bucket_for(3_000, "5 minutes", 50_000) == "day"
+    assert analytics.bucket_for(100_000, "day", 50_000) == "day"  # nothing longer
+    frame = pd.DataFrame({"team": ["a", None, "b", "a", None, None]})
+    assert analytics.count_by(frame, "team").to_dict("records") == [
+        {"team": None, "present": 3},
+        {"team": "a", "present": 2},
+        {"team": "b", "present": 1},
+    ]
+    assert analytics.count_by(frame.iloc[:0], "team").empty

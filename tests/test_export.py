@@ -239,7 +239,7 @@ def test_csv_cells_that_start_a_formula_are_neutralised(formulas):
     # every text column of every dataset, no cell a spreadsheet would run
     for dataset in export.DATASETS:
         for row in read_csv(formulas, dataset, ExportFilters(tz="UTC")):
-            for column in export._text_columns(dataset):
+            for column in export.text_columns(dataset):
                 assert row[column][:1] not in ("=", "+", "-", "@", "\t", "\r"), (dataset, row)
     # numbers stay numbers
     daily = read_csv(formulas, "daily", ExportFilters(tz="UTC"))

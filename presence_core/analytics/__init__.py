@@ -41,6 +41,7 @@ from presence_core.analytics.common import (
 )
 from presence_core.analytics.concurrency import (
     ROLLUP_WORTH,
+    bucket_for,
     concurrency,
     daily_active_users,
     weekday_hour_heatmap,
@@ -54,6 +55,7 @@ from presence_core.analytics.daily import (
 )
 from presence_core.analytics.presence import (
     away_users,
+    count_by,
     current_presence,
     filter_choices,
     last_seen_table,
@@ -86,7 +88,9 @@ __all__ = [
     "agent_summary",
     "availability",
     "away_users",
+    "bucket_for",
     "concurrency",
+    "count_by",
     "coverage_gaps",
     "current_presence",
     "daily_active_users",

@@ -204,3 +204,18 @@ def daily_active_users(
     return read_frame(
         engine, sql, bind(lo, hi, zone, user_type=user_type, team=team, include_hidden=True)
     )
+
+
+def bucket_for(days: int, bucket: str, max_buckets: int) -> str:
+    """``bucket``, or the next longer one (``minute`` → ``5 minutes`` → ``hour`` →
+    ``day``) while ``days`` whole days would need more than ``max_buckets`` of them:
+    a chart never gets more points than a page may send."""
+    if bucket not in BUCKETS:
+        raise PresenceError(f"unknown bucket {bucket!r}; choose one of {', '.join(BUCKETS)}")
+    order = list(BUCKETS)
+    while bucket != "day":
+        step = BUCKETS[bucket] or timedelta(days=1)
+        if days * timedelta(days=1) / step <= max_buckets:
+            break
+        bucket = order[order.index(bucket) + 1]
+    return bucket

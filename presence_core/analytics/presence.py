@@ -41,6 +41,17 @@ def current_presence(
     return read_frame(engine, sql, params, utc=("status_since", "last_seen"))
 
 
+def count_by(frame: pd.DataFrame, column: str) -> pd.DataFrame:
+    """The rows of an already loaded ``frame`` (e.g. :func:`current_presence`) counted
+    by ``column``: columns ``<column>, present``, largest first, missing values
+    counted under None. A page's list and its counts then always agree."""
+    counts = frame[column].value_counts(dropna=False, sort=False)
+    out = counts.rename_axis(column).reset_index(name="present")
+    out[column] = out[column].astype(object).where(out[column].notna(), None)
+    out = out.sort_values(["present", column], ascending=[False, True], na_position="last")
+    return out.reset_index(drop=True)
+
+
 _COUNT_BY = {"status": "status", "user_type": "user_type", "type": "user_type", "team": "team"}
 
 
