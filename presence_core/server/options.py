@@ -8,6 +8,8 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4100
 DEFAULT_GRACE = 5.0
 DEFAULT_HEARTBEAT_TIMEOUT = 60.0
+DEFAULT_STATUS_RATE = 5.0  # status changes a second per user, on average
+DEFAULT_STATUS_BURST = 20  # ... and in a row
 SOURCE = "server"
 
 
@@ -22,6 +24,12 @@ class ServerOptions:
     ``auth_secret``: when set, every connection needs a token (see
     :mod:`presence_core.server.auth`). ``max_message_bytes``: larger messages close
     the sender's connection (engine.io's limit).
+
+    ``status_rate``, ``status_burst``: how many status changes (coming online,
+    ``userStatus``) each user may make a second on average and in a row; more get
+    ``presenceError`` and change nothing (going offline is never refused).
+    ``clock_interval``: how often the database's clock is measured again; times
+    are decided by it (see :mod:`presence_core.database.clock`).
     """
 
     cors_origins: str | list[str] = "*"
@@ -31,3 +39,6 @@ class ServerOptions:
     flush_interval: float = 0.5
     max_message_bytes: int = 1_000_000
     source: str = SOURCE
+    status_rate: float = DEFAULT_STATUS_RATE
+    status_burst: int = DEFAULT_STATUS_BURST
+    clock_interval: float = 60.0

@@ -8,6 +8,12 @@ a grace period so that a page reload does not flap, statuses beyond online
 (``userStatus``), refusal to act for another user, optional signed tokens, a
 ``presenceError`` for every bad event, and a shutdown that tells nobody a lie.
 
+Times are the database's clock (:class:`~presence_core.database.clock.DatabaseClock`,
+measured at start and every minute; this machine's own with no database), cut to
+the millisecond, and each user's status changes are rate-limited, so a flood can
+neither push a user's history into the future nor disagree with a listener
+judging the same broadcasts by the same clock.
+
 The state lives in memory, in one process. ``presence_users`` (status,
 last_seen, names) and ``presence_transitions`` (``source='server'``) are kept up
 to date through the database writer, from a background thread, so a slow
@@ -36,11 +42,13 @@ import socketio
 from sqlalchemy import Engine
 
 from presence_core import protocol
+from presence_core.database.clock import DatabaseClock
 from presence_core.protocol import ProtocolError
 from presence_core.server import auth
 from presence_core.server.broadcast import Broadcaster
 from presence_core.server.http import HealthApp, WebServer
 from presence_core.server.options import DEFAULT_HOST, DEFAULT_PORT, ServerOptions
+from presence_core.server.ratelimit import ChangeLimiter
 from presence_core.server.state import PresenceState
 from presence_core.server.writer import DatabaseWriter
 
@@ -57,7 +65,7 @@ class _Conn:
     identity: auth.Identity | None = None
     key: str | None = None  # the user this connection announced
     wire_id: protocol.UserId | None = None
-    last_life: datetime = field(default_factory=protocol.now_millis)
+    last_life: datetime | None = None  # the last sign of life, by the server's clock
     last_life_mono: float = field(default_factory=time.monotonic)
     heartbeats: bool = False  # has sent userHeartbeat: the silence timeout applies
     stale: bool = False  # timed out; the next sign of life revives it
@@ -96,9 +104,12 @@ class PresenceServer:
         )
         self.asgi_app = socketio.ASGIApp(self.sio, other_asgi_app=HealthApp(self.health))
         self.web = WebServer(self.asgi_app, max_message_bytes=self.options.max_message_bytes)
+        self.clock = DatabaseClock(engine)
+        self.limiter = ChangeLimiter(self.options.status_rate, self.options.status_burst)
         self.state = PresenceState(
             Broadcaster(self.sio).send,
             self.writer,
+            now=self._now,
             source=self.options.source,
             grace=self.options.grace,
         )
@@ -107,6 +118,7 @@ class PresenceServer:
         self.stats = {"events": 0, "refused": 0}
         self.port: int | None = None
         self._sweeper: asyncio.Task | None = None
+        self._clock_task: asyncio.Task | None = None
         self._timers: set[asyncio.TimerHandle] = set()
         self._tasks: set[asyncio.Task] = set()
         self._register()
@@ -150,13 +162,13 @@ class PresenceServer:
                 identity = auth.verify_token(token, self.options.auth_secret)
             except auth.TokenError as exc:
                 raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
-        self.conns[sid] = _Conn(sid, identity)
+        self.conns[sid] = _Conn(sid, identity, last_life=self._now())
 
     async def _on_disconnect(self, sid: str, reason: object = None) -> None:
         conn = self.conns.pop(sid, None)
         if conn is None or self.closing or conn.key is None or conn.stale:
             return
-        ended = protocol.now_millis()
+        ended = self._now()
         if self.options.grace > 0:
             loop = asyncio.get_running_loop()
             handle: asyncio.TimerHandle | None = None
@@ -224,7 +236,9 @@ class PresenceServer:
         event = protocol.parse_user_online(payload, default_id=token_user)
         if token_user is not None and event.key != token_user:
             raise Refused(f"userOnline: this connection's token is for user {token_user!r}")
-        now = protocol.now_millis()
+        now = self._now()
+        if event.key not in self.state.users:  # coming online is a status change
+            self._limit(event.key, protocol.USER_ONLINE, now)
         if conn.key is not None and conn.key != event.key:
             await self._detach(conn, now, protocol.USER_OFFLINE)  # one connection, another user
         self.state.rename(event.key, event)
@@ -235,7 +249,7 @@ class PresenceServer:
         token_user = self._token_user(conn, protocol.USER_OFFLINE)
         ref = protocol.parse_user_offline(payload, default_id=token_user)
         self._own(conn, ref.key, protocol.USER_OFFLINE)
-        await self._detach(conn, protocol.now_millis(), protocol.USER_OFFLINE)
+        await self._detach(conn, self._now(), protocol.USER_OFFLINE)  # never refused
 
     async def _user_heartbeat(self, conn: _Conn, payload: object) -> None:
         token_user = self._token_user(conn, protocol.USER_HEARTBEAT)
@@ -251,6 +265,7 @@ class PresenceServer:
         now = await self._alive(conn, sighting=False)
         user = self.state.users[event.key]
         if user.status != event.status:
+            self._limit(event.key, protocol.USER_STATUS, now)
             await self.state.change(user, event.status, now, protocol.USER_STATUS)
         else:
             self.state.sighting(user)
@@ -261,7 +276,25 @@ class PresenceServer:
             await self._alive(conn)
         await self.sio.emit(protocol.ONLINE_USERS_LIST, self.online_users(), to=conn.sid)
 
+    def _limit(self, key: str, event: str, now: datetime) -> None:
+        """Refuse a status change beyond the user's rate, or one that would be dated
+        further ahead of now than the clock rule allows."""
+        if not self.limiter.allow(key, time.monotonic()):
+            raise Refused(
+                f"{event}: user {key!r} changes status too fast (limit: "
+                f"{self.limiter.describe()}); this change was not applied"
+            )
+        if not self.state.admits(key, now):
+            raise Refused(
+                f"{event}: user {key!r} changes status more than once a millisecond; "
+                "this change was not applied"
+            )
+
     # --- which connection counts for whom ---------------------------------------------
+
+    def _now(self) -> datetime:
+        """Now by the database's clock, to the millisecond (the wire's precision)."""
+        return protocol.to_millis(self.clock.now())
 
     def _touch(self, conn: _Conn, now: datetime) -> None:
         conn.last_life = now
@@ -270,7 +303,7 @@ class PresenceServer:
     async def _alive(self, conn: _Conn, *, sighting: bool = True) -> datetime:
         """A sign of life from an announced connection: it counts again if it had timed
         out; its user's last_seen advances."""
-        now = protocol.now_millis()
+        now = self._now()
         self._touch(conn, now)
         assert conn.key is not None and conn.wire_id is not None
         if conn.stale:
@@ -310,7 +343,31 @@ class PresenceServer:
             for conn in list(self.conns.values()):
                 if conn.heartbeats and not conn.stale and conn.key and conn.last_life_mono < limit:
                     conn.stale = True
-                    await self.state.part(conn.key, conn.sid, conn.last_life, "timeout")
+                    when = conn.last_life or self._now()
+                    await self.state.part(conn.key, conn.sid, when, "timeout")
+
+    async def _keep_clock(self, measured: asyncio.Event) -> None:
+        """Measure the database's clock now and every ``clock_interval`` seconds, in a
+        thread; say so once when it cannot be read, and once when it can again."""
+        failing = False
+        while True:
+            try:
+                offset = await asyncio.to_thread(self.clock.measure)
+            except Exception as exc:
+                if not failing:
+                    log.warning(
+                        "cannot read the database's clock (%s); times keep the last "
+                        "measured offset (%s)",
+                        str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                        self.clock.offset,
+                    )
+                failing = True
+            else:
+                if failing:
+                    log.info("database clock measured again: offset %s", offset)
+                failing = False
+            measured.set()
+            await asyncio.sleep(self.options.clock_interval)
 
     def _spawn(self, coro: Coroutine) -> None:
         task = asyncio.ensure_future(coro)
@@ -347,7 +404,15 @@ class PresenceServer:
     # --- running ----------------------------------------------------------------------
 
     async def start(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> int:
-        """Listen on ``host:port`` (0: any free port) and return the port."""
+        """Listen on ``host:port`` (0: any free port) and return the port.
+
+        With a database, its clock is measured first (waiting at most two seconds:
+        until it answers, this machine's clock stands in)."""
+        if self.clock.engine is not None:
+            measured = asyncio.Event()
+            self._clock_task = asyncio.create_task(self._keep_clock(measured))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(measured.wait(), 2)
         self.port = await self.web.start(host, port)
         if self.writer is not None:  # events queued before it runs are written when it does
             self.writer.start()
@@ -364,8 +429,9 @@ class PresenceServer:
         """Shut down gracefully: no offline broadcast for anyone; pending writes flushed."""
         self.begin_shutdown()
         await self.web.wait()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        for task in (self._sweeper, self._clock_task):
+            if task is not None:
+                task.cancel()
         for handle in list(self._timers):
             handle.cancel()
         for task in list(self._tasks):

@@ -19,6 +19,10 @@ from presence_core.protocol import OFFLINE, ONLINE
 from presence_core.server.writer import DatabaseWriter
 
 _MILLISECOND = timedelta(milliseconds=1)
+# How far a transition's time may run ahead of now when two of a user's fall in the
+# same millisecond and the second is moved one later: changes that would go further
+# are refused (see PresenceState.admits), so stored times stay honest.
+MAX_AHEAD = timedelta(milliseconds=5)
 
 
 @dataclass(eq=False)
@@ -41,8 +45,10 @@ class PresenceState:
     """The present users and every transition between statuses.
 
     ``broadcast(event, payload)`` sends to every client; ``writer`` (None: no
-    database) stores transitions and sightings; ``grace`` is the server's grace
-    period, which bounds how long a departed user's last time must be remembered.
+    database) stores transitions and sightings; ``now()`` is the time transitions
+    are dated by (the database's clock, to the millisecond); ``grace`` is the
+    server's grace period, which bounds how long a departed user's last time must
+    be remembered.
     """
 
     def __init__(
@@ -50,9 +56,11 @@ class PresenceState:
         broadcast: Callable[[str, object], Awaitable[None]],
         writer: DatabaseWriter | None,
         *,
+        now: Callable[[], datetime],
         source: str,
         grace: float,
     ) -> None:
+        self.now = now
         self.users: dict[str, User] = {}
         self.transitions = 0
         self.broadcasts = 0
@@ -64,6 +72,12 @@ class PresenceState:
         self._prune_at = 10_000
 
     # --- changes --------------------------------------------------------------------
+
+    def admits(self, key: str, now: datetime) -> bool:
+        """Whether a transition of user ``key`` at ``now`` keeps within MAX_AHEAD of
+        now once it is moved past the user's previous one."""
+        previous = self._last_change.get(key)
+        return previous is None or previous + _MILLISECOND <= now + MAX_AHEAD
 
     async def join(
         self,
@@ -160,7 +174,7 @@ class PresenceState:
                     user_id=user.key,
                     status=status,
                     occurred_at=moment,
-                    received_at=protocol.now_millis(),
+                    received_at=self.now(),
                     reason=reason,
                     source=self._source,
                     user_type=user.user_type,
@@ -176,7 +190,7 @@ class PresenceState:
         """Keep the per-user last-change times only where they can still matter: a new
         transition is never dated before the user's current status began (see
         :meth:`part`), so only the last moments of users who left can collide."""
-        horizon = protocol.now_millis() - timedelta(seconds=self._grace + 5)
+        horizon = self.now() - timedelta(seconds=self._grace + 5)
         self._last_change = {
             key: moment
             for key, moment in self._last_change.items()
@@ -194,7 +208,7 @@ class PresenceState:
         (a user whose connections are all in their grace period); ``statusSince``
         says when the current status began.
         """
-        now = protocol.now_millis()
+        now = self.now()
         return [
             protocol.online_user(
                 u.wire_id,
