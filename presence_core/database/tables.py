@@ -43,10 +43,15 @@ users = Table(
     Index("ix_presence_users_team", "team"),
 )
 
+# Partitioned by month on occurred_at (migration 0004, presence_core.database.partitions).
+# Identity columns on partitioned tables need PostgreSQL 17, so ids come from a sequence;
+# the unique key, which includes the partition key, is the table's identity.
 transitions = Table(
     "presence_transitions",
     metadata,
-    Column("id", BigInteger, Identity(always=False), primary_key=True),
+    Column(
+        "id", BigInteger, nullable=False, server_default=text("nextval('presence_transition_ids')")
+    ),
     Column("user_id", Text, nullable=False),
     Column("status", Text, nullable=False),
     Column("occurred_at", DateTime(timezone=True), nullable=False),
