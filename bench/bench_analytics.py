@@ -156,6 +156,8 @@ def measure(engine: Engine, url, args) -> str:
     month = min(args.days, 30)
     busiest_team = pick_team(engine)
     team_tz = dict(history.TEAMS)[busiest_team]
+    with engine.connect() as conn:
+        some_user = conn.execute(text("select min(user_id) from presence_users")).scalar()
     queries: list[tuple[str, str, float | None, Callable[[], object]]] = [
         ("current presence", "≤ 100 ms", 0.1, lambda: analytics.current_presence(engine)),
         ("presence counts by team", "", None, lambda: analytics.presence_counts(engine, "team")),
@@ -221,6 +223,26 @@ def measure(engine: Engine, url, args) -> str:
             "",
             None,
             lambda: analytics.flapping_users(engine, end - timedelta(days=7), end),
+        ),
+        (
+            "one user's timeline, 7 days (Activity)",
+            "",
+            None,
+            lambda: analytics.user_timeline(engine, some_user, end - timedelta(days=7), end),
+        ),
+        (
+            "one team's 7-day per-agent table (Availability)",
+            "",
+            None,
+            lambda: analytics.agent_summary(
+                engine,
+                (end - timedelta(days=7)).date(),
+                end.date(),
+                team_tz,
+                dtime(9),
+                dtime(17),
+                team=busiest_team,
+            ),
         ),
     ]
     lines = []

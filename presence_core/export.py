@@ -4,8 +4,9 @@ Columns are DESIGN's, in order; timestamps are ISO-8601 with offset (UTC).
 Rows stream from PostgreSQL to the output (COPY TO; for Parquet the CSV stream is
 parsed by Arrow block by block, one row group each), so memory stays flat however
 many rows there are. Users who hide their last seen are left out unless
---include-hidden. Dates given to --from/--to are whole days in the display time
-zone (--to inclusive); `daily` takes its days in that zone too.
+``ExportFilters.include_hidden`` (the CLI's --include-hidden, an administrator on
+the dashboard). CSV cells a spreadsheet would run as a formula are neutralised.
+Used by ``presence export`` (presence_core/commands/export.py) and the Export page.
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ def _query(dataset: str, filters: ExportFilters) -> tuple[str, dict[str, Any]]:
 
 # Characters that make a spreadsheet read a cell as a formula (OWASP "CSV injection").
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-_FORMULA_CHARS = ", ".join(f"chr({ord(c)})" for c in FORMULA_STARTS)
+_FORMULA_CODES = ", ".join(str(ord(c)) for c in FORMULA_STARTS)
 
 
 def text_columns(dataset: str) -> set[str]:
@@ -153,7 +154,7 @@ def _text_select(dataset: str, sql: str, words: bool, neutralise: bool = False) 
             exprs.append("q.date::text as date")
         elif column in neutralised:
             exprs.append(
-                f"case when left(q.{column}, 1) in ({_FORMULA_CHARS})"
+                f"case when ascii(q.{column}) in ({_FORMULA_CODES})"
                 f" then chr(39) || q.{column} else q.{column} end as {column}"
             )
         else:
@@ -291,23 +292,3 @@ def _parquet(engine: Engine, dataset: str, sql: str, params: dict[str, Any]) -> 
             writer.write_batch(batch.select(list(columns)))
             yield sink.drain()
     yield sink.drain()
-
-
-# ---------------------------------------------------------------------------
-# command line
-
-
-def _moment(value: str, flag: str) -> datetime | date:
-    from presence_core.status import parse_timestamp
-
-    text_value = value.strip()
-    try:
-        if len(text_value) == 10:
-            return date.fromisoformat(text_value)
-        moment = parse_timestamp(text_value)
-    except ValueError:
-        raise PresenceError(
-            f"{flag} {value!r} is not a date (2026-05-04) or a timestamp (2026-05-04T09:00Z)"
-        ) from None
-    assert moment is not None
-    return moment

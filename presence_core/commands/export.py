@@ -1,11 +1,9 @@
-"""Export presence history for analysts: transitions, sessions or a daily summary.
+"""`presence export`: the analysts' datasets to a file or stdout (see presence_core.export).
 
-Columns are DESIGN's, in order; timestamps are ISO-8601 with offset (UTC).
-Rows stream from PostgreSQL to the output (COPY TO; for Parquet the CSV stream is
-parsed by Arrow block by block, one row group each), so memory stays flat however
-many rows there are. Users who hide their last seen are left out unless
---include-hidden. Dates given to --from/--to are whole days in the display time
-zone (--to inclusive); `daily` takes its days in that zone too.
+Dates given to --from/--to are whole days in the display time zone (--to
+inclusive); `daily` takes its days in that zone too. Users who hide their last
+seen are left out unless --include-hidden. A file is written as PATH.partial and
+renamed when complete, so a reader never sees half an export.
 """
 
 from __future__ import annotations
@@ -15,12 +13,31 @@ import os
 import sys
 import time as clock
 from collections.abc import Callable, Iterable
+from datetime import date, datetime
 from pathlib import Path
 
 from presence_core import analytics
 from presence_core.commands.common import add_database_arguments
 from presence_core.errors import PresenceError
-from presence_core.export import DATASETS, FORMATS, ExportFilters, _moment, stream_export
+from presence_core.export import DATASETS, FORMATS, ExportFilters, stream_export
+
+
+def moment(value: str, flag: str) -> datetime | date:
+    """A --from/--to value: ``2026-05-04`` (a whole local day) or a timestamp;
+    :class:`PresenceError` naming the flag otherwise."""
+    from presence_core.status import parse_timestamp
+
+    text_value = value.strip()
+    try:
+        if len(text_value) == 10:
+            return date.fromisoformat(text_value)
+        parsed = parse_timestamp(text_value)
+    except ValueError:
+        raise PresenceError(
+            f"{flag} {value!r} is not a date (2026-05-04) or a timestamp (2026-05-04T09:00Z)"
+        ) from None
+    assert parsed is not None
+    return parsed
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -91,8 +108,8 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings(home=args.home, database_url=args.database_url)
     tz = analytics.time_zone(args.tz) if args.tz else settings.tz
     filters = ExportFilters(
-        start=_moment(args.start, "--from") if args.start else None,
-        end=_moment(args.end, "--to") if args.end else None,
+        start=moment(args.start, "--from") if args.start else None,
+        end=moment(args.end, "--to") if args.end else None,
         user_ids=tuple(args.user) if args.user else None,
         user_type=args.user_type,
         team=args.team,
