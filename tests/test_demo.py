@@ -7,12 +7,17 @@ import signal
 import subprocess
 import sys
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
 import psycopg
 import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
+from presence_core import analytics
+from presence_core.database import engine as db
 from presence_core.database.embedded import EmbeddedPostgres
 from tests.conftest import free_port
 from tests.waiting import wait_for
@@ -68,6 +73,7 @@ def test_demo_runs_and_stops_cleanly(tmp_path: Path):
         wait_for(
             lambda: _live_transitions(conninfo) > first, timeout=60, what="more live transitions"
         )
+        _one_population_and_no_gap(EmbeddedPostgres(home).running().url)
         processes = psutil.Process(demo.pid).children(recursive=True)
         postmaster = EmbeddedPostgres(home).running()
         assert postmaster is not None
@@ -85,6 +91,33 @@ def test_demo_runs_and_stops_cleanly(tmp_path: Path):
             if process.is_running():
                 process.kill()
         EmbeddedPostgres(home).stop()
+
+
+def _one_population_and_no_gap(url: str) -> None:
+    """The live crowd is the history's people, the teams are known, and Health sees
+    no coverage gap where the history was generated (only the seconds until the
+    listener connected)."""
+    engine = db.make_engine(make_url(url))
+    try:
+        with engine.connect() as conn:
+            strangers = conn.execute(
+                text(
+                    """
+                    select count(distinct t.user_id) from presence_transitions t
+                    where t.source is distinct from 'history' and not exists (
+                        select 1 from presence_transitions h
+                        where h.user_id = t.user_id and h.source = 'history')"""
+                )
+            ).scalar_one()
+            teams = conn.execute(text("select count(*) from presence_teams")).scalar_one()
+            started = conn.execute(
+                text("select min(started_at) from presence_coverage where listener = 'history'")
+            ).scalar_one()
+        assert strangers == 0 and teams == 11
+        gaps = analytics.coverage_gaps(engine, started, datetime.now(UTC))
+        assert gaps["seconds"].sum() < 300, gaps
+    finally:
+        engine.dispose()
 
 
 def _demo(home: Path, *args: str) -> subprocess.CompletedProcess[str]:

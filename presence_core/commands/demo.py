@@ -30,6 +30,7 @@ from presence_core.errors import PresenceError
 
 STOP_TIMEOUT_S = 6
 READY_TIMEOUT_S = 90
+SEED = 1  # one synthetic organisation: the history's people are the live crowd's
 
 
 class DemoError(PresenceError):
@@ -126,13 +127,9 @@ class Demo:
                 return
         from presence_core.synthetic import history
 
-        say(
-            f"writing {self.args.history_days} days of history for "
-            f"{self.args.history_users} users …"
-        )
-        history.generate_history(
-            engine, users=self.args.history_users, days=self.args.history_days, seed=1
-        )
+        users = max(self.args.history_users, self.args.users)  # everyone live has a past
+        say(f"writing {self.args.history_days} days of history for {users} users …")
+        history.generate_history(engine, users=users, days=self.args.history_days, seed=SEED)
 
     def _start_children(self) -> None:
         server_url = f"http://127.0.0.1:{self.args.server_port}"
@@ -155,6 +152,8 @@ class Demo:
                 server_url,
                 "--users",
                 str(self.args.users),
+                "--seed",
+                str(SEED),
                 "--speed",
                 "60",
                 "--duration",

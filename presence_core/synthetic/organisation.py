@@ -225,7 +225,7 @@ class Organisation:
         block = ordinal // _BLOCK
         for b in (block - 1, block):
             rng = random.Random(f"{self.seed}:absence:{person.index}:{b}")
-            for _ in range(rng.choice((0, 0, 0, 1, 1, 2))):
+            for _ in range(rng.choice((0, 0, 0, 0, 1, 1))):
                 first = b * _BLOCK + rng.randrange(_BLOCK)
                 if first <= ordinal < first + rng.randint(2, 8):
                     return True
