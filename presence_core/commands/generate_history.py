@@ -1,10 +1,14 @@
-"""Write realistic synthetic presence history straight to the database.
+"""Write the synthetic organisation's past straight to the database.
 
-Teams in several time zones, agents and admins working shifts (a few at night),
-lunch and short breaks as `away`, calls as `busy`, weekends off (some work
-Saturdays), multi-day absences and the occasional flapping connection. The same
-seed gives the same history. Rows go in with COPY through the storage layer and
-``presence_users`` ends as of the history's end (status, status_since, last_seen).
+The organisation's first --users people (the same people `presence simulate
+--seed S` connects live) over --days days ending now: teams in their own time zones
+and shifts (a night desk across midnight), lunch and short breaks as `away`, calls
+as `busy`, weekends off (some work Saturdays), absences of a few days and the
+occasional flapping connection. The same seed gives the same history. Besides the
+transitions it records the period as observed (so Health shows no gap), sets
+`presence_users` as of now, and writes the teams' zones, shifts and targets to
+`presence_teams` (teams already configured, e.g. by `presence teams import`, are
+left as they are).
 """
 
 from __future__ import annotations
@@ -22,7 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--days", type=int, default=30, help="how many days, ending now (default 30)"
     )
-    parser.add_argument("--seed", type=int, default=1, help="same seed, same history (default 1)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=1,
+        help="the organisation: same seed, same people and history (default 1)",
+    )
     add_database_arguments(parser)
 
 

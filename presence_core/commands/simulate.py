@@ -1,10 +1,13 @@
-"""A crowd of real Socket.IO clients living through their shifts, to drive a presence server.
+"""A crowd of real Socket.IO clients: the synthetic organisation living through its shifts.
 
-Support agents and admins in teams across time zones log in at the start of their
-local shift, open extra tabs, take breaks (``away``), lose their network and come
-back, and leave at the end of the day; a few have a flapping connection. The plan
-is fixed by --seed and --start; --speed compresses simulated time (60: a simulated
-minute per second), --duration is wall-clock seconds.
+The people are those `presence generate-history --seed S` writes the past of (the
+same user ids, names, teams and time zones), working the same day: logging in
+around their team's shift in its own zone (the night desk across midnight), breaks
+(`away`), calls (`busy`), lost connections that come back, extra tabs, and leaving
+at the end of the day. People already at work at the start log in at once, in the
+status their day has them in. The plan is fixed by --seed and --start; --speed
+compresses simulated time (60: a simulated minute per second), --duration is
+wall-clock seconds; --users N takes the organisation's first N people.
 
 Works against any server speaking the guide's protocol (the extensions it uses,
 ``userHeartbeat``, ``userStatus`` and ``team``, are simply ignored by the guide's
@@ -41,7 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="how long to run, in real time: seconds or 10m, 2h (default 60)",
     )
-    parser.add_argument("--seed", type=int, default=1, help="the same seed, the same crowd")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=1,
+        help="the organisation: the same people as generate-history --seed (default 1)",
+    )
     parser.add_argument(
         "--start",
         metavar="ISO",

@@ -71,17 +71,20 @@ class Team:
         return self.shift_end <= self.shift_start
 
 
+# Targets are for each agent's availability % over the shift (online only, the
+# default): the organisation's agents are on calls (busy) much of the day, so about
+# 58 % is typical and a target near 60 % splits a team into those who reach it and not.
 TEAMS: tuple[Team, ...] = (
-    Team("Support EMEA", "Europe/London", time(8), time(16, 30), 80.0, 4),
-    Team("Support DACH", "Europe/Berlin", time(8), time(16, 30), 80.0, 3),
-    Team("Support Americas", "America/New_York", time(9), time(17, 30), 80.0, 4),
-    Team("Support West", "America/Los_Angeles", time(8), time(16, 30), 75.0, 2),
-    Team("Support APAC", "Asia/Tokyo", time(9), time(17, 30), 80.0, 3),
-    Team("Support India", "Asia/Kolkata", time(9, 30), time(18), 80.0, 2),
-    Team("Support ANZ", "Australia/Sydney", time(8, 30), time(17), 75.0, 1),
-    Team("Night Desk", "Europe/Berlin", time(22), time(6), 70.0, 1),
+    Team("Support EMEA", "Europe/London", time(8), time(16, 30), 60.0, 4),
+    Team("Support DACH", "Europe/Berlin", time(8), time(16, 30), 60.0, 3),
+    Team("Support Americas", "America/New_York", time(9), time(17, 30), 60.0, 4),
+    Team("Support West", "America/Los_Angeles", time(8), time(16, 30), 55.0, 2),
+    Team("Support APAC", "Asia/Tokyo", time(9), time(17, 30), 60.0, 3),
+    Team("Support India", "Asia/Kolkata", time(9, 30), time(18), 60.0, 2),
+    Team("Support ANZ", "Australia/Sydney", time(8, 30), time(17), 55.0, 1),
+    Team("Night Desk", "Europe/Berlin", time(22), time(6), 55.0, 1),
     Team("Sales", "America/Chicago", time(8, 30), time(17), None, 2),
-    Team("Billing", "Europe/Paris", time(9), time(17), 75.0, 2),
+    Team("Billing", "Europe/Paris", time(9), time(17), 60.0, 2),
     Team("Engineering", "Europe/Berlin", time(10), time(18, 30), None, 2),
 )
 
