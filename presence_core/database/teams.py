@@ -29,6 +29,7 @@ from presence_core.protocol import MAX_TEXT, unstorable
 from presence_core.shifts import WHOLE_DAY, TeamSettings, whole_day, zone_named
 
 __all__ = [
+    "CsvRecords",
     "TeamsFile",
     "import_teams",
     "parse_teams_csv",
@@ -104,55 +105,71 @@ def _parse_row(record: dict[str, str]) -> TeamSettings:
     return TeamSettings(team, zone, start, end, _parse_target(record.get("target_pct", "")))
 
 
+class CsvRecords:
+    """An import file read record by record: the header checked against the
+    ``required`` and ``optional`` columns (any order, case and spaces ignored), blank
+    lines skipped, cells stripped; every problem is a PresenceError naming the line.
+
+    Iterating gives ``(line number, {column: cell})``. Nothing here is about teams:
+    ``users import`` could read its file the same way.
+    """
+
+    def __init__(
+        self, lines: Iterable[str], name: str, required: tuple[str, ...], optional: tuple[str, ...]
+    ) -> None:
+        self.name = name
+        expected = ",".join(required) + "".join(f"[,{c}]" for c in optional)
+        self._reader = csv.reader(_storable_lines(lines, name), strict=True)
+        try:
+            header = next(self._reader)
+        except StopIteration:
+            raise PresenceError(f"{name}: empty file; expected a header {expected}") from None
+        except csv.Error as exc:
+            raise self.error(1, str(exc)) from None
+        self.columns = [c.strip().lower() for c in header]
+        unknown = [c for c in self.columns if c not in required + optional]
+        if unknown:
+            raise self.error(1, f"unknown column {unknown[0]!r}; expected {expected}")
+        missing = [c for c in required if c not in self.columns]
+        if missing:
+            raise self.error(1, f"missing column {missing[0]!r}")
+        if len(set(self.columns)) != len(self.columns):
+            raise self.error(1, "a column is named twice")
+
+    def error(self, line: int, message: str) -> PresenceError:
+        return PresenceError(f"{self.name}, line {line}: {message}")
+
+    def __iter__(self) -> Iterator[tuple[int, dict[str, str]]]:
+        width = len(self.columns)
+        try:
+            for fields in self._reader:
+                line = self._reader.line_num
+                if not fields or all(not f.strip() for f in fields):
+                    continue
+                if len(fields) != width:
+                    raise self.error(line, f"{len(fields)} fields, expected {width}")
+                yield line, {c: f.strip() for c, f in zip(self.columns, fields, strict=True)}
+        except csv.Error as exc:
+            raise self.error(self._reader.line_num, str(exc)) from None
+
+
 def parse_teams_csv(lines: Iterable[str], name: str = "input") -> TeamsFile:
     """Parse and validate the whole file; raise PresenceError naming the first bad line."""
-    reader = csv.reader(_storable_lines(lines, name), strict=True)
-    try:
-        header = next(reader)
-    except StopIteration:
-        raise PresenceError(
-            f"{name}: empty file; expected a header team,time_zone,shift_start,shift_end"
-        ) from None
-    except csv.Error as exc:
-        raise PresenceError(f"{name}, line 1: {exc}") from None
-    columns = [c.strip().lower() for c in header]
-    unknown = [c for c in columns if c not in REQUIRED + OPTIONAL]
-    if unknown:
-        raise PresenceError(
-            f"{name}, line 1: unknown column {unknown[0]!r}; expected "
-            "team,time_zone,shift_start,shift_end[,target_pct]"
-        )
-    missing = [c for c in REQUIRED if c not in columns]
-    if missing:
-        raise PresenceError(f"{name}, line 1: missing column {missing[0]!r}")
-    if len(set(columns)) != len(columns):
-        raise PresenceError(f"{name}, line 1: a column is named twice")
+    records = CsvRecords(lines, name, REQUIRED, OPTIONAL)
     teams: list[TeamSettings] = []
     seen: dict[str, int] = {}
-    try:
-        for fields in reader:
-            line = reader.line_num
-            if not fields or all(not f.strip() for f in fields):
-                continue
-            if len(fields) != len(columns):
-                raise PresenceError(
-                    f"{name}, line {line}: {len(fields)} fields, expected {len(columns)}"
-                )
-            record = {c: f.strip() for c, f in zip(columns, fields, strict=True)}
-            try:
-                settings = _parse_row(record)
-            except ValueError as exc:
-                raise PresenceError(f"{name}, line {line}: {exc}") from None
-            if settings.team in seen:
-                raise PresenceError(
-                    f"{name}, line {line}: team {settings.team!r} already given on line "
-                    f"{seen[settings.team]}"
-                )
-            seen[settings.team] = line
-            teams.append(settings)
-    except csv.Error as exc:
-        raise PresenceError(f"{name}, line {reader.line_num}: {exc}") from None
-    return TeamsFile(tuple(teams), sets_targets="target_pct" in columns)
+    for line, record in records:
+        try:
+            settings = _parse_row(record)
+        except ValueError as exc:
+            raise records.error(line, str(exc)) from None
+        if settings.team in seen:
+            raise records.error(
+                line, f"team {settings.team!r} already given on line {seen[settings.team]}"
+            )
+        seen[settings.team] = line
+        teams.append(settings)
+    return TeamsFile(tuple(teams), sets_targets="target_pct" in records.columns)
 
 
 def _values(settings: TeamSettings) -> dict:
