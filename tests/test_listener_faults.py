@@ -18,6 +18,7 @@ from sqlalchemy import text
 
 from presence_core.database import engine as dbmod
 from presence_core.database.embedded import EmbeddedPostgres
+from presence_core.listener import Spool
 from tests.conftest import free_port
 from tests.nodejs import guide_server, node_available
 from tests.test_listener import (
@@ -364,7 +365,7 @@ def test_sigterm_flushes_closes_coverage_and_exits_0(engine, cli_env, tmp_path):
                 ]
                 [covered] = await db(coverage_rows, engine)
                 assert covered.ended_at is not None
-                assert not (tmp_path / "spool").exists() or not os.listdir(tmp_path / "spool")
+                assert not Spool(tmp_path / "spool").segments()
 
     asyncio.run(scenario())
 

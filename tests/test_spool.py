@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import textwrap
@@ -10,9 +11,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from presence_core.database import engine as dbmod
 from presence_core.database.records import write_records
 from presence_core.database.storage import Transition
-from presence_core.listener.spool import Spool
+from presence_core.listener import Stats, WritePipeline
+from presence_core.listener.spool import Spool, SpoolBusy
+from tests.conftest import free_port
 from tests.test_listener import ScriptedServer, listening, transitions, wait_rows
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -146,3 +150,72 @@ def test_full_queue_spills_to_the_spool_without_loss(engine, tmp_path):
 async def _until(predicate) -> None:
     while not predicate():
         await asyncio.sleep(0.02)
+
+
+# --- one writer per spool ---------------------------------------------------------------
+
+
+def test_a_second_writer_cannot_take_a_spool_in_use(tmp_path):
+    first, second = Spool(tmp_path / "s"), Spool(tmp_path / "s")
+    first.append(numbered(0, 2))
+    with pytest.raises(SpoolBusy, match=f"pid {os.getpid()}"):
+        second.append(numbered(2, 1))
+    first.rotate()
+    with pytest.raises(SpoolBusy):
+        second.replay(lambda chunk: None)  # it would delete what the first still holds
+    first.close()
+    seen: list[int] = []
+    second.replay(lambda chunk: seen.extend(r["n"] for r in chunk))  # free now
+    assert seen == [0, 1]
+    second.close()
+    assert not (tmp_path / "s").exists()  # an empty spool leaves nothing behind
+
+
+def test_a_spool_held_by_a_killed_process_is_free_again(tmp_path):
+    """The lock is the kernel's: a writer that dies (SIGKILL) lets go of it."""
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        from presence_core.listener.spool import Spool
+        spool = Spool({str(tmp_path / "s")!r})
+        spool.append([{{"n": 0}}])
+        print("holding", flush=True)
+        time.sleep(120)
+        """
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "holding"
+        with pytest.raises(SpoolBusy, match=f"pid {child.pid}"):
+            Spool(tmp_path / "s").claim()
+    finally:
+        child.kill()
+        child.wait()
+    mine = Spool(tmp_path / "s")
+    mine.claim()
+    assert [r["n"] for r in mine.read_all()] == [0]
+    mine.close()
+    assert mine.segments()  # not empty: kept
+
+
+def test_records_the_spool_cannot_take_are_counted_as_lost(engine, tmp_path):
+    """A spool that cannot be used (here: held by another writer) loses what it is
+    given; the pipeline counts it and says so instead of failing the writer."""
+
+    async def scenario():
+        holder = Spool(tmp_path / "s")
+        holder.claim()
+        stats = Stats()
+        dead = dbmod.make_engine(
+            engine.url.set(host="127.0.0.1", port=free_port()), connect_args={"connect_timeout": 2}
+        )
+        pipeline = WritePipeline(dead, Spool(tmp_path / "s"), stats, writer="thread")
+        pipeline.start()
+        pipeline.enqueue(Transition("1", "online", T0, T0), T0)
+        await asyncio.wait_for(_until(lambda: stats.dropped == 1), 15)
+        await pipeline.close()
+        holder.close()
+        dead.dispose()
+        assert (stats.spooled, stats.db_errors >= 1) == (0, True)
+
+    asyncio.run(scenario())

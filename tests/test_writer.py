@@ -11,8 +11,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import Engine, text
 
-from presence_core.database.records import CoverageMark, DatabaseDown
+from presence_core.database.records import CoverageMark
 from presence_core.database.storage import Sighting, Transition
+from presence_core.errors import DatabaseUnavailable
 from presence_core.listener.writer import ProcessWriter, WriterLost
 from tests.conftest import free_port
 
@@ -78,7 +79,7 @@ def test_database_down_is_reported_as_such():
         url = f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/nothing"
         writer = ProcessWriter(url, {"connect_timeout": 2})
         try:
-            with pytest.raises(DatabaseDown):
+            with pytest.raises(DatabaseUnavailable):
                 await writer.write(batch(0, 3))
             assert writer.pid is not None  # the child lives on, for the retry
         finally:

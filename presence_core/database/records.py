@@ -19,6 +19,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlch
 
 from presence_core.database.coverage import CoverageMark, write_mark
 from presence_core.database.storage import Sighting, Transition, write_batch
+from presence_core.errors import DatabaseUnavailable
 
 log = logging.getLogger("presence.listener")
 
@@ -96,10 +97,6 @@ def record_from_dict(data: Mapping) -> Record:
 # --- writing them ------------------------------------------------------------------------
 
 
-class DatabaseDown(Exception):
-    """The database did not answer (connection refused, lost, shutting down)."""
-
-
 def is_connection_error(exc: BaseException) -> bool:
     if isinstance(
         exc,
@@ -121,7 +118,7 @@ _ROW_ERRORS = (sa_exc.DataError, sa_exc.IntegrityError, psycopg.DataError, psyco
 def write_records(engine: Engine, records: Sequence[Record]) -> tuple[int, int]:
     """Commit ``records`` in one transaction; return (transitions inserted, rejected).
 
-    Idempotent. Raises :class:`DatabaseDown` when the database cannot be reached.
+    Idempotent. Raises :class:`DatabaseUnavailable` when the database cannot be reached.
     A batch the database refuses for its content (which the listener's checks
     should make impossible) is split in halves until the refused records are
     found; those are dropped and logged, so one bad row never blocks the rest.
@@ -133,7 +130,7 @@ def write_records(engine: Engine, records: Sequence[Record]) -> tuple[int, int]:
         if not isinstance(exc, _ROW_ERRORS):
             # down, or wrong in a way no row explains (schema, permissions): keep the
             # records (the caller spools them) and try again later
-            raise DatabaseDown(first_line(exc)) from None
+            raise DatabaseUnavailable(first_line(exc)) from None
         if len(records) == 1:
             log.error("event=row_refused record=%r error=%s", records[0], first_line(exc))
             return 0, 1

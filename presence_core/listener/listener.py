@@ -19,11 +19,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import psycopg
@@ -31,26 +30,26 @@ import socketio
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from presence_core.database.clock import DatabaseClock
 from presence_core.database.coverage import close_dangling_coverage
 from presence_core.database.records import (
     CoverageMark,
-    DatabaseDown,
     Record,
     first_line,
     is_connection_error,
 )
 from presence_core.database.storage import Sighting, Transition, current_state
+from presence_core.errors import DatabaseUnavailable
 from presence_core.listener.connection import ServerConnection
 from presence_core.listener.decisions import (
     UserView,
     backoff_delay,
     default_name,
     parse_snapshot,
-    spool_name,
 )
 from presence_core.listener.heartbeat import HeartbeatKeeper
 from presence_core.listener.metrics import Stats, listener_registry
-from presence_core.listener.pipeline import WritePipeline
+from presence_core.listener.pipeline import WritePipeline, default_spool_dir
 from presence_core.listener.spool import Spool
 from presence_core.listener.state import UserTracker
 from presence_core.protocol import OnlineUser, ProtocolError
@@ -61,20 +60,7 @@ __all__ = ["Listener"]
 
 
 # the fields handed to the write pipeline as they are
-_PIPELINE_OPTIONS = (
-    "writer",
-    "connect_args",
-    "flush_interval",
-    "linger",
-    "max_batch",
-    "queue_size",
-    "db_retry",
-    "on_written",
-)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
+_PIPELINE_OPTIONS = "writer connect_args flush_interval linger max_batch queue_size db_retry"
 
 
 @dataclass
@@ -111,15 +97,18 @@ class Listener:
     connect_args: dict | None = None
     on_written: Callable[[Sequence[Record]], None] | None = None
     stats: Stats = field(default_factory=Stats)
+    clock: DatabaseClock | None = None
+    clock_interval: float = 60.0
 
     def __post_init__(self) -> None:
         self.name = self.name or default_name(self.server_url)
-        home = Path(os.environ.get("PRESENCE_HOME") or "~/.local/share/presence-analytics")
-        directory = self.spool_dir or home.expanduser() / "spool" / spool_name(self.name)
-        self.spool = Spool(directory)
+        self.clock = self.clock or DatabaseClock(self.engine)
+        self.spool = Spool(self.spool_dir or default_spool_dir(self.name))
         self.tracker = UserTracker()
-        options = {name: getattr(self, name) for name in _PIPELINE_OPTIONS}
-        self.pipeline = WritePipeline(self.engine, self.spool, self.stats, intake=self, **options)
+        options = {name: getattr(self, name) for name in _PIPELINE_OPTIONS.split()}
+        self.pipeline = WritePipeline(
+            self.engine, self.spool, self.stats, intake=self, on_written=self.on_written, **options
+        )
         self._inbox: deque[tuple[str, datetime, object]] = deque()
         self._requests: deque[str] = deque()  # what each getOnlineUsers asked for
         self._reconciling = False
@@ -132,7 +121,7 @@ class Listener:
             self.server_url,
             self._arrive,
             self.stats,
-            now=_now,
+            now=self.now,
             token=self.token,
             transports=self.transports,
             retry_cap=self.retry_cap,
@@ -143,15 +132,16 @@ class Listener:
             self.name,
             self.server_url,
             self.stats,
-            now=_now,
+            clock=self.clock,
             durable_until=self._durable_until,
             interval=self.heartbeat_interval,
+            clock_interval=self.clock_interval,
         )
         self.ready = asyncio.Event()  # set once the database state is loaded
         self.registry = listener_registry(
             self.name,
             self.stats,
-            now=_now,
+            now=self.now,
             queue_depth=lambda: self.pipeline.queue_depth,
             spool_bytes=self.spool.size_bytes,
         )
@@ -162,8 +152,10 @@ class Listener:
         """Run until :meth:`stop`: connect, reconcile, log; flush and close on the way out."""
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        self.heartbeat.started_at = _now()
+        self.heartbeat.started_at = self.now()
+        self.spool.claim()  # one listener per spool (and name): SpoolBusy otherwise
         if not await self._prepare():
+            self.spool.close()
             return
         self.ready.set()
         self.pipeline.start()
@@ -200,6 +192,11 @@ class Listener:
     def spooling(self) -> bool:
         return self.pipeline.spooling
 
+    def now(self) -> datetime:
+        """The database's time now, as this listener measures it: every time it
+        records or judges (DESIGN "Clock") is read here, never from the local clock."""
+        return self.clock.now()
+
     def view(self, user_id: str) -> UserView | None:
         """What the listener believes about ``user_id`` now."""
         return self.tracker.view(user_id)
@@ -222,7 +219,7 @@ class Listener:
                     self.spool.directory,
                 )
                 return True
-            except DatabaseDown as exc:
+            except DatabaseUnavailable as exc:
                 attempt += 1
                 self.stats.db_errors += 1
                 delay = backoff_delay(attempt, cap=self.retry_cap)
@@ -232,16 +229,17 @@ class Listener:
 
     def _prepare_db(self) -> datetime | None:
         try:
+            self.heartbeat.measure_clock()
             replayed = self.pipeline.replay_now()
             if replayed:
                 log.info("event=spool_replayed_at_start records=%d", replayed)
-            gap = close_dangling_coverage(self.engine, self.name, _now())
+            gap = close_dangling_coverage(self.engine, self.name, self.now())
             self.tracker.load(current_state(self.engine))
             self.heartbeat.write(self.heartbeat.row(connected=False))
             return gap
         except (SQLAlchemyError, psycopg.Error, OSError) as exc:
             if is_connection_error(exc):
-                raise DatabaseDown(first_line(exc)) from None
+                raise DatabaseUnavailable(first_line(exc)) from None
             raise
 
     # -- the connection ----------------------------------------------------------------
@@ -250,7 +248,7 @@ class Listener:
         """Take what the socket delivered. Events are only queued here: the writer task
         handles them in batches (much cheaper than one by one between socket reads);
         anything else is handled at once, after the events before it."""
-        self._inbox.append((kind, at or _now(), payload))
+        self._inbox.append((kind, at or self.now(), payload))
         if kind != "event" or len(self._inbox) >= self.max_batch:
             self.pump()  # (a long write must not let the inbox grow past the bounded queue)
             self.pipeline.wake()
@@ -364,7 +362,7 @@ class Listener:
 
     def _durable_until(self) -> datetime:
         """Everything received before this moment is committed or spooled."""
-        candidates = [_now(), self.pipeline.oldest_pending()]
+        candidates = [self.now(), self.pipeline.oldest_pending()]
         if self._inbox:
             candidates.append(self._inbox[0][1])
         return min(c for c in candidates if c is not None)
@@ -389,7 +387,7 @@ class Listener:
         self._reconciling = False
         self.pump()
         if self.stats.connected:
-            self._on_disconnected(_now())
+            self._on_disconnected(self.now())
         await self.pipeline.close()
         try:
             beat = self.heartbeat.row(connected=False, stopped=True)

@@ -30,9 +30,11 @@ class Stats:
     events_received: int = 0
     transitions_written: int = 0
     sightings_queued: int = 0
+    batches_written: int = 0
     spooled: int = 0
     replayed: int = 0
     rejected: int = 0
+    dropped: int = 0
     reconnects: int = 0
     connect_failures: int = 0
     reconciles: int = 0
@@ -61,6 +63,7 @@ _COUNTERS = (
     ("spooled", "records appended to the spool"),
     ("replayed", "spooled records replayed into the database"),
     ("rejected", "bad events and refused rows, never written"),
+    ("dropped", "records lost: the spool could not take them (a full disk)"),
     ("reconnects", "connections to the server after the first"),
     ("db_errors", "failed attempts to reach the database"),
     ("writers_lost", "writer processes that died"),

@@ -20,10 +20,20 @@ the middle of a write) is skipped on replay and counted.
 
 Only one task may append and one replay at a time; appends may run while a
 replay of closed segments is in progress (they go to a different file).
+
+One writer per spool: a process replaying a spool deletes segments, so a second
+process appending to the same directory would lose what it appends. The first
+append or replay therefore takes the spool's lock (``flock`` on ``.lock`` in the
+directory, held until :meth:`Spool.close`, released by the kernel when the
+process dies); another :class:`Spool` on the same directory gets
+:class:`SpoolBusy` until then. Reading (:meth:`Spool.segments`,
+:meth:`Spool.read_all`) needs no lock.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -31,9 +41,20 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from presence_core.errors import PresenceError
+
 log = logging.getLogger(__name__)
 
 SUFFIX = ".jsonl"
+LOCK = ".lock"
+
+
+class SpoolError(PresenceError):
+    """The spool cannot be used (its directory cannot be made or opened)."""
+
+
+class SpoolBusy(SpoolError):
+    """Another process (or another :class:`Spool` of this one) holds this spool."""
 
 
 class Spool:
@@ -46,8 +67,58 @@ class Spool:
         self._open_path: Path | None = None
         self._last_fsync = 0.0
         self._dirty = False
+        self._lock_fd: int | None = None
         self.records_appended = 0
         self.bad_lines = 0
+
+    # -- the lock ------------------------------------------------------------------
+
+    def claim(self) -> None:
+        """Take the spool's lock (creating the directory); a no-op when held already.
+        Raises :class:`SpoolBusy` naming the holder's pid when another has it, and
+        :class:`SpoolError` when the directory cannot be used."""
+        if self._lock_fd is not None:
+            return
+        path = self.directory / LOCK
+        for _ in range(20):
+            try:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            except FileNotFoundError:
+                continue  # removed by a writer closing meanwhile: again
+            except OSError as exc:
+                raise SpoolError(f"cannot use the spool {self.directory}: {exc.strerror}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise SpoolBusy(
+                    f"the spool {self.directory} is in use by another writer (pid {holder})"
+                ) from None
+            try:  # a holder that closed meanwhile removed the file this lock is on
+                current = os.path.samestat(os.fstat(fd), os.stat(path))
+            except FileNotFoundError:
+                current = False
+            if current:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+                self._lock_fd = fd
+                return
+            os.close(fd)
+        raise SpoolBusy(f"the spool {self.directory} keeps changing hands")
+
+    def release(self) -> None:
+        """Let go of the lock (a closed spool may be claimed by another writer). An
+        empty spool leaves nothing behind: its lock file and directory are removed."""
+        if self._lock_fd is None:
+            return
+        if not self.segments():
+            with contextlib.suppress(OSError):
+                (self.directory / LOCK).unlink()  # still held: nobody can claim it now
+                self.directory.rmdir()
+        os.close(self._lock_fd)
+        self._lock_fd = None
 
     # -- writing -------------------------------------------------------------------
 
@@ -84,12 +155,13 @@ class Spool:
             self._open_path = None
 
     def close(self) -> None:
-        """Sync and close; the spool may be used again afterwards."""
+        """Sync, close and release the lock; the spool may be used again afterwards."""
         self.rotate()
+        self.release()
 
     def _open(self) -> int:
         if self._fd is None:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            self.claim()
             segments = self.segments()
             number = int(segments[-1].stem) + 1 if segments else 1
             path = self.directory / f"{number:06d}{SUFFIX}"
@@ -130,7 +202,10 @@ class Spool:
         the replay and propagates; the segment it was reading stays (whole).
         """
         total = 0
-        for path in self.closed_segments():
+        closed = self.closed_segments()
+        if closed:
+            self.claim()
+        for path in closed:
             for records in self._chunks(path, chunk):
                 accept(records)
                 total += len(records)

@@ -31,7 +31,8 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from presence_core.database.records import DatabaseDown, Record, write_records
+from presence_core.database.records import Record, write_records
+from presence_core.errors import DatabaseUnavailable
 
 log = logging.getLogger("presence.listener")
 
@@ -65,7 +66,7 @@ class ProcessWriter:
     async def write(self, records: Sequence[Record]) -> tuple[int, int]:
         """Commit ``records``; returns (transitions inserted, rows rejected).
 
-        Raises :class:`presence_core.database.records.DatabaseDown` as ``write_records``
+        Raises :class:`presence_core.errors.DatabaseUnavailable` as ``write_records``
         does, and :class:`WriterLost` when the child died or could not start.
         """
         if self._writer is None:
@@ -184,7 +185,7 @@ def serve(sock: socket.socket) -> None:
                 return
             try:
                 answer: tuple = ("ok", *write_records(engine, pickle.loads(body)))
-            except DatabaseDown as exc:
+            except DatabaseUnavailable as exc:
                 answer = ("error", exc)
             except Exception as exc:  # a bug: say so here, with the traceback
                 log.exception("event=writer_failed")
