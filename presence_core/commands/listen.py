@@ -1,8 +1,10 @@
-"""``presence listen``: the listener's flags, signals and metrics server.
+"""Log every status transition a presence server announces into PostgreSQL, until stopped.
 
-What the listener does is :mod:`presence_core.listener`'s; this module turns the
-command line and the environment into a :class:`~presence_core.listener.Listener`
-and runs it until SIGINT or SIGTERM (flush, then exit 0).
+``presence listen``: what the listener does is :mod:`presence_core.listener`'s; this
+module turns the command line and the environment into a
+:class:`~presence_core.listener.Listener` and runs it until SIGINT or SIGTERM (flush,
+then exit 0). The token comes from ``--token-file``, ``PRESENCE_TOKEN`` or
+``PRESENCE_TOKEN_FILE`` (``--token`` works, with a warning: ``ps`` shows it).
 """
 
 from __future__ import annotations
@@ -10,8 +12,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
+import sys
 from pathlib import Path
 
 from presence_core.commands.common import add_database_arguments
@@ -25,8 +27,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--server", metavar="URL", help="the Socket.IO server (default PRESENCE_SERVER_URL)"
     )
-    parser.add_argument(
-        "--token", metavar="T", help="auth token sent as {token: T} (default PRESENCE_TOKEN)"
+    token = parser.add_mutually_exclusive_group()
+    token.add_argument(
+        "--token-file",
+        metavar="PATH",
+        help="send the auth token kept in this file as {token: ...} (default PRESENCE_TOKEN, "
+        "PRESENCE_TOKEN_FILE)",
+    )
+    token.add_argument(
+        "--token",
+        metavar="T",
+        help="the same with the token itself (visible to every local account: prefer --token-file)",
     )
     parser.add_argument(
         "--name",
@@ -65,7 +76,19 @@ def run(args: argparse.Namespace) -> int:
     from presence_core.errors import PresenceError
     from presence_core.listener import Listener
 
-    settings = load_settings(home=args.home, database_url=args.database_url, server_url=args.server)
+    if args.token:
+        print(
+            "presence: warning: --token puts a secret on the command line, where every local "
+            "account can read it (ps); use --token-file or PRESENCE_TOKEN",
+            file=sys.stderr,
+        )
+    settings = load_settings(
+        home=args.home,
+        database_url=args.database_url,
+        server_url=args.server,
+        token=args.token,
+        token_file=args.token_file,
+    )
     if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
         raise PresenceError(f"--metrics-port {args.metrics_port} is not a port number")
     connect_args = {
@@ -78,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         engine,
         settings.server_url,
         name=args.name,
-        token=args.token or os.environ.get("PRESENCE_TOKEN"),
+        token=settings.token,
         spool_dir=spool_dir
         or settings.home / "spool" / spool_name(args.name or default_name(settings.server_url)),
         writer=args.writer,
