@@ -505,6 +505,45 @@ def test_bad_events_are_counted_never_written(engine, tmp_path):
     asyncio.run(scenario())
 
 
+def test_unstorable_text_never_reaches_the_database(engine, tmp_path):
+    """Issue 12 point 2, what a listener receives: a NUL or a lone surrogate in a
+    userId refuses the event; in a name, type or team it drops that name and keeps
+    the event. Either way it is counted, and no row is ever refused by PostgreSQL."""
+
+    async def scenario():
+        server = await ScriptedServer().start()
+        now = datetime.now(UTC) - timedelta(seconds=1)
+        seen = now.isoformat()
+        server.online = [  # the reconcile's online list
+            {"userId": "o", "status": "online", "lastSeen": seen, "userName": "Ol\x00ga"},
+        ]
+        try:
+            async with listening(engine, server.url, tmp_path) as listener:
+                for user_id in ("nul\x00id", "half\ud800id"):
+                    await server.send({"userId": user_id, "status": "online", "lastSeen": seen})
+                await server.send(
+                    {
+                        "userId": "n",
+                        "status": "online",
+                        "lastSeen": seen,
+                        "userName": "Nu\x00ll",
+                        "userType": "\udfffagent",
+                        "team": "blue",
+                    }
+                )
+                await wait_rows(engine, [("n", "online", False), ("o", "online", False)])
+                # the two ids: events refused, counted; no row refused by PostgreSQL on top
+                assert listener.stats.rejected == 2
+                assert listener.stats.names_dropped == 3  # Olga's name, n's name and type
+                named = await db(user_row, engine, "n")
+                assert (named.user_name, named.user_type, named.team) == (None, None, "blue")
+                assert (await db(user_row, engine, "o")).user_name is None
+        finally:
+            await server.stop()
+
+    asyncio.run(scenario())
+
+
 def test_clock_rule_on_the_wire(engine, tmp_path):
     async def scenario():
         server = await ScriptedServer().start()

@@ -17,7 +17,23 @@ from psycopg import DataError
 from psycopg.errors import UniqueViolation
 from sqlalchemy import Connection, Engine, text
 
-OFFLINE = "offline"
+# the protocol's rules, kept in one place: the status that ends presence, and how a
+# userId is stored as text
+from presence_core.protocol import OFFLINE, user_id_text
+
+__all__ = [
+    "OFFLINE",
+    "BatchResult",
+    "Sighting",
+    "Transition",
+    "UserState",
+    "copy_rows",
+    "current_state",
+    "present_users",
+    "upsert_users",
+    "user_id_text",
+    "write_batch",
+]
 
 
 # Transition and Sighting are made once per event on the listener's hot path: slots
@@ -26,8 +42,9 @@ OFFLINE = "offline"
 class Transition:
     """One change of a user's status.
 
-    ``occurred_at`` is when it happened (the server's clock), ``received_at``
-    when it was received (the writer's clock); both timezone-aware. The user's
+    ``occurred_at`` is when it happened (as the server dated it), ``received_at``
+    when it was received (by the database's clock, as the writer measures it); both
+    timezone-aware. The user's
     name, type and team, where known, update ``presence_users``.
     """
 
@@ -348,19 +365,3 @@ def _states(engine: Engine, sql: str, params: dict) -> dict[str, UserState]:
     with engine.connect() as conn:
         rows = conn.execute(text(sql), params).all()
     return {row.user_id: UserState(*row) for row in rows}
-
-
-def user_id_text(value: object) -> str:
-    """A protocol ``userId`` as stored text: ``123`` → ``"123"``, strings unchanged.
-
-    Raises ValueError for anything else (bool, float, None, containers) and for
-    empty or over-long ids (> 256 characters).
-    """
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise ValueError(f"userId must be a number or a string, not {type(value).__name__}")
-    result = str(value)
-    if not result.strip():
-        raise ValueError("userId is empty")
-    if len(result) > 256:
-        raise ValueError(f"userId is {len(result)} characters long; at most 256 are accepted")
-    return result

@@ -10,12 +10,12 @@ from __future__ import annotations
 import random
 import re
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from presence_core.database.storage import OFFLINE, Sighting, Transition
-from presence_core.protocol import MAX_TEXT, OnlineUser, ProtocolError, parse_online_users
+from presence_core.protocol import OnlineUser, ProtocolError, observed_text, parse_online_users
 
 __all__ = [
     "CLOCK_AHEAD_LIMIT",
@@ -23,7 +23,6 @@ __all__ = [
     "TICK",
     "UserView",
     "backoff_delay",
-    "clean_text",
     "default_name",
     "event_time",
     "moved_after",
@@ -42,7 +41,6 @@ CLOCK_BEHIND_LIMIT = timedelta(days=1)  # a lastSeen older than this is not beli
 # have sent (our server spaces same-millisecond changes exactly so) and compares equal
 # to the broadcast it came from, never a microsecond beside it.
 TICK = timedelta(milliseconds=1)
-MAX_REASON = 64
 MAX_LOGGED_PAYLOAD = 200
 
 
@@ -154,22 +152,24 @@ def plan_reconcile(
     return rows
 
 
-def parse_snapshot(payload: object) -> tuple[list[OnlineUser], list[tuple[str, object]]]:
-    """The users of an ``onlineUsersList`` payload, and (error, entry) for each entry
-    refused (the whole payload, when it is not a list)."""
+def parse_snapshot(payload: object) -> tuple[list[OnlineUser], list[tuple[str, object]], int]:
+    """The users of an ``onlineUsersList`` payload, (error, entry) for each entry
+    refused (the whole payload, when it is not a list), and how many names were
+    dropped as not storable (see :func:`payload_names`)."""
     if not isinstance(payload, list):
-        return [], [("not an array", payload)]
+        return [], [("not an array", payload)], 0
     users: list[OnlineUser] = []
     refused: list[tuple[str, object]] = []
+    dropped = 0
     for entry in payload:
         try:
             user = parse_online_users([entry])[0]
-            if "\x00" in user.user_id:
-                raise ProtocolError("onlineUsersList: userId contains a NUL character")
-            users.append(user)
         except ProtocolError as exc:
             refused.append((str(exc), entry))
-    return users, refused
+            continue
+        users.append(user)
+        dropped += _dropped(entry, (user.user_type, user.user_name, user.team))
+    return users, refused, dropped
 
 
 def backoff_delay(attempt: int, base: float = 0.5, cap: float = 10.0) -> float:
@@ -179,26 +179,28 @@ def backoff_delay(attempt: int, base: float = 0.5, cap: float = 10.0) -> float:
     return random.uniform(ceiling / 2, ceiling)
 
 
-def clean_text(value: object, limit: int = MAX_TEXT) -> str | None:
-    """A name, type, team or reason as the listener keeps it: a string, NULs removed,
-    stripped and cut to ``limit``; None for anything else or nothing left."""
-    if not isinstance(value, str):
-        return None
-    text = value.replace("\x00", "").strip()[:limit]
-    return text or None
-
-
 _NO_NAMES = (None, None, None)
+_NAMES = ("userType", "userName", "team")
 
 
-def payload_names(payload: Mapping) -> tuple[str | None, str | None, str | None]:
-    """(user_type, user_name, team) as a payload carries them, cleaned."""
+def payload_names(payload: Mapping) -> tuple[tuple[str | None, str | None, str | None], int]:
+    """(user_type, user_name, team) as a payload carries them, made storable by the
+    protocol's rule (:func:`~presence_core.protocol.observed_text`), and how many of
+    them were dropped because PostgreSQL could not store them (a NUL, a lone
+    surrogate): names are decoration, so the event is kept without them."""
     if "userName" not in payload and "userType" not in payload and "team" not in payload:
-        return _NO_NAMES  # the guide's userStatusChanged carries none
-    return (
-        clean_text(payload.get("userType")),
-        clean_text(payload.get("userName")),
-        clean_text(payload.get("team")),
+        return _NO_NAMES, 0  # the guide's userStatusChanged carries none
+    names = tuple(observed_text(payload.get(field)) for field in _NAMES)
+    return names, _dropped(payload, names)
+
+
+def _dropped(raw: Mapping, kept: Sequence[str | None]) -> int:
+    """How many non-blank text fields of ``raw`` observed_text refused (which, for
+    text that is not blank, means: not storable)."""
+    return sum(
+        1
+        for field, value in zip(_NAMES, kept, strict=True)
+        if value is None and isinstance(raw.get(field), str) and raw[field].strip()
     )
 
 

@@ -297,6 +297,7 @@ class Listener:
 
     def _on_status_changed(self, args: object, received_at: datetime) -> None:
         payload = args[0] if type(args) is tuple and len(args) == 1 else args
+        dropped = self.tracker.names_dropped
         try:
             record = self.tracker.status_changed(payload, received_at, self.name)
         except ProtocolError as exc:
@@ -306,6 +307,10 @@ class Listener:
             log.exception("event=handler_failed")
             self.stats.reject("userStatusChanged", f"internal error: {exc!r}", args)
             return
+        if self.tracker.names_dropped != dropped:
+            self.stats.drop_names(
+                "userStatusChanged", self.tracker.names_dropped - dropped, payload
+            )
         if type(record) is Sighting:
             self.stats.sightings_queued += 1
         self.pipeline.enqueue(record, received_at)
@@ -313,9 +318,11 @@ class Listener:
     def _on_snapshot(self, args: object, received_at: datetime) -> None:
         payload = args[0] if isinstance(args, tuple) and len(args) == 1 else args
         purpose = self._requests.popleft() if self._requests else "names"
-        users, refused = parse_snapshot(payload)
+        users, refused, dropped = parse_snapshot(payload)
         for error, entry in refused:
             self.stats.reject("onlineUsersList", error, entry)
+        if dropped:
+            self.stats.drop_names("onlineUsersList", dropped, payload)
         if not isinstance(payload, list):
             return
         if purpose == "reconcile":

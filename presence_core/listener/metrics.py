@@ -34,6 +34,7 @@ class Stats:
     spooled: int = 0
     replayed: int = 0
     rejected: int = 0
+    names_dropped: int = 0
     dropped: int = 0
     reconnects: int = 0
     connect_failures: int = 0
@@ -42,6 +43,18 @@ class Stats:
     writers_lost: int = 0
     last_event_at: datetime | None = None
     connected: bool = False
+
+    def drop_names(self, what: str, count: int, payload: object) -> None:
+        """Count names (or types, teams) dropped from an event that was kept, because
+        PostgreSQL could not store them; logged like rejections."""
+        self.names_dropped += count
+        if self.names_dropped <= 100 or self.names_dropped % 1000 == 0:
+            log.warning(
+                "event=names_dropped what=%s reason=not_storable payload=%s total=%d",
+                what,
+                short(payload),
+                self.names_dropped,
+            )
 
     def reject(self, what: str, error: str, payload: object) -> None:
         """Count a bad event or entry, never written, and log it (the first hundred,
@@ -63,6 +76,7 @@ _COUNTERS = (
     ("spooled", "records appended to the spool"),
     ("replayed", "spooled records replayed into the database"),
     ("rejected", "bad events and refused rows, never written"),
+    ("names_dropped", "names dropped from events kept: not storable (NUL, lone surrogate)"),
     ("dropped", "records lost: the spool could not take them (a full disk)"),
     ("reconnects", "connections to the server after the first"),
     ("db_errors", "failed attempts to reach the database"),

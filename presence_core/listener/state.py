@@ -15,19 +15,22 @@ from datetime import UTC, datetime
 
 from presence_core.database.storage import OFFLINE, Sighting, Transition, UserState
 from presence_core.listener.decisions import (
-    MAX_REASON,
     UserView,
-    clean_text,
     event_time,
     moved_after,
     payload_names,
     plan_reconcile,
 )
-from presence_core.protocol import OnlineUser, ProtocolError, parse_status_changed
+from presence_core.protocol import (
+    MAX_ID,
+    MAX_REASON,
+    OnlineUser,
+    observed_text,
+    parse_status_changed,
+)
 
 __all__ = ["MAX_KNOWN_STATUSES", "UserTracker"]
 
-MAX_ID = 256  # characters of a userId (storage.user_id_text)
 # At most this many distinct status names are remembered as already checked.
 MAX_KNOWN_STATUSES = 64
 
@@ -47,6 +50,7 @@ class UserTracker:
         self.views: dict[str, UserView] = {}
         self.known_statuses: set[str] = set()
         self._named: set[str] = set()  # users whose name the database has
+        self.names_dropped = 0  # names, types, teams dropped as not storable (NUL...)
         self._want_names = False
 
     def __len__(self) -> int:
@@ -84,9 +88,7 @@ class UserTracker:
             uid, status, last_seen = quick
             occurred, note = event_time(last_seen, None, received_at)
         else:
-            change = parse_status_changed(payload)
-            if "\x00" in change.user_id:
-                raise ProtocolError("userStatusChanged: userId contains a NUL character")
+            change = parse_status_changed(payload)  # the protocol's checks, as the server's
             uid, status = change.user_id, change.status
             occurred, note = event_time(change.last_seen, change.last_seen_problem, received_at)
             if (
@@ -95,7 +97,8 @@ class UserTracker:
                 and len(self.known_statuses) < MAX_KNOWN_STATUSES
             ):
                 self.known_statuses.add(status)
-        names = payload_names(payload)
+        names, dropped = payload_names(payload)
+        self.names_dropped += dropped
         if names[1]:
             self._named.add(uid)
         view = self.views.get(uid)
@@ -103,7 +106,7 @@ class UserTracker:
             if view is not None and (view.last_seen is None or occurred > view.last_seen):
                 view.last_seen = occurred
             return Sighting(uid, occurred, *names)
-        reason = clean_text(payload.get("reason"), MAX_REASON) if "reason" in payload else None
+        reason = observed_text(payload.get("reason"), MAX_REASON) if "reason" in payload else None
         at = moved_after(view, occurred)
         if at != occurred:
             note = "; ".join(filter(None, [note, "moved after the previous transition"]))
