@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 
 from presence_core.commands.common import add_database_arguments
+from presence_core.commands.token import warn_secret_on_command_line
 from presence_core.errors import PresenceError
 from presence_core.server import (
     DEFAULT_GRACE,
+    DEFAULT_HEADER_TIMEOUT,
     DEFAULT_HEARTBEAT_TIMEOUT,
     DEFAULT_HOST,
+    DEFAULT_IDLE_TIMEOUT,
     DEFAULT_PORT,
     PresenceServer,
     ServerOptions,
@@ -50,10 +52,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a connection that sends userHeartbeat and then goes silent this long is "
         "offline (default 60; 0 = never)",
     )
-    parser.add_argument(
+    secret = parser.add_mutually_exclusive_group()
+    secret.add_argument(
+        "--auth-secret-file",
+        metavar="PATH",
+        help="require signed tokens (see `presence token`), signed with the secret in this "
+        f"file (default ${auth.SECRET_ENV}, ${auth.SECRET_ENV}_FILE)",
+    )
+    secret.add_argument(
         "--auth-secret",
         metavar="SECRET",
-        help=f"require signed tokens (see `presence token`); default ${auth.SECRET_ENV}",
+        help="the same with the secret itself (visible to every local account: prefer "
+        "--auth-secret-file)",
+    )
+    limits = parser.add_argument_group("connection limits")
+    limits.add_argument(
+        "--max-connections",
+        type=int,
+        metavar="N",
+        help="connections held at once (default: as many as the file limit, ulimit -n, "
+        "allows, less a reserve)",
+    )
+    limits.add_argument(
+        "--max-per-address",
+        type=int,
+        metavar="N",
+        help="connections held at once from one client address (default: half of "
+        "--max-connections; 0 = no cap; behind a reverse proxy every client has its address)",
+    )
+    limits.add_argument(
+        "--header-timeout",
+        type=float,
+        default=DEFAULT_HEADER_TIMEOUT,
+        metavar="S",
+        help="a connection must deliver a complete request this soon (default 10)",
+    )
+    limits.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=DEFAULT_IDLE_TIMEOUT,
+        metavar="S",
+        help="a kept-alive HTTP connection may wait this long for its next request (default 5)",
     )
     parser.add_argument(
         "--no-db", action="store_true", help="keep presence in memory only; write nothing"
@@ -68,22 +107,48 @@ def _origins(text: str) -> str | list[str]:
     return [o.strip().rstrip("/") for o in text.split(",") if o.strip()]
 
 
-def run(args: argparse.Namespace) -> int:
+def _check(args: argparse.Namespace) -> None:
+    """User mistakes in the flags, as one line each."""
+    if not 0 <= args.port <= 65535:
+        raise PresenceError(f"--port {args.port} is not a port: use 0 to 65535")
     if args.grace < 0 or args.heartbeat_timeout < 0:
         raise PresenceError("--grace and --heartbeat-timeout cannot be negative")
-    secret = args.auth_secret or os.environ.get(auth.SECRET_ENV) or None
+    if args.header_timeout <= 0 or args.idle_timeout <= 0:
+        raise PresenceError("--header-timeout and --idle-timeout must be positive")
+    if args.max_connections is not None and args.max_connections < 1:
+        raise PresenceError("--max-connections must be at least 1")
+    if args.max_per_address is not None and args.max_per_address < 0:
+        raise PresenceError("--max-per-address cannot be negative (0 = no cap)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from presence_core.config import load_settings
+
+    _check(args)
+    if args.auth_secret:
+        warn_secret_on_command_line(
+            "--auth-secret", f"--auth-secret-file PATH or {auth.SECRET_ENV}"
+        )
+    settings = load_settings(
+        database_url=args.database_url,
+        home=args.home,
+        auth_secret=args.auth_secret,
+        auth_secret_file=args.auth_secret_file,
+    )
     options = ServerOptions(
         cors_origins=_origins(args.cors_origins),
         grace=args.grace,
         heartbeat_timeout=args.heartbeat_timeout,
-        auth_secret=secret,
+        auth_secret=settings.auth_secret,
+        max_connections=args.max_connections,
+        max_per_address=args.max_per_address,
+        header_timeout=args.header_timeout,
+        idle_timeout=args.idle_timeout,
     )
     engine = None
     if not args.no_db:
-        from presence_core.config import load_settings
         from presence_core.database import engine as db
 
-        settings = load_settings(database_url=args.database_url, home=args.home)
         engine = db.connect(settings)
     server = PresenceServer(engine, options)
     try:

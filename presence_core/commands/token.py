@@ -1,22 +1,26 @@
-"""Signed tokens for the presence server, and the `presence token` command.
+"""Print a signed token for a user or for a read-only observer (the listener, dashboards).
 
-Print a token for a user or for a read-only observer (the listener, dashboards),
-signed with the server's secret (--secret or PRESENCE_AUTH_SECRET).
-
-A token is ``<claims>.<signature>``: the claims are JSON, base64url-encoded
-without padding; the signature is HMAC-SHA256 of the encoded claims under the
-shared secret, base64url too. Claims: ``sub`` (the user id, as text) or
-``role: "observer"``, and ``exp`` (expiry, Unix seconds). A client presents it
-in the Socket.IO ``auth`` payload: ``io(url, {auth: {token}})``.
+The token is signed with the server's secret: ``--secret-file PATH``, or
+``PRESENCE_AUTH_SECRET`` / ``PRESENCE_AUTH_SECRET_FILE``. ``--secret`` works too,
+but puts the secret where every local account can read it (``ps``).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import sys
 
 from presence_core.errors import PresenceError
 from presence_core.server.auth import DEFAULT_TTL, SECRET_ENV, issue_token, parse_duration
+
+
+def warn_secret_on_command_line(flag: str, instead: str) -> None:
+    """One line on stderr: a secret given as ``flag`` is visible to every local account."""
+    print(
+        f"presence: warning: {flag} puts a secret on the command line, where every local "
+        f"account can read it (ps); use {instead}",
+        file=sys.stderr,
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,16 +38,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DURATION",
         help="how long the token is valid: seconds or 15m, 12h, 7d (default 1d)",
     )
-    parser.add_argument(
+    secret = parser.add_mutually_exclusive_group()
+    secret.add_argument(
+        "--secret-file",
+        metavar="PATH",
+        help=f"the file holding the server's secret (default ${SECRET_ENV}, ${SECRET_ENV}_FILE)",
+    )
+    secret.add_argument(
         "--secret",
         metavar="SECRET",
-        help=f"the server's secret (default ${SECRET_ENV}; at least 16 characters)",
+        help="the server's secret itself (visible to every local account: prefer --secret-file)",
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    secret = args.secret or os.environ.get(SECRET_ENV)
-    if not secret:
-        raise PresenceError(f"no secret: pass --secret or set {SECRET_ENV}")
-    print(issue_token(secret, args.user, observer=args.observer, ttl=args.ttl))
+    from presence_core.config import load_settings
+
+    if args.secret:
+        warn_secret_on_command_line("--secret", f"--secret-file PATH or {SECRET_ENV}")
+    settings = load_settings(auth_secret=args.secret, auth_secret_file=args.secret_file)
+    if not settings.auth_secret:
+        raise PresenceError(f"no secret: pass --secret-file PATH or set {SECRET_ENV}")
+    print(issue_token(settings.auth_secret, args.user, observer=args.observer, ttl=args.ttl))
     return 0

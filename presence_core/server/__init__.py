@@ -8,8 +8,10 @@ Tokens: :func:`issue_token` / :func:`verify_token` (module :mod:`.auth`).
 from presence_core.server.auth import Identity, TokenError, issue_token, verify_token
 from presence_core.server.options import (
     DEFAULT_GRACE,
+    DEFAULT_HEADER_TIMEOUT,
     DEFAULT_HEARTBEAT_TIMEOUT,
     DEFAULT_HOST,
+    DEFAULT_IDLE_TIMEOUT,
     DEFAULT_PORT,
     ServerOptions,
 )
@@ -17,7 +19,9 @@ from presence_core.server.server import PresenceServer
 
 __all__ = [
     "DEFAULT_GRACE",
+    "DEFAULT_HEADER_TIMEOUT",
     "DEFAULT_HEARTBEAT_TIMEOUT",
+    "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_HOST",
     "DEFAULT_PORT",
     "Identity",

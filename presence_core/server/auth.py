@@ -60,7 +60,7 @@ def check_secret(secret: str | None) -> str:
     """The secret, refused when empty or shorter than 16 characters."""
     if not secret or len(secret) < 16:
         raise PresenceError(
-            f"the auth secret must be at least 16 characters (set --auth-secret or {SECRET_ENV})"
+            f"the auth secret must be at least 16 characters (see --auth-secret-file, {SECRET_ENV})"
         )
     return secret
 

@@ -1,6 +1,9 @@
 """The server's HTTP side: ``GET /health``, and uvicorn serving the whole ASGI app.
 
-Socket.IO requests go to python-socketio; everything else comes here.
+Socket.IO requests go to python-socketio; everything else comes here. Between
+uvicorn and the app sit the connection guard (:mod:`presence_core.server.guard`)
+and the wire log: whatever a client sends, the log grows by at most a line a
+minute for each kind of complaint, never by a traceback per frame.
 """
 
 from __future__ import annotations
@@ -8,12 +11,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import socket
+import traceback
 from collections.abc import Callable
 
 import uvicorn
 
 from presence_core.errors import PresenceError
+from presence_core.server.guard import ConnectionGuard, GuardedListener, connection_cap
+from presence_core.server.options import ServerOptions
+from presence_core.server.ratelimit import LogThrottle
+
+log = logging.getLogger("presence_core.server")
 
 
 class HealthApp:
@@ -39,6 +49,87 @@ class HealthApp:
         await send({"type": "http.response.body", "body": body})
 
 
+class WireLog(logging.Filter):
+    """The log of what clients send that the libraries complain about.
+
+    python-socketio and engine.io log through :attr:`logger`; uvicorn's error log
+    is filtered while a server runs. Every warning or error they raise becomes one
+    line the first time and one summary line a minute after that (per kind); an
+    error with a traceback ("message async handler error" for a frame that is not
+    Socket.IO…) counts as a malformed frame and is shown as one line naming the
+    exception and where it was raised.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logger = logging.getLogger("presence_core.server.wire")
+        self.logger.setLevel(logging.WARNING)
+        self.logger.addFilter(self)
+        self.malformed = LogThrottle(log, "malformed frames")
+        self._kinds: dict[tuple[str, object], LogThrottle] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        if record.exc_info and record.exc_info[1] is not None:
+            self.frame_error(record.exc_info[1], record.getMessage())
+            return False
+        origin = "uvicorn" if record.name.startswith("uvicorn") else "Socket.IO"
+        kind = self._kinds.get((origin, record.msg))
+        if kind is None:
+            kind = self._kinds[(origin, record.msg)] = LogThrottle(log, f"{origin} warnings")
+        kind.hit(record.getMessage()[:200])
+        return False
+
+    def frame_error(self, exc: BaseException, context: str = "") -> None:
+        """Count an exception raised while handling what a client sent."""
+        where = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+        at = f" at {where[0].filename.rsplit('/', 1)[-1]}:{where[0].lineno}" if where else ""
+        text = str(exc).splitlines()[0][:120] if str(exc) else ""
+        self.malformed.hit(
+            f"{type(exc).__name__}: {text}{at}" + (f" ({context})" if context else "")
+        )
+
+    def flush(self) -> None:
+        self.malformed.flush()
+        for kind in self._kinds.values():
+            kind.flush()
+
+
+class EdgeApp:
+    """The outermost ASGI app: tells the guard when a request starts and ends, and
+    turns an exception escaping the app (engine.io's answer to a frame it cannot
+    decode) into a counted line and a closed connection instead of a traceback."""
+
+    def __init__(self, app: Callable, guard: ConnectionGuard, wire: WireLog) -> None:
+        self.app, self.guard, self.wire = app, guard, wire
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        client = scope.get("client")
+        self.guard.started(client)
+        started = False
+
+        async def watched_send(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] in ("http.response.start", "websocket.accept")
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched_send)
+        except Exception as exc:
+            self.wire.frame_error(exc, scope["type"])
+            if scope["type"] == "http" and not started:
+                body = b'{"error": "bad request"}'
+                headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+                await send({"type": "http.response.start", "status": 400, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+        finally:
+            if scope["type"] == "http":
+                self.guard.finished(client)
+
+
 class _Uvicorn(uvicorn.Server):
     """uvicorn without its own signal handling: the caller installs handlers that
     first stop the presence logic, then the web server."""
@@ -48,11 +139,13 @@ class _Uvicorn(uvicorn.Server):
         yield
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
+def listening_socket(host: str, port: int) -> GuardedListener:
     """A TCP socket bound to ``host:port`` (0: any free port); PresenceError when the
     address cannot be used (busy, not ours, not a port)."""
+    if not 0 <= port <= 65535:
+        raise PresenceError(f"cannot listen on port {port}: a port is a number from 0 to 65535")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = GuardedListener(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     # accepted sockets inherit it (Linux): without it, an event followed by its ack
     # (two small writes) waits ~40 ms for the client's delayed ACK (Nagle)
@@ -62,38 +155,69 @@ def listening_socket(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise PresenceError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    except (OverflowError, UnicodeError) as exc:  # not an address at all
+        sock.close()
+        raise PresenceError(f"cannot listen on {host}:{port}: {exc}") from None
     return sock
 
 
 class WebServer:
-    """uvicorn serving one ASGI app on one socket, started and stopped from a running
-    event loop (:meth:`start`, :meth:`request_exit`, :meth:`wait`)."""
+    """uvicorn serving one ASGI app on one guarded socket, started and stopped from a
+    running event loop (:meth:`start`, :meth:`request_exit`, :meth:`wait`).
 
-    def __init__(self, app: Callable, *, max_message_bytes: int) -> None:
-        self.app = app
-        self.max_message_bytes = max_message_bytes
+    The caps and timeouts come from ``options`` (see :class:`ServerOptions`); the
+    loop's exception handler is taken over while it runs, to keep "out of
+    descriptors" to the guard's one line a minute.
+    """
+
+    def __init__(self, app: Callable, options: ServerOptions, wire: WireLog) -> None:
+        self.options = options
+        self.wire = wire
+        cap, why = connection_cap(options.max_connections)
+        if why:
+            log.warning("--max-connections: %s", why)
+        per_address = options.max_per_address
+        self.guard = ConnectionGuard(
+            max_connections=cap,
+            max_per_address=max(1, cap // 2) if per_address is None else per_address,
+            header_timeout=options.header_timeout,
+            idle_timeout=options.idle_timeout,
+        )
+        self.app = EdgeApp(app, self.guard, wire)
         self.port: int | None = None
         self._uvicorn: _Uvicorn | None = None
         self._task: asyncio.Task | None = None
+        self._sweeper: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._previous_handler: Callable | None = None
 
     async def start(self, host: str, port: int) -> int:
         """Listen on ``host:port`` and return the port once uvicorn accepts connections."""
         sock = listening_socket(host, port)
+        sock.guard = self.guard
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
             self.app,
             log_level="warning",
             lifespan="off",
             timeout_graceful_shutdown=3,
-            ws_max_size=self.max_message_bytes + 1024,
+            timeout_keep_alive=max(1, round(self.options.idle_timeout)),
+            ws_max_size=self.options.max_message_bytes + 1024,
+            proxy_headers=False,  # the guard knows connections by their real peer
         )
         self._uvicorn = _Uvicorn(config)
+        self._loop = asyncio.get_running_loop()
+        self._previous_handler = self._loop.get_exception_handler()
+        self._loop.set_exception_handler(self._loop_exception)
+        logging.getLogger("uvicorn.error").addFilter(self.wire)
         self._task = asyncio.create_task(self._uvicorn.serve(sockets=[sock]))
         while not self._uvicorn.started:
             if self._task.done():
+                self._restore()
                 self._task.result()
                 raise PresenceError("the web server stopped while starting")
             await asyncio.sleep(0.01)
+        self._sweeper = asyncio.create_task(self._sweep())
         return self.port
 
     def request_exit(self, *, force: bool = False) -> None:
@@ -103,11 +227,36 @@ class WebServer:
             if force:
                 self._uvicorn.force_exit = True
 
-    @property
-    def exiting(self) -> bool:
-        return self._uvicorn is not None and self._uvicorn.should_exit
-
     async def wait(self) -> None:
         """Until uvicorn has stopped (after :meth:`request_exit`)."""
         if self._task is not None:
-            await self._task
+            try:
+                await self._task
+            finally:
+                self._restore()
+
+    async def _sweep(self) -> None:
+        period = max(0.05, min(1.0, self.options.header_timeout / 4, self.options.idle_timeout / 4))
+        while True:
+            await asyncio.sleep(period)
+            self.guard.sweep()
+
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and "out of system resource" in context.get("message", ""):
+            return  # the guard counted it and logs it once a minute
+        if self._previous_handler is not None:
+            self._previous_handler(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    def _restore(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        if self._loop is not None:
+            self._loop.set_exception_handler(self._previous_handler)
+            self._loop = None
+        logging.getLogger("uvicorn.error").removeFilter(self.wire)
+        self.guard.flush_logs()
+        self.wire.flush()

@@ -10,6 +10,8 @@ DEFAULT_GRACE = 5.0
 DEFAULT_HEARTBEAT_TIMEOUT = 60.0
 DEFAULT_STATUS_RATE = 5.0  # status changes a second per user, on average
 DEFAULT_STATUS_BURST = 20  # ... and in a row
+DEFAULT_HEADER_TIMEOUT = 10.0
+DEFAULT_IDLE_TIMEOUT = 5.0
 SOURCE = "server"
 
 
@@ -30,6 +32,13 @@ class ServerOptions:
     ``presenceError`` and change nothing (going offline is never refused).
     ``clock_interval``: how often the database's clock is measured again; times
     are decided by it (see :mod:`presence_core.database.clock`).
+
+    Connections (see :mod:`presence_core.server.guard`): ``max_connections`` (None:
+    as many as the file limit allows, less a reserve; more is lowered to that),
+    ``max_per_address`` (None: half of the connection cap; 0: no cap per address);
+    ``header_timeout``: a connection must deliver a complete request this soon
+    after it opens; ``idle_timeout``: a kept-alive HTTP connection may wait this
+    long for its next request.
     """
 
     cors_origins: str | list[str] = "*"
@@ -42,3 +51,7 @@ class ServerOptions:
     status_rate: float = DEFAULT_STATUS_RATE
     status_burst: int = DEFAULT_STATUS_BURST
     clock_interval: float = 60.0
+    max_connections: int | None = None
+    max_per_address: int | None = None
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT

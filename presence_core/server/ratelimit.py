@@ -98,10 +98,10 @@ class LogThrottle:
         if self._pending:
             self.logger.log(
                 self.level,
-                "%d %s in the last %.0f s (last: %s)",
+                "%d %s in the last %d s (last: %s)",
                 self._pending,
                 self.what,
-                now - (now if self._window_start is None else self._window_start),
+                max(1, round(now - (now if self._window_start is None else self._window_start))),
                 self._last_detail or "-",
             )
             self._window_start = now

@@ -46,7 +46,7 @@ from presence_core.database.clock import DatabaseClock
 from presence_core.protocol import ProtocolError
 from presence_core.server import auth
 from presence_core.server.broadcast import Broadcaster
-from presence_core.server.http import HealthApp, WebServer
+from presence_core.server.http import HealthApp, WebServer, WireLog
 from presence_core.server.options import DEFAULT_HOST, DEFAULT_PORT, ServerOptions
 from presence_core.server.ratelimit import ChangeLimiter
 from presence_core.server.state import PresenceState
@@ -96,14 +96,17 @@ class PresenceServer:
         self.writer = (
             DatabaseWriter(engine, self.options.flush_interval) if engine is not None else None
         )
+        self.wire = WireLog()
         self.sio = socketio.AsyncServer(
             async_mode="asgi",
+            logger=self.wire.logger,
+            engineio_logger=self.wire.logger,
             cors_allowed_origins=self.options.cors_origins,
             max_http_buffer_size=self.options.max_message_bytes,
             async_handlers=False,  # one client's events in order; handlers never block
         )
         self.asgi_app = socketio.ASGIApp(self.sio, other_asgi_app=HealthApp(self.health))
-        self.web = WebServer(self.asgi_app, max_message_bytes=self.options.max_message_bytes)
+        self.web = WebServer(self.asgi_app, self.options, self.wire)
         self.clock = DatabaseClock(engine)
         self.limiter = ChangeLimiter(self.options.status_rate, self.options.status_burst)
         self.state = PresenceState(
@@ -399,6 +402,8 @@ class PresenceServer:
             **self.stats,
             "broadcasts": self.state.broadcasts,
             "transitions": self.state.transitions,
+            "malformed_frames": self.wire.malformed.total,
+            **self.web.guard.stats(),
         }
 
     # --- running ----------------------------------------------------------------------
