@@ -1,7 +1,10 @@
-"""What the listener commits (transitions, sightings, coverage marks), how a record
-is kept in the spool, and :func:`write_records`, the one function that writes them.
+"""The one write path: what the listener and the server commit (transitions,
+sightings, coverage marks), how a record is kept in a spool, and
+:func:`write_records`, the one function that writes them.
 
-This module has no Socket.IO in it: :mod:`presence_core.listener.writer` runs
+Both writers reach it through :class:`presence_core.listener.pipeline.WritePipeline`
+(the server through :class:`presence_core.server.writer.DatabaseWriter`). This
+module has no Socket.IO in it: :mod:`presence_core.listener.writer` runs
 :func:`write_records` in a child process that imports only this and the storage
 layer.
 """
@@ -118,10 +121,11 @@ _ROW_ERRORS = (sa_exc.DataError, sa_exc.IntegrityError, psycopg.DataError, psyco
 def write_records(engine: Engine, records: Sequence[Record]) -> tuple[int, int]:
     """Commit ``records`` in one transaction; return (transitions inserted, rejected).
 
-    Idempotent. Raises :class:`DatabaseUnavailable` when the database cannot be reached.
-    A batch the database refuses for its content (which the listener's checks
-    should make impossible) is split in halves until the refused records are
-    found; those are dropped and logged, so one bad row never blocks the rest.
+    Idempotent. Raises :class:`~presence_core.errors.DatabaseUnavailable` when the
+    database cannot be reached. A batch the database refuses for its content (which
+    the protocol's checks should make impossible) is split in halves until the
+    refused records are found; those are dropped, logged and counted, so one bad row
+    never blocks the rest.
     """
     try:
         return _write_once(engine, records), 0

@@ -76,6 +76,8 @@ class Listener:
     this process: one process less, but writing then slows receiving).
     ``connect_args`` are the writer process's connection options, as given to
     the engine (an engine cannot tell them back); None means the defaults.
+    ``clock`` is what every time is read from (default: the database's, measured
+    at start and every ``clock_interval`` seconds; DESIGN "Clock").
     """
 
     engine: Engine
@@ -173,15 +175,7 @@ class Listener:
 
     def stop(self) -> None:
         """Ask :meth:`run` to finish (safe from any thread and from signal handlers)."""
-        if self._loop is None or self._stop is None:
-            return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is self._loop:
-            self._stop.set()
-        else:
+        if self._loop is not None and self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
 
     @property
@@ -193,8 +187,8 @@ class Listener:
         return self.pipeline.spooling
 
     def now(self) -> datetime:
-        """The database's time now, as this listener measures it: every time it
-        records or judges (DESIGN "Clock") is read here, never from the local clock."""
+        """The database's time as this listener measures it: every time it records or
+        judges is read here, never from the local clock."""
         return self.clock.now()
 
     def view(self, user_id: str) -> UserView | None:
