@@ -28,7 +28,7 @@ import pytest
 from sqlalchemy import text
 
 from tests.conftest import free_port
-from tests.test_listener import User, db, listening, transition_rows
+from tests.test_listener import ScriptedServer, User, db, listening, transition_rows
 from tests.waiting import async_wait_for, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -195,5 +195,37 @@ def test_status_flood_then_logout_is_stored_once(served, engine, tmp_path):
         assert [r.status for r in rows].count("offline") == 1
         assert max(r.occurred_at for r in rows) <= now + timedelta(seconds=5)
         assert all(r.reason is None or not r.reason.startswith("clock") for r in rows)
+
+    asyncio.run(scenario())
+
+
+def test_the_clock_is_measured_again_while_running(engine, tmp_path):
+    """Measured at start, then every ``clock_interval`` seconds (off the event loop),
+    so a host clock stepped while the listener runs is caught up with."""
+
+    async def scenario():
+        server = await ScriptedServer().start()
+        try:
+            await measured(server)
+        finally:
+            await server.stop()
+
+    async def measured(server):
+        async with listening(engine, server.url, tmp_path, clock_interval=0.3) as listener:
+            first = listener.clock.measured_at
+            assert first is not None  # at start, before the first connect
+            await async_wait_for(
+                lambda: listener.clock.measured_at > first, 10, what="a second measurement"
+            )
+            # a step of this host's clock (injected where the clock module reads it)
+            with local_clock_off_by(timedelta(seconds=-30)):
+                await async_wait_for(
+                    lambda: (
+                        abs(listener.clock.offset - timedelta(seconds=30)) < timedelta(seconds=1)
+                    ),
+                    10,
+                    what="the offset measured after the step",
+                )
+                assert abs(listener.now() - await db(database_now, engine)) < timedelta(seconds=1)
 
     asyncio.run(scenario())
