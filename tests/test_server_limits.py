@@ -1,11 +1,19 @@
-"""The server's pure limits: per-user change buckets and rate-limited log lines."""
+"""The server's limits on their own: per-user change buckets, rate-limited log lines,
+and the connection guard's decisions (on socket pairs, with a clock of its own)."""
 
 from __future__ import annotations
 
 import logging
+import socket
 
 import pytest
 
+from presence_core.server.guard import (
+    CLOSING_RESERVE,
+    ConnectionGuard,
+    connection_cap,
+    descriptor_cap,
+)
 from presence_core.server.ratelimit import ChangeLimiter, LogThrottle
 
 
@@ -49,3 +57,80 @@ def test_log_throttle_says_the_first_then_sums_up(caplog):
     with caplog.at_level(logging.WARNING, logger="t"):
         throttle.hit("again")
     assert caplog.records[-1].getMessage().startswith("malformed frames: again;")
+
+
+def _pair() -> tuple[socket.socket, socket.socket]:
+    return socket.socketpair()
+
+
+def test_guard_lets_the_oldest_waiting_connection_make_way():
+    now = [0.0]
+    guard = ConnectionGuard(
+        max_connections=3, max_per_address=2, header_timeout=10, idle_timeout=5,
+        clock=lambda: now[0],
+    )  # fmt: skip
+    pairs = [_pair() for _ in range(6)]
+    try:
+        ours = [server for server, _ in pairs]
+        assert guard.admit(ours[0], ("10.0.0.1", 1))
+        assert guard.admit(ours[1], ("10.0.0.1", 2))
+        guard.started(("10.0.0.1", 2))  # in use
+        # the address is at its cap: its oldest waiting connection (port 1) makes way
+        assert guard.admit(ours[2], ("10.0.0.1", 3))
+        assert pairs[0][1].recv(10) == b""  # closed under the client
+        assert guard.admit(ours[3], ("10.0.0.2", 1))
+        # the server is full: the oldest waiting one anywhere (10.0.0.1:3) makes way
+        assert guard.admit(ours[4], ("10.0.0.3", 1))
+        assert guard.evicted == 2 and len(guard) == 3
+        guard.started(("10.0.0.2", 1))
+        guard.started(("10.0.0.3", 1))
+        # full of connections in use: the newcomer is refused with a 503
+        assert not guard.admit(ours[5], ("10.0.0.4", 1))
+        assert pairs[5][1].recv(100).startswith(b"HTTP/1.1 503")
+        assert guard.refused == 1
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
+
+
+def test_guard_times_out_waiting_connections_only():
+    now = [0.0]
+    guard = ConnectionGuard(
+        max_connections=10, max_per_address=0, header_timeout=10, idle_timeout=2,
+        clock=lambda: now[0],
+    )  # fmt: skip
+    pairs = [_pair() for _ in range(3)]
+    try:
+        for port, (server, _) in enumerate(pairs):
+            assert guard.admit(server, ("10.0.0.1", port))
+        guard.started(("10.0.0.1", 1))  # a request in progress
+        guard.started(("10.0.0.1", 2))
+        now[0] = 5.0
+        guard.finished(("10.0.0.1", 2))  # answered: kept alive, idle from now
+        now[0] = 6.9
+        guard.sweep()
+        assert guard.timed_out == 0
+        now[0] = 7.0
+        guard.sweep()  # idle for its 2 s
+        assert guard.timed_out == 1 and pairs[2][1].recv(10) == b""
+        now[0] = 9.9
+        guard.sweep()
+        assert guard.timed_out == 1
+        now[0] = 10.0
+        guard.sweep()  # no request in its 10 s
+        assert guard.timed_out == 2 and len(guard) == 1 and pairs[0][1].recv(10) == b""
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
+
+
+def test_caps_leave_descriptors_for_what_is_not_a_client():
+    assert connection_cap(None, 1024) == (1024 - CLOSING_RESERVE - 64, None)
+    cap, why = connection_cap(5000, 1024)
+    assert cap < 1024 and "ulimit -n" in why
+    assert connection_cap(100, 1024) == (100, None)
+    # out of descriptors with 300 held: below that by the closing reserve
+    assert descriptor_cap(800, 300, limit=1024) == 300 - CLOSING_RESERVE - 8
+    assert descriptor_cap(800, 50, limit=1024) == 1

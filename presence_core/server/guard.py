@@ -44,7 +44,10 @@ log = logging.getLogger("presence_core.server")
 Address = tuple[str, int]  # (host, port) of the client's end
 
 OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
-RESERVE_IN_BURST = 64  # descriptors closed connections may still hold for a turn (2 bursts)
+# Descriptors of connections the guard has closed, still held until asyncio has
+# closed their transports (two or three turns of the loop, a burst of accepts each):
+# evictions stop beyond this, and the cap leaves room for it.
+CLOSING_RESERVE = 96
 _REFUSAL = (
     b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-type: text/plain\r\n"
     b"content-length: 21\r\n\r\ntoo many connections\n"
@@ -59,12 +62,13 @@ def file_limit() -> int:
 def connection_cap(requested: int | None, limit: int | None = None) -> tuple[int, str | None]:
     """The connection cap to use and, when ``requested`` had to be lowered, why.
 
-    Some descriptors are kept back for everything that is not a client (the
-    database's connections, the spool, logs): an eighth of the limit, between 32 and
-    256. ``requested`` None means as many as the limit allows.
+    Descriptors are kept back for connections being closed (CLOSING_RESERVE) and
+    for everything that is not a client (the database's connections, the spool,
+    logs): a sixteenth of the limit, at least 32. ``requested`` None means as many
+    as the limit allows.
     """
     limit = file_limit() if limit is None else limit
-    allowed = max(1, limit - min(256, max(32, limit // 8)))
+    allowed = max(1, limit - CLOSING_RESERVE - max(32, limit // 16))
     if requested is None:
         return allowed, None
     if requested > allowed:
@@ -73,6 +77,16 @@ def connection_cap(requested: int | None, limit: int | None = None) -> tuple[int
             f"using {allowed}, not {requested}"
         )
     return max(1, requested), None
+
+
+def descriptor_cap(cap: int, held: int, limit: int | None = None) -> int:
+    """The connection cap once descriptors have run out, ``held`` of them by the
+    guard (connections, and those being closed): below what is held now by the
+    closing reserve, so that what is not a connection keeps what it has; never
+    above ``cap`` or what the (perhaps lowered) file limit allows. (Counting the
+    open files would itself need a descriptor.)"""
+    limit = file_limit() if limit is None else limit
+    return max(1, min(cap, held - CLOSING_RESERVE - 8, limit - CLOSING_RESERVE - 8))
 
 
 @dataclass(eq=False)
@@ -111,6 +125,7 @@ class ConnectionGuard:
         self._waiting: OrderedDict[Address, None] = OrderedDict()  # oldest first
         self._host_waiting: dict[str, OrderedDict[Address, None]] = {}  # the same, by host
         self._per_host: dict[str, int] = {}
+        self._closing: list[socket.socket] = []  # closed by us, descriptor not yet freed
         self._refusals = LogThrottle(log, "connections refused (over the connection caps)")
         self._shortage = LogThrottle(
             log,
@@ -127,7 +142,7 @@ class ConnectionGuard:
         """Take a just-accepted connection, or answer 503, close it and say False."""
         key: Address = (addr[0], addr[1]) if isinstance(addr, tuple) else (str(addr), 0)
         host = key[0]
-        if len(self._entries) >= self.max_connections:
+        if len(self._entries) >= self.max_connections or len(self._closing) >= CLOSING_RESERVE:
             self._forget_closed()
         if self._host_full(host):
             self._evict_oldest_waiting(1, host)
@@ -157,7 +172,7 @@ class ConnectionGuard:
         free some, say so (rate-limited)."""
         self.descriptor_shortages += 1
         self._forget_closed()
-        self.max_connections = max(1, min(self.max_connections, len(self) - RESERVE_IN_BURST))
+        self.max_connections = descriptor_cap(self.max_connections, len(self) + len(self._closing))
         freed = self._evict_oldest_waiting(max(1, len(self._waiting) // 10))
         self._shortage.hit(
             f"{exc.strerror or exc}; {len(self)} open, {freed} waiting closed, "
@@ -203,6 +218,7 @@ class ConnectionGuard:
         return {
             "tcp_connections": len(self._entries),
             "tcp_waiting": len(self._waiting),
+            "tcp_closing": len(self._closing),
             "tcp_refused": self.refused,
             "tcp_evicted": self.evicted,
             "tcp_timed_out": self.timed_out,
@@ -213,7 +229,7 @@ class ConnectionGuard:
         """Close up to ``count`` of the longest-waiting connections (of ``host``)."""
         closed = 0
         queue = self._waiting if host is None else self._host_waiting.get(host, {})
-        while closed < count and queue:
+        while closed < count and queue and len(self._closing) < CLOSING_RESERVE:
             key = next(iter(queue))
             self.evicted += 1
             self._close(key, self._entries[key])
@@ -237,9 +253,11 @@ class ConnectionGuard:
         transport sees the end of the stream and closes itself (and the descriptor)."""
         with contextlib.suppress(OSError):  # already gone
             entry.sock.shutdown(socket.SHUT_RDWR)
+        self._closing.append(entry.sock)
         self._drop(key, entry)
 
     def _forget_closed(self) -> None:
+        self._closing = [sock for sock in self._closing if sock.fileno() != -1]
         for key, entry in list(self._entries.items()):
             if entry.sock.fileno() == -1:
                 self._drop(key, entry)
