@@ -12,10 +12,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from presence_core import protocol
 from tests.server_harness import RunningServer, running_server
 from tests.waiting import wait_for
 
-EVENTS = ("userOnline", "userOffline", "userHeartbeat", "userStatus", "getOnlineUsers")
+EVENTS = protocol.CLIENT_EVENTS
 RESERVED = set(EVENTS)  # "connect", "disconnect" and "*" are fair game: refused too
 
 json_scalars = (
