@@ -82,7 +82,7 @@ def writer_cpu(listener: Listener) -> float:
     """CPU seconds used so far by the listener's writer process (0 without one)."""
     import psutil
 
-    pid = listener._process_writer.pid if listener._process_writer else None
+    pid = listener.pipeline.writer_pid
     if pid is None:
         return 0.0
     with contextlib.suppress(psutil.Error):

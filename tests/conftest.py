@@ -42,6 +42,19 @@ def pytest_runtest_makereport(item, call):
     return report
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_presence_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Spools and other PRESENCE_HOME files of in-process servers go to a scratch
+    directory, never into the developer's own home."""
+    before = os.environ.get("PRESENCE_HOME")
+    os.environ["PRESENCE_HOME"] = str(tmp_path_factory.mktemp("presence-home"))
+    yield
+    if before is None:
+        os.environ.pop("PRESENCE_HOME", None)
+    else:
+        os.environ["PRESENCE_HOME"] = before
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -87,3 +88,26 @@ def test_cli_import_and_refusal_changes_nothing(cli_env, engine, tmp_path):
     piped = presence(cli_env, "users", "import", "-", stdin="user_id,team\n8,billing\n")
     assert piped.returncode == 0, piped.stderr
     assert storage.current_state(engine)["8"].team == "billing"
+
+
+@pytest.mark.parametrize("junk", ["sup\x00port", "sup\ud800port"])
+def test_a_value_postgresql_cannot_store_is_one_line_and_changes_nothing(engine, tmp_path, junk):
+    path = tmp_path / "users.csv"
+    path.write_text(f"user_id,team\n1,ok\n2,{junk}\n", encoding="utf-8", errors="surrogatepass")
+    result = subprocess.run(
+        [sys.executable, "-m", "presence_core", "users", "import", str(path)],
+        env={
+            **os.environ,
+            "PRESENCE_DATABASE_URL": engine.url.render_as_string(hide_password=False),
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    # a NUL is named with its line; a lone surrogate cannot even be valid UTF-8
+    assert ("line 3" in line) if "\x00" in junk else ("cannot read" in line)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("select count(*) from presence_users").scalar() == 0

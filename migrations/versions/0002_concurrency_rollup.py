@@ -2,7 +2,7 @@
 
 `presence_concurrency_minutes` holds, per UTC minute, the most users present at
 once and the user-seconds present; it is computed by the same SQL as every
-other concurrency figure (presence_core.analytics.queries) and only read for minutes
+other concurrency figure (presence_core.analytics) and only read for minutes
 known to be valid. `presence_rollup_state` says up to when it is valid; a
 statement trigger on `presence_transitions` records the earliest time any
 insert, update or delete touched (`dirty_from`; a truncate empties it), so late

@@ -107,7 +107,7 @@ listeners = Table(
 )
 
 # Per UTC minute: the most users present at once and the user-seconds present
-# (migration 0002). Computed by presence_core.analytics.queries from the transitions;
+# (migration 0002). Computed by presence_core.analytics from the transitions;
 # valid before presence_rollup_state's valid_until and dirty_from.
 concurrency_minutes = Table(
     "presence_concurrency_minutes",

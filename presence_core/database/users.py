@@ -17,6 +17,7 @@ from sqlalchemy import Engine, text
 
 from presence_core.database import storage
 from presence_core.errors import PresenceError
+from presence_core.protocol import unstorable
 
 REQUIRED = ("user_id", "team")
 OPTIONAL = ("user_name", "user_type")
@@ -65,6 +66,10 @@ def parse_users_csv(lines: Iterable[str], name: str = "input") -> list[UserRow]:
                     f"{name}, line {line}: {len(fields)} fields, expected {len(columns)}"
                 )
             record = {c: f.strip() for c, f in zip(columns, fields, strict=True)}
+            for column, value in record.items():
+                bad = unstorable(value)
+                if bad:
+                    raise PresenceError(f"{name}, line {line}: {column} holds {bad}")
             try:
                 user_id = storage.user_id_text(record["user_id"])
             except ValueError as exc:
