@@ -147,3 +147,15 @@ def test_a_month_without_a_partition_loses_nothing(engine):
         assert conn.execute(text("select count(*) from presence_transitions_2031_07")).scalar() == 2
     assert write_batch(engine, batch).inserted == 0  # the key still holds across the move
     assert partitions.ensure_range(engine, far, far) == []  # idempotent
+
+
+def test_generated_history_fills_its_own_months_not_the_default(engine):
+    from presence_core.synthetic.history import generate_history
+
+    end = datetime(2026, 3, 3, 12, tzinfo=UTC)
+    assert generate_history(engine, 6, 40, 3, end=end) > 0
+    with engine.connect() as conn:
+        waiting = conn.execute(text("select count(*) from presence_transitions_default")).scalar()
+        names = {p.name for p in partitions.partitions(conn)}
+    assert waiting == 0
+    assert {"presence_transitions_2026_01", "presence_transitions_2026_02"} <= names

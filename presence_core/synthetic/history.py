@@ -21,7 +21,7 @@ from sqlalchemy import Engine, text
 
 from presence_core import protocol
 from presence_core.analytics.rollups import refresh_rollups
-from presence_core.database import storage
+from presence_core.database import partitions, storage
 from presence_core.database.coverage import CoverageMark, write_mark
 from presence_core.database.teams import write_teams
 from presence_core.errors import PresenceError
@@ -101,6 +101,8 @@ def generate_history(
     end = (end or datetime.now(UTC)).astimezone(UTC)
     start = end - timedelta(days=days)
     lo, hi = int(start.timestamp()), int(end.timestamp())
+    # its months' partitions first, so the past does not pile up in the default one
+    partitions.ensure_range(engine, start, end)
     org = organisation(seed)
     people = org.people(users)
     with engine.connect() as conn:
