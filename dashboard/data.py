@@ -29,7 +29,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from streamlit.runtime.scriptrunner import add_script_run_ctx, get_script_run_ctx
 
-from presence_core import export
+from presence_core import analytics, export
 from presence_core.config import Settings, load_settings
 from presence_core.database import engine as db
 from presence_core.errors import PresenceError
@@ -189,3 +189,28 @@ def export_file(engine: Engine, dataset: str, fmt: str, filters: export.ExportFi
         raise
     out.seek(0)
     return out
+
+
+def presence_now(
+    team: str | None, user_type: str | None, include_hidden: bool
+) -> list[Callable[[], Any]]:
+    """The two live reads Live and Availability share, ready for :func:`gather`:
+    who is present now, and everyone's last seen, for one team and type."""
+    teams = None if team is None else [team]
+    types = None if user_type is None else [user_type]
+    return [
+        lambda: load(
+            analytics.current_presence,
+            team=team,
+            user_type=user_type,
+            include_hidden=include_hidden,
+            ttl=LIVE_TTL,
+        ),
+        lambda: load(
+            analytics.last_seen_table,
+            teams=teams,
+            user_types=types,
+            include_hidden=include_hidden,
+            ttl=LIVE_TTL,
+        ),
+    ]

@@ -52,24 +52,9 @@ st.caption(f"{start} to {end}, shift {shift_text} in {tz}; available = {', '.joi
 # --- right now -----------------------------------------------------------------
 now = datetime.now(UTC)
 include_offline = st.toggle("Count offline agents as away", value=False, key="av_offline")
-teams = None if team_filter is None else [team_filter]
-types = None if type_filter is None else [type_filter]
 # the page's queries run at once; drawing waits for the slowest only
 present, everyone, away, per_user = data.gather(
-    lambda: data.load(
-        analytics.current_presence,
-        team=team_filter,
-        user_type=type_filter,
-        include_hidden=hidden,
-        ttl=data.LIVE_TTL,
-    ),
-    lambda: data.load(
-        analytics.last_seen_table,
-        teams=teams,
-        user_types=types,
-        include_hidden=hidden,
-        ttl=data.LIVE_TTL,
-    ),
+    *data.presence_now(team_filter, type_filter, hidden),
     lambda: data.load(
         analytics.away_users,
         tuple(statuses),

@@ -32,23 +32,8 @@ def _draw(team: str | None, user_type: str | None, hidden: bool) -> None:
     now = datetime.now(UTC)
     zone = ui.viewer_zone()
     available = set(data.settings().available_statuses)
-    teams = None if team is None else [team]
-    types = None if user_type is None else [user_type]
     present, everyone, recent = data.gather(
-        lambda: data.load(
-            analytics.current_presence,
-            team=team,
-            user_type=user_type,
-            include_hidden=hidden,
-            ttl=data.LIVE_TTL,
-        ),
-        lambda: data.load(
-            analytics.last_seen_table,
-            teams=teams,
-            user_types=types,
-            include_hidden=hidden,
-            ttl=data.LIVE_TTL,
-        ),
+        *data.presence_now(team, user_type, hidden),
         lambda: data.load(
             analytics.recently_left,
             RECENT,
