@@ -26,6 +26,7 @@ __all__ = [
     "default_name",
     "event_time",
     "moved_after",
+    "newer_than_list",
     "parse_snapshot",
     "payload_names",
     "plan_reconcile",
@@ -42,6 +43,10 @@ CLOCK_BEHIND_LIMIT = timedelta(days=1)  # a lastSeen older than this is not beli
 # to the broadcast it came from, never a microsecond beside it.
 TICK = timedelta(milliseconds=1)
 MAX_LOGGED_PAYLOAD = 200
+# How far two writers' estimates of the database's clock may disagree (each is measured
+# to a few milliseconds; our server never runs more than 5 ms ahead): a stored status
+# that began this close before the online list was asked for may be newer than the list.
+LIST_SLACK = timedelta(seconds=1)
 
 
 @dataclass
@@ -76,6 +81,25 @@ def moved_after(view: UserView | None, at: datetime) -> datetime:
     return at
 
 
+def newer_than_list(
+    view: UserView | None, *, gap_start: datetime | None, reconnect_at: datetime
+) -> bool:
+    """True when the stored status is newer than the online list it is compared with.
+
+    The list is asked for at ``reconnect_at`` and the database is read after it
+    arrives, so a change another writer (our server's own writes, a second listener)
+    stored in between is in the database but not in the list. Such a change began
+    after the listener lost sight (``gap_start``: it is not the listener's own) and
+    no earlier than the request, less :data:`LIST_SLACK`. The list cannot contradict
+    it: its own broadcast follows the list, so the reconcile leaves the user alone.
+    """
+    if view is None or view.since is None:
+        return False
+    if gap_start is not None and view.since <= gap_start:
+        return False
+    return view.since >= reconnect_at - LIST_SLACK
+
+
 def plan_reconcile(
     state: Mapping[str, UserView],
     snapshot: Iterable[OnlineUser],
@@ -96,7 +120,8 @@ def plan_reconcile(
       the user's last sign of life.
     - Users whose status agrees get a sighting (names, ``last_seen``).
 
-    Rows are kept after the user's current ``status_since``.
+    Rows are kept after the user's current ``status_since``. A user whose stored
+    status is newer than the list (:func:`newer_than_list`) gets no row at all.
     """
     rows: list[Transition | Sighting] = []
     seen: set[str] = set()
@@ -108,6 +133,8 @@ def plan_reconcile(
         names = {"user_type": user.user_type, "user_name": user.user_name, "team": user.team}
         if (view.status if view else OFFLINE) == user.status:
             rows.append(Sighting(user.user_id, received_at, **names))
+            continue
+        if newer_than_list(view, gap_start=gap_start, reconnect_at=reconnect_at):
             continue
         # when the status began: our server says so (statusSince); the guide's servers
         # send lastSeen, which for them is the moment the user came online
@@ -132,6 +159,8 @@ def plan_reconcile(
         )
     for user_id, view in state.items():
         if view.status == OFFLINE or user_id in seen:
+            continue
+        if newer_than_list(view, gap_start=gap_start, reconnect_at=reconnect_at):
             continue
         if gap_start is not None:
             at, reason = gap_start, "reconcile: absent from onlineUsersList"
