@@ -8,9 +8,9 @@ Pages never talk to the database themselves. They call a function of
 which calls ``analytics.concurrency(engine, start, end, "hour", "UTC")`` and caches
 its result with ``st.cache_data``, keyed by the database the dashboard reads, the
 function and its arguments (so pointing the dashboard elsewhere, in tests or with
-``PRESENCE_DATABASE_URL``, never mixes results). A cached function is the loader,
-as in Streamlit's own examples; the ``ttl`` picks how fresh: a few seconds for
-live views, a minute for history.
+``PRESENCE_DATABASE_URL`` or ``PRESENCE_READ_DATABASE_URL``, never mixes results).
+A cached function is the loader, as in Streamlit's own examples; the ``ttl``
+picks how fresh: a few seconds for live views, a minute for history.
 
 A database that cannot be reached raises :class:`DatabaseDown`; the app shows
 it and retries by itself (see ``dashboard.ui.database_down``).
@@ -61,11 +61,19 @@ def settings() -> Settings:
 
 
 def database_key(current: Settings | None = None) -> str:
-    """Which database the dashboard reads, as a cache key (never shown: may hold a password)."""
+    """Which databases the dashboard reads, as a cache key (never shown: may hold a password).
+
+    The dashboard reads from ``PRESENCE_READ_DATABASE_URL`` (a streaming replica) when
+    it is set, so the key names that database too: pointing the reads at another
+    replica, or back at the primary, never serves results cached from the other."""
     current = current or settings()
     if current.database_url is None:
-        return f"embedded:{current.home}"
-    return current.database_url.render_as_string(hide_password=False)
+        key = f"embedded:{current.home}"
+    else:
+        key = current.database_url.render_as_string(hide_password=False)
+    if current.read_database_url is not None:
+        key += " read:" + current.read_database_url.render_as_string(hide_password=False)
+    return key
 
 
 def _dispose(engine: Engine) -> None:
@@ -74,12 +82,14 @@ def _dispose(engine: Engine) -> None:
 
 @st.cache_resource(show_spinner="Connecting to the database …", on_release=_dispose)
 def _engine_for(key: str) -> Engine:
-    # the key only separates databases; connect() reads the same settings
-    return db.connect(settings())
+    # the key only separates databases; connect_reader() reads the same settings
+    return db.connect_reader(settings())
 
 
 def engine() -> Engine:
-    """The engine on the configured database (the embedded one is started if needed).
+    """The engine the dashboard reads through: the streaming replica of
+    ``PRESENCE_READ_DATABASE_URL`` when one is configured, else the configured
+    database (the embedded one is started if needed). The dashboard only reads.
 
     Raises :class:`DatabaseDown` when it cannot be reached; nothing is cached
     then, so the next call tries again.

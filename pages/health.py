@@ -1,4 +1,5 @@
-"""Health: is the listener alive, are events arriving, how big is the database."""
+"""Health: is the listener alive, are events arriving, how big is the database, and how
+far behind is the read replica (when the dashboard reads from one)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import streamlit as st
 from presence_core.dashboard import data, ui
 
 from presence_core import analytics
+
+REPLICA_LAG_WARNING = 60  # seconds behind the primary before the page warns
 
 st.title("Health")
 zone = ui.viewer_zone()
@@ -116,9 +119,24 @@ with left:
     )
 with right:
     st.metric("Database size", f"{report.database_bytes / 1024 / 1024:,.1f} MB")
+    if report.on_replica:
+        lag = report.replica_lag.total_seconds()
+        shown = "none" if lag == 0 else "< 1s" if lag < 1 else ui.format_duration(lag)
+        st.metric("Replica lag", shown)
+        where = "a streaming replica (`PRESENCE_READ_DATABASE_URL`)"
+        if lag >= REPLICA_LAG_WARNING:
+            st.warning(
+                f"The read replica is {ui.format_duration(lag)} behind its primary: every "
+                "page shows the data as of then (a listener may look late for that long).",
+                icon=":material/schedule:",
+            )
+    else:
+        st.metric("Replica lag", "primary")
+        where = "the primary: no read replica is configured"
     st.markdown(
         f"**Database:** `{report.database_url}`"
         + (" (embedded)" if report.embedded else "")
+        + f"  \n**Reads from:** {where}"
         + f"  \n**Presence server:** `{report.server_url}`"
     )
 st.caption(f"Checked {ui.format_time(report.checked_at, zone)}")

@@ -2,8 +2,10 @@
 
 Each function takes an engine and answers one question: are the listeners alive
 (their heartbeat in ``presence_listeners``), how old is the last event, how many
-transitions arrived per minute lately, how many rows the tables hold and how big
-the database is. :func:`report` gathers them all in one :class:`HealthReport`.
+transitions arrived per minute lately, how many rows the tables hold, how big
+the database is, and, when the dashboard reads from a streaming replica
+(``PRESENCE_READ_DATABASE_URL``), how far that replica is behind its primary.
+:func:`report` gathers them all in one :class:`HealthReport`.
 Times are timezone-aware UTC, measured by the database's clock so that a skewed
 dashboard host does not make a listener look dead.
 """
@@ -17,6 +19,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL, make_url
 
 from presence_core.config import Settings
+from presence_core.database.engine import replication_lag
 
 # A listener whose heartbeat is older than this is reported dead.
 STALE_AFTER = timedelta(seconds=30)
@@ -72,6 +75,14 @@ class HealthReport:
     database_url: str
     server_url: str
     embedded: bool
+    # how far the replica the report was read from is behind its primary; None when
+    # it was read from the primary itself (no replica configured)
+    replica_lag: timedelta | None = None
+
+    @property
+    def on_replica(self) -> bool:
+        """Whether the report was read from a streaming replica."""
+        return self.replica_lag is not None
 
     @property
     def listener_alive(self) -> bool:
@@ -233,4 +244,5 @@ def report(engine: Engine, settings: Settings, minutes: int = 60) -> HealthRepor
         database_url=describe_url(engine.url),
         server_url=settings.server_url,
         embedded=settings.embedded,
+        replica_lag=replication_lag(engine),
     )

@@ -47,10 +47,15 @@ def refresh_rollups(
 ) -> int:
     """Bring the per-minute concurrency rollup up to date, up to ``until`` (default
     now; whole minutes only), recomputing from the earliest change any write made.
-    Returns the minutes written; 0 if another process is refreshing it."""
+    Returns the minutes written; 0 if another process is refreshing it, or on a
+    read replica (which cannot write: its readers read the rollup as far as the
+    primary made it valid, and the transitions for the rest)."""
     target = floor_minute(min(until or datetime.now(UTC), datetime.now(UTC)).astimezone(UTC))
     written = 0
     with engine.connect() as conn:
+        if conn.execute(text("select pg_is_in_recovery()")).scalar():
+            conn.rollback()  # a read replica: it cannot write; readers use what it has
+            return 0
         if not conn.execute(text("select pg_try_advisory_lock(:k)"), {"k": _ROLLUP_LOCK}).scalar():
             conn.rollback()
             return 0

@@ -3,7 +3,9 @@
 Dates given to --from/--to are whole days in the display time zone (--to
 inclusive); `daily` takes its days in that zone too. Users who hide their last
 seen are left out unless --include-hidden. A file is written as PATH.partial and
-renamed when complete, so a reader never sees half an export.
+renamed when complete, so a reader never sees half an export. The export reads
+from the streaming replica of PRESENCE_READ_DATABASE_URL (or --read-database-url)
+when one is configured, so a long export never competes with the writers.
 """
 
 from __future__ import annotations
@@ -56,6 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--tz", help="time zone of dates and daily rows (default PRESENCE_TZ)")
     add_database_arguments(parser)
+    parser.add_argument(
+        "--read-database-url",
+        metavar="URL",
+        help="a streaming replica to read from; overrides PRESENCE_READ_DATABASE_URL "
+        "(default: read where writers write)",
+    )
 
 
 Progress = Callable[..., None]
@@ -105,7 +113,9 @@ def run(args: argparse.Namespace) -> int:
     from presence_core.database import engine as db
     from presence_core.database.embedded import default_progress
 
-    settings = load_settings(home=args.home, database_url=args.database_url)
+    settings = load_settings(
+        home=args.home, database_url=args.database_url, read_database_url=args.read_database_url
+    )
     tz = analytics.time_zone(args.tz) if args.tz else settings.tz
     filters = ExportFilters(
         start=moment(args.start, "--from") if args.start else None,
@@ -120,7 +130,8 @@ def run(args: argparse.Namespace) -> int:
     to_stdout = args.output == "-"
     if to_stdout and args.format == "parquet" and sys.stdout.isatty():
         raise PresenceError("parquet is binary: give --output FILE, or pipe stdout elsewhere")
-    engine = db.connect(settings, progress=default_progress)
+    # an export only reads: from the replica when one is configured, never the writers' primary
+    engine = db.connect_reader(settings, progress=default_progress)
     try:
         chunks = stream_export(engine, args.dataset, args.format, filters)
         progress = terminal_progress()
