@@ -45,6 +45,7 @@ class Settings:
     token: str | None = field(default=None, repr=False)  # the token a client presents
     redis_url: str | None = field(default=None, repr=False)
     read_database_url: URL | None = None  # a streaming replica for reads, when set
+    retention_months: int | None = None  # `presence prune` keeps this many months before now
 
     @property
     def embedded(self) -> bool:
@@ -125,6 +126,20 @@ def parse_port(value: str, name: str) -> int:
     return port
 
 
+def parse_retention(value: str) -> int:
+    """``PRESENCE_RETENTION_MONTHS``: whole months of raw transitions kept before the
+    current one (at least 1)."""
+    try:
+        months = int(str(value).strip())
+    except ValueError:
+        raise ConfigError(
+            f"PRESENCE_RETENTION_MONTHS={value!r} is not a whole number of months"
+        ) from None
+    if months < 1:
+        raise ConfigError(f"PRESENCE_RETENTION_MONTHS={months} must be at least 1")
+    return months
+
+
 def read_secret_file(path: str | Path, what: str) -> str:
     """The secret kept in a file (first line, surrounding blanks removed).
 
@@ -192,6 +207,7 @@ def load_settings(
     home_text = home if home is not None else env.get("PRESENCE_HOME") or DEFAULT_HOME
     port_text = env.get("PRESENCE_DB_PORT")
     read_text = read_database_url or env.get("PRESENCE_READ_DATABASE_URL")
+    retention_text = env.get("PRESENCE_RETENTION_MONTHS")
     return Settings(
         db_port=parse_port(port_text, "PRESENCE_DB_PORT") if port_text else None,
         auth_secret=_secret(
@@ -200,6 +216,7 @@ def load_settings(
         token=_secret(env, token, token_file, "PRESENCE_TOKEN", "token"),
         redis_url=(redis_url or env.get("PRESENCE_REDIS_URL") or None),
         read_database_url=parse_database_url(read_text) if read_text else None,
+        retention_months=parse_retention(retention_text) if retention_text else None,
         database_url=parse_database_url(url_text) if url_text is not None else None,
         home=Path(home_text).expanduser().absolute(),
         server_url=parse_server_url(

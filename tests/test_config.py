@@ -76,6 +76,17 @@ def test_environment_is_read():
     assert settings.available_statuses == ("online", "accepting_chats")
 
 
+def test_retention_and_read_replica_are_optional():
+    assert load_settings({}).retention_months is None
+    assert load_settings({}).read_database_url is None
+    settings = load_settings(
+        {"PRESENCE_RETENTION_MONTHS": " 13 ", "PRESENCE_READ_DATABASE_URL": "postgresql://r@h2/db"}
+    )
+    assert settings.retention_months == 13
+    assert settings.read_database_url.host == "h2"
+    assert settings.read_database_url.drivername == "postgresql+psycopg"
+
+
 def test_flags_override_environment():
     env = {"PRESENCE_DATABASE_URL": "postgresql://u@h/db", "PRESENCE_TZ": "Europe/Berlin"}
     settings = load_settings(env, database_url="postgresql://x@other/db2", tz="Asia/Tokyo")
@@ -91,6 +102,9 @@ def test_flags_override_environment():
         ({"PRESENCE_SERVER_URL": "http://h:99999"}, "bad port"),
         ({"PRESENCE_AVAILABLE_STATUSES": " , "}, "empty"),
         ({"PRESENCE_AVAILABLE_STATUSES": "online,offline"}, "cannot count as available"),
+        ({"PRESENCE_RETENTION_MONTHS": "a year"}, "not a whole number of months"),
+        ({"PRESENCE_RETENTION_MONTHS": "0"}, "must be at least 1"),
+        ({"PRESENCE_READ_DATABASE_URL": "mysql://u@h/db"}, "unsupported database"),
     ],
 )
 def test_bad_settings(env, message):

@@ -19,6 +19,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("export", "export", "export presence history for analysts"),
     ("users", "users", "manage users' teams, names and types"),
     ("teams", "teams", "manage teams' time zones, shifts and targets"),
+    ("prune", "prune", "drop whole months of raw transitions (retention)"),
     ("dashboard", "dashboard", "run the Streamlit dashboard"),
     ("demo", "demo", "the whole product on the embedded database, in one command"),
 )

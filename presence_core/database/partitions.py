@@ -9,6 +9,13 @@ Partitions are created ahead (:func:`ensure_ahead`, run by every command that
 connects) and for any period a writer announces (:func:`ensure_range`). A row
 for a month that has no partition yet is never lost: it lands in the default
 partition, and creating that month's partition later moves such rows into it.
+
+Months dropped by retention (:mod:`presence_core.database.retention`) are
+covered by one partition, :data:`PRUNED_PARTITION`, from the beginning of time
+to the retention boundary (:func:`pruned_before`), which silently ignores every
+row written to it: a replay of pruned events stays a no-op instead of bringing
+back a few rows of a month whose others are gone. No month before the boundary
+gets a partition again.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from sqlalchemy import Connection, Engine, text
 __all__ = [
     "DEFAULT_PARTITION",
     "PARENT",
+    "PRUNED_PARTITION",
     "Partition",
     "ensure_ahead",
     "ensure_months",
@@ -30,10 +38,12 @@ __all__ = [
     "months_between",
     "partition_name",
     "partitions",
+    "pruned_before",
 ]
 
 PARENT = "presence_transitions"
 DEFAULT_PARTITION = "presence_transitions_default"
+PRUNED_PARTITION = "presence_transitions_pruned"
 MONTHS_AHEAD = 3
 _LOCK = "select pg_advisory_xact_lock(hashtext('presence-partitions'))"
 
@@ -98,16 +108,32 @@ def is_partitioned(conn: Connection) -> bool:
     return kind == "p"
 
 
+def pruned_before(conn: Connection) -> datetime | None:
+    """The retention boundary: months before it were pruned (None: nothing ever was)."""
+    kept = conn.execute(
+        text("select obj_description(to_regclass(:name), 'pg_class')"),
+        {"name": PRUNED_PARTITION},
+    ).scalar()
+    return datetime.fromisoformat(kept) if kept else None
+
+
 def ensure_months(conn: Connection, months: Iterable[date]) -> list[str]:
     """Create the partitions of ``months`` that are missing; return their names.
 
     Rows already waiting in the default partition for such a month move into
     the new partition in the same transaction (PostgreSQL would refuse to add
-    a partition whose range the default partition still holds rows of).
+    a partition whose range the default partition still holds rows of). Months
+    before the retention boundary (:func:`pruned_before`) are skipped: they
+    were pruned, and their rows are ignored.
     """
     wanted = sorted({month_of(m) for m in months})
     if not wanted or not is_partitioned(conn):
         return []
+    boundary = pruned_before(conn)
+    if boundary is not None:
+        wanted = [m for m in wanted if m >= boundary.date()]
+        if not wanted:
+            return []
     existing = _existing(conn)
     missing = [m for m in wanted if partition_name(m) not in existing]
     if not missing:
@@ -166,15 +192,16 @@ def ensure_ahead(engine: Engine | Connection, now: datetime | None = None) -> li
 
 
 def partitions(conn: Connection) -> list[Partition]:
-    """The monthly partitions, oldest first, with estimated row counts."""
+    """The monthly partitions, oldest first, with estimated row counts (neither the
+    default partition nor the pruned one)."""
     rows = conn.execute(
         text(
             "select c.relname, pg_get_expr(c.relpartbound, c.oid), greatest(c.reltuples, 0) "
             "from pg_inherits i join pg_class c on c.oid = i.inhrelid "
-            "where i.inhparent = to_regclass(:parent) and c.relname <> :default "
+            "where i.inhparent = to_regclass(:parent) and c.relname <> all(:special) "
             "order by c.relname"
         ),
-        {"parent": PARENT, "default": DEFAULT_PARTITION},
+        {"parent": PARENT, "special": [DEFAULT_PARTITION, PRUNED_PARTITION]},
     )
     found = []
     for name, _bound, estimate in rows:

@@ -1,0 +1,281 @@
+"""Retention (`presence prune`) on a real PostgreSQL: exactly the whole months before the
+boundary go, with their exact row counts; a dry run changes nothing; uncovered,
+un-rolled-up and default-partition data are refused; what is kept reads as before
+(users present at the boundary are carried over); replays stay no-ops."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+from sqlalchemy import text
+
+from presence_core import analytics
+from presence_core.database import partitions, retention, tables
+from presence_core.database.retention import PruneRefused
+from presence_core.database.storage import Transition, write_batch
+
+
+def _at(month: int, day: int, hour: int = 0) -> datetime:
+    return datetime(2026, month, day, hour, tzinfo=UTC)
+
+
+BATCH = [
+    # only in January
+    Transition("a", "online", _at(1, 10, 9), _at(1, 10, 9), user_name="Ann"),
+    Transition("a", "offline", _at(1, 11, 17), _at(1, 11, 17)),
+    # online since February 20, across the March boundary, away on March 5
+    Transition("b", "online", _at(2, 20, 8), _at(2, 20, 8), user_name="Ben"),
+    Transition("b", "away", _at(3, 5, 8), _at(3, 5, 8)),
+    Transition("b", "offline", _at(3, 6, 8), _at(3, 6, 8)),
+    # February, then a transition at the boundary's very instant (nothing to carry)
+    Transition("c", "online", _at(2, 2, 8), _at(2, 2, 8), user_name="Cem"),
+    Transition("c", "offline", _at(2, 28, 23), _at(2, 28, 23)),
+    Transition("c", "online", _at(3, 1), _at(3, 1)),
+    # April only
+    Transition("d", "online", _at(4, 1, 9), _at(4, 1, 9), user_name="Dee"),
+]
+
+CHECKSUM = """
+select count(*), md5(coalesce(string_agg(
+    concat_ws('|', id, user_id, status, occurred_at, received_at, inferred, reason, source),
+    ',' order by id), ''))
+from presence_transitions
+"""
+
+
+def _checksum(engine) -> tuple:
+    with engine.connect() as conn:
+        return tuple(conn.execute(text(CHECKSUM)).one())
+
+
+def _names(engine) -> set[str]:
+    with engine.connect() as conn:
+        return {p.name for p in partitions.partitions(conn)}
+
+
+def _rolled_up(engine, until: datetime | None = None) -> None:
+    """Every rollup valid up to ``until`` (default now), as its maintenance leaves it."""
+    with engine.begin() as conn:
+        conn.execute(
+            text("update presence_rollup_state set valid_until = :v, dirty_from = null"),
+            {"v": until or datetime.now(UTC)},
+        )
+
+
+def _covered(engine, start: datetime, end: datetime | None = None) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            tables.coverage.insert().values(listener="test", started_at=start, ended_at=end)
+        )
+
+
+@pytest.fixture
+def history(engine):
+    """January to April 2026 in their own partitions, covered by a listener and rolled up."""
+    partitions.ensure_range(engine, _at(1, 1), _at(4, 30))
+    write_batch(engine, BATCH)
+    _covered(engine, _at(1, 1))
+    _rolled_up(engine)
+    return engine
+
+
+def _kept_figures(engine):
+    """What analytics says about March and April (kept by a prune before March)."""
+    start, end = _at(3, 1), _at(5, 1)
+    in_status = analytics.time_in_status(engine, start, end, include_hidden=True)
+    online = analytics.online_seconds(engine, start, end, include_hidden=True)
+    return (
+        in_status.sort_values(list(in_status.columns)).reset_index(drop=True),
+        online.sort_values(list(online.columns)).reset_index(drop=True),
+    )
+
+
+def test_prune_drops_exactly_the_whole_months_before_the_boundary(history):
+    engine = history
+    before_figures = _kept_figures(engine)
+    before = _checksum(engine)
+    names = _names(engine)
+
+    planned = retention.prune(engine, date(2026, 3, 15), dry_run=True)  # mid-March: keeps March
+    assert planned.boundary == _at(3, 1)
+    assert [(m.month, m.partition, m.rows) for m in planned.months] == [
+        (date(2026, 1, 1), "presence_transitions_2026_01", 2),
+        (date(2026, 2, 1), "presence_transitions_2026_02", 3),
+    ]
+    assert planned.rows == 5 and planned.carried == 1  # Ben, online at March 1
+    assert _checksum(engine) == before and _names(engine) == names  # the dry run changed nothing
+    with engine.connect() as conn:
+        assert partitions.pruned_before(conn) is None
+
+    done = retention.prune(engine, date(2026, 3, 15))
+    assert (done.months, done.carried, done.dry_run) == (planned.months, 1, False)
+    assert _names(engine) == names - {
+        "presence_transitions_2026_01",
+        "presence_transitions_2026_02",
+    }
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "select user_id, status, occurred_at, inferred, reason from presence_transitions"
+                " order by occurred_at, user_id"
+            )
+        ).all()
+        assert partitions.pruned_before(conn) == _at(3, 1)
+    expected = [
+        (t.user_id, t.status, t.occurred_at, False, None)
+        for t in BATCH
+        if t.occurred_at >= _at(3, 1)
+    ] + [("b", "online", _at(3, 1), True, "pruned")]
+    assert sorted(map(tuple, rows)) == sorted(expected)
+
+    # what was kept reads exactly as before (Ben present from March 1 to his offline)
+    after_figures = _kept_figures(engine)
+    for was, now in zip(before_figures, after_figures, strict=True):
+        assert was.equals(now), (was, now)
+
+    # replays stay no-ops, the pruned months' rows included (dropped, never brought back)
+    kept = _checksum(engine)
+    assert write_batch(engine, BATCH).inserted == 0
+    write_batch(engine, BATCH[:2])  # January alone: no conflict, still nothing stored
+    assert _checksum(engine) == kept
+    assert partitions.ensure_range(engine, _at(1, 1), _at(2, 1)) == []  # never made again
+    assert _names(engine) == names - {
+        "presence_transitions_2026_01",
+        "presence_transitions_2026_02",
+    }
+
+    # the same boundary again: nothing to do; a later one prunes March too
+    assert retention.prune(engine, date(2026, 3, 1)).months == []
+    _rolled_up(engine)  # the carried-over row made the rollup recompute from March 1
+    later = retention.prune(engine, date(2026, 4, 2))
+    assert [(m.month, m.rows) for m in later.months] == [(date(2026, 3, 1), 4)]
+    assert later.carried == 1  # Cem, online since March 1
+    assert _checksum(engine)[0] == 2  # Dee's April row and Cem's row at April 1
+    with engine.connect() as conn:
+        assert partitions.pruned_before(conn) == _at(4, 1)
+
+
+def test_a_dry_run_and_a_refusal_change_nothing(history):
+    engine = history
+    before, names = _checksum(engine), _names(engine)
+    _rolled_up(engine, _at(2, 15))  # the rollups have not reached March
+    with pytest.raises(PruneRefused, match=r"rollup 'concurrency' is valid only until 2026-02-15"):
+        retention.prune(engine, date(2026, 3, 1))
+    with pytest.raises(PruneRefused, match="rollup 'concurrency' is valid only until"):
+        retention.prune(engine, date(2026, 3, 1), dry_run=True)
+    assert _checksum(engine) == before and _names(engine) == names
+    # January alone is rolled up: that prune is allowed
+    assert [m.month for m in retention.prune(engine, date(2026, 2, 10)).months] == [
+        date(2026, 1, 1)
+    ]
+
+
+def test_a_rollup_never_built_or_dirty_refuses(history):
+    engine = history
+    with engine.begin() as conn:
+        conn.execute(text("update presence_rollup_state set valid_until = null"))
+    with pytest.raises(PruneRefused, match="is not built"):
+        retention.prune(engine, date(2026, 3, 1))
+    _rolled_up(engine)
+    # a late row for January 20 makes every rollup dirty from then
+    write_batch(engine, [Transition("e", "online", _at(1, 20), _at(1, 20))])
+    with pytest.raises(PruneRefused, match="valid only until 2026-01-20"):
+        retention.prune(engine, date(2026, 3, 1))
+
+
+def test_uncovered_months_are_refused(engine):
+    partitions.ensure_range(engine, _at(1, 1), _at(4, 30))
+    write_batch(engine, BATCH)
+    _rolled_up(engine)
+    before = _checksum(engine)
+    with pytest.raises(PruneRefused, match="no listener ever covered any time"):
+        retention.prune(engine, date(2026, 3, 1))
+    _covered(engine, _at(1, 1), _at(2, 1))  # January only: coverage stops before March
+    with pytest.raises(PruneRefused, match=r"does not reach 2026-03-01: up to 2026-02-01"):
+        retention.prune(engine, date(2026, 3, 1))
+    with engine.begin() as conn:
+        conn.execute(text("delete from presence_coverage"))
+    _covered(engine, _at(2, 1))  # from February on: January's rows were never covered
+    with pytest.raises(PruneRefused, match="no listener covered 2026-01 "):
+        retention.prune(engine, date(2026, 3, 1))
+    assert _checksum(engine) == before
+
+
+def test_rows_waiting_in_the_default_partition_are_refused(history):
+    engine = history
+    old = datetime(2025, 11, 5, tzinfo=UTC)  # a month without a partition
+    write_batch(engine, [Transition("z", "online", old, old)])
+    _rolled_up(engine)
+    before = _checksum(engine)
+    with pytest.raises(PruneRefused, match="1 rows before 2026-03-01 sit in the default partition"):
+        retention.prune(engine, date(2026, 3, 1))
+    assert _checksum(engine) == before
+
+
+def test_the_current_month_cannot_be_pruned(history):
+    following = partitions.month_of(datetime.now(UTC) + timedelta(days=32))
+    with pytest.raises(PruneRefused, match="is not over"):
+        retention.prune(history, following)
+
+
+def test_months_ago_keeps_the_current_month_and_n_before():
+    now = datetime(2026, 12, 6, 4, tzinfo=UTC)
+    assert retention.months_ago(1, now) == datetime(2026, 11, 1, tzinfo=UTC)
+    assert retention.months_ago(12, now) == datetime(2025, 12, 1, tzinfo=UTC)
+    assert retention.months_ago(13, datetime(2026, 1, 31, tzinfo=UTC)) == datetime(
+        2024, 12, 1, tzinfo=UTC
+    )
+
+
+def _presence(env, *args):
+    return subprocess.run(
+        [sys.executable, "-m", "presence_core", "prune", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_the_command_says_what_it_removed_and_errors_are_one_line(history, cli_env):
+    engine = history
+    before = _checksum(engine)
+    dry = _presence(cli_env, "--before", "2026-03-15", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.splitlines() == [
+        "would drop 2026-01: 2 transitions",
+        "would drop 2026-02: 3 transitions",
+        "would drop 2 months before 2026-03-01 (UTC), 5 transitions; 1 user present at "
+        "2026-03-01 would be carried over; rollups kept; nothing changed (--dry-run)",
+    ]
+    assert _checksum(engine) == before
+
+    for args, message in [
+        (("--before", "March"), "presence: error: --before 'March' is not a date (YYYY-MM-DD)"),
+        ((), "presence: error: give --before DATE, or set PRESENCE_RETENTION_MONTHS"),
+    ]:
+        bad = _presence(cli_env, *args)
+        assert bad.returncode != 0 and bad.stderr.strip() == message, bad.stderr
+    _rolled_up(engine, _at(2, 15))
+    refused = _presence(cli_env, "--before", "2026-03-15")
+    assert refused.returncode == 1
+    assert len(refused.stderr.strip().splitlines()) == 1 and "refusing" in refused.stderr
+    assert _checksum(engine) == before
+
+    _rolled_up(engine)
+    done = _presence(cli_env, "--before", "2026-03-15")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1].startswith("dropped 2 months before 2026-03-01 (UTC)")
+    again = _presence(cli_env, "--before", "2026-03-15")
+    assert again.stdout.strip() == "nothing to prune: months before 2026-03-01 already were"
+
+    # configured retention, when --before is not given
+    _rolled_up(engine)  # the carried-over rows made the rollup recompute from March 1
+    months = 3
+    boundary = retention.months_ago(months)
+    configured = _presence({**cli_env, "PRESENCE_RETENTION_MONTHS": str(months)}, "--dry-run")
+    assert configured.returncode == 0, configured.stderr
+    assert f"before {boundary:%Y-%m-%d} (UTC)" in configured.stdout
