@@ -43,8 +43,17 @@ GET_ONLINE_USERS = "getOnlineUsers"
 USER_STATUS_CHANGED = "userStatusChanged"
 ONLINE_USERS_LIST = "onlineUsersList"
 PRESENCE_ERROR = "presenceError"
-CLIENT_EVENTS = (USER_ONLINE, USER_OFFLINE, USER_HEARTBEAT, USER_STATUS, GET_ONLINE_USERS)
-SERVER_EVENTS = (USER_STATUS_CHANGED, ONLINE_USERS_LIST, PRESENCE_ERROR)
+GUIDE_CLIENT_EVENTS = (USER_ONLINE, USER_OFFLINE, USER_HEARTBEAT, USER_STATUS, GET_ONLINE_USERS)
+GUIDE_SERVER_EVENTS = (USER_STATUS_CHANGED, ONLINE_USERS_LIST, PRESENCE_ERROR)
+# protocol version 2 (an extension: a client asks for it with ``protocol: 2`` in its
+# Socket.IO auth payload); getUsersStatus is answered whatever the version
+PROTOCOL_V2 = 2
+SUBSCRIBE = "subscribe"
+UNSUBSCRIBE = "unsubscribe"
+GET_USERS_STATUS = "getUsersStatus"
+PRESENCE_DIFF = "presenceDiff"
+CLIENT_EVENTS = GUIDE_CLIENT_EVENTS + (SUBSCRIBE, UNSUBSCRIBE, GET_USERS_STATUS)
+SERVER_EVENTS = GUIDE_SERVER_EVENTS + (PRESENCE_DIFF,)
 EVENTS = CLIENT_EVENTS + SERVER_EVENTS
 
 MAX_ID = 256  # characters of a userId
@@ -459,3 +468,212 @@ def parse_online_users(payload: object, *, skip_bad: bool = False) -> list[Onlin
             if not skip_bad:
                 raise
     return users
+
+
+# --- protocol version 2 (an extension; see docs/server.md) ----------------------------
+
+MAX_SUBSCRIBE_IDS = 1000  # userIds in one subscribe/unsubscribe, and in getUsersStatus
+MAX_SUBSCRIBE_TEAMS = 100  # teams in one subscribe/unsubscribe
+_SUBSCRIPTION_FIELDS = frozenset({"teams", "userIds", "all"})
+
+
+def protocol_version(auth: object) -> int:
+    """The protocol a client speaks, from its Socket.IO ``auth`` payload: 2 when it
+    holds ``protocol: 2``, else 1 (the guide's). Never raises: whatever else a client
+    sends there (nothing, a string, ``protocol: "2"``, ``3``) gets the guide's protocol."""
+    if not isinstance(auth, Mapping):
+        return 1
+    value = auth.get("protocol")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 1
+    return PROTOCOL_V2 if value == PROTOCOL_V2 else 1
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """A parsed ``subscribe`` or ``unsubscribe``: ``all``, ``teams`` (stripped
+    names) and ``users`` (``(wire id, key)`` pairs, in the order given, no key twice)."""
+
+    all: bool = False
+    teams: tuple[str, ...] = ()
+    users: tuple[tuple[UserId, str], ...] = ()
+
+
+def _id_list(data: Mapping, event: str, field: str = "userIds") -> tuple[tuple[UserId, str], ...]:
+    values = data.get(field)
+    if not isinstance(values, list):
+        raise ProtocolError(f"{event}: {field} must be an array, not {type(values).__name__}")
+    if len(values) > MAX_SUBSCRIBE_IDS:
+        raise ProtocolError(
+            f"{event}: {field} holds {len(values)} ids; at most {MAX_SUBSCRIBE_IDS} at once"
+        )
+    found: dict[str, UserId] = {}
+    for index, value in enumerate(values):
+        parsed = _user_id({"userId": value}, f"{event}: {field}[{index}]")
+        assert parsed is not None
+        found.setdefault(parsed[1], parsed[0])
+    return tuple((wire, key) for key, wire in found.items())
+
+
+def parse_subscription(payload: object, event: str = SUBSCRIBE) -> Subscription:
+    """``subscribe`` / ``unsubscribe`` ``{teams?: [..], userIds?: [..], all?: true}``.
+
+    At least one of them; unknown fields, non-boolean ``all``, empty or over-long
+    names, more than 100 teams or 1,000 ids at once are refused (ProtocolError)."""
+    data = _mapping(payload, event)
+    unknown = sorted(str(k)[:32] for k in data if k not in _SUBSCRIPTION_FIELDS)
+    if unknown:
+        raise ProtocolError(f"{event}: unknown field {unknown[0]!r} (teams, userIds, all)")
+    everything = data.get("all", False)
+    if not isinstance(everything, bool):
+        raise ProtocolError(f"{event}: all must be true or false, not {_describe(everything)}")
+    teams: list[str] = []
+    if data.get("teams") is not None:
+        values = data["teams"]
+        if not isinstance(values, list):
+            raise ProtocolError(f"{event}: teams must be an array, not {type(values).__name__}")
+        if len(values) > MAX_SUBSCRIBE_TEAMS:
+            raise ProtocolError(
+                f"{event}: teams holds {len(values)} names; at most {MAX_SUBSCRIBE_TEAMS} at once"
+            )
+        for index, value in enumerate(values):
+            team = check_text(value, f"teams[{index}]", event)
+            if not team:
+                raise ProtocolError(f"{event}: teams[{index}] is empty")
+            if team not in teams:
+                teams.append(team)
+    users = _id_list(data, event) if data.get("userIds") is not None else ()
+    if not everything and not teams and not users:
+        raise ProtocolError(f"{event} needs teams, userIds or all: true")
+    return Subscription(all=everything, teams=tuple(teams), users=users)
+
+
+def parse_get_users_status(payload: object) -> tuple[tuple[UserId, str], ...]:
+    """``getUsersStatus {userIds: [..]}``: up to 1,000 ids, as ``(wire id, key)``."""
+    data = _mapping(payload, GET_USERS_STATUS)
+    unknown = sorted(str(k)[:32] for k in data if k != "userIds")
+    if unknown:
+        raise ProtocolError(f"{GET_USERS_STATUS}: unknown field {unknown[0]!r} (userIds)")
+    if "userIds" not in data:
+        raise ProtocolError(f"{GET_USERS_STATUS} needs userIds")
+    return _id_list(data, GET_USERS_STATUS)
+
+
+def user_state(
+    user_id: UserId,
+    status: str,
+    last_seen: datetime | None,
+    *,
+    status_since: datetime | None = None,
+    team: str | None = None,
+    user_type: str | None = None,
+    user_name: str | None = None,
+) -> dict:
+    """One user's state in a ``subscribe`` acknowledgement or a ``getUsersStatus``
+    answer: ``{userId, status, lastSeen, statusSince, team, userType, userName}``
+    (``lastSeen`` null for a user never seen, or one who hides it)."""
+    return {
+        "userId": user_id,
+        "status": status,
+        "lastSeen": iso_utc(last_seen) if last_seen is not None else None,
+        "statusSince": iso_utc(status_since) if status_since is not None else None,
+        "team": team,
+        "userType": user_type,
+        "userName": user_name,
+    }
+
+
+def diff_change(
+    user_id: UserId,
+    status: str,
+    moment: datetime,
+    reason: str | None,
+    *,
+    team: str | None,
+    user_type: str | None,
+    user_name: str | None,
+) -> dict:
+    """One entry of a ``presenceDiff``: a transition at ``moment`` (its ``lastSeen``
+    and ``statusSince``)."""
+    stamp = iso_utc(moment)
+    return {
+        "userId": user_id,
+        "status": status,
+        "lastSeen": stamp,
+        "statusSince": stamp,
+        "reason": reason,
+        "team": team,
+        "userType": user_type,
+        "userName": user_name,
+    }
+
+
+# --- version 2 as an observer (the listener) reads it -----------------------------------
+
+
+@dataclass(frozen=True)
+class PresenceDiff:
+    """A parsed ``presenceDiff``: its ``seq`` and its changes, in order."""
+
+    seq: int
+    changes: tuple[StatusChange, ...]
+    names: tuple[OnlineUser, ...] = ()  # the same changes' names and teams
+
+
+def _seq(value: object, event: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ProtocolError(f"{event}: seq must be a whole number, not {_describe(value)}")
+    return value
+
+
+def parse_presence_diff(payload: object) -> PresenceDiff:
+    """``presenceDiff {seq, changes: [{userId, status, lastSeen, ...}]}``."""
+    event = PRESENCE_DIFF
+    data = _mapping(payload, event)
+    seq = _seq(data.get("seq"), event)
+    changes = data.get("changes")
+    if not isinstance(changes, list):
+        raise ProtocolError(f"{event}: changes must be an array")
+    parsed = [parse_status_changed(change) for change in changes]
+    names = [_parse_online_entry(change, index) for index, change in enumerate(changes)]
+    return PresenceDiff(seq=seq, changes=tuple(parsed), names=tuple(names))
+
+
+def parse_subscribe_ack(payload: object) -> tuple[int, list[OnlineUser]]:
+    """A ``subscribe`` acknowledgement ``{ok: true, seq, users}``: ``(seq, users)``.
+
+    A refusal (``{ok: false, error}``) raises ProtocolError with the server's reason."""
+    event = f"{SUBSCRIBE} acknowledgement"
+    data = _mapping(payload, event)
+    if data.get("ok") is not True:
+        raise ProtocolError(f"{SUBSCRIBE} refused: {observed_text(data.get('error')) or '?'}")
+    users = data.get("users")
+    if not isinstance(users, list):
+        raise ProtocolError(f"{event}: users must be an array")
+    return _seq(data.get("seq"), event), [
+        _parse_online_entry(entry, index) for index, entry in enumerate(users)
+    ]
+
+
+class DiffOrder:
+    """A version-2 client's watch over ``presenceDiff`` ``seq``: each diff must carry
+    the previous one's ``seq`` + 1 (the base is the last ``subscribe``
+    acknowledgement's ``seq``); a jump means diffs were missed: re-subscribe."""
+
+    NEXT, OLD, GAP = "next", "old", "gap"
+
+    def __init__(self, seq: int = 0) -> None:
+        self.seq = seq
+
+    def reset(self, seq: int) -> None:
+        """A ``subscribe`` acknowledgement's ``seq``: the next diff carries ``seq + 1``."""
+        self.seq = seq
+
+    def check(self, seq: int) -> str:
+        """``NEXT`` (in order; remembered), ``OLD`` (at or before the base: a diff
+        sent before the acknowledgement it precedes, already in its snapshot) or
+        ``GAP`` (something was missed; the base is left as it was)."""
+        if seq == self.seq + 1:
+            self.seq = seq
+            return self.NEXT
+        return self.OLD if seq <= self.seq else self.GAP

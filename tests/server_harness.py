@@ -57,6 +57,13 @@ class RunningServer:
         self.clients.append(client)
         return client
 
+    def v2_client(self, token: str | None = None, **kwargs: Any) -> Client:
+        """A connected client speaking protocol version 2 (``protocol: 2`` in its auth)."""
+        auth: dict[str, Any] = {"protocol": 2}
+        if token is not None:
+            auth["token"] = token
+        return self.client(auth=auth, **kwargs)
+
     def snapshot(self) -> dict[str, tuple[str, int]]:
         return self.loop.run(_call(self.server.snapshot))
 
@@ -93,7 +100,7 @@ def running_server(engine=None, **options: Any) -> Iterator[RunningServer]:
 class Client:
     """A python-socketio AsyncClient on the loop thread that records what it receives."""
 
-    EVENTS = ("userStatusChanged", "onlineUsersList", "presenceError")
+    EVENTS = ("userStatusChanged", "onlineUsersList", "presenceError", "presenceDiff")
 
     def __init__(
         self, loop: LoopThread, url: str, auth: Any = None, reconnection: bool = False
@@ -174,6 +181,29 @@ class Client:
             lambda: len(self.received("onlineUsersList")) > before, timeout, what="onlineUsersList"
         )
         return self.received("onlineUsersList")[before]
+
+    def diffs(self) -> list[dict]:
+        """Every presenceDiff received (protocol version 2), in order."""
+        return self.received("presenceDiff")
+
+    def diff_changes(self, user_id: Any = None) -> list[tuple[Any, str]]:
+        """``(userId, status)`` of every change in the diffs received (for one user)."""
+        return [
+            (c["userId"], c["status"])
+            for d in self.diffs()
+            for c in d["changes"]
+            if user_id is None or c["userId"] == user_id
+        ]
+
+    def wait_diff_change(self, user_id: Any, status: str, timeout: float = 10) -> dict:
+        def found() -> dict | None:
+            for d in self.diffs():
+                for c in d["changes"]:
+                    if c["userId"] == user_id and c["status"] == status:
+                        return c
+            return None
+
+        return wait_for(found, timeout, what=f"presenceDiff change {user_id} {status}")
 
     def wait_error(self, count: int = 1, timeout: float = 10) -> dict:
         wait_for(

@@ -14,12 +14,14 @@ from presence_core.commands.common import add_database_arguments
 from presence_core.commands.token import warn_secret_on_command_line
 from presence_core.errors import PresenceError
 from presence_core.server import (
+    DEFAULT_DIFF_INTERVAL,
     DEFAULT_GRACE,
     DEFAULT_HEADER_TIMEOUT,
     DEFAULT_HEARTBEAT_TIMEOUT,
     DEFAULT_HOST,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_PORT,
+    WATCH_POLICIES,
     PresenceServer,
     ServerOptions,
     auth,
@@ -94,6 +96,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="a kept-alive HTTP connection may wait this long for its next request (default 5)",
     )
+    v2 = parser.add_argument_group("protocol version 2 (clients that connect with protocol: 2)")
+    v2.add_argument(
+        "--diff-interval",
+        type=float,
+        default=DEFAULT_DIFF_INTERVAL,
+        metavar="S",
+        help="each subscribed client gets at most one presenceDiff this often (default 0.2)",
+    )
+    v2.add_argument(
+        "--watch-policy",
+        choices=WATCH_POLICIES,
+        default="all",
+        help="what a user's connection may subscribe to: all (default, as the guide shows "
+        "everyone everything) or team (its own team only); observer tokens may watch all",
+    )
     parser.add_argument(
         "--no-db", action="store_true", help="keep presence in memory only; write nothing"
     )
@@ -115,6 +132,8 @@ def _check(args: argparse.Namespace) -> None:
         raise PresenceError("--grace and --heartbeat-timeout cannot be negative")
     if args.header_timeout <= 0 or args.idle_timeout <= 0:
         raise PresenceError("--header-timeout and --idle-timeout must be positive")
+    if not 0.01 <= args.diff_interval <= 60:
+        raise PresenceError("--diff-interval must be between 0.01 and 60 seconds")
     if args.max_connections is not None and args.max_connections < 1:
         raise PresenceError("--max-connections must be at least 1")
     if args.max_per_address is not None and args.max_per_address < 0:
@@ -144,6 +163,8 @@ def run(args: argparse.Namespace) -> int:
         max_per_address=args.max_per_address,
         header_timeout=args.header_timeout,
         idle_timeout=args.idle_timeout,
+        diff_interval=args.diff_interval,
+        watch_policy=args.watch_policy,
     )
     engine = None
     if not args.no_db:

@@ -7,17 +7,20 @@ Tokens: :func:`issue_token` / :func:`verify_token` (module :mod:`.auth`).
 
 from presence_core.server.auth import Identity, TokenError, issue_token, verify_token
 from presence_core.server.options import (
+    DEFAULT_DIFF_INTERVAL,
     DEFAULT_GRACE,
     DEFAULT_HEADER_TIMEOUT,
     DEFAULT_HEARTBEAT_TIMEOUT,
     DEFAULT_HOST,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_PORT,
+    WATCH_POLICIES,
     ServerOptions,
 )
 from presence_core.server.server import PresenceServer
 
 __all__ = [
+    "DEFAULT_DIFF_INTERVAL",
     "DEFAULT_GRACE",
     "DEFAULT_HEADER_TIMEOUT",
     "DEFAULT_HEARTBEAT_TIMEOUT",
@@ -28,6 +31,7 @@ __all__ = [
     "PresenceServer",
     "ServerOptions",
     "TokenError",
+    "WATCH_POLICIES",
     "issue_token",
     "verify_token",
 ]

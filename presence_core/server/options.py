@@ -12,6 +12,8 @@ DEFAULT_STATUS_RATE = 5.0  # status changes a second per user, on average
 DEFAULT_STATUS_BURST = 20  # ... and in a row
 DEFAULT_HEADER_TIMEOUT = 10.0
 DEFAULT_IDLE_TIMEOUT = 5.0
+DEFAULT_DIFF_INTERVAL = 0.2
+WATCH_POLICIES = ("all", "team")
 SOURCE = "server"
 
 
@@ -39,6 +41,13 @@ class ServerOptions:
     ``header_timeout``: a connection must deliver a complete request this soon
     after it opens; ``idle_timeout``: a kept-alive HTTP connection may wait this
     long for its next request.
+
+    Protocol version 2: ``diff_interval``: how often each subscribed client gets
+    one ``presenceDiff`` of what changed (the tick); ``watch_policy``: what a
+    connection that is not an observer may watch: ``"all"`` (anything, as the
+    guide shows everyone everything) or ``"team"`` (its own user's team only:
+    ``subscribe`` to other teams, by id to users of other teams, or to ``all`` is
+    refused, and so is ``getUsersStatus`` about them).
     """
 
     cors_origins: str | list[str] = "*"
@@ -55,3 +64,5 @@ class ServerOptions:
     max_per_address: int | None = None
     header_timeout: float = DEFAULT_HEADER_TIMEOUT
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    diff_interval: float = DEFAULT_DIFF_INTERVAL
+    watch_policy: str = "all"

@@ -42,14 +42,21 @@ import socketio
 from sqlalchemy import Engine
 
 from presence_core import protocol
+from presence_core.database import lookup
 from presence_core.database.clock import DatabaseClock
 from presence_core.protocol import ProtocolError
 from presence_core.server import auth
 from presence_core.server.broadcast import Broadcaster
 from presence_core.server.http import HealthApp, WebServer, WireLog
-from presence_core.server.options import DEFAULT_HOST, DEFAULT_PORT, ServerOptions
+from presence_core.server.options import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    WATCH_POLICIES,
+    ServerOptions,
+)
 from presence_core.server.ratelimit import ChangeLimiter
-from presence_core.server.state import PresenceState
+from presence_core.server.state import PresenceState, User
+from presence_core.server.subscriptions import Subscriptions, Watcher
 from presence_core.server.writer import DatabaseWriter
 
 log = logging.getLogger(__name__)
@@ -69,6 +76,7 @@ class _Conn:
     last_life_mono: float = field(default_factory=time.monotonic)
     heartbeats: bool = False  # has sent userHeartbeat: the silence timeout applies
     stale: bool = False  # timed out; the next sign of life revives it
+    watcher: Watcher | None = None  # protocol version 2: what it watches
 
 
 class _Dispatcher(socketio.AsyncNamespace):
@@ -93,6 +101,9 @@ class PresenceServer:
         self.options = options or ServerOptions()
         if self.options.auth_secret is not None:
             auth.check_secret(self.options.auth_secret)
+        if self.options.watch_policy not in WATCH_POLICIES:
+            raise ValueError(f"watch_policy must be one of {WATCH_POLICIES}")
+        self.engine = engine
         self.writer = (
             DatabaseWriter(engine, self.options.flush_interval) if engine is not None else None
         )
@@ -109,8 +120,10 @@ class PresenceServer:
         self.web = WebServer(self.asgi_app, self.options, self.wire)
         self.clock = DatabaseClock(engine)
         self.limiter = ChangeLimiter(self.options.status_rate, self.options.status_burst)
+        self.broadcaster = Broadcaster(self.sio)
+        self.subscriptions = Subscriptions()
         self.state = PresenceState(
-            Broadcaster(self.sio).send,
+            self._publish,
             self.writer,
             now=self._now,
             source=self.options.source,
@@ -121,6 +134,7 @@ class PresenceServer:
         self.stats = {"events": 0, "refused": 0}
         self.port: int | None = None
         self._sweeper: asyncio.Task | None = None
+        self._differ: asyncio.Task | None = None
         self._clock_task: asyncio.Task | None = None
         self._timers: set[asyncio.TimerHandle] = set()
         self._tasks: set[asyncio.Task] = set()
@@ -135,6 +149,9 @@ class PresenceServer:
             protocol.USER_HEARTBEAT: self._user_heartbeat,
             protocol.USER_STATUS: self._user_status,
             protocol.GET_ONLINE_USERS: self._get_online_users,
+            protocol.SUBSCRIBE: self._subscribe,
+            protocol.UNSUBSCRIBE: self._unsubscribe,
+            protocol.GET_USERS_STATUS: self._get_users_status,
         }
         self._handlers = {name: self._wrap(name, handler) for name, handler in events.items()}
         # One dispatcher for everything (a namespace's documented trigger_event hook):
@@ -165,10 +182,18 @@ class PresenceServer:
                 identity = auth.verify_token(token, self.options.auth_secret)
             except auth.TokenError as exc:
                 raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
-        self.conns[sid] = _Conn(sid, identity, last_life=self._now())
+        conn = _Conn(sid, identity, last_life=self._now())
+        eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
+        if protocol.protocol_version(auth_payload) == protocol.PROTOCOL_V2:
+            conn.watcher = self.subscriptions.add(sid, eio_sid)
+        else:
+            self.broadcaster.recipients[sid] = eio_sid
+        self.conns[sid] = conn
 
     async def _on_disconnect(self, sid: str, reason: object = None) -> None:
         conn = self.conns.pop(sid, None)
+        self.broadcaster.recipients.pop(sid, None)
+        self.subscriptions.remove(sid)
         if conn is None or self.closing or conn.key is None or conn.stale:
             return
         ended = self._now()
@@ -194,13 +219,13 @@ class PresenceServer:
             try:
                 if len(args) > 1:
                     raise ProtocolError(f"{event} takes one argument, got {len(args)}")
-                await handler(conn, args[0] if args else None)
+                ack = await handler(conn, args[0] if args else None)
             except ProtocolError as exc:
                 return await self._refuse(sid, event, str(exc))
             except Exception:  # a bug of ours: say so to the sender, keep serving the rest
                 log.exception("handling %s from %s failed", event, sid)
                 return await self._refuse(sid, event, "internal error")
-            return {"ok": True}
+            return {"ok": True} if ack is None else ack
 
         return on_event
 
@@ -278,6 +303,178 @@ class PresenceServer:
         if conn.key is not None:
             await self._alive(conn)
         await self.sio.emit(protocol.ONLINE_USERS_LIST, self.online_users(), to=conn.sid)
+
+    # --- protocol version 2 -------------------------------------------------------------
+
+    def _watcher(self, conn: _Conn, event: str) -> Watcher:
+        if conn.watcher is None:
+            raise Refused(
+                f"{event}: a protocol version 2 event; connect with protocol: 2 in the auth payload"
+            )
+        return conn.watcher
+
+    def _own_team(self, conn: _Conn, event: str) -> str | None:
+        """The team this connection may watch: None when it may watch everything (an
+        observer, or the policy "all"), else its announced user's team."""
+        if conn.identity is not None:
+            if conn.identity.expires_at <= time.time():
+                raise Refused(f"{event}: token expired; reconnect with a new one")
+            if conn.identity.observer:
+                return None
+        if self.options.watch_policy == "all":
+            return None
+        user = self.state.users.get(conn.key) if conn.key is not None else None
+        if user is None or user.team is None:
+            raise Refused(
+                f"{event}: this server lets a user watch only their own team; announce a "
+                "user with a team (userOnline) first"
+            )
+        return user.team
+
+    async def _check_rights(
+        self, conn: _Conn, event: str, sub: protocol.Subscription, looked_up: dict
+    ) -> None:
+        """Refuse what the watch policy does not allow this connection."""
+        team = self._own_team(conn, event)
+        if team is None:
+            return
+        if sub.all:
+            raise Refused(f"{event}: this server lets a user watch only their own team, not all")
+        for other in sub.teams:
+            if other != team:
+                raise Refused(f"{event}: this server lets a user watch only their own team")
+        for _wire, key in sub.users:
+            if self._team_of(key, looked_up) != team:
+                raise Refused(
+                    f"{event}: user {key[:64]!r} is not in your team (this server lets a "
+                    "user watch only their own team)"
+                )
+
+    def _team_of(self, key: str, looked_up: dict) -> str | None:
+        user = self.state.users.get(key) or self.state.departed.get(key)
+        if user is not None and user.team is not None:
+            return user.team
+        stored = looked_up.get(key)
+        return stored.team if stored is not None else None
+
+    async def _look_up(self, keys: list[str]) -> dict:
+        """What the database knows of ``keys`` not present here: one query, in a
+        thread (never one per id); {} without a database or when it cannot answer."""
+        wanted = [key for key in keys if key not in self.state.users]
+        if not wanted or self.engine is None:
+            return {}
+        try:
+            return await asyncio.to_thread(lookup.stored_users, self.engine, wanted)
+        except Exception as exc:  # the database down: answer from memory
+            log.warning("getUsersStatus: cannot read the database (%s)", str(exc)[:200])
+            return {}
+
+    def _user_state(self, wire: protocol.UserId, key: str, looked_up: dict) -> dict:
+        """One user's state: present (memory), recently gone (memory), stored, unknown."""
+        user = self.state.users.get(key)
+        if user is not None:
+            return self._present_state(user)
+        stored = looked_up.get(key)
+        gone = self.state.departed.get(key)
+        if gone is not None and (stored is None or not stored.hidden):
+            return protocol.user_state(
+                wire,
+                protocol.OFFLINE,
+                gone.last_seen,
+                status_since=gone.last_seen,
+                team=gone.team,
+                user_type=gone.user_type,
+                user_name=gone.user_name,
+            )
+        if stored is not None:
+            return protocol.user_state(
+                wire,
+                protocol.OFFLINE,  # not connected here: offline, whatever was stored
+                stored.last_seen,
+                status_since=None,
+                team=stored.team,
+                user_type=stored.user_type,
+                user_name=stored.user_name,
+            )
+        return protocol.user_state(wire, protocol.OFFLINE, None)
+
+    def _present_state(self, user: User, now: datetime | None = None) -> dict:
+        live = any(sid in self.conns for sid in user.conns)
+        return protocol.user_state(
+            user.wire_id,
+            user.status,
+            (now or self._now()) if live else user.last_seen,
+            status_since=user.status_since,
+            team=user.team,
+            user_type=user.user_type,
+            user_name=user.user_name,
+        )
+
+    async def _subscribe(self, conn: _Conn, payload: object) -> dict:
+        watcher = self._watcher(conn, protocol.SUBSCRIBE)
+        sub = protocol.parse_subscription(payload, protocol.SUBSCRIBE)
+        self.subscriptions.check(watcher, sub)
+        keys = [key for _wire, key in sub.users]
+        looked_up = await self._look_up(keys) if keys else {}
+        await self._check_rights(conn, protocol.SUBSCRIBE, sub, looked_up)
+        if conn.sid not in self.conns:  # gone while the database answered
+            return {"ok": False, "error": "not connected"}
+        # from here on nothing awaits: the snapshot and seq are one moment's, and every
+        # later change reaches the client in a diff
+        self.subscriptions.subscribe(watcher, sub)
+        now = self._now()
+        users = [
+            self._present_state(user, now)
+            for user in self.state.users.values()
+            if watcher.all or user.team in watcher.teams or user.key in watcher.users
+        ]
+        for wire, key in sub.users:
+            if key not in self.state.users:
+                users.append(self._user_state(wire, key, looked_up))
+        return {"ok": True, "seq": watcher.seq, "users": users}
+
+    async def _unsubscribe(self, conn: _Conn, payload: object) -> dict:
+        watcher = self._watcher(conn, protocol.UNSUBSCRIBE)
+        sub = protocol.parse_subscription(payload, protocol.UNSUBSCRIBE)
+        self.subscriptions.unsubscribe(watcher, sub)
+        return {"ok": True, "seq": watcher.seq}
+
+    async def _get_users_status(self, conn: _Conn, payload: object) -> dict:
+        ids = protocol.parse_get_users_status(payload)
+        keys = [key for _wire, key in ids]
+        looked_up = await self._look_up(keys)
+        await self._check_rights(
+            conn, protocol.GET_USERS_STATUS, protocol.Subscription(users=ids), looked_up
+        )
+        return {"ok": True, "users": [self._user_state(wire, key, looked_up) for wire, key in ids]}
+
+    async def _publish(self, user: User, status: str, moment: datetime, reason: str) -> None:
+        """A transition, to everyone who hears of it: the guide's clients at once (one
+        userStatusChanged each), version-2 watchers at the next tick."""
+        if self.broadcaster.recipients:
+            payload = protocol.status_changed(user.wire_id, status, moment, reason)
+            await self.broadcaster.send(protocol.USER_STATUS_CHANGED, payload)
+        if self.subscriptions.watchers:
+            change = protocol.diff_change(
+                user.wire_id,
+                status,
+                moment,
+                reason,
+                team=user.team,
+                user_type=user.user_type,
+                user_name=user.user_name,
+            )
+            self.subscriptions.publish(user.key, user.team, change)
+
+    async def _send_diffs(self) -> None:
+        """Every tick, one presenceDiff to each watcher whose subscriptions changed."""
+        while True:
+            await asyncio.sleep(self.options.diff_interval)
+            for watcher, text in self.subscriptions.due():
+                try:
+                    await self.broadcaster.send_text(watcher.eio_sid, text)
+                except Exception:  # one socket's trouble must not stop the others' diffs
+                    log.exception("sending presenceDiff to %s failed", watcher.sid)
 
     def _limit(self, key: str, event: str, now: datetime) -> None:
         """Refuse a status change beyond the user's rate, or one that would be dated
@@ -402,6 +599,8 @@ class PresenceServer:
             **self.stats,
             "broadcasts": self.state.broadcasts,
             "transitions": self.state.transitions,
+            "v2_connections": len(self.subscriptions.watchers),
+            "diffs": self.subscriptions.diffs,
             "malformed_frames": self.wire.malformed.total,
             **self.web.guard.stats(),
         }
@@ -423,6 +622,7 @@ class PresenceServer:
             self.writer.start()
         if self.options.heartbeat_timeout > 0:
             self._sweeper = asyncio.create_task(self._sweep())
+        self._differ = asyncio.create_task(self._send_diffs())
         return self.port
 
     def begin_shutdown(self) -> None:
@@ -434,7 +634,7 @@ class PresenceServer:
         """Shut down gracefully: no offline broadcast for anyone; pending writes flushed."""
         self.begin_shutdown()
         await self.web.wait()
-        for task in (self._sweeper, self._clock_task):
+        for task in (self._sweeper, self._clock_task, self._differ):
             if task is not None:
                 task.cancel()
         for handle in list(self._timers):

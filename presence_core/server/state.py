@@ -9,6 +9,7 @@ whom and calls it.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -44,16 +45,19 @@ class User:
 class PresenceState:
     """The present users and every transition between statuses.
 
-    ``broadcast(event, payload)`` sends to every client; ``writer`` (None: no
+    ``publish(user, status, moment, reason)`` tells the clients of each transition
+    (the server's fan-out: the guide's broadcast, version 2's diffs); ``writer`` (None: no
     database) stores transitions and sightings; ``now()`` is the time transitions
     are dated by (the database's clock, to the millisecond); ``grace`` is the
     server's grace period, which bounds how long a departed user's last time must
     be remembered.
     """
 
+    MAX_DEPARTED = 10_000  # users remembered after they left (about 0.5 KiB each)
+
     def __init__(
         self,
-        broadcast: Callable[[str, object], Awaitable[None]],
+        publish: Callable[[User, str, datetime, str], Awaitable[None]],
         writer: DatabaseWriter | None,
         *,
         now: Callable[[], datetime],
@@ -64,7 +68,10 @@ class PresenceState:
         self.users: dict[str, User] = {}
         self.transitions = 0
         self.broadcasts = 0
-        self._broadcast = broadcast
+        self._publish = publish
+        # users who left lately, newest last: a status query answers from memory what
+        # the database may not have been told yet (its writes are batched)
+        self.departed: OrderedDict[str, User] = OrderedDict()
         self._writer = writer
         self._source = source
         self._grace = grace
@@ -95,6 +102,7 @@ class PresenceState:
             user.last_seen = max(user.last_seen, now)
             self.sighting(user)
             return
+        self.departed.pop(key, None)
         user = User(key=key, wire_id=wire_id, status=ONLINE, status_since=now, last_seen=now)
         if names is not None:
             user.user_type, user.user_name, user.team = names.user_type, names.user_name, names.team
@@ -123,6 +131,9 @@ class PresenceState:
         del self.users[user.key]
         moment = max(user.left_at, user.status_since)
         user.last_seen = moment
+        self.departed[user.key] = user
+        if len(self.departed) > self.MAX_DEPARTED:
+            self.departed.popitem(last=False)
         await self._announce(user, OFFLINE, moment, reason)
 
     async def change(self, user: User, status: str, now: datetime, reason: str) -> None:
@@ -183,8 +194,7 @@ class PresenceState:
                 )
             )
         self.broadcasts += 1
-        payload = protocol.status_changed(user.wire_id, status, moment, reason)
-        await self._broadcast(protocol.USER_STATUS_CHANGED, payload)
+        await self._publish(user, status, moment, reason)
 
     def _forget_old_changes(self) -> None:
         """Keep the per-user last-change times only where they can still matter: a new
