@@ -45,6 +45,10 @@ STYLE = f"""
 .pd-user .pd-meta {{ font-size: 0.8rem; opacity: 0.7; white-space: nowrap; overflow: hidden;
   text-overflow: ellipsis; }}
 .pd-user > div {{ min-width: 0; }}
+.pd-feed {{ display: flex; flex-direction: column; gap: 0.1rem; margin: 0.25rem 0 0.75rem 0; }}
+.pd-feed .pd-user {{ padding: 0.2rem 0.2rem; }}
+.pd-feed .pd-when {{ font-variant-numeric: tabular-nums; font-size: 0.8rem; opacity: 0.7;
+  min-width: 3.2rem; flex: none; }}
 </style>
 """
 
@@ -170,6 +174,50 @@ def user_cards(rows: Iterable[dict], empty: str = "", kind: str = "users") -> st
     if not items:
         return f'<div class="pd-meta">{html.escape(empty)}</div>' if empty else ""
     return f'<div class="pd-list pd-{html.escape(kind)}">' + "".join(items) + "</div>"
+
+
+def feed_list(rows: Iterable[dict], empty: str = "") -> str:
+    """HTML for the Live feed, newest first (CSS class ``pd-feed``); each row:
+    ``when, name, change, meta, color``, optionally ``title``."""
+    items = [
+        f'<div class="pd-user" data-change="{html.escape(str(row["change"]))}">'
+        + f'<span class="pd-when">{html.escape(str(row["when"]))}</span>'
+        + dot(row["color"], False, row.get("title", ""))
+        + f'<div><div class="pd-name">{html.escape(str(row["name"]))} '
+        + f"<span style='font-weight:400'>{html.escape(str(row['change']))}</span></div>"
+        + f'<div class="pd-meta">{html.escape(str(row["meta"]))}</div></div></div>'
+        for row in rows
+    ]
+    if not items:
+        return f'<div class="pd-meta">{html.escape(empty)}</div>' if empty else ""
+    return '<div class="pd-feed">' + "".join(items) + "</div>"
+
+
+def as_of(name: str = "as_of") -> datetime | None:
+    """The instant in the page's ``?as_of=`` query parameter (ISO-8601; naive = UTC),
+    at most now: a page that chooses shifts then opens as it would have at that
+    moment (a shared view, screenshots, tests at a given hour). None when absent;
+    a warning (and None) when unreadable."""
+    try:
+        raw = st.query_params.get(name)
+    except Exception:  # outside a browser session (bare mode)
+        raw = None
+    if not raw:
+        return None
+    text = str(raw).strip().replace("Z", "+00:00")
+    moment = None
+    for candidate in (text, text.replace(" ", "+")):  # a "+" arrives as a space
+        try:
+            moment = datetime.fromisoformat(candidate)
+            break
+        except ValueError:
+            continue
+    if moment is None:
+        st.warning(f"Ignored ?{name}={raw}: not an ISO-8601 time such as 2026-12-06T01:00Z.")
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return min(moment.astimezone(UTC), datetime.now(UTC))
 
 
 def display_name(user_id: object, user_name: object) -> str:

@@ -1,4 +1,5 @@
-"""Availability: for team leads, who was available during the shift, and who is now."""
+"""Availability: for team leads, who is missing now on each team's shift, how available
+each team was over its last complete shift (in the team's own zone), or over any window."""
 
 from __future__ import annotations
 
@@ -10,25 +11,23 @@ import streamlit as st
 from presence_core.dashboard import data, ui
 
 from presence_core import analytics
-from presence_core.status import GREEN
+from presence_core.status import AMBER, GRAY, GREEN
+
+LAST_SHIFT = "Each team's last shift"
+CUSTOM = "Custom window"
+BELOW = "background-color: rgba(239, 68, 68, 0.16)"  # a team or agent under its target
 
 st.title("Availability")
 viewer = ui.viewer_zone()
 hidden = ui.include_hidden()  # an administrator who asked for users who hide their times
 choices = data.load(analytics.filter_choices)
 settings = data.settings()
+as_of = ui.as_of()  # ?as_of=…: the page as it was at that instant (tests, shared views)
 
 with st.container(border=True):
-    c1, c2, c3 = st.columns(3)
+    c1, c2, c3 = st.columns([1, 1, 2])
     team_filter, type_filter = ui.team_type_pickers(choices, "av", team_in=c1, type_in=c2)
-    zones = sorted(available_timezones() | {viewer.key})
-    tz = c3.selectbox("Time zone", zones, index=zones.index(viewer.key), key="av_tz")
-    today = datetime.now(UTC).astimezone(ZoneInfo(tz)).date()
-    c4, c5, c6, c7 = st.columns([2, 1, 1, 1])
-    start, end = ui.period_picker("av_days", today, days=1, label="Days", where=c4)
-    whole_day = c7.checkbox("Whole day", value=False, key="av_whole_day")
-    shift_start = c5.time_input("Shift starts", time(9, 0), key="av_from", disabled=whole_day)
-    shift_end = c6.time_input("Shift ends", time(17, 0), key="av_to", disabled=whole_day)
+    mode = c3.radio("Window", [LAST_SHIFT, CUSTOM], horizontal=True, key="av_mode")
     c8, c9 = st.columns([3, 1])
     known_statuses = sorted(set(choices["status"]) | set(settings.available_statuses) - {"offline"})
     statuses = c8.multiselect(
@@ -37,15 +36,276 @@ with st.container(border=True):
         default=list(settings.available_statuses),
         key="av_statuses",
     )
-    limit = c9.number_input(
+    default_target = c9.number_input(
+        "Target % (teams without one)",
+        min_value=1,
+        max_value=100,
+        value=None,
+        key="av_target",
+        help="Teams set their own with `presence teams import` (column target_pct).",
+    )
+
+if not statuses:
+    st.warning("Choose at least one status that counts as available.")
+    st.stop()
+if not choices["user_id"] and not choices["team"]:
+    ui.empty_state()
+    st.stop()
+
+
+def _shift_text(s) -> str:
+    if s.whole_day and s.shift_start == time(0):
+        return "whole day"
+    return f"{s.shift_start:%H:%M}–{s.shift_end:%H:%M}"
+
+
+def _window_text(start, end, zone: ZoneInfo) -> str:
+    """``Fri Dec 4 22:00 – Sat Dec 5 06:00 CET`` (one date when it ends the same day)."""
+    a, b = start.astimezone(zone), end.astimezone(zone)
+    first = f"{a:%a %b} {a.day} {a:%H:%M}"
+    if a.date() == b.date():
+        return f"{first}–{b:%H:%M} {b:%Z}"
+    return f"{first} – {b:%a %b} {b.day} {b:%H:%M} {b:%Z}"
+
+
+def _highlight(column: str):
+    def style(row: pd.Series) -> list[str]:
+        return [BELOW if row[column] else ""] * len(row)
+
+    return style
+
+
+def last_shift_view() -> None:
+    """Who is missing on each team's current shift, and each team's last complete shift."""
+    now = as_of or datetime.now(UTC).replace(second=0, microsecond=0)
+    teams = None if team_filter is None else (team_filter,)
+    plans = data.load(analytics.team_shifts, viewer.key, now, teams, ttl=data.TABLE_TTL)
+    if not plans:
+        ui.empty_state(
+            "No user belongs to a team yet. Give users a team with `presence users import`, "
+            "set each team's zone and shift with `presence teams import`, or choose "
+            f"“{CUSTOM}” above."
+        )
+        return
+    roster, last = data.gather(
+        lambda: data.load(
+            analytics.roster,
+            now,
+            teams,
+            type_filter,
+            tuple(statuses),
+            include_hidden=hidden,
+            ttl=data.TABLE_TTL,
+        ),
+        lambda: data.load(
+            analytics.last_shift_availability,
+            tuple(plans),
+            tuple(statuses),
+            type_filter,
+            include_hidden=hidden,
+        ),
+    )
+    staffing = analytics.staffing(plans, roster, default_target)
+    when = "now" if as_of is None else f"at {ui.format_time(as_of, viewer)}"
+    by_team = {p.settings.team: p for p in plans}
+
+    # --- who is missing --------------------------------------------------------
+    st.subheader(f"Who is missing {when}")
+    if team_filter is not None:
+        row = staffing.iloc[0]
+        plan = by_team[team_filter]
+        m1, m2, m3, m4 = st.columns(4)
+        pct = row.available_pct
+        target = row.target_pct
+        m1.metric(
+            "Available",
+            f"{row.available} of {row.scheduled}",
+            delta=None
+            if pct is None or target is None or pd.isna(target) or not row.on_shift
+            else f"{pct - target:+.0f} points vs the {target:g} % target",
+        )
+        m2.metric("Away", int(row.away))
+        m3.metric("Offline", int(row.offline))
+        zone = plan.settings.zone
+        m4.metric(
+            "Shift now" if row.on_shift else "Between shifts",
+            _shift_text(plan.settings),
+            help=f"In {plan.settings.time_zone}"
+            + ("" if plan.configured else " (no settings: the display zone, the whole day)"),
+        )
+        if row.on_shift:
+            st.caption(
+                f"Current shift {_window_text(plan.current.start, plan.current.end, zone)}; "
+                f"{'below' if row.below_target else 'at or above'} target."
+                if target is not None and not pd.isna(target)
+                else f"Current shift {_window_text(plan.current.start, plan.current.end, zone)}."
+            )
+    shown = pd.DataFrame(
+        {
+            "team": staffing["team"],
+            "zone": staffing["time_zone"],
+            "shift": [_shift_text(p.settings) for p in plans],
+            "now": [
+                f"on shift until {p.current.end.astimezone(p.settings.zone):%H:%M}"
+                if p.current is not None
+                else "between shifts"
+                for p in plans
+            ],
+            "scheduled": staffing["scheduled"],
+            "available": staffing["available"],
+            "away": staffing["away"],
+            "offline": staffing["offline"],
+            "available %": staffing["available_pct"].astype(float).round(1),
+            "target %": staffing["target_pct"].astype(float),
+            "below target": staffing["below_target"],
+        }
+    )
+    st.dataframe(
+        shown.style.apply(_highlight("below target"), axis=1),
+        hide_index=True,
+        width="stretch",
+        height=min(35 * (len(shown) + 1) + 3, 400),
+        column_config={
+            "available %": st.column_config.ProgressColumn(
+                "available %", format="%.0f %%", min_value=0, max_value=100
+            ),
+            "target %": st.column_config.NumberColumn("target %", format="%.0f %%"),
+        },
+    )
+    on_shift = {p.settings.team for p in plans if p.current is not None}
+    agents = roster[roster["team"].isin(on_shift)]
+    order = {"away": 0, "offline": 1, "available": 2}
+    agents = agents.assign(_order=agents["state"].map(order)).sort_values(
+        ["_order", "since", "team", "user_id"], na_position="last"
+    )
+    st.markdown(f"**On shift {when}: missing first ({len(agents):,})**")
+    if agents.empty:
+        st.caption("No team is on shift at this moment.")
+    else:
+        colors = {"available": GREEN, "away": AMBER, "offline": GRAY}
+        table = pd.DataFrame(
+            {
+                "": [ui.dot_image(colors[s]) for s in agents["state"]],
+                "agent": [
+                    ui.display_name(u, n)
+                    for u, n in zip(agents["user_id"], agents["user_name"], strict=True)
+                ],
+                "team": agents["team"].to_numpy(),
+                "state": agents["state"].to_numpy(),
+                "status": agents["status"].to_numpy(),
+                "since": [ui.format_clock(t, viewer, now) for t in agents["since"]],
+                "for": [
+                    "" if pd.isna(t) else ui.format_duration((now - t).total_seconds())
+                    for t in agents["since"]
+                ],
+            }
+        )
+        st.dataframe(
+            ui.capped(table, data.MAX_ROWS),
+            hide_index=True,
+            width="stretch",
+            height=min(35 * (len(table) + 1) + 3, 420),
+            column_config={"": st.column_config.ImageColumn("", width="small")},
+        )
+        st.caption(
+            f"Scheduled = the team's agents; available = {', '.join(statuses)}; since = "
+            f"when the status began (times in {viewer.key}). Blank for users who hide it."
+        )
+
+    # --- the last complete shift ----------------------------------------------------
+    st.subheader("Last complete shift")
+    if last.empty:
+        ui.empty_state("No agents match these filters.")
+        return
+    targets = {r.team: r.target_pct for r in staffing.itertuples(index=False)}
+    summary = []
+    for plan in plans:
+        rows = last[last["team"] == plan.settings.team]
+        target = targets.get(plan.settings.team)
+        target = None if target is None or pd.isna(target) else float(target)
+        mean = float(rows["availability_pct"].mean()) if len(rows) else None
+        summary.append(
+            {
+                "team": plan.settings.team,
+                "shift": _window_text(plan.last.start, plan.last.end, plan.settings.zone),
+                "settings": f"{_shift_text(plan.settings)} {plan.settings.time_zone}"
+                + ("" if plan.configured else " (default)"),
+                "agents": len(rows),
+                "mean availability %": None if mean is None else round(mean, 1),
+                "target %": target,
+                "under target": None
+                if target is None
+                else int((rows["availability_pct"] < target).sum()),
+                "below": target is not None and mean is not None and mean < target,
+            }
+        )
+    teams_table = pd.DataFrame(summary)
+    st.dataframe(
+        teams_table.style.apply(_highlight("below"), axis=1),
+        hide_index=True,
+        width="stretch",
+        height=min(35 * (len(teams_table) + 1) + 3, 400),
+        column_config={
+            "mean availability %": st.column_config.ProgressColumn(
+                "mean availability %", format="%.1f %%", min_value=0, max_value=100
+            ),
+            "target %": st.column_config.NumberColumn("target %", format="%.0f %%"),
+            "below": None,
+        },
+    )
+    per_agent = last.sort_values(
+        ["team", "availability_pct", "user_id"], ascending=[True, False, True]
+    )
+    agent_table = pd.DataFrame(
+        {
+            "agent": [
+                ui.display_name(u, n)
+                for u, n in zip(per_agent["user_id"], per_agent["user_name"], strict=True)
+            ],
+            "user": per_agent["user_id"].astype(str).to_numpy(),
+            "team": per_agent["team"].to_numpy(),
+            "availability": per_agent["availability_pct"].astype(float).round(1).to_numpy(),
+            "available": [ui.format_duration(x) for x in per_agent["available_seconds"]],
+            "shift": [ui.format_duration(x) for x in per_agent["shift_seconds"]],
+        }
+    )
+    st.dataframe(
+        ui.capped(agent_table, data.MAX_ROWS),
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "availability": st.column_config.ProgressColumn(
+                "availability", format="%.1f %%", min_value=0, max_value=100, width="medium"
+            )
+        },
+    )
+    st.caption(
+        f"Each team's last complete shift in its own zone (teams without settings: the "
+        f"whole day in {viewer.key}); availability = time in {', '.join(statuses)} inside "
+        f"it ÷ its length. Choose “{CUSTOM}” above for any other window."
+    )
+
+
+if mode == LAST_SHIFT:
+    last_shift_view()
+    st.stop()
+
+with st.container(border=True):
+    c1, c2, c3 = st.columns(3)
+    zones = sorted(available_timezones() | {viewer.key})
+    tz = c3.selectbox("Time zone", zones, index=zones.index(viewer.key), key="av_tz")
+    today = datetime.now(UTC).astimezone(ZoneInfo(tz)).date()
+    c4, c5, c6, c7 = st.columns([2, 1, 1, 1])
+    start, end = ui.period_picker("av_days", today, days=1, label="Days", where=c4)
+    whole_day = c7.checkbox("Whole day", value=False, key="av_whole_day")
+    shift_start = c5.time_input("Shift starts", time(9, 0), key="av_from", disabled=whole_day)
+    shift_end = c6.time_input("Shift ends", time(17, 0), key="av_to", disabled=whole_day)
+    limit = c1.number_input(
         "Away longer than (min)", min_value=1, max_value=24 * 60, value=15, key="av_limit"
     )
 
 if whole_day:
     shift_start, shift_end = time(0), None
-if not statuses:
-    st.warning("Choose at least one status that counts as available.")
-    st.stop()
 shift_text = "the whole day" if shift_end is None else f"{shift_start:%H:%M}–{shift_end:%H:%M}"
 st.caption(f"{start} to {end}, shift {shift_text} in {tz}; available = {', '.join(statuses)}.")
 

@@ -1,18 +1,29 @@
-"""Live: who is here right now, refreshed every 2 seconds without reloading the page."""
+"""Live: how are we doing right now, refreshed every 2 seconds without reloading the page:
+today's counts, the number present over the last hours, the latest changes, who is here."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import plotly.graph_objects as go
 import streamlit as st
 from presence_core.dashboard import data, ui
 
 from presence_core import analytics
-from presence_core.status import AMBER, GREEN
+from presence_core.status import AMBER, GRAY, GREEN
 
 REFRESH_SECONDS = 2
 RECENT = timedelta(minutes=5)
 MAX_CARDS = 500
+CHART_HOURS = 6  # the chart's span; 5-minute points, so 72 of them
+FEED_ROWS = 30  # the feed ships this many changes, whatever the number of users
+FEED_COLORS = {
+    analytics.feed.CAME: GREEN,
+    analytics.feed.RETURNED: GREEN,
+    analytics.feed.WENT_AWAY: AMBER,
+    analytics.feed.CHANGED: AMBER,
+    analytics.feed.LEFT: GRAY,
+}
 
 st.title("Live")
 st.caption("Who is here right now. Refreshes every 2 seconds.")
@@ -32,13 +43,34 @@ def _draw(team: str | None, user_type: str | None, hidden: bool) -> None:
     now = datetime.now(UTC)
     zone = ui.viewer_zone()
     available = set(data.settings().available_statuses)
-    present, everyone, recent = data.gather(
+    present, everyone, recent, curve, feed = data.gather(
         *data.presence_now(team, user_type, hidden),
         lambda: data.load(
             analytics.recently_left,
             RECENT,
             team=team,
             user_type=user_type,
+            include_hidden=hidden,
+            ttl=data.LIVE_TTL,
+        ),
+        # an aggregate (hidden users count); its points are whole 5 minutes, so a few
+        # seconds' cache is plenty: the last point is set from the live count below
+        lambda: data.load(
+            analytics.concurrency,
+            now.replace(second=0, microsecond=0) - timedelta(hours=CHART_HOURS),
+            None,
+            "5 minutes",
+            "UTC",
+            user_type=user_type,
+            team=team,
+            ttl=data.TABLE_TTL,
+        ),
+        lambda: data.load(
+            analytics.latest_changes,
+            FEED_ROWS,
+            team=team,
+            user_type=user_type,
+            available_statuses=tuple(available),
             include_hidden=hidden,
             ttl=data.LIVE_TTL,
         ),
@@ -53,6 +85,12 @@ def _draw(team: str | None, user_type: str | None, hidden: bool) -> None:
     if everyone.empty:
         ui.empty_state()
         return
+
+    chart_col, feed_col = st.columns([3, 2])
+    with chart_col:
+        _chart(curve, len(present), now, zone)
+    with feed_col:
+        _feed(feed, now, zone)
 
     if len(present):
         for column, (key, label) in zip(
@@ -108,6 +146,68 @@ def _draw(team: str | None, user_type: str | None, hidden: bool) -> None:
         unsafe_allow_html=True,
     )
     st.caption(f"Updated {ui.format_time(now, zone)}")
+
+
+def _chart(curve, present_now: int, now: datetime, zone) -> None:
+    """Users present at once over the last hours (each 5 minutes' peak), the last
+    point being the count shown above: drawn under a fixed key so each refresh
+    updates the same chart in place."""
+    st.markdown(f"**Present over the last {CHART_HOURS} hours**")
+    times = [t.to_pydatetime().astimezone(zone) for t in curve["bucket"]] if len(curve) else []
+    counts = [int(p) for p in curve["peak"].fillna(0)] if len(curve) else []
+    times.append(now.astimezone(zone))
+    counts.append(present_now)
+    peak = max(counts)
+    at = times[counts.index(peak)]
+    figure = go.Figure(
+        go.Scatter(
+            x=times,
+            y=counts,
+            mode="lines",
+            line={"color": GREEN, "width": 2, "shape": "hv"},
+            fill="tozeroy",
+            hovertemplate="%{x|%H:%M}: %{y} present<extra></extra>",
+        )
+    )
+    figure.update_layout(
+        height=220,
+        margin={"l": 10, "r": 10, "t": 10, "b": 10},
+        yaxis={"rangemode": "tozero", "title": None},
+        xaxis={"title": None},
+        showlegend=False,
+    )
+    st.plotly_chart(figure, width="stretch", config={"displayModeBar": False}, key="live_chart")
+    st.caption(
+        f"Now {present_now} present; peak {peak} at {at:%H:%M} in the last {CHART_HOURS} h "
+        f"(times in {zone.key})."
+    )
+
+
+def _feed(feed, now: datetime, zone) -> None:
+    """The latest changes, newest first, for the page's team and type filters."""
+    st.markdown("**Latest changes**")
+    rows = [
+        {
+            "when": ui.format_clock(r.occurred_at, zone, now),
+            "name": ui.display_name(r.user_id, r.user_name),
+            "change": r.change,
+            "meta": " · ".join(
+                part
+                for part in (
+                    r.status if r.change != analytics.feed.LEFT else "",
+                    r.team if isinstance(r.team, str) else "",
+                    "inferred" if r.inferred else "",
+                )
+                if part
+            ),
+            "color": FEED_COLORS.get(r.change, AMBER),
+            "title": f"{r.user_id}: {r.previous if isinstance(r.previous, str) else 'new'}"
+            f" → {r.status}",
+        }
+        for r in feed.itertuples(index=False)
+    ]
+    with st.container(height=260, border=False):
+        st.markdown(ui.feed_list(rows, "No changes in the last 12 hours."), unsafe_allow_html=True)
 
 
 board(team_filter, type_filter, hidden)

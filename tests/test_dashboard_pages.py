@@ -7,7 +7,7 @@ import contextlib
 import json
 import socket
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from urllib.parse import quote
 
@@ -122,7 +122,8 @@ def test_live_shows_counts_and_present_users(known_data):
     assert "Bob" in text and "away" in text
     assert "Frank" in text and "2m ago" in text
     assert "1h ago" not in text
-    assert "Carol" not in text and "Dave" not in text
+    cards = "\n".join(m.value for m in at.markdown if "pd-present" in m.value)
+    assert "Carol" not in cards and "Dave" not in cards
     by_type = table(at, 0)
     assert dict(zip(by_type["type"], by_type["present"], strict=True)) == {"agent": 2}
 
@@ -262,6 +263,7 @@ def test_activity_empty_period_explains(dashboard_env):
 
 def test_availability_now_and_per_agent(known_data):
     at = open_page("availability")
+    at.radio(key="av_mode").set_value("Custom window").run()
     today = known_data.date()
     at.date_input(key="av_days").set_value((today - timedelta(days=1), today))
     at.checkbox(key="av_whole_day").check()
@@ -423,3 +425,234 @@ def test_dashboard_command_environment_and_errors(monkeypatch, capsys):
     monkeypatch.setenv("PRESENCE_TZ", "Mars/Olympus")
     assert main(["dashboard", "--port", str(free_port())]) == 1
     assert "unknown time zone 'Mars/Olympus'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------
+# Live: the chart of the last hours and the feed of the latest changes
+
+
+def _chart_points(at: AppTest) -> list[int]:
+    chart = at.get("plotly_chart")
+    assert len(chart) == 1
+    spec = json.loads(chart[0].proto.spec)
+    return list(spec["data"][0]["y"])
+
+
+def _feed_rows(at: AppTest) -> list[str]:
+    """The feed's entries as ``name change`` texts, newest first."""
+    import re
+
+    text = next(
+        m.value for m in at.markdown if 'class="pd-feed"' in m.value or "No changes" in m.value
+    )
+    return [
+        f"{name} {change}"
+        for name, change in re.findall(
+            r'<div class="pd-name">([^<]*) <span[^>]*>([^<]*)</span>', text
+        )
+    ]
+
+
+def test_live_chart_ends_at_the_present_count(known_data):
+    at = open_page()
+    points = _chart_points(at)
+    assert points[-1] == 2  # Alice and Bob, now
+    # Carol, Dave, Alice, Bob and Frank overlapped three hours ago: the 6 h chart saw them
+    assert max(points) >= 3
+    assert len(points) <= 6 * 12 + 2  # 5-minute points, never the raw transitions
+    caption = " ".join(c.value for c in at.caption)
+    assert "Now 2 present" in caption
+
+
+def test_live_feed_names_the_changes_newest_first(known_data):
+    at = open_page()
+    assert _feed_rows(at) == [
+        "Frank left",
+        "Carol left",
+        "Bob went away",
+        "Frank came",
+        "Alice came",
+        "Bob came",
+        "Carol came",
+        "Dave left",
+        "Dave came",
+    ]
+    # Eve hides her last seen: her changes are individual times, never in the feed
+    assert "Eve" not in markdown(at)
+
+
+def test_live_feed_and_chart_follow_the_team_filter(known_data):
+    at = open_page()
+    at.selectbox(key="live_team").select("sales").run()
+    assert not at.exception, at.exception
+    assert _feed_rows(at) == ["Carol left", "Carol came", "Dave left", "Dave came"]
+    assert _chart_points(at)[-1] == 0
+
+
+def test_live_feed_on_an_empty_database(dashboard_env):
+    at = open_page()
+    assert at.get("plotly_chart") == [] or len(at.get("plotly_chart")) == 0
+    assert any("No presence data yet" in info.value for info in at.info)
+
+
+# ---------------------------------------------------------------------------
+# Availability: each team's last complete shift and who is missing, at 01:00 UTC
+
+
+def last_0100() -> datetime:
+    """The latest 01:00 UTC at or before now: the hour issue 15 was found at."""
+    now = datetime.now(UTC)
+    at = now.replace(hour=1, minute=0, second=0, microsecond=0)
+    return at if at <= now else at - timedelta(days=1)
+
+
+@pytest.fixture
+def shifts_data(engine, dashboard_env):
+    """Three teams with their own zones and shifts, seen at 01:00 UTC: Berlin's night
+    desk is on shift (its last complete shift ended yesterday morning), Los Angeles'
+    day shift ended at this very minute, and London's ended yesterday evening."""
+    from presence_core.database.teams import write_teams
+    from presence_core.shifts import TeamSettings, current_shift, last_complete_shift
+
+    as_of = last_0100()
+    night = TeamSettings("night", "Europe/Berlin", time(22), time(6), 75.0)
+    west = TeamSettings("west", "America/Los_Angeles", time(9), time(17))
+    day = TeamSettings("day", "Europe/London", time(9), time(17), 50.0)
+    with engine.begin() as conn:
+        write_teams(conn, [night, west, day])
+    n_last, n_now = last_complete_shift(night, as_of), current_shift(night, as_of)
+    w_last, d_last = last_complete_shift(west, as_of), last_complete_shift(day, as_of)
+    half = timedelta(seconds=n_last.seconds / 2)
+
+    def person(user, name, team, rows):
+        return [_t(user, s, at, user_name=name, user_type="agent", team=team) for s, at in rows]
+
+    rows = [
+        *person(
+            "n1",
+            "Nina",
+            "night",
+            [
+                ("online", n_last.start - timedelta(minutes=10)),
+                ("offline", n_last.end),
+                ("online", n_now.start),
+            ],
+        ),
+        *person(
+            "n2",
+            "Noah",
+            "night",
+            [
+                ("online", n_last.start),
+                ("offline", n_last.start + half),
+                ("online", n_now.start),
+                ("away", as_of - timedelta(minutes=30)),
+            ],
+        ),
+        *person(
+            "n3",
+            "Nils",
+            "night",
+            [
+                ("online", n_last.start - timedelta(days=3)),
+                ("offline", n_last.start - timedelta(days=2, hours=20)),
+            ],
+        ),
+        *person("h1", "Hanna", "night", [("online", n_last.start - timedelta(hours=1, minutes=7))]),
+        *person("w1", "Walt", "west", [("online", w_last.start), ("offline", w_last.end)]),
+        *person(
+            "d1",
+            "Dora",
+            "day",
+            [("online", d_last.start), ("offline", d_last.start + timedelta(hours=4))],
+        ),
+    ]
+    write_batch(engine, rows)
+    with engine.begin() as conn:
+        conn.execute(
+            update(tables.users).where(tables.users.c.user_id == "h1").values(hide_last_seen=True)
+        )
+    return as_of
+
+
+def open_availability_at(as_of: datetime) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.query_params["as_of"] = as_of.strftime("%Y-%m-%dT%H:%MZ")
+    at.run()
+    assert not at.exception, at.exception
+    at.switch_page("../pages/availability.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_availability_opens_on_each_teams_last_shift_at_01_utc(shifts_data):
+    at = open_availability_at(shifts_data)
+    assert at.radio(key="av_mode").value == "Each team's last shift"
+    assert any(s.value.startswith("Who is missing at ") for s in at.subheader)
+    staffing = table(at, 0).set_index("team")
+    # the night desk is on shift: Nina and Hanna (hidden, but counted) available,
+    # Noah away, Nils offline: 50 % against a 75 % target
+    assert staffing.loc["night", ["scheduled", "available", "away", "offline"]].tolist() == [
+        4,
+        2,
+        1,
+        1,
+    ]
+    assert staffing.loc["night", "available %"] == 50.0
+    assert bool(staffing.loc["night", "below target"])
+    assert staffing.loc["night", "zone"] == "Europe/Berlin"
+    assert staffing.loc["night", "shift"] == "22:00–06:00"
+    assert staffing.loc["night", "now"] == "on shift until 06:00"
+    # the others are between shifts: nobody is missing there
+    assert (
+        staffing.loc["west", "now"] == "between shifts" and not staffing.loc["west", "below target"]
+    )
+    assert staffing.loc["day", "now"] == "between shifts"
+    # on shift: missing first (Noah away for 30 min, then Nils), then the available
+    on_shift = table(at, 1)
+    assert on_shift["agent"].tolist() == ["Noah", "Nils", "Nina", "Hanna"]
+    assert on_shift["for"].tolist()[0] == "30m"
+    assert on_shift.set_index("agent").loc["Hanna", "since"] == ""  # hides her times
+    # the last complete shift of each team, in its own zone: never empty at 01:00 UTC
+    teams = table(at, 2).set_index("team")
+    assert teams.loc["west", "mean availability %"] == 100.0
+    assert teams.loc["day", "mean availability %"] == 50.0
+    assert teams.loc["night", "agents"] == 3  # Hanna is left out of per-agent figures
+    assert teams.loc["night", "settings"] == "22:00–06:00 Europe/Berlin"
+    assert "22:00" in teams.loc["night", "shift"] and "06:00" in teams.loc["night", "shift"]
+    agents = table(at, 3).set_index("user")
+    assert agents["availability"].to_dict() == {
+        "d1": 50.0,
+        "n1": 100.0,
+        "n2": 50.0,
+        "n3": 0.0,
+        "w1": 100.0,
+    }
+    assert "Hanna" not in table(at, 3).to_csv()
+
+
+def test_availability_for_one_team_measures_against_its_target(shifts_data):
+    at = open_availability_at(shifts_data)
+    at.selectbox(key="av_team").select("night").run()
+    assert not at.exception, at.exception
+    shown = metrics(at)
+    assert shown["Available"] == "2 of 4"
+    assert shown["Shift now"] == "22:00–06:00"
+    delta = next(m for m in at.metric if m.label == "Available").proto.delta
+    assert delta == "-25 points vs the 75 % target"
+    assert table(at, 0)["team"].tolist() == ["night"]
+    assert set(table(at, 3)["team"]) == {"night"}
+    # a viewer's default target for teams without one highlights London's too
+    at.selectbox(key="av_team").select("All teams").run()
+    at.number_input(key="av_target").set_value(90).run()
+    teams = table(at, 2).set_index("team")
+    assert teams.loc["west", "target %"] == 90 and teams.loc["day", "target %"] == 50
+
+
+def test_availability_without_teams_or_data_says_what_to_do(dashboard_env, engine):
+    at = open_page("availability")
+    assert any("No presence data yet" in info.value for info in at.info)
+    write_batch(engine, [_t("x", "online", datetime.now(UTC) - timedelta(hours=1))])
+    st.cache_data.clear()
+    at = open_page("availability")
+    assert any("No user belongs to a team yet" in info.value for info in at.info)

@@ -151,6 +151,9 @@ def open_app(admin: str | None = None, asks: bool = False, email: str | None = N
     return at
 
 
+shift_view: dict[bool, str] = {}  # Availability's default view, as last visited
+
+
 def visit(at: AppTest, page: str, revealed: bool = False) -> AppTest:
     at.switch_page(f"../pages/{page}.py").run()
     assert not at.exception, (page, at.exception)
@@ -160,6 +163,10 @@ def visit(at: AppTest, page: str, revealed: bool = False) -> AppTest:
         assert revealed == ("hid-77" in offered) == ("Hattie Hidden" in offered)
         users.select("hid-77" if revealed else "v1").run()
     if page == "availability":
+        # the default view (each team's last shift, who is missing) first, then a window
+        assert at.radio(key="av_mode").value == "Each team's last shift"
+        shift_view[revealed] = page_text(at)
+        at.radio(key="av_mode").set_value("Custom window").run()
         today = datetime.now(UTC).date()
         at.date_input(key="av_days").set_value((today - timedelta(days=2), today))
         at.checkbox(key="av_whole_day").check().run()
@@ -192,8 +199,9 @@ def test_no_page_shows_a_hidden_users_times(scene, viewer):
     for page in PAGES:
         visit(at, page)
         # no hidden user's time anywhere on the page (Health's events-per-minute chart
-        # has every minute of the last hour on its axis: an aggregate, left aside)
-        text = page_text(at, charts=page != "health")
+        # has every minute of the last hour on its axis, Live's chart every 5 minutes
+        # of the last 6 hours: aggregates, left aside)
+        text = page_text(at, charts=page not in ("health", "live"))
         assert not leaks(text, scene, names=False), page
         # and no hidden user in any table, except Last seen's row that says "hidden"
         tables_text = page_text(at, frames_only=True)
@@ -209,6 +217,13 @@ def test_no_page_shows_a_hidden_users_times(scene, viewer):
             assert "--include-hidden" not in at.code[0].value
         if page == "live":  # present users are counted; Hattie is one of them
             assert {m.label: m.value for m in at.metric}["Present now"] == "2"
+            # the feed of changes: individual times, so no hidden user at all
+            feed = "\n".join(m.value for m in at.markdown if 'class="pd-feed"' in m.value)
+            assert "Walt Visible" in feed and not leaks(feed, scene), feed
+            chart = "\n".join(str(n.proto) for n in at._tree if n.type == "plotly_chart")
+            assert chart and not any(n in chart for n in (*HIDDEN, *HIDDEN.values()))
+        if page == "availability":  # who is missing lists Hattie without her times
+            assert not leaks(shift_view[False], scene, names=False)
 
 
 def test_an_admin_who_asks_sees_them(scene):
@@ -223,7 +238,12 @@ def test_an_admin_who_asks_sees_them(scene):
     shown = visit(at, "last_seen", revealed=True).dataframe[0].value.set_index("User")
     assert shown.loc["hid-88", "Last seen"] in ("2m ago", "3m ago", "4m ago", "5m ago")
     assert shown.loc["hid-88", "Exact time (UTC)"] != "hidden"
+    visit(at, "live", revealed=True)
+    feed = "\n".join(m.value for m in at.markdown if 'class="pd-feed"' in m.value)
+    assert "Hugo Hush" in feed and "Hattie Hidden" in feed
     visit(at, "availability", revealed=True)
+    assert "Hattie Hidden" in shift_view[True]
+    assert clocks(scene[7:10]) & set(leaks(shift_view[True], scene))  # her "since"
     agents = at.dataframe[-1].value.set_index("user")
     assert agents.loc["hid-77", "first in"] == scene[0].strftime("%Y-%m-%d %H:%M")
     visit(at, "export", revealed=True)
@@ -258,6 +278,11 @@ def per_user_reads(engine, include_hidden: bool) -> dict[str, object]:
         "last_seen": analytics.last_seen_table(engine, **kw),
         "choices": analytics.filter_choices(engine, **kw)["user_id"],
         "names": analytics.user_names(engine, **kw),
+        "feed": analytics.latest_changes(engine, 100, timedelta(days=2), **kw),
+        "last_shift": analytics.last_shift_availability(
+            engine, analytics.team_shifts(engine, "UTC", datetime.now(UTC)), **kw
+        ),
+        "roster": analytics.roster(engine, **kw),
     }
 
 
@@ -269,7 +294,11 @@ def as_text(value: object) -> str:
 
 def test_every_per_user_read_leaves_them_out_unless_asked(scene, engine):
     for name, value in per_user_reads(engine, include_hidden=False).items():
-        if name in ("present", "last_seen"):  # listed with their status, times blank
+        if name == "roster":  # scheduled agents: listed and counted, times blank
+            hidden = value[value["user_id"].isin(list(HIDDEN))]
+            assert len(hidden) == 2 and hidden["since"].isna().all()
+            assert not leaks(as_text(value), scene, names=False), name
+        elif name in ("present", "last_seen"):  # listed with their status, times blank
             hidden = value[value["user_id"].isin(list(HIDDEN))]
             assert hidden["last_seen"].isna().all() and hidden["status_since"].isna().all()
             assert not leaks(as_text(value), scene, names=False), name

@@ -12,6 +12,8 @@ One module per family of metric, all re-exported here, so callers write
 - ``presence``: now (current presence, counts, last seen, filter choices)
 - ``sessions``: sessions, time in status, online seconds, session lengths, flapping
 - ``availability``: availability for a shift, first in / last out
+- ``staffing``: each team's current and last shift, who is available, away or offline
+- ``feed``: the latest changes of status (the Live feed)
 - ``concurrency``: users present at once, weekday × hour heatmap, daily active users
 - ``daily``: the daily summary (export ``daily``)
 - ``coverage``: when no listener was watching
@@ -29,6 +31,7 @@ from presence_core.analytics.availability import (
     agent_summary,
     availability,
     first_in_last_out,
+    shift_windows,
 )
 from presence_core.analytics.common import (
     BUCKETS,
@@ -53,6 +56,7 @@ from presence_core.analytics.daily import (
     daily_summary,
     daily_summary_sql,
 )
+from presence_core.analytics.feed import FEED_COLUMNS, change_kind, latest_changes
 from presence_core.analytics.presence import (
     away_users,
     count_by,
@@ -73,22 +77,38 @@ from presence_core.analytics.sessions import (
     sessions_sql,
     time_in_status,
 )
+from presence_core.analytics.staffing import (
+    ROSTER_COLUMNS,
+    STAFFING_COLUMNS,
+    TeamShift,
+    last_shift_availability,
+    plan_shifts,
+    roster,
+    staffing,
+    state_of,
+    team_shifts,
+)
 from presence_core.analytics.timeline import TIMELINE_COLUMNS, user_timeline
 
 __all__ = [
     "AGENT_COLUMNS",
     "BUCKETS",
     "DAILY_COLUMNS",
+    "FEED_COLUMNS",
     "DEFAULT_AVAILABLE",
     "DEFAULT_LENGTH_BINS",
     "OFFLINE",
     "ROLLUP_WORTH",
+    "ROSTER_COLUMNS",
     "SESSION_COLUMNS",
+    "STAFFING_COLUMNS",
     "TIMELINE_COLUMNS",
+    "TeamShift",
     "agent_summary",
     "availability",
     "away_users",
     "bucket_for",
+    "change_kind",
     "concurrency",
     "count_by",
     "coverage_gaps",
@@ -102,17 +122,25 @@ __all__ = [
     "flapping_users",
     "health",
     "last_seen_table",
+    "last_shift_availability",
+    "latest_changes",
     "online_seconds",
     "period_params",
+    "plan_shifts",
     "presence_counts",
     "recent_coverage_gaps",
     "recently_left",
     "refresh_rollups",
     "resolve_period",
+    "roster",
     "session_length_distribution",
     "sessions",
     "sessions_sql",
+    "shift_windows",
+    "staffing",
+    "state_of",
     "time_in_status",
+    "team_shifts",
     "time_zone",
     "user_names",
     "user_timeline",

@@ -22,9 +22,27 @@ from presence_core.analytics.daily import daily_summary
 from presence_core.analytics.sessions import online_seconds, sessions, time_in_status
 from presence_core.analytics.sql import SEGMENTS, SESSIONS
 from presence_core.errors import PresenceError
+from presence_core.shifts import ShiftWindow, TeamSettings, shift_window
 
 if TYPE_CHECKING:
     import pandas as pd
+
+
+def shift_windows(
+    tz: str | tzinfo | None,
+    start_date: date,
+    end_date: date,
+    shift_start: time = time(0),
+    shift_end: time | None = None,
+) -> list[ShiftWindow]:
+    """The shift of each local day from ``start_date`` to ``end_date`` (inclusive) in
+    ``tz``, as :func:`presence_core.shifts.shift_window` defines it (DST nights
+    included): ``shift_end`` None runs to the next midnight, one at or before
+    ``shift_start`` ends the next day."""
+    zone = time_zone(tz)
+    settings = TeamSettings("", zone.key, shift_start, time(0) if shift_end is None else shift_end)
+    days = (end_date - start_date).days + 1
+    return [shift_window(settings, start_date + timedelta(days=k)) for k in range(days)]
 
 
 def availability(
@@ -54,34 +72,18 @@ def availability(
     zone = time_zone(tz)
     if end_date < start_date:
         raise PresenceError("availability: end date is before start date")
-    lo = datetime.combine(start_date, time(0), tzinfo=zone).astimezone(UTC)
-    hi = min(
-        datetime.combine(end_date + timedelta(days=2), time(0), tzinfo=zone).astimezone(UTC),
-        datetime.now(UTC),
-    )
-    if shift_end is None:
-        end_offset = timedelta(days=1)
-    elif shift_end <= shift_start:
-        end_offset = timedelta(
-            days=1, hours=shift_end.hour, minutes=shift_end.minute, seconds=shift_end.second
-        )
-    else:
-        end_offset = timedelta(
-            hours=shift_end.hour, minutes=shift_end.minute, seconds=shift_end.second
-        )
-    start_offset = timedelta(
-        hours=shift_start.hour, minutes=shift_start.minute, seconds=shift_start.second
-    )
+    windows = shift_windows(zone, start_date, end_date, shift_start, shift_end)
+    lo = windows[0].start
+    hi = min(windows[-1].end, datetime.now(UTC))
     sql = (
         "with"
         + SEGMENTS
         + """,
     shifts as (
-        select d::date as day,
-               (d + cast(:s_off as interval)) at time zone cast(:tz as text) as sh_start,
-               (d + cast(:e_off as interval)) at time zone cast(:tz as text) as sh_end
-        from generate_series(cast(:d0 as date)::timestamp, cast(:d1 as date)::timestamp,
-                             interval '1 day') d
+        -- the windows of presence_core.shifts (one definition), computed in Python
+        select w.day, w.sh_start, w.sh_end
+        from unnest(cast(:w_day as date[]), cast(:w_start as timestamptz[]),
+                    cast(:w_end as timestamptz[])) as w(day, sh_start, sh_end)
     ),
     sh as (
         select array_agg(sh_start order by day) as st, array_agg(sh_end order by day) as en,
@@ -134,10 +136,9 @@ def availability(
         user_type,
         team,
         include_hidden=include_hidden,
-        s_off=start_offset,
-        e_off=end_offset,
-        d0=start_date,
-        d1=end_date,
+        w_day=[w.day for w in windows],
+        w_start=[w.start for w in windows],
+        w_end=[w.end for w in windows],
         avail=list(available_statuses),
     )
     return read_frame(engine, sql, params)
