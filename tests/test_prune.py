@@ -56,6 +56,22 @@ def _names(engine) -> set[str]:
         return {p.name for p in partitions.partitions(conn)}
 
 
+def _summary_counts(engine) -> dict[str, int]:
+    """Rows before March in each summary table there is (the rollups)."""
+    counts = {}
+    with engine.connect() as conn:
+        for table, column in [
+            ("presence_concurrency_minutes", "minute"),
+            ("presence_sessions", "started_at"),
+            ("presence_status_days", "day"),
+        ]:
+            if conn.execute(text("select to_regclass(:t)"), {"t": table}).scalar():
+                counts[table] = conn.execute(
+                    text(f"select count(*) from {table} where {column} < :b"), {"b": _at(3, 1)}
+                ).scalar()
+    return counts
+
+
 def _rolled_up(engine, until: datetime | None = None) -> None:
     """Every rollup valid up to ``until`` (default now), as its maintenance leaves it."""
     with engine.begin() as conn:
@@ -110,6 +126,23 @@ def test_prune_drops_exactly_the_whole_months_before_the_boundary(history):
     with engine.connect() as conn:
         assert partitions.pruned_before(conn) is None
 
+    # the concurrency rollup over January and February, read from it before and after
+    with engine.begin() as conn:  # built for real this time, up to May
+        conn.execute(
+            text(
+                "update presence_rollup_state set valid_until = null, dirty_from = null"
+                " where name = 'concurrency'"
+            )
+        )
+    assert analytics.refresh_rollups(engine, _at(5, 1)) > 0
+    pruned_curve = analytics.concurrency(engine, _at(1, 1), _at(3, 1), "day", "UTC")
+    assert pruned_curve["peak"].max() == 2  # Ben and Cem in February
+    summaries = _summary_counts(engine)
+    # every minute from Ann's first transition (January 10, 09:00) to March 1
+    assert (
+        all(summaries.values()) and summaries["presence_concurrency_minutes"] == (49 * 24 + 15) * 60
+    )
+
     done = retention.prune(engine, date(2026, 3, 15))
     assert (done.months, done.carried, done.dry_run) == (planned.months, 1, False)
     assert _names(engine) == names - {
@@ -130,6 +163,10 @@ def test_prune_drops_exactly_the_whole_months_before_the_boundary(history):
         if t.occurred_at >= _at(3, 1)
     ] + [("b", "online", _at(3, 1), True, "pruned")]
     assert sorted(map(tuple, rows)) == sorted(expected)
+
+    # the rollups are kept: summaries outlive the raw rows
+    assert _summary_counts(engine) == summaries
+    assert analytics.concurrency(engine, _at(1, 1), _at(3, 1), "day", "UTC").equals(pruned_curve)
 
     # what was kept reads exactly as before (Ben present from March 1 to his offline)
     after_figures = _kept_figures(engine)
