@@ -124,7 +124,14 @@ with right:
         shown = "none" if lag == 0 else "< 1s" if lag < 1 else ui.format_duration(lag)
         st.metric("Replica lag", shown)
         where = "a streaming replica (`PRESENCE_READ_DATABASE_URL`)"
-        if lag >= REPLICA_LAG_WARNING:
+        if not report.replica_streaming:
+            st.error(
+                "**The read replica receives nothing from its primary** (primary down, or "
+                f"replication broken): it last replayed a change {ui.format_duration(lag)} "
+                "ago, and every page shows the data as of then.",
+                icon=":material/sync_problem:",
+            )
+        elif lag >= REPLICA_LAG_WARNING:
             st.warning(
                 f"The read replica is {ui.format_duration(lag)} behind its primary: every "
                 "page shows the data as of then (a listener may look late for that long).",

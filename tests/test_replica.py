@@ -181,6 +181,22 @@ def test_dashboard_and_export_read_the_replica(primary, monkeypatch, tmp_path):
                 what="Paul replayed",
             )
             assert db.replication_lag(reader) == timedelta(0)
+            assert db.replica_status(reader).streaming
+
+            # the primary stops: the dashboard still reads (the replica), and Health says
+            # the replica receives nothing
+            assert server.stop()
+            wait_for(
+                lambda: not db.replica_status(reader).streaming,
+                timeout=60,
+                what="the replica noticing its primary is gone",
+            )
+            st.cache_data.clear()
+            live = _page()
+            shown = "\n".join(m.value for m in live.markdown)
+            assert "Rita" in shown and "Paul" in shown
+            health = _page("health")
+            assert any("receives nothing from its primary" in e.value for e in health.error)
         finally:
             reader.dispose()
             st.cache_data.clear()

@@ -19,7 +19,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL, make_url
 
 from presence_core.config import Settings
-from presence_core.database.engine import replication_lag
+from presence_core.database.engine import replica_status
 
 # A listener whose heartbeat is older than this is reported dead.
 STALE_AFTER = timedelta(seconds=30)
@@ -78,6 +78,8 @@ class HealthReport:
     # how far the replica the report was read from is behind its primary; None when
     # it was read from the primary itself (no replica configured)
     replica_lag: timedelta | None = None
+    # whether that replica is receiving from its primary (None: read from the primary)
+    replica_streaming: bool | None = None
 
     @property
     def on_replica(self) -> bool:
@@ -232,6 +234,7 @@ def report(engine: Engine, settings: Settings, minutes: int = 60) -> HealthRepor
     """Everything the Health page shows, in one call."""
     with engine.connect() as conn:
         checked_at = conn.execute(text("select now()")).scalar_one()
+    replica = replica_status(engine)
     last_at, last_age = last_event(engine)
     return HealthReport(
         checked_at=checked_at,
@@ -244,5 +247,6 @@ def report(engine: Engine, settings: Settings, minutes: int = 60) -> HealthRepor
         database_url=describe_url(engine.url),
         server_url=settings.server_url,
         embedded=settings.embedded,
-        replica_lag=replication_lag(engine),
+        replica_lag=None if replica is None else replica.lag,
+        replica_streaming=None if replica is None else replica.streaming,
     )

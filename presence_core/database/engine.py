@@ -9,6 +9,7 @@ database whose schema is behind, naming ``presence migrate``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 
 from alembic import command
@@ -156,24 +157,46 @@ def connect_reader(
     return engine
 
 
-def replication_lag(engine: Engine) -> timedelta | None:
-    """How far a streaming replica is behind its primary; None on a primary.
+@dataclass(frozen=True)
+class ReplicaStatus:
+    """A streaming replica's state: how far behind it is, and whether it is receiving.
 
-    Measured as the age of the last transaction replayed, and zero when the
-    replica has replayed everything it received (an idle primary sends nothing,
-    so an old replay time alone would overstate the lag).
+    ``lag`` is zero when the replica has replayed everything it received while
+    streaming (an idle primary sends nothing, so an old replay time alone would
+    overstate it); otherwise the age of the last transaction replayed, which is
+    also what a replica that lost its primary can say (it grows until streaming
+    resumes). ``streaming`` is false while the replica receives nothing.
     """
+
+    lag: timedelta
+    streaming: bool
+
+
+_REPLICA = """
+select pg_is_in_recovery() as replica,
+       exists (select 1 from pg_stat_wal_receiver where status = 'streaming') as streaming,
+       pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() as caught_up,
+       now() - pg_last_xact_replay_timestamp() as replay_age
+"""
+
+
+def replica_status(engine: Engine) -> ReplicaStatus | None:
+    """The state of the replica ``engine`` reads from; None when it is a primary."""
     with engine.connect() as conn:
-        row = conn.execute(
-            text(
-                "select pg_is_in_recovery(), "
-                "case when pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() "
-                "then interval '0' else now() - pg_last_xact_replay_timestamp() end"
-            )
-        ).one()
-    if not row[0]:
+        row = conn.execute(text(_REPLICA)).one()
+    if not row.replica:
         return None
-    return row[1] if row[1] is not None else timedelta(0)
+    if row.streaming and row.caught_up:
+        return ReplicaStatus(timedelta(0), True)
+    age = max(row.replay_age, timedelta(0)) if row.replay_age is not None else timedelta(0)
+    return ReplicaStatus(age, bool(row.streaming))
+
+
+def replication_lag(engine: Engine) -> timedelta | None:
+    """How far a streaming replica is behind its primary; None on a primary
+    (see :class:`ReplicaStatus`)."""
+    status = replica_status(engine)
+    return None if status is None else status.lag
 
 
 def _where(url: URL) -> str:
