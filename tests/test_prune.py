@@ -252,6 +252,18 @@ def test_rows_waiting_in_the_default_partition_are_refused(history):
     assert _checksum(engine) == before
 
 
+def test_a_busy_table_is_refused_instead_of_stalling_writers(history):
+    engine = history
+    before = _checksum(engine)
+    with engine.connect() as reader:  # a long report holds the table
+        reader.execute(text("select count(*) from presence_transitions"))
+        with pytest.raises(PruneRefused, match="is busy"):
+            retention.prune(engine, date(2026, 3, 1), lock_timeout=timedelta(seconds=0.5))
+        reader.rollback()
+    assert _checksum(engine) == before
+    assert [m.rows for m in retention.prune(engine, date(2026, 3, 1)).months] == [2, 3]
+
+
 def test_the_current_month_cannot_be_pruned(history):
     following = partitions.month_of(datetime.now(UTC) + timedelta(days=32))
     with pytest.raises(PruneRefused, match="is not over"):

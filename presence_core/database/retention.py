@@ -30,6 +30,9 @@ Refused, with nothing changed (:class:`PruneRefused`):
   (or that rollup was never built, or is dirty from before the boundary) in
   ``presence_rollup_state``; bring the rollup up to date first.
 
+Dropping a month waits at most :data:`LOCK_TIMEOUT` for queries holding the
+table (writers would queue behind it), then gives up with nothing changed.
+
 Afterwards one partition, ``presence_transitions_pruned``, covers everything
 before the boundary and ignores what is written to it, so a replay of pruned
 events stays a no-op (see :mod:`partitions`).
@@ -38,9 +41,11 @@ events stays a no-op (see :mod:`partitions`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
+from psycopg.errors import LockNotAvailable
 from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import OperationalError
 
 from presence_core.database import partitions
 from presence_core.errors import PresenceError
@@ -166,7 +171,18 @@ def _coverage_problems(conn: Connection, boundary: datetime, months: list[Pruned
     return ""
 
 
-def prune(engine: Engine, before: date | datetime, *, dry_run: bool = False) -> PruneReport:
+LOCK_TIMEOUT = timedelta(seconds=10)
+"""How long dropping a month may wait for queries that hold the table; while it
+waits, writers queue behind it, so it gives up (nothing changed) rather than stall them."""
+
+
+def prune(
+    engine: Engine,
+    before: date | datetime,
+    *,
+    dry_run: bool = False,
+    lock_timeout: timedelta = LOCK_TIMEOUT,
+) -> PruneReport:
     """Drop every monthly partition of transitions wholly before ``before``'s month.
 
     Returns what was removed (exact row counts); with ``dry_run`` the same report
@@ -184,7 +200,19 @@ def prune(engine: Engine, before: date | datetime, *, dry_run: bool = False) -> 
     with engine.connect() as conn:
         transaction = conn.begin()
         try:
+            conn.execute(
+                text("select set_config('lock_timeout', :ms, true)"),
+                {"ms": f"{int(lock_timeout.total_seconds() * 1000)}ms"},
+            )
             report = _prune(conn, boundary, dry_run)
+        except OperationalError as exc:
+            transaction.rollback()
+            if isinstance(exc.orig, LockNotAvailable):
+                raise PruneRefused(
+                    "presence_transitions is busy (a long query or another prune holds it "
+                    f"for over {lock_timeout.total_seconds():g} s); nothing changed: try again"
+                ) from None
+            raise
         except BaseException:
             transaction.rollback()
             raise
