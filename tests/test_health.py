@@ -99,5 +99,8 @@ def test_report_hides_the_password(engine, database_url):
     assert report.database_bytes > 1_000_000
     assert len(report.events_per_minute) == 3
     assert not report.listener_alive and report.alive_since is None
+    # read from the primary: no replica, no lag (tests/test_replica.py has a real replica)
+    assert report.replica_lag is None and report.replica_streaming is None
+    assert not report.on_replica
     shown = health.describe_url("postgresql+psycopg://me:s3cret@db:5432/presence")
     assert "s3cret" not in shown and "***" in shown
