@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import text
 
 from presence_core import analytics
+from presence_core.analytics import rollups
 from presence_core.database import partitions, retention, tables
 from presence_core.database.retention import PruneRefused
 from presence_core.database.storage import Transition, write_batch
@@ -210,6 +211,51 @@ def test_a_dry_run_and_a_refusal_change_nothing(history):
     ]
 
 
+def _concurrency_state(engine) -> tuple:
+    with engine.connect() as conn:
+        return tuple(
+            conn.execute(
+                text(
+                    "select valid_until, dirty_from, (select count(*) from"
+                    " presence_concurrency_minutes) from presence_rollup_state"
+                    " where name = 'concurrency'"
+                )
+            ).one()
+        )
+
+
+def test_the_concurrency_rollup_is_brought_up_to_the_boundary_first(history):
+    engine = history
+    with engine.begin() as conn:  # never built: computed on demand
+        conn.execute(
+            text(
+                "update presence_rollup_state set valid_until = null, dirty_from = null"
+                " where name = 'concurrency'"
+            )
+        )
+    before, state = _checksum(engine), _concurrency_state(engine)
+    planned = retention.prune(
+        engine, date(2026, 3, 1), dry_run=True, refresh=analytics.refresh_rollups
+    )
+    assert planned.refreshed == ("concurrency",) and planned.rows == 5
+    assert _checksum(engine) == before and _concurrency_state(engine) == state
+
+    # another refresher holds the rollup: it cannot be brought up to date, so no prune
+    with engine.connect() as other:
+        other.execute(text("select pg_advisory_lock(:k)"), {"k": rollups._ROLLUP_LOCK})
+        other.commit()
+        with pytest.raises(PruneRefused, match="rollup 'concurrency' is not built"):
+            retention.prune(engine, date(2026, 3, 1), refresh=analytics.refresh_rollups)
+        other.execute(text("select pg_advisory_unlock(:k)"), {"k": rollups._ROLLUP_LOCK})
+        other.commit()
+    assert _checksum(engine) == before
+
+    done = retention.prune(engine, date(2026, 3, 1), refresh=analytics.refresh_rollups)
+    assert done.refreshed == ("concurrency",) and done.rows == 5
+    valid_until, _, minutes = _concurrency_state(engine)
+    assert valid_until == _at(3, 1) and minutes == (49 * 24 + 15) * 60
+
+
 def test_a_rollup_never_built_or_dirty_refuses(history):
     engine = history
     with engine.begin() as conn:
@@ -308,11 +354,19 @@ def test_the_command_says_what_it_removed_and_errors_are_one_line(history, cli_e
     ]:
         bad = _presence(cli_env, *args)
         assert bad.returncode != 0 and bad.stderr.strip() == message, bad.stderr
-    _rolled_up(engine, _at(2, 15))
+    old = datetime(2025, 11, 5, tzinfo=UTC)  # a row of a month without a partition
+    write_batch(engine, [Transition("z", "online", old, old)])
+    _rolled_up(engine)
+    waiting = _checksum(engine)
     refused = _presence(cli_env, "--before", "2026-03-15")
     assert refused.returncode == 1
-    assert len(refused.stderr.strip().splitlines()) == 1 and "refusing" in refused.stderr
-    assert _checksum(engine) == before
+    assert refused.stderr.strip().splitlines() == [
+        "presence: error: refusing to prune before 2026-03-01: 1 rows before 2026-03-01 sit "
+        "in the default partition (their month has no partition)"
+    ]
+    assert _checksum(engine) == waiting
+    with engine.begin() as conn:
+        conn.execute(text("delete from presence_transitions_default"))
 
     _rolled_up(engine)
     done = _presence(cli_env, "--before", "2026-03-15")

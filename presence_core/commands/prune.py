@@ -3,9 +3,10 @@
 Only whole UTC months strictly before DATE's month go: `--before 2026-03-15`
 keeps March and drops February and every month before it. Without --before,
 PRESENCE_RETENTION_MONTHS=N keeps the current month and the N before it.
-Rollups (the summaries the dashboard and exports read) are kept. Refused, with
-nothing changed, when the months are not covered by a listener, not yet rolled
-up, or rows for them wait in the default partition; see docs/operations.md.
+Rollups (the summaries the dashboard and exports read) are kept; the
+concurrency rollup is first brought up to the boundary. Refused, with nothing
+changed, when the months are not covered by a listener, not yet rolled up, or
+rows for them wait in the default partition; see docs/operations.md.
 --dry-run says what would go and changes nothing.
 """
 
@@ -40,6 +41,7 @@ def parse_date(value: str) -> date:
 
 
 def run(args: argparse.Namespace) -> int:
+    from presence_core.analytics.rollups import refresh_rollups
     from presence_core.config import load_settings
     from presence_core.database import engine as db
     from presence_core.database import retention
@@ -55,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     # retention writes: always the primary, never PRESENCE_READ_DATABASE_URL
     engine = db.connect(settings, progress=default_progress)
     try:
-        report = retention.prune(engine, boundary, dry_run=args.dry_run)
+        # the concurrency rollup is computed on demand: brought up to the boundary first
+        report = retention.prune(engine, boundary, dry_run=args.dry_run, refresh=refresh_rollups)
     finally:
         engine.dispose()
     print(describe(report))
@@ -78,6 +81,9 @@ def describe(report) -> str:
         f"{report.carried:,} user{'' if report.carried == 1 else 's'} present at {when} "
         f"{'would be' if report.dry_run else 'were'} carried over; rollups kept"
     )
+    for name in report.refreshed:
+        done = "would first be" if report.dry_run else "was first"
+        lines.append(f"the {name} rollup {done} brought up to {when}")
     if report.dry_run:
         total += "; nothing changed (--dry-run)"
     return "\n".join([*lines, total])

@@ -40,7 +40,8 @@ events stays a no-op (see :mod:`partitions`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 
 from psycopg.errors import LockNotAvailable
@@ -78,6 +79,7 @@ class PruneReport:
     carried: int = 0  # users present at the boundary, given a row there
     dry_run: bool = False
     already_before: datetime | None = None  # the boundary of an earlier prune
+    refreshed: tuple[str, ...] = ()  # rollups brought up to the boundary first (or to be)
 
     @property
     def rows(self) -> int:
@@ -127,22 +129,29 @@ where last.status <> 'offline'
 """
 
 
-def _rollup_problems(conn: Connection, boundary: datetime) -> list[str]:
+def _rollup_problems(
+    conn: Connection, boundary: datetime, refreshable: tuple[str, ...] = ()
+) -> tuple[list[str], tuple[str, ...]]:
+    """Why the rollups do not cover the months before ``boundary``, and which of the
+    behind ones are in ``refreshable`` (a dry run's "would be brought up to date")."""
     rows = conn.execute(
         text("select name, valid_until, dirty_from from presence_rollup_state order by name")
     ).all()
-    problems = []
+    problems, behind = [], []
     for name, valid_until, dirty_from in rows:
         valid = valid_until
         if valid is not None and dirty_from is not None:
             valid = min(valid, dirty_from)
-        if valid is None:
+        if valid is not None and valid >= boundary:
+            continue
+        if name in refreshable:
+            behind.append(name)
+        elif valid is None:
             problems.append(f"rollup {name!r} is not built")
-        elif valid < boundary:
-            problems.append(
-                f"rollup {name!r} is valid only until {valid.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
-            )
-    return problems
+        else:
+            until = f"{valid.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+            problems.append(f"rollup {name!r} is valid only until {until}")
+    return problems, tuple(behind)
 
 
 def _coverage_problems(conn: Connection, boundary: datetime, months: list[PrunedMonth]) -> str:
@@ -176,19 +185,30 @@ LOCK_TIMEOUT = timedelta(seconds=10)
 waits, writers queue behind it, so it gives up (nothing changed) rather than stall them."""
 
 
+Refresher = Callable[[Engine, datetime], object]
+
+REFRESHED_ON_DEMAND = ("concurrency",)
+"""Rollups computed on demand rather than kept on write: ``refresh`` brings them up to
+the boundary before anything is dropped (the others must already be valid)."""
+
+
 def prune(
     engine: Engine,
     before: date | datetime,
     *,
     dry_run: bool = False,
     lock_timeout: timedelta = LOCK_TIMEOUT,
+    refresh: Refresher | None = None,
 ) -> PruneReport:
     """Drop every monthly partition of transitions wholly before ``before``'s month.
 
     Returns what was removed (exact row counts); with ``dry_run`` the same report
     and nothing changed. Raises :class:`PruneRefused` (nothing changed) for the
     cases in this module's description. One transaction: a failure leaves
-    everything as it was.
+    everything as it was. ``refresh(engine, boundary)`` (the concurrency rollup's
+    ``presence_core.analytics.refresh_rollups``), when given, first brings the
+    rollups of :data:`REFRESHED_ON_DEMAND` up to the boundary (a dry run only says
+    it would); if it cannot (another refresher holds them), the prune is refused.
     """
     boundary = boundary_of(before)
     current = boundary_of(datetime.now(UTC))
@@ -197,6 +217,14 @@ def prune(
             f"{boundary:%Y-%m} is not over: only months before the current one "
             f"({current:%Y-%m}) can be pruned"
         )
+    refreshed: tuple[str, ...] = ()
+    if refresh is not None and not dry_run:
+        with engine.connect() as conn:
+            behind = _rollup_problems(conn, boundary, REFRESHED_ON_DEMAND)[1]
+        if behind:
+            refresh(engine, boundary)
+            refreshed = behind
+    refreshable = REFRESHED_ON_DEMAND if refresh is not None and dry_run else ()
     with engine.connect() as conn:
         transaction = conn.begin()
         try:
@@ -204,7 +232,9 @@ def prune(
                 text("select set_config('lock_timeout', :ms, true)"),
                 {"ms": f"{int(lock_timeout.total_seconds() * 1000)}ms"},
             )
-            report = _prune(conn, boundary, dry_run)
+            report = _prune(conn, boundary, dry_run, refreshable)
+            if refreshed and report.months:
+                report = replace(report, refreshed=refreshed)
         except OperationalError as exc:
             transaction.rollback()
             if isinstance(exc.orig, LockNotAvailable):
@@ -223,7 +253,9 @@ def prune(
         return report
 
 
-def _prune(conn: Connection, boundary: datetime, dry_run: bool) -> PruneReport:
+def _prune(
+    conn: Connection, boundary: datetime, dry_run: bool, refreshable: tuple[str, ...]
+) -> PruneReport:
     if not partitions.is_partitioned(conn):
         raise PruneRefused("presence_transitions is not partitioned: run `presence migrate`")
     # one partition manager at a time (the same lock as creating partitions)
@@ -245,7 +277,8 @@ def _prune(conn: Connection, boundary: datetime, dry_run: bool) -> PruneReport:
         text(f"select count(*) from {partitions.DEFAULT_PARTITION} where occurred_at < :boundary"),
         {"boundary": boundary},
     ).scalar()
-    problems = []
+    problems: list[str] = []
+    behind: tuple[str, ...] = ()
     if waiting:
         problems.append(
             f"{waiting:,} rows before {boundary:%Y-%m-%d} sit in the default partition "
@@ -255,7 +288,8 @@ def _prune(conn: Connection, boundary: datetime, dry_run: bool) -> PruneReport:
         coverage = _coverage_problems(conn, boundary, months)
         if coverage:
             problems.append(coverage)
-        problems.extend(_rollup_problems(conn, boundary))
+        rollups, behind = _rollup_problems(conn, boundary, refreshable)
+        problems.extend(rollups)
     if problems:
         raise PruneRefused(f"refusing to prune before {boundary:%Y-%m-%d}: " + "; ".join(problems))
     if not months:
@@ -263,7 +297,7 @@ def _prune(conn: Connection, boundary: datetime, dry_run: bool) -> PruneReport:
     carry = conn.execute(text(_CARRY), {"boundary": boundary}).all()
     report = PruneReport(boundary, months, carried=len(carry), dry_run=dry_run)
     if dry_run:
-        return report
+        return replace(report, refreshed=behind)
     if carry:
         partitions.ensure_months(conn, [boundary])
         conn.execute(
