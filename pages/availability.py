@@ -290,16 +290,41 @@ if mode == LAST_SHIFT:
     last_shift_view()
     st.stop()
 
+# a chosen team's own zone and shift are where a custom window starts from
+team_plans = (
+    []
+    if team_filter is None
+    else data.load(
+        analytics.team_shifts,
+        viewer.key,
+        datetime.now(UTC).replace(second=0, microsecond=0),
+        (team_filter,),
+        ttl=data.TABLE_TTL,
+    )
+)
+own = team_plans[0].settings if team_plans else None
 with st.container(border=True):
     c1, c2, c3 = st.columns(3)
     zones = sorted(available_timezones() | {viewer.key})
-    tz = c3.selectbox("Time zone", zones, index=zones.index(viewer.key), key="av_tz")
+    first_zone = own.time_zone if own is not None and own.time_zone in zones else viewer.key
+    tz = c3.selectbox("Time zone", zones, index=zones.index(first_zone), key="av_tz")
     today = datetime.now(UTC).astimezone(ZoneInfo(tz)).date()
     c4, c5, c6, c7 = st.columns([2, 1, 1, 1])
     start, end = ui.period_picker("av_days", today, days=1, label="Days", where=c4)
-    whole_day = c7.checkbox("Whole day", value=False, key="av_whole_day")
-    shift_start = c5.time_input("Shift starts", time(9, 0), key="av_from", disabled=whole_day)
-    shift_end = c6.time_input("Shift ends", time(17, 0), key="av_to", disabled=whole_day)
+    whole = own is not None and own.whole_day and own.shift_start == time(0)
+    whole_day = c7.checkbox("Whole day", value=whole, key="av_whole_day")
+    shift_start = c5.time_input(
+        "Shift starts",
+        time(9, 0) if own is None or whole else own.shift_start,
+        key="av_from",
+        disabled=whole_day,
+    )
+    shift_end = c6.time_input(
+        "Shift ends",
+        time(17, 0) if own is None or whole else own.shift_end,
+        key="av_to",
+        disabled=whole_day,
+    )
     limit = c1.number_input(
         "Away longer than (min)", min_value=1, max_value=24 * 60, value=15, key="av_limit"
     )

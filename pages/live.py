@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-import plotly.graph_objects as go
+import pandas as pd
 import streamlit as st
 from presence_core.dashboard import data, ui
 
@@ -150,8 +150,8 @@ def _draw(team: str | None, user_type: str | None, hidden: bool) -> None:
 
 def _chart(curve, present_now: int, now: datetime, zone) -> None:
     """Users present at once over the last hours (each 5 minutes' peak), the last
-    point being the count shown above: drawn under a fixed key so each refresh
-    updates the same chart in place."""
+    point being the count shown above. A Vega-Lite chart under a fixed key: Streamlit
+    then sends each refresh's points to the same chart, which redraws in place."""
     st.markdown(f"**Present over the last {CHART_HOURS} hours**")
     times = [t.to_pydatetime().astimezone(zone) for t in curve["bucket"]] if len(curve) else []
     counts = [int(p) for p in curve["peak"].fillna(0)] if len(curve) else []
@@ -159,24 +159,48 @@ def _chart(curve, present_now: int, now: datetime, zone) -> None:
     counts.append(present_now)
     peak = max(counts)
     at = times[counts.index(peak)]
-    figure = go.Figure(
-        go.Scatter(
-            x=times,
-            y=counts,
-            mode="lines",
-            line={"color": GREEN, "width": 2, "shape": "hv"},
-            fill="tozeroy",
-            hovertemplate="%{x|%H:%M}: %{y} present<extra></extra>",
-        )
+    points = pd.DataFrame(
+        {
+            # wall-clock times of the viewer's zone, without an offset: Vega-Lite shows
+            # them as written, whatever zone the browser is in
+            "time": [t.strftime("%Y-%m-%dT%H:%M:%S") for t in times],
+            "present": counts,
+        }
     )
-    figure.update_layout(
-        height=220,
-        margin={"l": 10, "r": 10, "t": 10, "b": 10},
-        yaxis={"rangemode": "tozero", "title": None},
-        xaxis={"title": None},
-        showlegend=False,
+    st.vega_lite_chart(
+        points,
+        {
+            "height": 200,
+            "mark": {
+                "type": "area",
+                "interpolate": "step-after",
+                "color": GREEN,
+                "opacity": 0.3,
+                "line": {"color": GREEN},
+            },
+            "encoding": {
+                "x": {
+                    "field": "time",
+                    "type": "temporal",
+                    "title": None,
+                    "axis": {"format": "%H:%M", "labelOverlap": True},
+                },
+                "y": {
+                    "field": "present",
+                    "type": "quantitative",
+                    "title": None,
+                    "axis": {"tickMinStep": 1},
+                    "scale": {"zero": True},
+                },
+                "tooltip": [
+                    {"field": "time", "type": "temporal", "format": "%H:%M", "title": "time"},
+                    {"field": "present", "type": "quantitative", "title": "present"},
+                ],
+            },
+        },
+        width="stretch",
+        key="live_chart",
     )
-    st.plotly_chart(figure, width="stretch", config={"displayModeBar": False}, key="live_chart")
     st.caption(
         f"Now {present_now} present; peak {peak} at {at:%H:%M} in the last {CHART_HOURS} h "
         f"(times in {zone.key})."

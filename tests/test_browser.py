@@ -28,6 +28,7 @@ from presence_core.database.storage import Transition, write_batch
 from presence_core.status import parse_timestamp
 from tests.conftest import free_port
 from tests.nodejs import guide_server, node_available
+from tests.test_dashboard_pages import write_shift_scene
 from tests.waiting import wait_for
 
 expect = sync_api.expect
@@ -147,6 +148,12 @@ def open_page(page, base: str, path: str) -> None:
 def shot(page, name: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def grid(page, index: int) -> list[str]:
+    """The visible cells of the page's ``index``-th st.dataframe."""
+    frame = page.locator("[data-testid='stDataFrame']").nth(index)
+    return frame.locator("[role='gridcell']").all_text_contents()
 
 
 def grid_cells(page) -> list[str]:
@@ -329,12 +336,27 @@ def test_a_user_appears_on_live_within_3_s_and_leaves(browser, live_stack):
         appeared = time.monotonic() - started
         expect(person).to_have_class(re.compile("pd-pulse"))
         expect(page.locator("[data-testid='stMetricValue']").first).to_have_text("1")
+        # the feed says who came, newest first; the chart's last point is the count
+        came = page.locator(".pd-feed .pd-user").first
+        expect(came).to_have_attribute("data-change", "came", timeout=3_000)
+        expect(came.locator("[title^='4242:']")).to_have_count(1)
+        chart = page.locator("[data-testid='stVegaLiteChart']")
+        expect(page.get_by_text(re.compile(r"^Now 1 present"))).to_be_visible(timeout=3_000)
+        expect(chart).to_have_count(1)
+        # mark the drawn chart: a refresh that rebuilt it instead of updating it loses it
+        chart.locator("canvas, svg").first.evaluate("node => { node.dataset.mark = 'kept'; }")
         shot(page, "live-user-present")
     finally:
         client.disconnect()
     started = time.monotonic()
     expect(person).to_have_count(0, timeout=3_000)
     left = time.monotonic() - started
+    left_entry = page.locator(".pd-feed .pd-user").first
+    expect(left_entry).to_have_attribute("data-change", "left", timeout=3_000)
+    expect(left_entry.locator("[title^='4242:']")).to_have_count(1)
+    expect(page.locator(".pd-feed .pd-user[data-change='came'] [title^='4242:']")).to_have_count(1)
+    expect(page.get_by_text(re.compile(r"^Now 0 present; peak 1 at "))).to_be_visible(timeout=3_000)
+    assert chart.locator("canvas, svg").first.evaluate("node => node.dataset.mark") == "kept"
     # now recently active, with a still (amber) dot
     recent = page.locator(".pd-recent [title^='4242:']")
     expect(recent).to_have_count(1, timeout=3_000)
@@ -375,4 +397,42 @@ def test_live_refreshes_in_place_and_keeps_its_filters(browser, dashboard, known
     page.wait_for_timeout(2_500)  # a refresh later, still only the sales team
     expect(cards.locator(".pd-user")).to_have_text([re.compile("Gus")])
     expect(page.locator("[data-testid='stMetricValue']").first).to_have_text("1")
+    page.context.close()
+
+
+def test_availability_opens_on_each_teams_last_shift_at_01_00_utc(browser, dashboard, engine):
+    """At 01:00 UTC (``?as_of=``, the page's clock for choosing shifts) every team's last
+    complete shift is one with data, in the team's own zone; the filters work."""
+    as_of = write_shift_scene(engine)
+    page = new_page(browser)
+    page.goto(f"{dashboard}/availability?as_of={as_of:%Y-%m-%dT%H:%MZ}")
+    expect(page.locator("h1").first).to_have_text("Availability", timeout=60_000)
+    page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']")
+    expect(page.locator("[data-testid='stException']")).to_have_count(0)
+    expect(page.get_by_text(re.compile(r"^Who is missing at "))).to_be_visible()
+    expect(page.locator("[data-testid='stDataFrame']")).to_have_count(4)
+    teams = wait_for(lambda: grid(page, 2), what="the last shift's table")
+    assert {"night", "west", "day"} <= set(teams)
+    assert any("22:00" in cell and "06:00" in cell for cell in teams)  # Berlin's night
+    agents = wait_for(lambda: grid(page, 3), what="the agents' table")
+    assert {"Nina", "Walt", "Dora"} <= set(agents) and "Hanna" not in agents
+    shot(page, "availability-0100")
+    # one team: its figures against its target
+    page.get_by_role("combobox", name="Team").click()
+    page.get_by_role("option", name="night", exact=True).click()
+    expect(page.get_by_text("2 of 4")).to_be_visible()
+    expect(page.get_by_text("-25 points vs the 75 % target")).to_be_visible()
+    page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']")
+    wait_for(
+        lambda: set(grid(page, 3)) >= {"Nina", "Noah"} and "Walt" not in grid(page, 3),
+        what="only the night desk's agents",
+    )
+    # the viewer can still choose any window
+    page.get_by_test_id("stRadioGroup").get_by_text("Custom window").click()
+    # starting from the team's own zone and shift
+    expect(page.get_by_role("spinbutton", name="hour, Shift starts")).to_have_text("22")
+    expect(page.get_by_role("spinbutton", name="hour, Shift ends")).to_have_text("06")
+    expect(page.get_by_role("combobox", name="Time zone")).to_have_value("Europe/Berlin")
+    expect(page.locator("[data-testid='stException']")).to_have_count(0)
+    shot(page, "availability-custom")
     page.context.close()

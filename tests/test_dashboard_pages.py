@@ -432,10 +432,13 @@ def test_dashboard_command_environment_and_errors(monkeypatch, capsys):
 
 
 def _chart_points(at: AppTest) -> list[int]:
-    chart = at.get("plotly_chart")
-    assert len(chart) == 1
-    spec = json.loads(chart[0].proto.spec)
-    return list(spec["data"][0]["y"])
+    """The Live chart's points (users present), as sent to the browser."""
+    import pyarrow as pa
+
+    charts = [n for n in at._tree if n.type == "vega_lite_chart"]
+    assert len(charts) == 1
+    frame = pa.ipc.open_stream(charts[0].proto.data.data).read_pandas()
+    return frame["present"].tolist()
 
 
 def _feed_rows(at: AppTest) -> list[str]:
@@ -491,7 +494,7 @@ def test_live_feed_and_chart_follow_the_team_filter(known_data):
 
 def test_live_feed_on_an_empty_database(dashboard_env):
     at = open_page()
-    assert at.get("plotly_chart") == [] or len(at.get("plotly_chart")) == 0
+    assert not [n for n in at._tree if n.type == "vega_lite_chart"]
     assert any("No presence data yet" in info.value for info in at.info)
 
 
@@ -508,9 +511,13 @@ def last_0100() -> datetime:
 
 @pytest.fixture
 def shifts_data(engine, dashboard_env):
+    return write_shift_scene(engine)
+
+
+def write_shift_scene(engine) -> datetime:
     """Three teams with their own zones and shifts, seen at 01:00 UTC: Berlin's night
     desk is on shift (its last complete shift ended yesterday morning), Los Angeles'
-    day shift ended at this very minute, and London's ended yesterday evening."""
+    day shift has just ended (at this minute in winter), and London's ended yesterday."""
     from presence_core.database.teams import write_teams
     from presence_core.shifts import TeamSettings, current_shift, last_complete_shift
 

@@ -126,7 +126,7 @@ def page_text(at: AppTest, frames_only: bool = False, charts: bool = True) -> st
     for node in at._tree:
         if node.type == "arrow_data_frame":
             parts.append(node.value.to_csv())
-        elif node.type == "plotly_chart" and not charts:
+        elif node.type in ("plotly_chart", "vega_lite_chart") and not charts:
             continue
         elif not frames_only and getattr(node, "proto", None) is not None:
             parts.append(str(node.proto))
@@ -220,7 +220,7 @@ def test_no_page_shows_a_hidden_users_times(scene, viewer):
             # the feed of changes: individual times, so no hidden user at all
             feed = "\n".join(m.value for m in at.markdown if 'class="pd-feed"' in m.value)
             assert "Walt Visible" in feed and not leaks(feed, scene), feed
-            chart = "\n".join(str(n.proto) for n in at._tree if n.type == "plotly_chart")
+            chart = "\n".join(str(n.proto) for n in at._tree if n.type == "vega_lite_chart")
             assert chart and not any(n in chart for n in (*HIDDEN, *HIDDEN.values()))
         if page == "availability":  # who is missing lists Hattie without her times
             assert not leaks(shift_view[False], scene, names=False)
