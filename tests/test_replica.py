@@ -68,6 +68,16 @@ def test_reads_go_to_the_replica_and_writes_to_the_primary(primary):
             reader.dispose()
 
 
+def test_a_replica_behind_the_schema_is_refused_with_its_own_message(primary):
+    _, info, writer = primary
+    with writer.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("create database not_migrated"))
+    behind = writer.url.set(database="not_migrated").render_as_string(hide_password=False)
+    settings = load_settings({}, database_url=info.url, read_database_url=behind)
+    with pytest.raises(db.SchemaMismatch, match=r"^read replica \(PRESENCE_READ_DATABASE_URL\)"):
+        db.connect_reader(settings)
+
+
 def test_without_a_replica_readers_use_the_primary(primary):
     _, info, _ = primary
     reader = db.connect_reader(load_settings({}, database_url=info.url))

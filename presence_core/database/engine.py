@@ -153,7 +153,14 @@ def connect_reader(
         return connect(settings, progress=progress, **engine_kwargs)
     engine = make_engine(settings.read_database_url, **engine_kwargs)
     check_reachable(engine)
-    check_schema(engine)
+    try:
+        check_schema(engine)
+    except SchemaMismatch as exc:
+        engine.dispose()
+        raise SchemaMismatch(
+            f"read replica (PRESENCE_READ_DATABASE_URL): {exc}; a replica takes its schema "
+            "from its primary: migrate the primary and let the replica catch up"
+        ) from None
     return engine
 
 
