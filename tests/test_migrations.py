@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -133,3 +134,96 @@ def test_add_last_seen_column_sql_is_idempotent(database_url):
             " and indexdef like '%(last_seen)%'"
         ).fetchall()
         assert len(indexes) == 1
+
+
+# --- 0005: the summaries kept on write are built from an existing, populated log ---------
+
+SUMMARY_ROWS_SQL = """
+insert into presence_transitions
+    (user_id, status, occurred_at, received_at, inferred, reason, source)
+select 'u' || (i % 23), (array['online', 'away', 'busy', 'offline', 'offline'])[1 + i % 5],
+       timestamptz '2026-03-07 21:00:00.25+00' + (i / 2) * interval '37 minutes 11 seconds',
+       timestamptz '2026-03-07 21:00:00.25+00' + (i / 2) * interval '37 minutes 12 seconds',
+       i % 7 = 0, null, 'listener'
+from generate_series(1, 3000) as i
+"""
+
+
+def _summaries_agree(url) -> None:
+    from tests.test_rollups import check
+
+    engine = db.make_engine(url)
+    try:
+        check(engine)
+        with engine.connect() as conn:
+            states = dict(
+                conn.execute(text("select name, valid_until from presence_rollup_state")).all()
+            )
+            sessions = conn.execute(text("select count(*) from presence_sessions")).scalar()
+        assert sessions > 100
+        assert states["sessions"].year == states["status_days"].year == 9999  # kept on write
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_builds_the_summaries_of_a_populated_database(empty_database_url):
+    from alembic import command
+
+    from presence_core.database.storage import Transition, write_batch
+
+    engine = db.make_engine(empty_database_url)
+    try:
+        with engine.begin() as conn:
+            command.upgrade(db.alembic_config(conn), "0004")
+        with engine.begin() as conn:
+            conn.execute(text(SUMMARY_ROWS_SQL))
+            before = conn.execute(text("select count(*) from presence_transitions")).scalar()
+        db.migrate(engine)
+        with engine.connect() as conn:
+            after = conn.execute(text("select count(*) from presence_transitions")).scalar()
+        assert before == after == 3000
+        _summaries_agree(empty_database_url)
+        # and kept from then on: a late row in the middle of the history
+        late = datetime(2026, 3, 9, 3, 3, 3, tzinfo=UTC)
+        write_batch(engine, [Transition("u1", "offline", late, late)])
+        _summaries_agree(empty_database_url)
+    finally:
+        engine.dispose()
+
+
+def test_rendered_sql_builds_the_same_summaries(empty_database_url, tmp_path):
+    import io
+
+    from alembic import command
+
+    engine = db.make_engine(empty_database_url)
+    try:
+        with engine.begin() as conn:
+            command.upgrade(db.alembic_config(conn), "0004")
+        with engine.begin() as conn:
+            conn.execute(text(SUMMARY_ROWS_SQL))
+    finally:
+        engine.dispose()
+    buffer = io.StringIO()
+    config = db.alembic_config()
+    config.output_buffer = buffer
+    command.upgrade(config, "0004:head", sql=True)
+    script = tmp_path / "upgrade.sql"
+    script.write_text(buffer.getvalue())
+    applied = subprocess.run(
+        [
+            _bin("psql"),
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-f",
+            str(script),
+            plain(empty_database_url),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert applied.returncode == 0, applied.stderr
+    _summaries_agree(empty_database_url)

@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine
 
+from presence_core.analytics import summaries
 from presence_core.analytics.common import (
     BUCKETS,
     bind,
@@ -179,13 +180,20 @@ def daily_active_users(
     tz: str | tzinfo | None = None,
     user_type: str | None = None,
     team: str | None = None,
+    rollup: bool = True,
 ) -> pd.DataFrame:
     """Distinct users present at some moment of each local day: ``date, active_users``
-    (every day of the period, 0 included)."""
+    (every day of the period, 0 included).
+
+    Read from the sessions kept on write (``rollup=False``: from the transitions;
+    both give the same rows)."""
     zone = time_zone(tz)
     lo, hi = resolve_period(start, end, zone)
     if hi <= lo:
         return empty_frame(("date", "active_users"))
+    params = bind(lo, hi, zone, user_type=user_type, team=team, include_hidden=True)
+    if rollup:
+        return read_frame(engine, summaries.daily_active_users_sql(), params)
     sql = (
         "with"
         + SEGMENTS
@@ -201,9 +209,7 @@ def daily_active_users(
     from days d left join parts p on p.day = d.day and p.part_end > p.part_start
     group by d.day order by d.day"""
     )
-    return read_frame(
-        engine, sql, bind(lo, hi, zone, user_type=user_type, team=team, include_hidden=True)
-    )
+    return read_frame(engine, sql, params)
 
 
 def bucket_for(days: int, bucket: str, max_buckets: int) -> str:

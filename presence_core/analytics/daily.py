@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine
 
+from presence_core.analytics import summaries
 from presence_core.analytics.common import (
     DEFAULT_AVAILABLE,
     bind,
@@ -37,8 +38,27 @@ DAILY_COLUMNS = (
 )
 
 
-def daily_summary_sql() -> str:
-    """The daily summary query (DESIGN's export ``daily`` columns, in order)."""
+def daily_summary_sql(rollup: bool = True) -> str:
+    """The daily summary query (DESIGN's export ``daily`` columns, in order), for
+    :func:`daily_params` (or :func:`~presence_core.analytics.common.period_params`
+    plus ``avail``).
+
+    With ``rollup`` (the default; the export uses it too) sessions and availability
+    come from the summaries kept on write; when the available statuses include
+    ``offline`` (not summarised) the same statement answers from the transitions.
+    ``rollup=False`` always reads the transitions. Both give the same rows."""
+    if not rollup:
+        return daily_summary_raw_sql()
+    gate = "'offline' = any(cast(:avail as text[]))"
+    return (
+        f"select * from ({daily_summary_raw_sql()}) raw where {gate}\n"
+        f"union all\nselect * from ({summaries.daily_summary_sql()}) rolled where not {gate}\n"
+        "order by date, user_id"
+    )
+
+
+def daily_summary_raw_sql() -> str:
+    """The daily summary from the transitions (the reference definition)."""
     return (
         "with"
         + SESSIONS
@@ -86,6 +106,7 @@ def daily_summary(
     team: str | None = None,
     available_statuses: Sequence[str] = DEFAULT_AVAILABLE,
     include_hidden: bool = False,
+    rollup: bool = True,
 ) -> pd.DataFrame:
     """One row per user per local day with a session overlapping it, DESIGN's
     columns: ``date, user_id, user_type, user_name, team, first_online,
@@ -105,7 +126,9 @@ def daily_summary(
     params = daily_params(
         lo, hi, zone, user_ids, user_type, team, available_statuses, include_hidden
     )
-    return read_frame(engine, daily_summary_sql(), params, utc=("first_online", "last_offline"))
+    return read_frame(
+        engine, daily_summary_sql(rollup), params, utc=("first_online", "last_offline")
+    )
 
 
 def daily_params(

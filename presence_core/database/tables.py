@@ -7,9 +7,11 @@ queries and for ``alembic check`` (which compares it with the database).
 from __future__ import annotations
 
 from sqlalchemy import (
+    ARRAY,
     BigInteger,
     Boolean,
     Column,
+    Date,
     DateTime,
     Float,
     Identity,
@@ -125,4 +127,36 @@ rollup_state = Table(
     Column("name", Text, primary_key=True),
     Column("valid_until", DateTime(timezone=True)),
     Column("dirty_from", DateTime(timezone=True)),
+)
+
+
+# Summaries kept on write (migration 0005): statement triggers on presence_transitions
+# recompute them in the writer's transaction; presence_core.analytics.summaries reads them.
+# Every session of positive length; ended_at is null while it is open.
+sessions = Table(
+    "presence_sessions",
+    metadata,
+    Column("user_id", Text, primary_key=True),
+    Column("started_at", DateTime(timezone=True), primary_key=True),
+    Column("ended_at", DateTime(timezone=True)),
+)
+
+# Per user, UTC day and present status: cum[k + 1] = microseconds in that status in
+# [midnight, midnight + 15 k minutes), k = 0..96, counting segments that have ended.
+status_days = Table(
+    "presence_status_days",
+    metadata,
+    Column("user_id", Text, primary_key=True),
+    Column("day", Date, primary_key=True),
+    Column("status", Text, primary_key=True),
+    Column("cum", ARRAY(BigInteger), nullable=False),
+)
+
+# Per user, the last transition's status and time (by occurred_at, id): the open segment.
+status_tails = Table(
+    "presence_status_tails",
+    metadata,
+    Column("user_id", Text, primary_key=True),
+    Column("status", Text, nullable=False),
+    Column("since", DateTime(timezone=True), nullable=False),
 )

@@ -1,0 +1,310 @@
+"""Reads from the summaries kept on write (migration 0005), exact to the microsecond.
+
+The tables (``presence_sessions``, ``presence_status_days``,
+``presence_status_tails``) are kept by triggers in the writer's transaction, so
+they always describe the transitions as they are; see docs/analytics.md. Each
+block here gives the same rows as its raw-log counterpart in
+:mod:`presence_core.analytics.sql` (the tests compare them, ``==``):
+
+- :data:`SESSIONS` is ``sess`` (sessions overlapping ``[:start, :end)``, open
+  ones ended at ``:end``) read from ``presence_sessions``: two index probes per
+  user instead of a window over the transitions. Sessions of zero length are not
+  stored (no metric but the ``sessions`` list counts them, and it reads the log).
+- :func:`status_time_sql` is the time in present statuses per user per local day.
+  Whole UTC quarter-hours inside one local day come from the cumulative arrays
+  (two subscripts per user, day and status), the open segment from the tail;
+  what is left (a period's ragged ends, and the quarter-hour around a local
+  midnight that is not on a quarter-hour, in zones whose offset is not a multiple
+  of 15 minutes) is read from the transitions, like the raw path. So every zone
+  is exact; zones on quarter-hours (all of today's) read only the two ends raw.
+
+Offline time is not summarised: asking for it goes to the raw path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import date, datetime, tzinfo
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Engine
+
+from presence_core.analytics.common import (
+    DEFAULT_AVAILABLE,
+    OFFLINE,
+    bind,
+    empty_frame,
+    read_frame,
+    resolve_period,
+    time_zone,
+)
+from presence_core.analytics.sql import DAYS, USERS, seg_days
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+_ORIGIN = "timestamptz '2000-01-01 00:00:00+00'"
+
+
+def _floor_q(value: str) -> str:
+    return f"date_bin('15 minutes', {value}, {_ORIGIN})"
+
+
+def _ceil_q(value: str) -> str:
+    return f"date_bin('15 minutes', ({value}) + interval '899.999999 seconds', {_ORIGIN})"
+
+
+def _us(lo: str, hi: str) -> str:
+    return f"(extract(epoch from {hi} - {lo}) * 1000000)::bigint"
+
+
+# Sessions overlapping [:start, :end) from presence_sessions: per user, from the one
+# running at :start (sessions of a user never overlap) to the last starting before :end.
+SESSIONS = (
+    USERS
+    + """,
+sess as (
+    select su.user_id, s.started_at,
+           case when s.ended_at is null or s.ended_at >= cast(:end as timestamptz)
+                then cast(:end as timestamptz) else s.ended_at end as ended_at,
+           (s.ended_at is null or s.ended_at >= cast(:end as timestamptz)) as open
+    from sel_users su cross join lateral (
+        select s.started_at, s.ended_at from presence_sessions s
+        where s.user_id = su.user_id and s.started_at < cast(:end as timestamptz)
+          and s.started_at >= coalesce((
+              select max(p.started_at) from presence_sessions p
+              where p.user_id = su.user_id and p.started_at <= cast(:start as timestamptz)),
+              '-infinity')
+    ) s
+    where coalesce(s.ended_at, 'infinity') > cast(:start as timestamptz)
+)"""
+)
+
+
+def status_time_sql(statuses: str) -> str:
+    """CTEs (after ``sel_users``) ending in ``status_time(day, user_id, status, us)``:
+    microseconds per local day of ``:tz``, user and present status inside
+    ``[:start, :end)``, for statuses in the text[] parameter ``statuses`` (null: all
+    present ones). Several rows may share a key: sum them."""
+    wanted = (
+        f"(cast(:{statuses} as text[]) is null or {{col}} = any(cast(:{statuses} as text[])))"
+        f" and {{col}} <> 'offline'"
+    )
+    tz = "cast(:tz as text)"
+    utc_day = "sd.day::timestamp at time zone 'UTC'"
+    next_utc_day = "(sd.day + 1)::timestamp at time zone 'UTC'"
+    local_day = f"d at time zone {tz}"
+    next_local_day = f"(d + interval '1 day') at time zone {tz}"
+    return f""",
+qb as (
+    select cast(:start as timestamptz) as lo, cast(:end as timestamptz) as hi,
+           {_ceil_q("cast(:start as timestamptz)")} as clo,
+           {_floor_q("cast(:end as timestamptz)")} as fhi
+),
+core as (
+    select ld.day, sd.user_id, sd.status,
+           sd.cum[(extract(epoch from ld.y - ld.d0) / 900)::int + 1]
+         - sd.cum[(extract(epoch from ld.x - ld.d0) / 900)::int + 1] as us
+    from qb b cross join sel_users su
+    join presence_status_days sd on sd.user_id = su.user_id
+     and sd.day >= (b.clo at time zone 'UTC')::date
+     and sd.day <= ((b.fhi - interval '1 microsecond') at time zone 'UTC')::date
+    cross join lateral (
+        select d::date as day, sd.day::timestamp at time zone 'UTC' as d0,
+               {_ceil_q(f"greatest({utc_day}, {local_day}, b.clo)")}
+                   as x,
+               {_floor_q(f"least({next_utc_day}, {next_local_day}, b.fhi)")}
+                   as y
+        from generate_series(
+            (greatest(sd.day::timestamp at time zone 'UTC', b.clo) at time zone {tz})
+                ::date::timestamp,
+            ((least((sd.day + 1)::timestamp at time zone 'UTC', b.fhi)
+              - interval '1 microsecond') at time zone {tz})::date::timestamp,
+            interval '1 day') d
+    ) ld
+    where ld.y > ld.x and {wanted.format(col="sd.status")}
+),
+tailc as (
+    select p.day, t.user_id, t.status, {_us("p.x", "p.y")} as us
+    from qb b cross join sel_users su
+    join presence_status_tails t on t.user_id = su.user_id
+    cross join lateral (
+        select d::date as day,
+               greatest(t.since, {_ceil_q(f"greatest(d at time zone {tz}, b.clo)")}) as x,
+               {_floor_q(f"least((d + interval '1 day') at time zone {tz}, b.fhi)")} as y
+        from generate_series(
+            (greatest(t.since, b.clo) at time zone {tz})::date::timestamp,
+            ((b.fhi - interval '1 microsecond') at time zone {tz})::date::timestamp,
+            interval '1 day') d
+    ) p
+    where t.since < b.fhi and p.y > p.x and {wanted.format(col="t.status")}
+),
+rag_ranges as (
+    select tstzrange(b.lo, least(b.clo, b.hi)) as r from qb b where b.lo < least(b.clo, b.hi)
+    union all
+    select tstzrange(greatest(b.fhi, b.lo), b.hi) from qb b where greatest(b.fhi, b.lo) < b.hi
+    union all
+    select tstzrange(greatest({_floor_q("m.day_start")}, b.lo),
+                     least({_ceil_q("m.day_start")}, b.hi))
+    from qb b cross join days m
+    where m.day_start > b.lo and m.day_start < b.hi
+      and {_floor_q("m.day_start")} <> m.day_start
+),
+rag_win as (
+    select lower(r) as ws, upper(r) as we
+    from (select unnest(range_agg(r)) as r from rag_ranges) x
+),
+rag_seg as (
+    select su.user_id, s.status, greatest(s.occurred_at, w.ws) as seg_start,
+           least(coalesce(s.nxt, w.we), w.we) as seg_end
+    from rag_win w cross join sel_users su
+    join presence_status_tails t on t.user_id = su.user_id and t.since > w.ws
+    cross join lateral (
+        select x.status, x.occurred_at,
+               lead(x.occurred_at) over (order by x.occurred_at, x.id) as nxt
+        from presence_transitions x
+        where x.user_id = su.user_id and x.occurred_at < w.we
+          and x.occurred_at >= coalesce((
+              select p.occurred_at from presence_transitions p
+              where p.user_id = su.user_id and p.occurred_at <= w.ws
+              order by p.occurred_at desc limit 1), '-infinity')
+    ) s
+    union all
+    -- nothing changed since before the window: the tail's status holds all of it
+    select su.user_id, t.status, w.ws, w.we
+    from rag_win w cross join sel_users su
+    join presence_status_tails t on t.user_id = su.user_id and t.since <= w.ws
+),
+rag as ({seg_days("rag_seg", "x.seg_start", "x.seg_end")}
+    where {wanted.format(col="x.status")}
+),
+status_time as (
+    select day, user_id, status, us from core
+    union all select day, user_id, status, us from tailc
+    union all
+    select day, user_id, status, {_us("part_start", "part_end")} from rag
+    where part_end > part_start
+)"""
+
+
+def time_in_status_sql() -> str:
+    """:func:`presence_core.analytics.time_in_status` from the summaries."""
+    return (
+        "with"
+        + USERS
+        + ","
+        + DAYS
+        + status_time_sql("statuses")
+        + """
+    select day as date, user_id, status, (sum(us)::numeric / 1000000)::float8 as seconds
+    from status_time group by day, user_id, status having sum(us) > 0
+    order by day, user_id, status"""
+    )
+
+
+def daily_active_users_sql() -> str:
+    """:func:`presence_core.analytics.daily_active_users` from the summaries: a user is
+    active on a day when one of its sessions overlaps the day for some time."""
+    return (
+        "with"
+        + SESSIONS
+        + ","
+        + DAYS
+        + """,
+    parts as ("""
+        + seg_days("sess", "x.started_at", "x.ended_at")
+        + """
+    )
+    select d.day as date, count(distinct p.user_id)::int as active_users
+    from days d left join parts p on p.day = d.day and p.part_end > p.part_start
+    group by d.day order by d.day"""
+    )
+
+
+def daily_summary_sql() -> str:
+    """The daily summary (:func:`presence_core.analytics.daily.daily_summary_sql`'s rows,
+    same parameters) from the summaries; available statuses must not include offline."""
+    return (
+        "with"
+        + SESSIONS
+        + ","
+        + DAYS
+        + status_time_sql("avail")
+        + """,
+    sday as ("""
+        + seg_days("sess", "x.started_at", "x.ended_at")
+        + """
+    ),
+    per_day as (
+        select user_id, day, count(*) as n,
+               sum(extract(epoch from part_end - part_start)) as online,
+               min(started_at) filter (where started_at >= day_start) as first_online,
+               max(ended_at) filter (where not open and ended_at <= day_end) as last_offline
+        from sday where part_end > part_start
+        group by user_id, day
+    ),
+    avail as (
+        select user_id, day, round(sum(us)::numeric / 1000000, 6) as secs
+        from status_time group by user_id, day
+    )
+    select p.day as date, p.user_id, u.user_type, u.user_name, u.team,
+           p.first_online, p.last_offline, p.n::int as sessions,
+           p.online::float8 as online_seconds,
+           (100.0 * coalesce(a.secs, 0) / extract(epoch from
+               ((p.day + 1)::timestamp at time zone cast(:tz as text))
+               - (p.day::timestamp at time zone cast(:tz as text))))::float8 as availability_pct
+    from per_day p join presence_users u using (user_id)
+    left join avail a on a.user_id = p.user_id and a.day = p.day
+    order by p.day, p.user_id"""
+    )
+
+
+def serves(statuses: Iterable[str] | None) -> bool:
+    """Whether the summaries hold these statuses (every status but offline)."""
+    return statuses is None or OFFLINE not in set(statuses)
+
+
+def status_seconds(
+    engine: Engine,
+    start: datetime | date,
+    end: datetime | date | None,
+    tz: str | tzinfo | None = None,
+    user_ids: Iterable[str] | None = None,
+    user_type: str | None = None,
+    team: str | None = None,
+    statuses: Sequence[str] = DEFAULT_AVAILABLE,
+    include_hidden: bool = False,
+) -> pd.DataFrame:
+    """Seconds per user per local day of ``tz`` in any of ``statuses`` (present ones
+    only; offline raises ``ValueError``) inside ``[start, end)``: ``date, user_id,
+    seconds`` (users with none that day left out). The rollup-backed read an
+    availability figure needs: a shift inside each day is a period ``[start, end)``
+    of its own (one call per shift, or the whole range with the day's shift as the
+    period when shifts are whole days)."""
+    if not serves(statuses):
+        raise ValueError("offline time is not summarised; read it from the raw log")
+    zone = time_zone(tz)
+    lo, hi = resolve_period(start, end, zone)
+    if hi <= lo:
+        return empty_frame(("date", "user_id", "seconds"))
+    sql = (
+        "with"
+        + USERS
+        + ","
+        + DAYS
+        + status_time_sql("statuses")
+        + """
+    select day as date, user_id, (sum(us)::numeric / 1000000)::float8 as seconds
+    from status_time group by day, user_id having sum(us) > 0 order by day, user_id"""
+    )
+    params = bind(
+        lo,
+        hi,
+        zone,
+        user_ids,
+        user_type,
+        team,
+        include_hidden=include_hidden,
+        statuses=list(statuses),
+    )
+    return read_frame(engine, sql, params)
