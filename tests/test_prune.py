@@ -240,6 +240,16 @@ def test_the_concurrency_rollup_is_brought_up_to_the_boundary_first(history):
     assert planned.refreshed == ("concurrency",) and planned.rows == 5
     assert _checksum(engine) == before and _concurrency_state(engine) == state
 
+    # refused for another reason (a row in the default partition): nothing is refreshed
+    old = datetime(2025, 11, 5, tzinfo=UTC)
+    write_batch(engine, [Transition("z", "online", old, old)])
+    state = _concurrency_state(engine)
+    with pytest.raises(PruneRefused, match="default partition"):
+        retention.prune(engine, date(2026, 3, 1), refresh=analytics.refresh_rollups)
+    assert _concurrency_state(engine) == state
+    with engine.begin() as conn:
+        conn.execute(text("delete from presence_transitions_default"))
+
     # another refresher holds the rollup: it cannot be brought up to date, so no prune
     with engine.connect() as other:
         other.execute(text("select pg_advisory_lock(:k)"), {"k": rollups._ROLLUP_LOCK})

@@ -28,7 +28,10 @@ Refused, with nothing changed (:class:`PruneRefused`):
   (a listener that has not yet delivered what it spooled);
 - months not yet rolled up: the boundary is past some rollup's ``valid_until``
   (or that rollup was never built, or is dirty from before the boundary) in
-  ``presence_rollup_state``; bring the rollup up to date first.
+  ``presence_rollup_state``. The rollups computed on demand
+  (:data:`REFRESHED_ON_DEMAND`) are first brought up to the boundary when the
+  caller passes their ``refresh`` (``presence prune`` does), once every other
+  check has passed; refused only if that refresh cannot run.
 
 Dropping a month waits at most :data:`LOCK_TIMEOUT` for queries holding the
 table (writers would queue behind it), then gives up with nothing changed.
@@ -219,11 +222,11 @@ def prune(
         )
     refreshed: tuple[str, ...] = ()
     if refresh is not None and not dry_run:
-        with engine.connect() as conn:
-            behind = _rollup_problems(conn, boundary, REFRESHED_ON_DEMAND)[1]
-        if behind:
+        # the same checks first, so that a prune refused for another reason writes nothing
+        plan = prune(engine, boundary, dry_run=True, lock_timeout=lock_timeout, refresh=refresh)
+        if plan.refreshed:
             refresh(engine, boundary)
-            refreshed = behind
+            refreshed = plan.refreshed
     refreshable = REFRESHED_ON_DEMAND if refresh is not None and dry_run else ()
     with engine.connect() as conn:
         transaction = conn.begin()
