@@ -358,7 +358,7 @@ def test_listener_started_late_takes_the_online_list(node, engine, tmp_path):
                 1: await tab.broadcast_time(1, "online"),
                 2: await tab.broadcast_time(2, "online"),
             }
-            async with listening(engine, node.url, tmp_path):
+            async with listening(engine, node.url, tmp_path) as listener:
                 await wait_rows(engine, [("1", "online", False), ("2", "online", False)])
                 rows = await db(transition_rows, engine)
                 assert [r.occurred_at for r in rows] == [came[1], came[2]]
@@ -369,6 +369,8 @@ def test_listener_started_late_takes_the_online_list(node, engine, tmp_path):
                     engine,
                     [("1", "online", False), ("1", "offline", False), ("2", "online", False)],
                 )
+                # the guide's server ignores the version-2 subscription: the guide's protocol
+                assert listener.stats.protocol == 1 and listener.stats.diffs_received == 0
 
     asyncio.run(scenario())
 
@@ -722,6 +724,58 @@ def test_against_our_server(engine, tmp_path):
                 await bob_tab2.close()
                 assert listener.stats.rejected == 0
                 assert (await db(user_row, engine, "bob")).user_name == "Bob"
+                # our server speaks version 2: the listener subscribed and logged from diffs
+                assert listener.stats.protocol == 2 and listener.stats.diffs_received >= 1
+                assert listener.stats.events_received == 3  # bob online, away, offline
+                health = await db(srv.server.health)
+                assert health["v2_connections"] == 1
+                assert listener.stats.diff_gaps == 0 and listener.stats.reconciles == 1
+
+        asyncio.run(scenario())
+
+
+def test_a_missed_diff_cuts_coverage_and_reconciles_at_once(engine, tmp_path):
+    """A diff lost on the way (dropped at the listener's socket: TCP never loses one
+    for real, so the fault is injected where it would show) is noticed at the next
+    diff's seq: the coverage ends at the last complete diff, the listener
+    re-subscribes without reconnecting, and the reconcile writes what was missed."""
+    from tests.server_harness import running_server
+
+    with running_server(None, diff_interval=0.05) as srv:
+
+        async def scenario():
+            async with listening(engine, srv.url, tmp_path) as listener:
+                arrive = listener.connection.arrive
+                dropped: list[object] = []
+
+                def lossy(kind, payload, at):
+                    if kind == "diff" and not dropped:
+                        dropped.append(payload)  # the first diff never arrives
+                        return
+                    arrive(kind, payload, at)
+
+                listener.connection.arrive = lossy
+                ann = await User(srv.url).connect()
+                await ann.online("ann", "Ann")
+                await async_wait_for(lambda: dropped, 10, what="the first diff, dropped")
+                bob = await User(srv.url).connect()
+                await bob.online("bob", "Bob")
+                await wait_rows(engine, [("ann", "online", False), ("bob", "online", False)])
+                assert listener.stats.diff_gaps == 1
+                assert listener.stats.reconciles == 2 and listener.stats.reconnects == 0
+                rows = {r.user_id: r for r in await db(transition_rows, engine)}
+                assert rows["ann"].reason == "reconcile"  # found by the reconcile, not a diff
+                assert rows["bob"].reason == "userOnline"
+                covered = await db(coverage_rows, engine)
+                assert len(covered) == 2 and covered[0].ended_at <= covered[1].started_at
+                # exactly once from here on: a later change is one row
+                await ann.offline("ann")
+                await wait_rows(
+                    engine,
+                    [("ann", "online", False), ("ann", "offline", False), ("bob", "online", False)],
+                )
+                await ann.close()
+                await bob.close()
 
         asyncio.run(scenario())
 

@@ -4,6 +4,13 @@
 arrives (connected, events, online lists, disconnected) to one callback in the
 order it arrived, and notices a server that died silently. It decides nothing
 about what arrives: that is the listener's.
+
+It asks for protocol version 2 (``protocol: 2`` in its auth payload, which the
+guide's servers ignore): :meth:`ServerConnection.watch` subscribes to everything
+and asks the online list; a server that speaks version 2 acknowledges the
+subscription (``subscribed``) and sends ``presenceDiff`` frames (``diff``), one
+that does not (the guide's Node backend) answers only the list and broadcasts
+``userStatusChanged`` as ever.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from datetime import datetime, timedelta
 
 import socketio
 
+from presence_core import protocol
 from presence_core.listener.decisions import backoff_delay
 from presence_core.listener.metrics import Stats
 
@@ -24,8 +32,9 @@ log = logging.getLogger("presence.listener")
 
 __all__ = ["ServerConnection"]
 
-# arrive(kind, payload, at): kind is "connected" (payload: the client), "event" or
-# "snapshot" (payload: the event's arguments) or "disconnected"; at None means now
+# arrive(kind, payload, at): kind is "connected" (payload: the client), "event",
+# "diff", "snapshot" or "subscribed" (payload: the event's or acknowledgement's
+# arguments) or "disconnected"; at None means now
 Arrive = Callable[[str, object, datetime | None], None]
 
 
@@ -55,6 +64,7 @@ class ServerConnection:
         self.token = token
         self.transports = transports
         self.retry_cap = retry_cap
+        self.protocol = protocol.PROTOCOL_V2  # asked for; 1 after a server refused it
         self._sio: socketio.AsyncClient | None = None
 
     @property
@@ -72,6 +82,33 @@ class ServerConnection:
         except Exception as exc:  # a connection lost meanwhile; the next connect asks again
             log.info("event=ask_online_users_failed error=%r", str(exc))
 
+    async def watch(self, sio: socketio.AsyncClient) -> None:
+        """Right after connecting: ``subscribe {all: true}`` (when asking for version
+        2), then ``getOnlineUsers``. A version-2 server acknowledges the first before
+        it answers the second; the guide's servers answer only the second."""
+        if self.protocol == protocol.PROTOCOL_V2:
+            await self.subscribe(sio)
+        await self.ask_online_users(sio)
+
+    async def subscribe(self, sio: socketio.AsyncClient | None = None) -> None:
+        """Emit ``subscribe {all: true}``; the acknowledgement arrives as ``subscribed``."""
+        sio = sio or self._sio
+
+        def acknowledged(*args: object) -> None:
+            self.arrive("subscribed", args, None)
+
+        try:
+            if sio is not None:
+                await sio.emit(protocol.SUBSCRIBE, {"all": True}, callback=acknowledged)
+        except Exception as exc:  # a connection lost meanwhile; the next connect asks again
+            log.info("event=subscribe_failed error=%r", str(exc))
+
+    async def drop(self) -> None:
+        """Close the current connection (the run loop reconnects)."""
+        if self._sio is not None:
+            with contextlib.suppress(Exception):
+                await self._sio.disconnect()
+
     async def run(self, stop: asyncio.Event, sleep: Callable[[float], object]) -> None:
         """Connect, stay connected, reconnect after a loss, until ``stop`` is set;
         ``sleep(seconds)`` waits between attempts (and wakes early when stopped)."""
@@ -83,7 +120,7 @@ class ServerConnection:
             try:
                 await sio.connect(
                     self.server_url,
-                    auth={"token": self.token} if self.token else None,
+                    auth=self._auth(),
                     transports=self.transports,
                     wait_timeout=5,
                 )
@@ -119,6 +156,12 @@ class ServerConnection:
             if not stop.is_set():
                 await sleep(backoff_delay(1, cap=self.retry_cap))
 
+    def _auth(self) -> dict | None:
+        auth: dict = {"token": self.token} if self.token else {}
+        if self.protocol == protocol.PROTOCOL_V2:
+            auth["protocol"] = protocol.PROTOCOL_V2
+        return auth or None
+
     def _client(self, lost: asyncio.Event) -> socketio.AsyncClient:
         sio = socketio.AsyncClient(
             reconnection=False, logger=False, engineio_logger=False, handle_sigint=False
@@ -149,6 +192,14 @@ class ServerConnection:
         sio.on("disconnect", on_disconnect)
         sio.on("userStatusChanged", on_status_changed)
         sio.on("onlineUsersList", lambda *args: self.arrive("snapshot", args, None))
+
+        def on_diff(*args):
+            at = self.now()
+            self.stats.diffs_received += 1
+            self.stats.last_event_at = at
+            self.arrive("diff", args, at)
+
+        sio.on(protocol.PRESENCE_DIFF, on_diff)
         return sio
 
 

@@ -7,11 +7,16 @@ and the orchestration; what each event means is the
 batches, spooled while the database is down). docs/listener.md says more.
 
 On every (re)connect the listener opens a coverage interval (``presence_coverage``),
-asks ``getOnlineUsers`` and reconciles the snapshot with the database (DESIGN
-"Semantics"); its heartbeat row in ``presence_listeners`` is refreshed every few
-seconds. Socket handlers only note what arrived (the inbox); the pipeline's writer
-task has it handled, in order and in bulk, before taking each batch, so a slow
-database never stalls receiving.
+subscribes to everything (protocol version 2, where the server speaks it) and asks
+``getOnlineUsers``, and reconciles the snapshot with the database (DESIGN
+"Semantics"): a version-2 server's subscription acknowledgement is that snapshot
+(and its ``presenceDiff`` frames carry the transitions; a ``seq`` that jumps means
+one was missed: the coverage is cut there and the listener re-subscribes and
+reconciles at once), otherwise the online list is (the guide's protocol). Its
+heartbeat row in ``presence_listeners`` is refreshed every few seconds. Socket
+handlers only note what arrived (the inbox); the pipeline's writer task has it
+handled, in order and in bulk, before taking each batch, so a slow database never
+stalls receiving.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import socketio
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from presence_core import protocol
 from presence_core.database.clock import DatabaseClock
 from presence_core.database.coverage import close_dangling_coverage
 from presence_core.database.records import (
@@ -52,7 +58,7 @@ from presence_core.listener.metrics import Stats, listener_registry
 from presence_core.listener.pipeline import WritePipeline, default_spool_dir
 from presence_core.listener.spool import Spool
 from presence_core.listener.state import UserTracker
-from presence_core.protocol import OnlineUser, ProtocolError
+from presence_core.protocol import DiffOrder, OnlineUser, ProtocolError
 
 log = logging.getLogger("presence.listener")
 
@@ -117,6 +123,8 @@ class Listener:
         self._reconciled = False
         self._gap_start: datetime | None = None
         self._connected_at: datetime | None = None
+        self._order = DiffOrder()  # presenceDiff seq (protocol version 2)
+        self._last_sight: datetime | None = None  # the last diff known complete
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.connection = ServerConnection(
@@ -243,7 +251,7 @@ class Listener:
         handles them in batches (much cheaper than one by one between socket reads);
         anything else is handled at once, after the events before it."""
         self._inbox.append((kind, at or self.now(), payload))
-        if kind != "event" or len(self._inbox) >= self.max_batch:
+        if (kind != "event" and kind != "diff") or len(self._inbox) >= self.max_batch:
             self.pump()  # (a long write must not let the inbox grow past the bounded queue)
             self.pipeline.wake()
         elif len(self._inbox) == 1:
@@ -259,6 +267,10 @@ class Listener:
             kind, at, payload = self._inbox.popleft()
             if kind == "event":
                 self._on_status_changed(payload, at)
+            elif kind == "diff":
+                self._on_diff(payload, at)
+            elif kind == "subscribed":
+                self._on_subscribed(payload, at)
             elif kind == "snapshot":
                 self._on_snapshot(payload, at)
             elif kind == "connected":
@@ -274,7 +286,7 @@ class Listener:
         self._requests.append("reconcile")
         self.heartbeat.soon()
         log.info("event=connected listener=%s server=%s", self.name, self.server_url)
-        self._spawn(self.connection.ask_online_users(sio))
+        self._spawn(self.connection.watch(sio))
 
     def _on_disconnected(self, at: datetime) -> None:
         if not self.stats.connected:
@@ -309,9 +321,85 @@ class Listener:
             self.stats.sightings_queued += 1
         self.pipeline.enqueue(record, received_at)
 
+    def _on_diff(self, args: object, received_at: datetime) -> None:
+        """A ``presenceDiff``: its changes, in order, as so many ``userStatusChanged``;
+        a jump in ``seq`` then cuts the coverage and re-subscribes (reconcile at once)."""
+        payload = args[0] if type(args) is tuple and len(args) == 1 else args
+        try:
+            seq = protocol.parse_presence_diff(payload).seq
+        except ProtocolError as exc:
+            self.stats.reject(protocol.PRESENCE_DIFF, str(exc), payload)
+            return
+        verdict = self._order.check(seq)
+        changes = payload["changes"]
+        self.stats.events_received += len(changes)
+        for change in changes:
+            self._on_status_changed(change, received_at)
+        if verdict == DiffOrder.NEXT:
+            self._last_sight = received_at
+        elif verdict == DiffOrder.GAP and self.stats.connected:
+            self._on_gap(seq, received_at)
+
+    def _on_gap(self, seq: int, at: datetime) -> None:
+        """Diffs were missed: whatever happened since the last complete one was not seen.
+        The coverage interval ends there, a new one starts now, and the re-subscription's
+        snapshot is reconciled with the gap starting at the last diff known complete."""
+        self.stats.diff_gaps += 1
+        lost_at = self._last_sight or self._connected_at or at
+        log.warning(
+            "event=diff_gap listener=%s expected_seq=%d got_seq=%d since=%s",
+            self.name,
+            self._order.seq + 1,
+            seq,
+            lost_at.isoformat(),
+        )
+        if self._connected_at is not None:
+            self.pipeline.enqueue(CoverageMark(self.name, self._connected_at, lost_at), at)
+        self.pipeline.enqueue(CoverageMark(self.name, at), at)
+        self._connected_at = at
+        self._gap_start = lost_at
+        self._reconciled = False
+        self._order.reset(seq)  # until the acknowledgement gives the new base
+        self._spawn(self.connection.subscribe())
+
+    def _on_subscribed(self, args: object, received_at: datetime) -> None:
+        """The acknowledgement of ``subscribe {all: true}``: the server speaks version 2;
+        its users are the snapshot to reconcile, and the online list asked with it is
+        not needed. A refusal: reconnect speaking the guide's protocol."""
+        payload = args[0] if isinstance(args, tuple) and len(args) == 1 else args
+        try:
+            seq, _users = protocol.parse_subscribe_ack(payload)
+        except ProtocolError as exc:
+            self.stats.reject(protocol.SUBSCRIBE, str(exc), payload)
+            log.warning(
+                "event=subscribe_refused error=%r (reconnecting with the guide's protocol)",
+                str(exc),
+            )
+            self.connection.protocol = 1
+            self._spawn(self.connection.drop())
+            return
+        self.stats.protocol = protocol.PROTOCOL_V2
+        self._order.reset(seq)
+        self._last_sight = received_at
+        if self._requests and self._requests[0] == "reconcile":
+            self._requests[0] = "ignore"  # the online list asked with the subscription
+        entries = [
+            u
+            for u in payload["users"]
+            if not (isinstance(u, dict) and u.get("status") == protocol.OFFLINE)
+        ]
+        self._snapshot(entries, "reconcile", received_at)
+
     def _on_snapshot(self, args: object, received_at: datetime) -> None:
         payload = args[0] if isinstance(args, tuple) and len(args) == 1 else args
         purpose = self._requests.popleft() if self._requests else "names"
+        if purpose == "ignore":
+            return
+        if purpose == "reconcile" and self.stats.protocol == 0:
+            self.stats.protocol = 1  # answered without a subscription: the guide's protocol
+        self._snapshot(payload, purpose, received_at)
+
+    def _snapshot(self, payload: object, purpose: str, received_at: datetime) -> None:
         users, refused, dropped = parse_snapshot(payload)
         for error, entry in refused:
             self.stats.reject("onlineUsersList", error, entry)

@@ -39,6 +39,9 @@ class Stats:
     reconnects: int = 0
     connect_failures: int = 0
     reconciles: int = 0
+    diffs_received: int = 0  # presenceDiff frames (protocol version 2)
+    diff_gaps: int = 0  # diffs whose seq jumped: something was missed, reconciled at once
+    protocol: int = 0  # the protocol the server speaks with us (0: not known yet)
     db_errors: int = 0
     writers_lost: int = 0
     last_event_at: datetime | None = None

@@ -419,6 +419,9 @@ class PresenceServer:
         await self._check_rights(conn, protocol.SUBSCRIBE, sub, looked_up)
         if conn.sid not in self.conns:  # gone while the database answered
             return {"ok": False, "error": "not connected"}
+        pending = self.subscriptions.take(watcher)
+        if pending is not None:  # what is owed first: the snapshot comes after every diff
+            await self.broadcaster.send_text(watcher.eio_sid, pending)
         # from here on nothing awaits: the snapshot and seq are one moment's, and every
         # later change reaches the client in a diff
         self.subscriptions.subscribe(watcher, sub)

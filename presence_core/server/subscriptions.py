@@ -146,18 +146,26 @@ class Subscriptions:
     def due(self) -> list[tuple[Watcher, str]]:
         """One ``presenceDiff`` per watcher with changes queued: ``(watcher, the
         Socket.IO event packet's text)``; each watcher's ``seq`` goes up by one."""
-        frames = []
-        for watcher in self._dirty:
-            watcher.seq += 1
-            frames.append(
-                (
-                    watcher,
-                    f'2["{protocol.PRESENCE_DIFF}",{{"seq":{watcher.seq},"changes":['
-                    + ",".join(watcher.pending)
-                    + "]}]",
-                )
-            )
-            watcher.pending = []
+        frames = [(watcher, self._frame(watcher)) for watcher in self._dirty]
         self._dirty = {}
         self.diffs += len(frames)
         return frames
+
+    def take(self, watcher: Watcher) -> str | None:
+        """``watcher``'s diff now, when it has changes queued (a ``subscribe`` sends
+        it before its acknowledgement, so the snapshot follows every diff)."""
+        if self._dirty.pop(watcher, False) is None:
+            self.diffs += 1
+            return self._frame(watcher)
+        return None
+
+    @staticmethod
+    def _frame(watcher: Watcher) -> str:
+        watcher.seq += 1
+        text = (
+            f'2["{protocol.PRESENCE_DIFF}",{{"seq":{watcher.seq},"changes":['
+            + ",".join(watcher.pending)
+            + "]}]"
+        )
+        watcher.pending = []
+        return text
