@@ -145,16 +145,18 @@ begin
         select user_id, day, status, k, sum(v) as v from piece
         group by user_id, day, status, k having sum(v) <> 0
     ),
-    grp as (select distinct user_id, day, status from delta)
-    select user_id, day, status, array_agg(c::bigint order by j)
-    from (
-        select g.user_id, g.day, g.status, j,
-               sum(coalesce(d.v, 0)) over (partition by g.user_id, g.day, g.status
-                                           order by j) as c
-        from grp g cross join generate_series(0, 96) j
-        left join delta d on d.user_id = g.user_id and d.day = g.day
-                         and d.status = g.status and d.k = j - 1
-    ) x
+    run as (
+        select user_id, day, status, k, v::bigint as v, sum(v) over w as s,
+               lag(k, 1, -1) over w as k_prev, lead(k) over w as k_next
+        from delta window w as (partition by user_id, day, status order by k)
+    )
+    -- cum is piecewise constant: the running sum before each touched quarter, up to it
+    select user_id, day, status, presence_array_cat(
+        array_fill((s - v)::bigint, array[k - k_prev])
+        || case when k_next is null then array_fill(s::bigint, array[96 - k])
+                else '{}'::bigint[] end
+        order by k)
+    from run
     group by user_id, day, status;
 
     insert into presence_status_days as sd (user_id, day, status, cum)
@@ -270,6 +272,10 @@ _TRIGGERS = (
 
 
 def upgrade() -> None:
+    op.execute(
+        "create aggregate presence_array_cat(bigint[])"
+        " (sfunc = array_cat, stype = bigint[], initcond = '{}')"
+    )
     op.create_table(
         "presence_sessions",
         sa.Column("user_id", sa.Text(), primary_key=True),
@@ -315,3 +321,4 @@ def downgrade() -> None:
     op.drop_table("presence_status_tails")
     op.drop_table("presence_status_days")
     op.drop_table("presence_sessions")
+    op.execute("drop aggregate presence_array_cat(bigint[])")
