@@ -84,6 +84,11 @@ begin
     update presence_sum_base b set a = t.since, a_status = t.status, fast = true
     from presence_status_tails t
     where t.user_id = b.user_id and t.since < b.m and not all_new;
+    -- a user never seen before (no tail) has only the new rows
+    update presence_sum_base b set fast = true
+    where not all_new
+      and not exists (select 1 from presence_status_tails t where t.user_id = b.user_id)
+      and not exists (select 1 from presence_sum_old o where o.user_id = b.user_id);
     update presence_sum_base b set (a, a_status) = (
         select x.occurred_at, x.status from presence_transitions x
         where x.user_id = b.user_id and x.occurred_at < b.m
@@ -127,19 +132,26 @@ begin
         where a is not null
     ),
     seg as (
-        select user_id, status, sign, t,
-               lead(t) over (partition by user_id, sign order by t) as nxt
-        from pts
+        -- times as integer microseconds since 1970 (exact: date_part's double has
+        -- sub-microsecond precision for any date a log holds), quarter-hours as integers
+        select user_id, status, sign, us, nxt, floor(us / 900000000.0)::bigint as q0,
+               floor((nxt - 1) / 900000000.0)::bigint as q1
+        from (
+            select user_id, status, sign,
+                   round(date_part('epoch', t) * 1000000)::bigint as us,
+                   round(date_part('epoch', lead(t) over (partition by user_id, sign
+                                                          order by t)) * 1000000)::bigint as nxt
+            from pts
+        ) x
+        where nxt is not null and status <> 'offline'
     ),
     piece as (
-        select s.user_id, s.status, (q at time zone 'UTC')::date as day,
-               (extract(epoch from q - date_trunc('day', q, 'UTC')) / 900)::int as k,
-               s.sign * (extract(epoch from least(s.nxt, q + interval '15 minutes')
-                                 - greatest(s.t, q)) * 1000000)::bigint as v
-        from seg s cross join lateral generate_series(
-            date_bin('15 minutes', s.t, timestamptz '2000-01-01 00:00:00+00'),
-            s.nxt - interval '1 microsecond', interval '15 minutes') q
-        where s.nxt is not null and s.status <> 'offline'
+        select s.user_id, s.status,
+               -- floor division, also before 1970: shifted by a multiple of 96 first
+               date '1970-01-01' + ((q + 96000000000) / 96 - 1000000000)::int as day,
+               ((q + 96000000000) % 96)::int as k,
+               s.sign * (least(s.nxt, (q + 1) * 900000000) - greatest(s.us, q * 900000000)) as v
+        from seg s cross join lateral generate_series(s.q0, s.q1) q
     ),
     delta as (
         select user_id, day, status, k, sum(v) as v from piece
