@@ -19,6 +19,7 @@ One module per family of metric, all re-exported here, so callers write
 - ``coverage``: when no listener was watching
 - ``timeline``: one user's timeline
 - ``rollups``: maintenance of the per-minute concurrency rollup (not a read)
+- ``summaries``: reads from the summaries kept on write (sessions, time in status)
 - ``health``: the Health page's figures (``analytics.health.report``)
 - ``sql`` and ``common``: the shared SQL blocks and helpers
 """
@@ -88,6 +89,7 @@ from presence_core.analytics.staffing import (
     state_of,
     team_shifts,
 )
+from presence_core.analytics.summaries import status_seconds
 from presence_core.analytics.timeline import TIMELINE_COLUMNS, user_timeline
 
 __all__ = [
@@ -136,6 +138,7 @@ __all__ = [
     "session_length_distribution",
     "sessions",
     "sessions_sql",
+    "status_seconds",
     "shift_windows",
     "staffing",
     "state_of",
