@@ -15,6 +15,7 @@ from presence_core.status import AMBER, GRAY, GREEN
 
 LAST_SHIFT = "Each team's last shift"
 CUSTOM = "Custom window"
+COUNTS = ("scheduled", "available", "away", "offline")
 BELOW = "background-color: rgba(239, 68, 68, 0.16)"  # a team or agent under its target
 
 st.title("Availability")
@@ -143,8 +144,7 @@ def last_shift_view() -> None:
     shown = pd.DataFrame(
         {
             "team": staffing["team"],
-            "zone": staffing["time_zone"],
-            "shift": [_shift_text(p.settings) for p in plans],
+            "shift": [f"{_shift_text(p.settings)} {p.settings.time_zone}" for p in plans],
             "now": [
                 f"on shift until {p.current.end.astimezone(p.settings.zone):%H:%M}"
                 if p.current is not None
@@ -164,14 +164,17 @@ def last_shift_view() -> None:
         shown.style.apply(_highlight("below target"), axis=1),
         hide_index=True,
         width="stretch",
-        height=min(35 * (len(shown) + 1) + 3, 400),
+        height=min(35 * (len(shown) + 1) + 3, 460),
         column_config={
+            **{c: st.column_config.NumberColumn(c, width="small") for c in COUNTS},
             "available %": st.column_config.ProgressColumn(
                 "available %", format="%.0f %%", min_value=0, max_value=100
             ),
-            "target %": st.column_config.NumberColumn("target %", format="%.0f %%"),
+            "target %": st.column_config.NumberColumn("target %", format="%.0f %%", width="small"),
+            "below target": None,  # the row's colour says it
         },
     )
+    st.caption("Red rows: on shift and below target.")
     on_shift = {p.settings.team for p in plans if p.current is not None}
     agents = roster[roster["team"].isin(on_shift)]
     order = {"away": 0, "offline": 1, "available": 2}
@@ -244,7 +247,7 @@ def last_shift_view() -> None:
         teams_table.style.apply(_highlight("below"), axis=1),
         hide_index=True,
         width="stretch",
-        height=min(35 * (len(teams_table) + 1) + 3, 400),
+        height=min(35 * (len(teams_table) + 1) + 3, 460),
         column_config={
             "mean availability %": st.column_config.ProgressColumn(
                 "mean availability %", format="%.1f %%", min_value=0, max_value=100

@@ -189,7 +189,7 @@ def _chart(curve, present_now: int, now: datetime, zone) -> None:
                     "field": "present",
                     "type": "quantitative",
                     "title": None,
-                    "axis": {"tickMinStep": 1},
+                    "axis": {"tickMinStep": 1, "format": "d"},
                     "scale": {"zero": True},
                 },
                 "tooltip": [
