@@ -239,10 +239,13 @@ def test_diffs_carry_every_transition_in_order_with_consecutive_seq():
             online(alice, "a")
             expected.append(("a", "online"))
             for status in ("away", "busy", "online"):
+                time.sleep(0.002)  # a new millisecond: the server dates each change apart
                 assert alice.call("userStatus", {"userId": "a", "status": status}) == {"ok": True}
                 expected.append(("a", status))
+            time.sleep(0.002)
             assert alice.call("userOffline", {"userId": "a"}) == {"ok": True}
             expected.append(("a", "offline"))
+            time.sleep(0.002)
         took = time.monotonic() - started
         wait_for(lambda: len(all_changes(watcher)) >= len(expected), what="every change")
         assert watcher.diff_changes() == expected

@@ -447,6 +447,28 @@ def test_health_endpoint():
         assert health["connections"] == 1 and health["users"] == 1
 
 
+def test_frames_waiting_for_a_client_leave_in_one_write_in_order():
+    """One event that makes two broadcasts (a connection switching users: the first
+    goes offline, the second comes online) reaches each guide client as two events,
+    in order, carried by one write per client (FrameBatcher)."""
+    with running_server(grace=0) as srv:
+        watchers = [srv.client() for _ in range(5)]
+        switcher = srv.client()
+        switcher.emit("userOnline", {"userId": "a"})
+        for watcher in watchers:
+            watcher.wait_change("a", "online")
+        before = srv.server.health()
+        switcher.emit("userOnline", {"userId": "b"})  # same connection, another user
+        for watcher in watchers + [switcher]:
+            watcher.wait_change("b", "online")
+            assert watcher.changes() == [("a", "online"), ("a", "offline"), ("b", "online")]
+        after = srv.server.health()
+        frames = after["ws_frames"] - before["ws_frames"]
+        writes = after["ws_writes"] - before["ws_writes"]
+        assert frames >= 2 * 6  # two broadcasts to six clients, each its own frames
+        assert writes <= frames - 6  # ... and at least one write saved for every client
+
+
 def test_stop_in_process_broadcasts_nothing():
     loop = LoopThread()
     server = PresenceServer(None, ServerOptions(grace=0))

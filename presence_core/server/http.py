@@ -19,6 +19,7 @@ from collections.abc import Callable
 import uvicorn
 
 from presence_core.errors import PresenceError
+from presence_core.server.batching import FrameBatcher
 from presence_core.server.guard import ConnectionGuard, GuardedListener, connection_cap
 from presence_core.server.options import ServerOptions
 from presence_core.server.ratelimit import LogThrottle
@@ -110,11 +111,13 @@ class EdgeApp:
         client = scope.get("client")
         self.guard.started(client)
         started = False
+        # a WebSocket's frames waiting at the end of a loop turn leave in one write
+        out = FrameBatcher(send).send if scope["type"] == "websocket" else send
 
         async def watched_send(message: dict) -> None:
             nonlocal started
             started = started or message["type"] in ("http.response.start", "websocket.accept")
-            await send(message)
+            await out(message)
 
         try:
             await self.app(scope, receive, watched_send)
@@ -204,6 +207,7 @@ class WebServer:
             timeout_keep_alive=max(1, round(self.options.idle_timeout)),
             ws_max_size=self.options.max_message_bytes + 1024,
             proxy_headers=False,  # the guard knows connections by their real peer
+            ws="websockets-sansio",  # the protocol FrameBatcher writes through
         )
         self._uvicorn = _Uvicorn(config)
         self._loop = asyncio.get_running_loop()

@@ -46,6 +46,7 @@ from presence_core.database import lookup
 from presence_core.database.clock import DatabaseClock
 from presence_core.protocol import ProtocolError
 from presence_core.server import auth
+from presence_core.server.batching import FrameBatcher
 from presence_core.server.broadcast import Broadcaster
 from presence_core.server.http import HealthApp, WebServer, WireLog
 from presence_core.server.options import (
@@ -604,6 +605,8 @@ class PresenceServer:
             "transitions": self.state.transitions,
             "v2_connections": len(self.subscriptions.watchers),
             "diffs": self.subscriptions.diffs,
+            "ws_frames": FrameBatcher.frames,
+            "ws_writes": FrameBatcher.writes,
             "malformed_frames": self.wire.malformed.total,
             **self.web.guard.stats(),
         }
