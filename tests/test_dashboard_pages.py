@@ -662,3 +662,17 @@ def test_availability_without_teams_or_data_says_what_to_do(dashboard_env, engin
     st.cache_data.clear()
     at = open_page("availability")
     assert any("No user belongs to a team yet" in info.value for info in at.info)
+
+
+def test_availability_ignores_an_unreadable_as_of(shifts_data):
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.query_params["as_of"] = "yesterday-ish"
+    at.run()
+    at.switch_page("../pages/availability.py").run()
+    assert not at.exception, at.exception
+    assert any("Ignored ?as_of=yesterday-ish" in w.value for w in at.warning)
+    assert any(s.value == "Who is missing now" for s in at.subheader)
+    # a time in the future is now: the page never pretends to know tomorrow
+    at = open_availability_at(datetime.now(UTC) + timedelta(days=2))
+    assert any(s.value.startswith("Who is missing at ") for s in at.subheader)
+    assert not at.exception
