@@ -103,8 +103,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--keep", action="store_true", help="keep the scratch database")
+    parser.add_argument(
+        "--write-cost",
+        action="store_true",
+        help="only measure the listener's writer with the summaries kept on write",
+    )
+    parser.add_argument("--rows", type=int, default=50_000, help="rows for --write-cost")
     args = parser.parse_args(argv)
 
+    if args.write_cost:
+        engine, url, drop = scratch_database(False)
+        try:
+            body = write_cost(engine, url, args.rows)
+        finally:
+            drop()
+        record("write-cost", "Writer with the summaries kept on write (migration 0005)", body)
+        return
     engine, url, drop = scratch_database(args.keep)
     try:
         body = measure(engine, url, args)
@@ -143,7 +157,10 @@ def measure(engine: Engine, url, args) -> str:
     def raw_copy() -> None:
         with engine.connect() as conn:
             raw = conn.connection.driver_connection
-            with raw.cursor() as cursor, cursor.copy("copy presence_transitions to stdout") as c:
+            with (
+                raw.cursor() as cursor,
+                cursor.copy("copy (select * from presence_transitions) to stdout") as c,
+            ):
                 for _ in c:
                     pass
             conn.rollback()
@@ -205,17 +222,60 @@ def measure(engine: Engine, url, args) -> str:
             lambda: analytics.sessions(engine, end - timedelta(days=1), end),
         ),
         (
-            f"daily active users, {period} days",
-            "",
-            None,
+            f"daily active users, {period} days (summaries)",
+            "≤ 300 ms",
+            0.3,
             lambda: analytics.daily_active_users(engine, end - timedelta(days=period), end),
         ),
         (
-            f"one team's time in status, {month} days",
+            f"daily active users, {period} days, raw log",
+            "",
+            None,
+            lambda: analytics.daily_active_users(
+                engine, end - timedelta(days=period), end, rollup=False
+            ),
+        ),
+        (
+            f"one team's time in status, {month} days (summaries)",
+            "≤ 200 ms",
+            0.2,
+            lambda: analytics.time_in_status(
+                engine, end - timedelta(days=month), end, team_tz, team=busiest_team
+            ),
+        ),
+        (
+            f"one team's time in status, {month} days, raw log",
             "",
             None,
             lambda: analytics.time_in_status(
+                engine,
+                end - timedelta(days=month),
+                end,
+                team_tz,
+                team=busiest_team,
+                rollup=False,
+            ),
+        ),
+        (
+            f"one team's {month}-day seconds online per day (summaries; for availability)",
+            "",
+            None,
+            lambda: analytics.status_seconds(
                 engine, end - timedelta(days=month), end, team_tz, team=busiest_team
+            ),
+        ),
+        (
+            f"daily summary, all users, {period} days (summaries)",
+            "",
+            None,
+            lambda: analytics.daily_summary(engine, end - timedelta(days=period), end, "UTC"),
+        ),
+        (
+            f"daily summary, all users, {period} days, raw log",
+            "",
+            None,
+            lambda: analytics.daily_summary(
+                engine, end - timedelta(days=period), end, "UTC", rollup=False
             ),
         ),
         (
@@ -296,7 +356,9 @@ def measure(engine: Engine, url, args) -> str:
     headers = ["what", "target", "measured", "vs baseline", "met"]
     summary = (
         f"{args.users:,} users × {args.days} days = **{rows:,} transitions**, generated in "
-        f"{gen_s:.1f} s ({rows / gen_s:,.0f} transitions/s; target for 5,000 × 90: ≤ 180 s), "
+        f"{gen_s:.1f} s with the summaries kept on write (sessions, time in status: "
+        f"migration 0005) ({rows / gen_s:,.0f} transitions/s; target for 5,000 × 365: "
+        "≤ 8 min), "
         f"then the per-minute concurrency rollup built once in {rollup_s:.1f} s "
         "(`generate_history` does this by default). "
         f"Baselines in the same run: `select count(*)` over the transitions "
@@ -308,6 +370,86 @@ def measure(engine: Engine, url, args) -> str:
         f"(1 min) {load}: other work on the machine slows every figure alike."
     )
     return summary + "\n\n" + table(headers, lines + export_rows)
+
+
+def _copy_without_triggers(url: str, rows, batch: int, engine: Engine) -> float:
+    """Rows/s of a raw binary COPY with the table's triggers off (no summaries, no
+    rollup invalidation): what writing costs without any maintenance."""
+    from bench.bench_listener import reset
+    from presence_core.database.storage import TRANSITION_TYPES
+
+    reset(engine)
+    sql = (
+        "copy presence_transitions (user_id, status, occurred_at, received_at, inferred,"
+        " reason, source) from stdin (format binary)"
+    )
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as conn:
+        conn.execute("set session_replication_role = replica")  # triggers off
+        started = time.perf_counter()
+        for i in range(0, len(rows), batch):
+            with conn.transaction(), conn.cursor() as cur, cur.copy(sql) as copy:
+                copy.set_types(list(TRANSITION_TYPES))
+                for r in rows[i : i + batch]:
+                    copy.write_row(
+                        (r.user_id, r.status, r.occurred_at, r.received_at, False, None, "bench")
+                    )
+        elapsed = time.perf_counter() - started
+    return len(rows) / elapsed
+
+
+def write_cost(engine: Engine, url, count: int, repeat: int = 3) -> str:
+    """bench_listener's run (b) (the writer, batches of 5,000 rows for 1,000 users,
+    every row a transition) against raw binary COPY of the same rows: with the
+    table's triggers (so the COPY maintains the summaries too) and without them."""
+    from bench.bench_listener import copy_rate, sample_rows, writer_rate
+
+    load_before = os.getloadavg()[0]
+    plain = url.render_as_string(hide_password=False)
+    rows = sample_rows(count)
+    bare, with_triggers, writers = [], [], []
+    for _ in range(repeat):
+        bare.append(_copy_without_triggers(plain, rows, 5000, engine))
+        with_triggers.append(copy_rate(plain, rows, 5000, engine))
+        writers.append(writer_rate(engine, rows, 5000))
+        print(
+            f"  bare COPY {bare[-1]:,.0f}, COPY+summaries {with_triggers[-1]:,.0f},"
+            f" writer {writers[-1]:,.0f} rows/s",
+            flush=True,
+        )
+    best_bare, best_copy, writer = max(bare), max(with_triggers), max(writers)
+    ratio = writer / best_bare
+
+    def runs(values: list[float]) -> str:
+        return "/".join(f"{v:,.0f}" for v in values)
+
+    lines = [
+        [
+            "listener's writer (write_records, batches of 5,000), summaries kept",
+            f"{writer:,.0f} rows/s",
+            f"{best_bare:,.0f} rows/s (raw binary COPY, triggers off)",
+            f"{ratio:.2f}",
+            "≥ 0.5",
+            "yes" if ratio >= 0.5 else "**no**",
+        ],
+        [
+            "raw binary COPY with the triggers (summaries kept by the COPY itself)",
+            f"{best_copy:,.0f} rows/s",
+            f"{best_bare:,.0f} rows/s",
+            f"{best_copy / best_bare:.2f}",
+            "",
+            "",
+        ],
+    ]
+    load = f"{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
+    return (
+        f"{count:,} rows (`bench.bench_listener.sample_rows`: 1,000 users, every row a "
+        f"transition, 5 per user per batch), best of {repeat} alternating runs (rows/s: "
+        f"bare COPY {runs(bare)}; COPY with triggers {runs(with_triggers)}; writer "
+        f"{runs(writers)}). The baseline is the same COPY with `session_replication_role = "
+        f"replica` (no trigger runs); bench_listener's own baseline COPY fires the triggers "
+        f"and so pays for the summaries too. Load average (1 min) {load}.\n\n"
+        + table(["measure", "measured", "baseline (same run)", "ratio", "target", "met"], lines)
+    )
 
 
 def pick_team(engine: Engine) -> str:

@@ -248,3 +248,43 @@ def test_open_sessions_end_now(engine):
         want = analytics.daily_summary(engine, first, end, zone, rollup=False)
         pd.testing.assert_frame_equal(got, want, check_dtype=False)
         assert got["sessions"].sum() >= 2
+
+
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    plan=batches,
+    spans=st.lists(
+        st.tuples(st.integers(-3600, SPAN), st.integers(1, 20 * 3600)), min_size=1, max_size=4
+    ),
+)
+@pytest.mark.parametrize("zone", ["Australia/Lord_Howe", "Asia/Kathmandu"])
+def test_status_seconds_in_spans_match_brute_force(engine, zone, plan, spans):
+    """Shifts of any length and alignment (night shifts across midnight, DST nights):
+    the span read agrees with a second-by-second count over the stored log."""
+    write(engine, zone, plan, 0)
+    t0 = origin(zone)
+    keyed = [
+        (
+            date(2026, 1, 1) + timedelta(days=i),
+            t0 + timedelta(seconds=a),
+            t0 + timedelta(seconds=a + n),
+        )
+        for i, (a, n) in enumerate(spans)
+    ]
+    got = summaries.status_seconds_in_spans(engine, keyed, ("online", "away"))
+    users = stored_rows(engine)
+    want = {}
+    for key, lo, hi in keyed:
+        for user, rows in users.items():
+            n = sum(
+                1
+                for s in range(int(lo.timestamp()), int(hi.timestamp()))
+                if state(rows, s) in ("online", "away")
+            )
+            if n:
+                want[(key, user)] = n
+    assert {(r.key, r.user_id): r.seconds for r in got.itertuples()} == want
