@@ -120,6 +120,7 @@ steps = st.lists(
         st.tuples(st.just("write"), st.lists(event, min_size=1, max_size=12)),
         st.tuples(st.just("replay"), st.integers(0, 50)),
         st.tuples(st.just("delete"), st.integers(0, 2), st.integers(0, 40 * 3600)),
+        st.tuples(st.just("update"), st.integers(0, 2), st.integers(0, 40 * 3600)),
     ),
     min_size=1,
     max_size=8,
@@ -155,6 +156,19 @@ def run(engine, plan) -> None:
                     {"u": f"u{step[1]}", "t": T0 + timedelta(seconds=step[2])},
                 )
             deleted = True
+        elif step[0] == "update":  # a DBA's correction: a user's onlines from t become busy
+            with engine.begin() as conn:
+                conn.execute(
+                    text(
+                        "update presence_transitions t set status = 'busy'"
+                        " where user_id = :u and occurred_at >= :t and status = 'online'"
+                        " and not exists (select 1 from presence_transitions b where"
+                        " b.user_id = t.user_id and b.occurred_at = t.occurred_at"
+                        " and b.status = 'busy')"
+                    ),
+                    {"u": f"u{step[1]}", "t": T0 + timedelta(seconds=step[2])},
+                )
+            deleted = True  # a replay may now insert the onlines again
         check(engine)
 
 
@@ -215,3 +229,33 @@ def test_emptying_the_log_empties_the_summaries(engine, statement):
     with engine.begin() as conn:
         conn.execute(text(statement))
     assert stored(engine)[1:] == (set(), {}, {})
+
+
+def test_dropping_a_month_keeps_its_summaries(engine):
+    """Retention drops partitions (no trigger runs): the summaries of the dropped month
+    stay, and later writes for the user do not erase them."""
+    from presence_core.database import partitions
+
+    jan = datetime(2026, 1, 10, 9, tzinfo=UTC)
+    mar = datetime(2026, 3, 10, 9, tzinfo=UTC)
+    partitions.ensure_range(engine, jan, mar)
+    write_batch(
+        engine,
+        [
+            Transition("u", "online", jan, jan),
+            Transition("u", "offline", jan + timedelta(hours=8), jan + timedelta(hours=8)),
+            Transition("u", "online", mar, mar),
+        ],
+    )
+    with engine.begin() as conn:
+        conn.execute(text("drop table presence_transitions_2026_01"))
+    later = mar + timedelta(hours=7)
+    write_batch(engine, [Transition("u", "offline", later, later)])
+    _, sessions, days, _ = stored(engine)
+    assert sessions == {("u", jan, jan + timedelta(hours=8)), ("u", mar, later)}
+    assert days[("u", jan.date(), "online")][96] == 8 * 3600 * 1_000_000
+    # a late row before March's first one: January's session is still kept
+    early = mar - timedelta(hours=1)
+    write_batch(engine, [Transition("u", "away", early, early)])
+    _, sessions, _, _ = stored(engine)
+    assert sessions == {("u", jan, jan + timedelta(hours=8)), ("u", early, later)}

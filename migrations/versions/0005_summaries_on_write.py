@@ -194,7 +194,9 @@ begin
 
     -- sessions: those not closed by a are rebuilt from the edges after it
     delete from presence_sessions s using presence_sum_base b
-    where s.user_id = b.user_id and (b.a is null or s.ended_at is null or s.ended_at > b.a);
+    -- (without a row before m, sessions ending by m are kept: months already pruned)
+    where s.user_id = b.user_id
+      and (s.ended_at is null or s.ended_at > coalesce(b.a, b.m));
     insert into presence_sessions (user_id, started_at, ended_at)
     with r as (
         select r.user_id, r.occurred_at as at, r.id, r.status <> 'offline' as present,
