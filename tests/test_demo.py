@@ -13,12 +13,15 @@ from pathlib import Path
 import psutil
 import psycopg
 import pytest
+import socketio
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from presence_core import analytics
+from presence_core.commands.demo import CROWD_SPEED, SEED
 from presence_core.database import engine as db
 from presence_core.database.embedded import EmbeddedPostgres
+from presence_core.synthetic.crowd import make_users, plan_crowd
 from tests.conftest import free_port
 from tests.waiting import wait_for
 
@@ -33,15 +36,40 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def _live_transitions(conninfo: str) -> int:
+def _live_transitions(conninfo: str, user_id: str | None = None) -> int:
     try:
         with psycopg.connect(conninfo, connect_timeout=3) as conn:
             return conn.execute(
                 "select count(*) from presence_transitions where source is distinct from"
                 " 'history' and received_at > now() - interval '1 minute'"
+                " and (%(user)s::text is null or user_id = %(user)s::text)",
+                {"user": user_id},
             ).fetchone()[0]
     except psycopg.Error:
         return 0
+
+
+def _crowd_works_within(users: int, seconds: float) -> bool:
+    """Whether the demo's crowd has anything to do in the next ``seconds`` of wall
+    clock: its plan is the organisation's real day, so at night or on a Sunday all
+    of a small crowd may be off (the plan is pure; tests/test_simulator.py covers it)."""
+    people = make_users(users, SEED)
+    return bool(plan_crowd(people, SEED, datetime.now(UTC), seconds * CROWD_SPEED))
+
+
+def _log_in_and_out(url: str, user_id: int, conninfo: str) -> None:
+    """One of the organisation's people, by hand with the guide's protocol, through
+    the demo's server: the listener stores the arrival and the departure."""
+    with socketio.SimpleClient() as client:
+        client.connect(url, transports=["websocket"], wait_timeout=10)
+        client.emit("userOnline", {"userId": user_id})
+        wait_for(
+            lambda: _live_transitions(conninfo, str(user_id)) >= 1, 30, what="the arrival stored"
+        )
+        client.emit("userOffline", {"userId": user_id})
+        wait_for(
+            lambda: _live_transitions(conninfo, str(user_id)) >= 2, 30, what="the departure stored"
+        )
 
 
 def test_demo_runs_and_stops_cleanly(tmp_path: Path):
@@ -69,10 +97,16 @@ def test_demo_runs_and_stops_cleanly(tmp_path: Path):
         conninfo = wait_for(
             lambda: EmbeddedPostgres(home).running(), timeout=60, what="the embedded database"
         ).conninfo()
-        first = wait_for(lambda: _live_transitions(conninfo), timeout=60, what="live transitions")
-        wait_for(
-            lambda: _live_transitions(conninfo) > first, timeout=60, what="more live transitions"
-        )
+        crowd_works = _crowd_works_within(12, 50)
+        person = make_users(12, SEED)[0].user_id
+        _log_in_and_out(f"http://127.0.0.1:{server_port}", person, conninfo)
+        if crowd_works:
+            first = _live_transitions(conninfo)
+            wait_for(
+                lambda: _live_transitions(conninfo) > first,
+                timeout=60,
+                what="the crowd's live transitions",
+            )
         _one_population_and_no_gap(EmbeddedPostgres(home).running().url)
         processes = psutil.Process(demo.pid).children(recursive=True)
         postmaster = EmbeddedPostgres(home).running()

@@ -31,6 +31,7 @@ from presence_core.errors import PresenceError
 STOP_TIMEOUT_S = 6
 READY_TIMEOUT_S = 90
 SEED = 1  # one synthetic organisation: the history's people are the live crowd's
+CROWD_SPEED = 60  # the live crowd lives a simulated minute per second
 
 
 class DemoError(PresenceError):
@@ -155,7 +156,7 @@ class Demo:
                 "--seed",
                 str(SEED),
                 "--speed",
-                "60",
+                str(CROWD_SPEED),
                 "--duration",
                 "12h",
                 "--quiet",
