@@ -78,9 +78,11 @@ def _highlight(column: str):
 
 def last_shift_view() -> None:
     """Who is missing on each team's current shift, and each team's last complete shift."""
-    now = as_of or datetime.now(UTC).replace(second=0, microsecond=0)
+    now = as_of or datetime.now(UTC)
     teams = None if team_filter is None else (team_filter,)
-    plans = data.load(analytics.team_shifts, viewer.key, now, teams, ttl=data.TABLE_TTL)
+    # shifts change on whole minutes at most (the minute keeps the cache useful)
+    minute = now.replace(second=0, microsecond=0)
+    plans = data.load(analytics.team_shifts, viewer.key, minute, teams, ttl=data.TABLE_TTL)
     if not plans:
         ui.empty_state(
             "No user belongs to a team yet. Give users a team with `presence users import`, "
@@ -91,7 +93,7 @@ def last_shift_view() -> None:
     roster, last = data.gather(
         lambda: data.load(
             analytics.roster,
-            now,
+            as_of,  # None: the database's state now
             teams,
             type_filter,
             tuple(statuses),
