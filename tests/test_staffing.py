@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, time, timedelta
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import update
 
@@ -90,6 +90,7 @@ def test_shift_windows_are_the_shifts_modules_for_every_day():
 # the feed
 
 
+@settings(deadline=None)
 @given(
     previous=st.one_of(st.none(), st.sampled_from(["online", "away", "busy", "offline"])),
     status=st.sampled_from(["online", "away", "busy", "offline", "accepting_chats"]),
@@ -235,3 +236,52 @@ def test_roster_and_staffing_against_the_target(engine):
     plans = analytics.plan_shifts(["desk"], {}, "UTC", now)
     assert not analytics.staffing(plans, frame, default_target=40.0).iloc[0].below_target
     assert analytics.staffing(plans, frame).iloc[0].target_pct is None
+
+
+@settings(deadline=None)  # pandas frames: the first example pays for the imports
+@given(
+    members=st.lists(
+        st.tuples(st.sampled_from(["a", "b", "c"]), st.sampled_from(["online", "away", "offline"])),
+        max_size=30,
+    ),
+    on_shift=st.sets(st.sampled_from(["a", "b", "c"])),
+    targets=st.dictionaries(st.sampled_from(["a", "b", "c"]), st.floats(1, 100), max_size=3),
+    default=st.one_of(st.none(), st.floats(1, 100)),
+)
+def test_staffing_counts_against_a_plain_count(members, on_shift, targets, default):
+    import pandas as pd
+
+    from presence_core.shifts import ShiftWindow
+
+    window = ShiftWindow(date(2026, 1, 1), utc(2026, 1, 1, 9), utc(2026, 1, 1, 17))
+    plans = [
+        analytics.TeamShift(
+            TeamSettings(team, "UTC", time(9), time(17), targets.get(team)),
+            True,
+            window,
+            window if team in on_shift else None,
+        )
+        for team in ("a", "b", "c")
+    ]
+    roster = pd.DataFrame(
+        {
+            "team": [t for t, _ in members],
+            "state": [analytics.state_of(s) for _, s in members],
+        }
+    )
+    table = analytics.staffing(plans, roster, default).set_index("team")
+    for team in ("a", "b", "c"):
+        states = [analytics.state_of(s) for t, s in members if t == team]
+        available = states.count("available")
+        row = table.loc[team]
+        assert (row.scheduled, row.available, row.away, row.offline) == (
+            len(states),
+            available,
+            states.count("away"),
+            states.count("offline"),
+        )
+        target = targets.get(team, default)
+        pct = 100 * available / len(states) if states else None
+        assert (row.available_pct is None or pd.isna(row.available_pct)) == (pct is None)
+        expected = team in on_shift and target is not None and pct is not None and pct < target
+        assert bool(row.below_target) == expected
