@@ -45,19 +45,23 @@ def hide(engine, user):
 
 
 @pytest.mark.parametrize(
-    ("day", "expected_hours"),
+    ("day", "start", "end", "expected_hours"),
     [
-        (date(2026, 3, 28), 7),  # Berlin springs forward in the night: 22:00–06:00 is 7 h
-        (date(2026, 10, 24), 9),  # and falls back: 9 h
-        (date(2026, 6, 1), 8),
+        (date(2026, 3, 28), time(22), time(6), 7),  # Berlin springs forward in the night
+        (date(2026, 10, 24), time(22), time(6), 9),  # and falls back
+        (date(2026, 6, 1), time(22), time(6), 8),
+        # a start the clocks skip begins at the change (03:00 CEST), not at 03:30
+        (date(2026, 3, 29), time(2, 30), time(10), 7),
+        # an end the clocks repeat is its first occurrence (02:30 CEST), not the second
+        (date(2026, 10, 24), time(22), time(2, 30), 4.5),
     ],
 )
-def test_availability_of_a_night_shift_on_dst_nights_is_the_shift_window(
-    engine, day, expected_hours
+def test_availability_of_a_shift_on_dst_nights_is_the_shift_window(
+    engine, day, start, end, expected_hours
 ):
-    window = shift_window(TeamSettings("night", "Europe/Berlin", time(22), time(6)), day)
+    window = shift_window(TeamSettings("night", "Europe/Berlin", start, end), day)
     assert window.seconds == expected_hours * 3600
-    # online across the whole night, and beyond on both sides
+    # online across the whole shift, and beyond on both sides
     add(
         engine,
         "n",
@@ -67,9 +71,7 @@ def test_availability_of_a_night_shift_on_dst_nights_is_the_shift_window(
         ],
         team="night",
     )
-    frame = analytics.availability(
-        engine, day, day, "Europe/Berlin", time(22), time(6), team="night"
-    )
+    frame = analytics.availability(engine, day, day, "Europe/Berlin", start, end, team="night")
     assert frame["shift_seconds"].tolist() == [window.seconds]
     assert frame["available_seconds"].tolist() == [window.seconds]
     assert frame["availability_pct"].tolist() == [100.0]
