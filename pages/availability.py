@@ -124,7 +124,7 @@ def last_shift_view() -> None:
             "Available",
             f"{row.available} of {row.scheduled}",
             delta=None
-            if pct is None or target is None or pd.isna(target) or not row.on_shift
+            if pd.isna(pct) or target is None or pd.isna(target) or not row.on_shift
             else f"{pct - target:+.0f} points vs the {target:g} % target",
         )
         m2.metric("Away", int(row.away))
