@@ -166,6 +166,11 @@ def test_dashboard_and_export_read_the_replica(primary, monkeypatch, tmp_path):
             shown = "\n".join(m.value for m in live.markdown)
             assert "Rita" in shown and "Paul" not in shown
 
+            # Activity reads long spans from the concurrency rollup, which is refreshed on
+            # a primary but must not be written on the replica
+            _page("activity")
+            assert analytics.concurrency(reader, now - timedelta(days=2), now, "hour").shape[0]
+
             health = _page("health")
             metrics = {m.label: m.value for m in health.metric}
             assert metrics["Replica lag"] not in ("primary", "none")
