@@ -166,9 +166,10 @@ def test_dashboard_and_export_read_the_replica(primary, monkeypatch, tmp_path):
             shown = "\n".join(m.value for m in live.markdown)
             assert "Rita" in shown and "Paul" not in shown
 
-            # Activity reads long spans from the concurrency rollup, which is refreshed on
-            # a primary but must not be written on the replica
-            _page("activity")
+            # every page reads (Activity's long spans come from the concurrency rollup,
+            # which is refreshed on a primary but must not be written on the replica)
+            for name in ("activity", "availability", "last_seen", "export"):
+                _page(name)
             assert analytics.concurrency(reader, now - timedelta(days=2), now, "hour").shape[0]
 
             health = _page("health")
