@@ -204,19 +204,31 @@ def time_in_status_sql() -> str:
 
 def daily_active_users_sql() -> str:
     """:func:`presence_core.analytics.daily_active_users` from the summaries: a user is
-    active on a day when one of its sessions overlaps the day for some time."""
+    active on a day when one of its sessions overlaps the day for some time. A
+    session's part inside the period overlaps every local day from the one holding
+    its first instant to the one holding its last, each for some time."""
+    tz = "cast(:tz as text)"
     return (
         "with"
         + SESSIONS
         + ","
         + DAYS
-        + """,
-    parts as ("""
-        + seg_days("sess", "x.started_at", "x.ended_at")
-        + """
+        + f""",
+    parts as (
+        select user_id,
+               (greatest(started_at, cast(:start as timestamptz)) at time zone {tz})::date
+                   as d0,
+               ((ended_at - interval '1 microsecond') at time zone {tz})::date as d1
+        from sess where ended_at > greatest(started_at, cast(:start as timestamptz))
+    ),
+    active as (
+        select d0 as day, user_id from parts where d1 = d0
+        union
+        select g::date, user_id from parts
+        cross join lateral generate_series(d0, d1, interval '1 day') g where d1 > d0
     )
-    select d.day as date, count(distinct p.user_id)::int as active_users
-    from days d left join parts p on p.day = d.day and p.part_end > p.part_start
+    select d.day as date, count(a.user_id)::int as active_users
+    from days d left join active a on a.day = d.day
     group by d.day order by d.day"""
     )
 
