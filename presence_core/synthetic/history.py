@@ -93,8 +93,10 @@ def generate_history(
     On a database that holds none of their transitions yet the rows are copied
     straight in; otherwise they go through
     :func:`presence_core.database.storage.write_batch`, which skips what exists, so
-    a second run adds nothing. With ``rollups`` the concurrency rollup is brought up
-    to date at the end, so the dashboard's first long-range chart is fast.
+    a second run adds nothing. Either way the summaries kept on write (sessions, time
+    in status: migration 0005) are built by the same statements' triggers, in the
+    same transactions. With ``rollups`` the concurrency rollup is brought up to date
+    at the end, so the dashboard's first long-range chart is fast.
     """
     if users < 1 or days < 1:
         raise PresenceError("generate-history needs at least one user and one day")
