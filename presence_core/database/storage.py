@@ -4,7 +4,10 @@ history generator share.
 :func:`write_batch` is the one way transitions enter the database. It copies a
 batch with COPY, inserting only what is new (the unique key
 ``(user_id, occurred_at, status)`` makes a replay insert nothing twice), and
-brings ``presence_users`` up to date, all in one transaction.
+brings ``presence_users`` up to date, all in one transaction. The summaries the
+dashboard and exports read (sessions, time in status: migration 0005) are kept
+by triggers on ``presence_transitions`` in that same transaction, so nothing
+here (nor any other writer) has to remember them; a replay leaves them as they are.
 """
 
 from __future__ import annotations
