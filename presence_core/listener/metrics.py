@@ -74,7 +74,9 @@ class Stats:
 
 
 _COUNTERS = (
-    ("events_received", "userStatusChanged events received"),
+    ("events_received", "status changes received (userStatusChanged, or in presenceDiff)"),
+    ("diffs_received", "presenceDiff frames received (protocol version 2)"),
+    ("diff_gaps", "presenceDiff seq jumps: diffs missed, reconciled at once"),
     ("transitions_written", "transition rows inserted (new)"),
     ("spooled", "records appended to the spool"),
     ("replayed", "spooled records replayed into the database"),

@@ -13,7 +13,9 @@ connection compresses nothing.
 It relies on uvicorn's ``websockets-sansio`` protocol object (its ``conn``, a
 ``websockets`` ServerProtocol, and its ``transport``); anything else, a paused
 transport (a slow reader: its back-pressure is kept) or a closing connection
-passes each message on as it is.
+passes each message on as it is. Once the connection is accepted it also lets go of
+the opening handshake's request and response, which uvicorn would keep for the
+connection's lifetime.
 """
 
 from __future__ import annotations
@@ -85,6 +87,10 @@ class FrameBatcher:
             return
         self.flush()  # what waits goes first: order is kept
         await self._send(message)
+        if proto is not None and message["type"] == "websocket.accept":
+            # the opening handshake is over: its request and response (headers and
+            # all, a sixth of a held connection's memory) are never read again
+            proto.request = proto.response = None
 
     def flush(self) -> None:
         """Write what waits, in one go."""

@@ -190,6 +190,19 @@ class PresenceServer:
         else:
             self.broadcaster.recipients[sid] = eio_sid
         self.conns[sid] = conn
+        # python-socketio keeps every connection's WSGI-style environ for its lifetime;
+        # nothing reads its headers after this, and they are a tenth of a connection's
+        # memory (bench/bench_server.py, "per connection")
+        kept = {
+            key: value
+            for key, value in environ.items()
+            if not key.startswith("HTTP_") and key != "wsgi.input"  # (a class per request)
+        }
+        environ.clear()  # (frees the dict's table, which deleting keys would not)
+        environ.update(kept)
+        scope = kept.get("asgi.scope")
+        if isinstance(scope, dict) and scope.get("type") == "websocket":
+            scope["headers"] = []  # uvicorn's copy, kept as long: read once, above
 
     async def _on_disconnect(self, sid: str, reason: object = None) -> None:
         conn = self.conns.pop(sid, None)

@@ -1,0 +1,296 @@
+"""A shift start with protocol version 2, beside the same crowd as guide clients.
+
+    python -m bench.bench_server_v2                      # 2,000 users in 10 teams, 2 s
+    python -m bench.bench_server_v2 --users 500 --no-record
+
+N users in T teams log in within ``--spread`` seconds; each wants to hold its own
+team's complete state (who of the team is online). Three runs, each on a fresh
+server process:
+
+- ours, version 2: each client connects with ``protocol: 2``, subscribes to its
+  team (the acknowledgement is the team's state), then announces itself; the
+  team's later logins arrive in ``presenceDiff`` frames;
+- ours and the guide's Node server, guide clients: each announces itself and asks
+  ``getOnlineUsers`` (the state so far), then hears every ``userStatusChanged``
+  broadcast (everyone's, N²/2 in all) and keeps its team's.
+
+Measured: when every client holds its team's complete state, after the last login
+(target for version 2: within 1 s); change → client latency over every delivery of
+a team member's login made after the client's own (target p95 ≤ 500 ms); messages
+and changes delivered; the server's CPU per delivered change.
+
+The clients are raw Engine.IO v4 websocket clients (aiohttp) in this one process;
+they parse what they need and nothing more, but on a loaded machine they are part
+of what is measured: the figures are the crowd's, not the server's alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+import psutil
+
+from bench.bench_server import Server, node, ours
+from bench.report import record, table
+
+# --- a raw client that wants its team's state ------------------------------------------------
+
+
+class TeamClient:
+    """One user of team ``team``: announces itself and keeps who of the team is online."""
+
+    def __init__(self, uid: int, team: int, v2: bool, sent_at: dict[int, float], teams: int):
+        self.uid, self.team, self.v2 = uid, team, v2
+        self.teams = teams
+        self.sent_at = sent_at
+        self.known: set[int] = set()
+        self.latencies: list[float] = []
+        self.messages = 0  # socket.io events received
+        self.changes = 0  # changes delivered (a diff's changes, or broadcasts)
+        self.joined_at = 0.0
+        self.complete_at: float | None = None
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self.task: asyncio.Task | None = None
+
+    def _mine(self, uid: int) -> bool:
+        return uid % self.teams == self.team
+
+    def _heard(self, uid: int, live: bool, now: float) -> None:
+        if not self._mine(uid):
+            return
+        if live and uid in self.sent_at and self.sent_at[uid] >= self.joined_at:
+            self.latencies.append(now - self.sent_at[uid])
+        self.known.add(uid)
+
+    async def join(self, session: aiohttp.ClientSession, url: str) -> None:
+        ws_url = url.replace("http", "ws", 1) + "/socket.io/?EIO=4&transport=websocket"
+        self.ws = await session.ws_connect(ws_url, max_msg_size=0, autoping=True)
+        opening = await self.ws.receive_str()
+        assert opening.startswith("0"), opening
+        await self.ws.send_str("40" + ('{"protocol":2}' if self.v2 else ""))
+        joined = await self.ws.receive_str()
+        assert joined.startswith("40"), joined
+        self.joined_at = time.monotonic()
+        self.task = asyncio.create_task(self._read())
+        if self.v2:
+            await self._emit("subscribe", {"teams": [f"T{self.team}"]}, ack=1)
+        team = f"T{self.team}"
+        self.sent_at[self.uid] = time.monotonic()
+        await self._emit(
+            "userOnline", {"userId": self.uid, "userName": f"U{self.uid}", "team": team}
+        )
+        if not self.v2:
+            await self._emit("getOnlineUsers", None)
+
+    async def _emit(self, event: str, data: object, ack: int | None = None) -> None:
+        assert self.ws is not None
+        args = [event] if data is None else [event, data]
+        prefix = "42" if ack is None else f"42{ack}"
+        await self.ws.send_str(prefix + json.dumps(args, separators=(",", ":")))
+
+    async def _read(self) -> None:
+        assert self.ws is not None
+        async for message in self.ws:
+            data = message.data
+            if not isinstance(data, str):
+                continue
+            now = time.monotonic()
+            if data == "2":
+                await self.ws.send_str("3")
+            elif data.startswith('42["presenceDiff"'):
+                self.messages += 1
+                changes = json.loads(data[2:])[1]["changes"]
+                self.changes += len(changes)
+                for change in changes:
+                    if change["status"] == "online":
+                        self._heard(change["userId"], True, now)
+            elif data.startswith('42["userStatusChanged"'):
+                self.messages += 1
+                self.changes += 1
+                start = data.index('"userId":') + 9
+                uid = int(data[start : data.index(",", start)])
+                if '"status":"online"' in data:
+                    self._heard(uid, True, now)
+            elif data.startswith('42["onlineUsersList"'):
+                self.messages += 1
+                for entry in json.loads(data[2:])[1]:
+                    self._heard(entry["userId"], False, now)
+            elif data.startswith("431"):  # the subscribe acknowledgement
+                for entry in json.loads(data[3:])[0]["users"]:
+                    self._heard(entry["userId"], False, now)
+
+    async def close(self) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+        if self.task is not None:
+            self.task.cancel()
+
+
+@dataclass
+class CrowdRun:
+    server: str
+    protocol: str
+    users: int
+    connect_failures: int
+    complete: int  # clients holding their team's complete state by the deadline
+    complete_after_last: float | None  # the last one's, after the last login; None: never
+    latency_p50: float
+    latency_p95: float
+    messages: int
+    changes: int
+    server_cpu: float
+    cpu_per_change_us: float = field(default=0.0)
+
+
+async def _crowd(
+    server: Server, users: int, teams: int, spread: float, timeout: float, v2: bool
+) -> CrowdRun:
+    process = psutil.Process(server.process.pid)
+    cpu_before = process.cpu_times()
+    sent_at: dict[int, float] = {}
+    clients = [TeamClient(uid, uid % teams, v2, sent_at, teams) for uid in range(users)]
+    failures = 0
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        start = time.monotonic()
+
+        async def one(index: int, client: TeamClient) -> TeamClient | None:
+            nonlocal failures
+            await asyncio.sleep(max(0.0, start + index * spread / users - time.monotonic()))
+            try:
+                await client.join(session, server.url)
+            except (TimeoutError, aiohttp.ClientError, OSError, AssertionError):
+                failures += 1
+                return None
+            return client
+
+        joined = [c for c in await asyncio.gather(*(one(i, c) for i, c in enumerate(clients))) if c]
+        last_login = max(sent_at.values()) if sent_at else time.monotonic()
+        team_size = {t: sum(1 for c in joined if c.team == t) for t in range(teams)}
+        deadline = last_login + timeout
+        pending = list(joined)
+        while pending and time.monotonic() < deadline:
+            now = time.monotonic()
+            still = []
+            for client in pending:
+                if len(client.known) >= team_size[client.team]:
+                    client.complete_at = now
+                else:
+                    still.append(client)
+            pending = still
+            await asyncio.sleep(0.01)
+        cpu_after = process.cpu_times()
+        await asyncio.gather(*(c.close() for c in joined))
+    latencies = sorted(x for c in joined for x in c.latencies) or [float("inf")]
+    done = [c.complete_at for c in joined if c.complete_at is not None]
+    cpu = (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)
+    changes = sum(c.changes for c in joined)
+    return CrowdRun(
+        server=server.name,
+        protocol="version 2 (team subscription)" if v2 else "guide (broadcast)",
+        users=users,
+        connect_failures=failures,
+        complete=len(done),
+        complete_after_last=(max(done) - last_login) if len(done) == len(joined) else None,
+        latency_p50=statistics.median(latencies),
+        latency_p95=latencies[min(len(latencies) - 1, int(len(latencies) * 0.95))],
+        messages=sum(c.messages for c in joined),
+        changes=changes,
+        server_cpu=cpu,
+        cpu_per_change_us=cpu / max(changes, 1) * 1e6,
+    )
+
+
+def _ms(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    return "∞" if seconds == float("inf") else f"{seconds * 1000:.0f} ms"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--users", type=int, default=2000, help="users (default 2000)")
+    parser.add_argument("--teams", type=int, default=10, help="teams (default 10)")
+    parser.add_argument("--spread", type=float, default=2.0, help="login window, s (default 2)")
+    parser.add_argument("--timeout", type=float, default=10.0, help="wait after, s (default 10)")
+    parser.add_argument("--no-node", action="store_true", help="skip the Node server")
+    parser.add_argument("--no-record", action="store_true", help="print only")
+    args = parser.parse_args(argv if argv is not None else sys.argv[1:])
+
+    plans = [(ours, True), (ours, False)]
+    if not args.no_node:
+        plans.append((node, False))
+    runs: list[CrowdRun] = []
+    load_before = os.getloadavg()
+    for make, v2 in plans:
+        with make() as server:
+            run = asyncio.run(_crowd(server, args.users, args.teams, args.spread, args.timeout, v2))
+        print(run, flush=True)
+        runs.append(run)
+    load_after = os.getloadavg()
+
+    rows = [
+        [r.server, r.protocol, r.users, r.connect_failures,
+         f"{r.complete}/{r.users - r.connect_failures}", _ms(r.complete_after_last),
+         _ms(r.latency_p50), _ms(r.latency_p95), f"{r.messages:,}", f"{r.changes:,}",
+         f"{r.server_cpu:.1f} s", f"{r.cpu_per_change_us:.1f} µs"]
+        for r in runs
+    ]  # fmt: skip
+    v2 = runs[0]
+    ratios = [
+        f"server CPU per delivered change, ours v2 ÷ {r.server} {r.protocol}: "
+        f"{v2.cpu_per_change_us / r.cpu_per_change_us:.2f}; total server CPU: "
+        f"{v2.server_cpu / max(r.server_cpu, 1e-9):.2f}"
+        for r in runs[1:]
+        if r.cpu_per_change_us
+    ]
+    body = "\n\n".join(
+        [
+            f"{args.users:,} users in {args.teams} teams log in within {args.spread:g} s, each "
+            "wanting its own team's complete state (`python -m bench.bench_server_v2`). "
+            "Version 2: `subscribe {teams: [own]}` then `userOnline`; guide clients: "
+            "`userOnline`, `getOnlineUsers`, then every broadcast. Complete: every client "
+            "holds its whole team (measured after the last login; targets for version 2: "
+            "≤ 1 s, p95 change → client ≤ 500 ms). Latency counts every delivery of a team "
+            "member's login made after the client joined. CPU is the server process's own.",
+            table(
+                [
+                    "server",
+                    "protocol",
+                    "users",
+                    "connect failures",
+                    "complete",
+                    "all complete after last login",
+                    "p50",
+                    "p95",
+                    "messages",
+                    "changes delivered",
+                    "server CPU",
+                    "CPU per change",
+                ],
+                rows,
+            ),  # fmt: skip
+            "; ".join(ratios) + "." if ratios else "",
+            f"Machine load (1-minute average) {load_before[0]:.1f} before, "
+            f"{load_after[0]:.1f} after, on {os.cpu_count()} cores shared with other work: "
+            "the clients run in one Python process on the same machine, so on a loaded "
+            "machine they are part of what is measured (the guide-client runs above all: "
+            "every client parses its own copy of the online list and of every broadcast).",
+        ]
+    )
+    print(body)
+    if not args.no_record:
+        record("server-v2", "Presence server: a shift start with protocol version 2", body)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
