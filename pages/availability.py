@@ -11,6 +11,7 @@ import streamlit as st
 from presence_core.dashboard import data, ui
 
 from presence_core import analytics
+from presence_core.shifts import format_work_days
 from presence_core.status import AMBER, GRAY, GREEN
 
 LAST_SHIFT = "Each team's last shift"
@@ -55,9 +56,10 @@ if not choices["user_id"] and not choices["team"]:
 
 
 def _shift_text(s) -> str:
+    days = "" if s.work_days is None else f" {format_work_days(s.work_days)}"
     if s.whole_day and s.shift_start == time(0):
-        return "whole day"
-    return f"{s.shift_start:%H:%M}–{s.shift_end:%H:%M}"
+        return "whole day" + days
+    return f"{s.shift_start:%H:%M}–{s.shift_end:%H:%M}{days}"
 
 
 def _window_text(start, end, zone: ZoneInfo) -> str:

@@ -1,7 +1,8 @@
 """Teams' shifts in their own time zones, and which window is "the last complete shift".
 
-A team works one shift a day, from ``shift_start`` to ``shift_end`` on the wall clock
-of its zone. An end before the start means the shift crosses midnight (22:00–06:00
+A team works one shift a day on its working days (``work_days``: the local weekdays
+a shift begins on; every day when unset), from ``shift_start`` to ``shift_end`` on the
+wall clock of its zone. An end before the start means the shift crosses midnight (22:00–06:00
 ends the next morning); an end equal to the start means the whole day (00:00–00:00,
 what a team with no settings gets, in the display zone). The shift *of* local day D
 is the one that begins on D.
@@ -26,11 +27,14 @@ from zoneinfo import ZoneInfo
 
 __all__ = [
     "WHOLE_DAY",
+    "WEEKDAYS",
     "ShiftWindow",
     "TeamSettings",
     "current_shift",
     "first_instant_at",
+    "format_work_days",
     "last_complete_shift",
+    "parse_work_days",
     "shift_window",
     "whole_day",
     "zone_named",
@@ -38,6 +42,36 @@ __all__ = [
 
 WHOLE_DAY = (time(0, 0), time(0, 0))
 """(shift_start, shift_end) of a team with no shift: midnight to midnight."""
+
+WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+"""Day names as ``work_days`` are written, in ``date.weekday()`` order."""
+
+
+def parse_work_days(text: str | None) -> frozenset[int] | None:
+    """``Mon-Fri``, ``Mon,Wed,Fri``, ``Sun-Thu`` (a range may wrap past Sunday) or a mix,
+    as ``date.weekday()`` numbers; blank or ``daily`` is every day (None). ValueError,
+    with a message fit for a user, for anything else."""
+    if text is None or text.strip().lower() in ("", "daily"):
+        return None
+    names = {name.lower(): number for number, name in enumerate(WEEKDAYS)}
+    days: set[int] = set()
+    for part in text.split(","):
+        ends = [end.strip().lower()[:3] for end in part.split("-")]
+        if len(ends) > 2 or not all(end in names for end in ends):
+            raise ValueError(
+                f"{text!r} is not a list of working days (such as Mon-Fri or Mon,Wed,Fri)"
+            )
+        first, last = names[ends[0]], names[ends[-1]]
+        days.update((first + k) % 7 for k in range((last - first) % 7 + 1))
+    return None if len(days) == 7 else frozenset(days)
+
+
+def format_work_days(days: frozenset[int] | None) -> str | None:
+    """The stored form of ``work_days``: names in week order (``Mon,Tue,Wed,Thu,Fri``),
+    None for every day. :func:`parse_work_days` reads it back."""
+    if days is None:
+        return None
+    return ",".join(WEEKDAYS[day] for day in sorted(days))
 
 
 @functools.cache
@@ -55,13 +89,24 @@ def zone_named(name: str) -> ZoneInfo:
 
 @dataclass(frozen=True)
 class TeamSettings:
-    """A team's zone, daily shift and target availability (a percentage, or None)."""
+    """A team's zone, daily shift, target availability (a percentage, or None) and
+    working days (``date.weekday()`` numbers of the local days a shift begins on;
+    None: every day)."""
 
     team: str
     time_zone: str
     shift_start: time
     shift_end: time
     target_pct: float | None = None
+    work_days: frozenset[int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.work_days is not None and not self.work_days:
+            raise ValueError(f"team {self.team!r} has no working day")
+
+    def works_on(self, day: date) -> bool:
+        """Whether a shift begins on local ``day``."""
+        return self.work_days is None or day.weekday() in self.work_days
 
     @property
     def zone(self) -> ZoneInfo:
@@ -130,9 +175,11 @@ def shift_window(settings: TeamSettings, day: date) -> ShiftWindow:
 
 
 def _recent_windows(settings: TeamSettings, now: datetime) -> list[ShiftWindow]:
-    """The shifts beginning on the local days around ``now``, latest first."""
+    """The shifts beginning on the working days around ``now``, latest first: enough
+    of them to hold a complete one even with a single working day a week."""
     today = now.astimezone(settings.zone).date()
-    return [shift_window(settings, today - timedelta(days=k)) for k in range(-1, 4)]
+    days = [today - timedelta(days=k) for k in range(-1, 11)]
+    return [shift_window(settings, day) for day in days if settings.works_on(day)]
 
 
 def last_complete_shift(settings: TeamSettings, now: datetime) -> ShiftWindow:
@@ -146,7 +193,7 @@ def last_complete_shift(settings: TeamSettings, now: datetime) -> ShiftWindow:
     for window in _recent_windows(settings, now):
         if window.end <= now and window.end > window.start:
             return window
-    raise AssertionError("a daily shift always ends within three days")  # pragma: no cover
+    raise AssertionError("a weekly shift always ends within ten days")  # pragma: no cover
 
 
 def current_shift(settings: TeamSettings, now: datetime) -> ShiftWindow | None:

@@ -15,7 +15,9 @@ from presence_core.shifts import (
     TeamSettings,
     current_shift,
     first_instant_at,
+    format_work_days,
     last_complete_shift,
+    parse_work_days,
     shift_window,
     whole_day,
     zone_named,
@@ -50,10 +52,10 @@ class WallClock:
     """The wall clock of a zone read every UTC minute over a stretch of time: the
     reference knows nothing of folds or offsets, only what the clock shows."""
 
-    def __init__(self, zone: str, around: datetime) -> None:
+    def __init__(self, zone: str, around: datetime, days_back: int = 3) -> None:
         self.zone = ZoneInfo(zone)
-        first = around.replace(second=0, microsecond=0) - timedelta(days=3, hours=12)
-        self.instants = [first + k * MINUTE for k in range(6 * 24 * 60)]
+        first = around.replace(second=0, microsecond=0) - timedelta(days=days_back, hours=12)
+        self.instants = [first + k * MINUTE for k in range((days_back + 3) * 24 * 60)]
         walls = [t.astimezone(self.zone).replace(tzinfo=None) for t in self.instants]
         self.walls = walls
         self.highest = []  # the latest reading so far: rises, so it can be bisected
@@ -78,9 +80,11 @@ class WallClock:
 
 
 def reference(s: TeamSettings, now: datetime):
-    clock = WallClock(s.time_zone, now)
+    back = 2 if s.work_days is None else 9  # a week and a bit: one working day is enough
+    clock = WallClock(s.time_zone, now, days_back=back + 1)
     today = now.astimezone(ZoneInfo(s.time_zone)).date()
-    days = [today + timedelta(days=k) for k in range(-2, 1)]
+    days = [today + timedelta(days=k) for k in range(-back, 1)]
+    days = [d for d in days if s.work_days is None or d.weekday() in s.work_days]
     shifts = clock.shifts(s, days)
     done = [w for w in shifts if w[2] <= now and w[2] > w[1]]
     running = [w for w in shifts if w[1] <= now < w[2]]
@@ -119,6 +123,46 @@ def test_last_complete_and_current_shift_agree_with_the_wall_clock(s, now):
     assert last.end <= now and last.seconds > 0
     current = current_shift(s, now)
     assert (current and (current.day, current.start, current.end)) == running
+
+
+work_days = st.frozensets(st.integers(0, 6), min_size=1, max_size=6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(team_settings, work_days, instants)
+# a Monday morning at 01:00 UTC: Europe's Mon-Fri day shift last ended on Friday
+@example(
+    TeamSettings("t", "Europe/London", time(9), time(17)), frozenset(range(5)), utc(2026, 12, 7, 1)
+)
+# a Sunday: the Mon-Fri night desk's last shift began on Friday night
+@example(
+    TeamSettings("t", "Europe/Berlin", time(22), time(6)), frozenset(range(5)), utc(2026, 12, 6, 4)
+)
+def test_working_days_agree_with_the_wall_clock(s, days, now):
+    s = TeamSettings(s.team, s.time_zone, s.shift_start, s.shift_end, None, days)
+    done, running = reference(s, now)
+    last = last_complete_shift(s, now)
+    assert (last.day, last.start, last.end) == done
+    assert last.day.weekday() in days
+    current = current_shift(s, now)
+    assert (current and (current.day, current.start, current.end)) == running
+
+
+def test_working_days_are_read_and_written_in_week_order():
+    assert parse_work_days("Mon-Fri") == frozenset(range(5))
+    assert parse_work_days(" sun-tue, Thu ") == frozenset({6, 0, 1, 3})  # wraps past Sunday
+    assert parse_work_days("Saturday") == frozenset({5})
+    assert parse_work_days("") is parse_work_days("daily") is parse_work_days("Mon-Sun") is None
+    assert format_work_days(frozenset({4, 0, 2})) == "Mon,Wed,Fri"
+    assert format_work_days(None) is None
+    for text in ("Mon-Fri", "Sun-Tue,Thu", "Sat"):
+        days = parse_work_days(text)
+        assert parse_work_days(format_work_days(days)) == days
+    for bad in ("Mon-", "Funday", "Mon-Wed-Fri", "1-5"):
+        with pytest.raises(ValueError, match="working days"):
+            parse_work_days(bad)
+    with pytest.raises(ValueError, match="no working day"):
+        TeamSettings("t", "UTC", time(9), time(17), None, frozenset())
 
 
 @settings(max_examples=150, deadline=None)

@@ -187,6 +187,32 @@ def test_each_team_opens_on_its_last_complete_shift_at_01_utc(engine):
     assert by_team.loc["berlin-night", "shift_seconds"] == 8 * 3600
 
 
+def test_a_monday_to_friday_team_on_a_sunday_is_between_shifts_since_friday(engine):
+    """Sunday 2026-12-06: a Mon-Fri team is not on shift (so nobody is "missing"), and
+    its last complete shift is Friday's, not Saturday's empty one."""
+    now = utc(2026, 12, 6, 12, 0)
+    weekdays = frozenset(range(5))
+    with engine.begin() as conn:
+        write_teams(
+            conn,
+            [
+                TeamSettings("emea", "Europe/London", time(9), time(17), 60.0, weekdays),
+                TeamSettings("night", "Europe/Berlin", time(22), time(6), 60.0, weekdays),
+                TeamSettings("daily", "Europe/London", time(9), time(17), 60.0),
+            ],
+        )
+    friday = [("online", utc(2026, 12, 4, 8)), ("offline", utc(2026, 12, 5))]
+    for team in ("emea", "night", "daily"):
+        add(engine, f"{team}-1", friday, team=team)
+    plans = {p.settings.team: p for p in analytics.team_shifts(engine, "UTC", now)}
+    assert plans["emea"].current is None and plans["emea"].last.day == date(2026, 12, 4)
+    assert plans["night"].current is None and plans["night"].last.day == date(2026, 12, 4)
+    assert plans["daily"].current is not None and plans["daily"].last.day == date(2026, 12, 5)
+    frame = analytics.last_shift_availability(engine, list(plans.values()))
+    pct = dict(zip(frame["team"], frame["availability_pct"], strict=True))
+    assert pct["emea"] == 100.0 and pct["daily"] == 0.0
+
+
 def test_roster_and_staffing_against_the_target(engine):
     now = datetime.now(UTC).replace(microsecond=0)
     with engine.begin() as conn:

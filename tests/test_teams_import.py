@@ -164,3 +164,33 @@ def test_cli_import_and_a_refused_file_changes_nothing(cli_env, engine, tmp_path
     assert (
         code == 1 and err.startswith("presence: error: stdin: cannot read") and "Trace" not in err
     )
+
+
+def test_working_days_imported_and_kept_by_a_file_without_them(engine, cli_env, tmp_path):
+    first = parse(
+        "team,time_zone,shift_start,shift_end,work_days\n"
+        "Night Desk,Europe/Berlin,22:00,06:00,Sun-Thu\n"
+        "Support EMEA,Europe/London,08:00,16:30,Mon-Fri\n"
+        "Sales,America/Chicago,09:00,17:00,\n"
+    )
+    assert first.sets_work_days and not first.sets_targets
+    import_teams(engine, first)
+    teams = team_settings(engine)
+    assert teams["Night Desk"].work_days == frozenset({6, 0, 1, 2, 3})
+    assert teams["Support EMEA"].work_days == frozenset(range(5))
+    assert teams["Sales"].work_days is None  # empty: every day
+    # a later file without the column changes shifts, never working days
+    import_teams(engine, parse(HEADER + "Support EMEA,Europe/London,09:00,17:00,75\n"))
+    emea = settings_for(engine, "Support EMEA")
+    assert (emea.shift_start, emea.work_days) == (time(9), frozenset(range(5)))
+    # a bad value is refused with its line, and nothing changes
+    bad = tmp_path / "bad.csv"
+    bad.write_text(
+        "team,time_zone,shift_start,shift_end,work_days\n"
+        "Sales,America/Chicago,09:00,17:00,Mon-Fri\n"
+        "Billing,Europe/Paris,09:00,17:00,Weekdays\n"
+    )
+    code, _, err = presence(cli_env, "teams", "import", str(bad))
+    assert code != 0 and "line 3" in err and "working days" in err and "Traceback" not in err
+    assert team_settings(engine)["Sales"].work_days is None
+    assert "Billing" not in team_settings(engine)

@@ -78,6 +78,7 @@ teams = Table(
     Column("shift_start", Time),
     Column("shift_end", Time),
     Column("target_pct", Numeric),
+    Column("work_days", Text),  # "Mon,Tue,Wed,Thu,Fri"; null: every day (shifts.parse_work_days)
 )
 
 coverage = Table(

@@ -1,11 +1,13 @@
 """Teams: `presence teams import FILE.csv` sets each team's time zone, shift and target.
 
 The CSV has a header line naming its columns: `team`, `time_zone`, `shift_start` and
-`shift_end` required, `target_pct` optional, in any order. Times are 24-hour
+`shift_end` required, `target_pct` and `work_days` optional, in any order. Times are 24-hour
 `HH:MM` (or `HH:MM:SS`); a `shift_end` at or before `shift_start` crosses midnight
 (22:00,06:00), and 00:00,24:00 is the whole day. `target_pct` is a percentage
 above 0 and at most 100; an empty cell means no target, and a file without the
-column leaves every team's target as it was. Teams not yet known are created;
+column leaves every team's target as it was. `work_days` names the local days a
+shift begins on (`Mon-Fri`, `Sun-Thu`, `Mon,Wed,Fri`; empty or `daily`: every day);
+likewise, a file without the column leaves them as they were. Teams not yet known are created;
 teams not in the file are left alone. A malformed file is refused with the line
 number, and nothing is changed: the whole file is one transaction.
 """
@@ -26,7 +28,14 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from presence_core.database import tables
 from presence_core.errors import PresenceError
 from presence_core.protocol import MAX_TEXT, unstorable
-from presence_core.shifts import WHOLE_DAY, TeamSettings, whole_day, zone_named
+from presence_core.shifts import (
+    WHOLE_DAY,
+    TeamSettings,
+    format_work_days,
+    parse_work_days,
+    whole_day,
+    zone_named,
+)
 
 __all__ = [
     "CsvRecords",
@@ -40,17 +49,18 @@ __all__ = [
 ]
 
 REQUIRED = ("team", "time_zone", "shift_start", "shift_end")
-OPTIONAL = ("target_pct",)
+OPTIONAL = ("target_pct", "work_days")
 _TIME = re.compile(r"(\d{1,2}):(\d{2})(?::(\d{2}))?")
 
 
 @dataclass(frozen=True)
 class TeamsFile:
-    """A parsed import file: its teams, and whether it has a ``target_pct`` column
-    (without one, targets are left as they are)."""
+    """A parsed import file: its teams, and whether it has a ``target_pct`` and a
+    ``work_days`` column (without one, those are left as they are)."""
 
     teams: tuple[TeamSettings, ...]
     sets_targets: bool
+    sets_work_days: bool = False
 
 
 def _storable_lines(lines: Iterable[str], name: str) -> Iterator[str]:
@@ -102,7 +112,8 @@ def _parse_row(record: dict[str, str]) -> TeamSettings:
     zone_named(zone)
     start = _parse_time(record["shift_start"], "shift_start", end=False)
     end = _parse_time(record["shift_end"], "shift_end", end=True)
-    return TeamSettings(team, zone, start, end, _parse_target(record.get("target_pct", "")))
+    target = _parse_target(record.get("target_pct", ""))
+    return TeamSettings(team, zone, start, end, target, parse_work_days(record.get("work_days")))
 
 
 class CsvRecords:
@@ -169,7 +180,11 @@ def parse_teams_csv(lines: Iterable[str], name: str = "input") -> TeamsFile:
             )
         seen[settings.team] = line
         teams.append(settings)
-    return TeamsFile(tuple(teams), sets_targets="target_pct" in records.columns)
+    return TeamsFile(
+        tuple(teams),
+        sets_targets="target_pct" in records.columns,
+        sets_work_days="work_days" in records.columns,
+    )
 
 
 def _values(settings: TeamSettings) -> dict:
@@ -179,24 +194,32 @@ def _values(settings: TeamSettings) -> dict:
         "shift_start": settings.shift_start,
         "shift_end": settings.shift_end,
         "target_pct": None if settings.target_pct is None else Decimal(str(settings.target_pct)),
+        "work_days": format_work_days(settings.work_days),
     }
 
 
 def write_teams(
-    conn: Connection, teams: Iterable[TeamSettings], *, replace: bool = True, targets: bool = True
+    conn: Connection,
+    teams: Iterable[TeamSettings],
+    *,
+    replace: bool = True,
+    targets: bool = True,
+    work_days: bool = True,
 ) -> int:
     """Upsert ``teams`` on the caller's transaction; returns how many rows were written.
 
     ``replace=False`` keeps the settings of teams already known (what the synthetic
-    organisation does, so it never overwrites a real import); ``targets=False``
-    keeps known teams' targets.
+    organisation does, so it never overwrites a real import); ``targets=False`` and
+    ``work_days=False`` keep known teams' targets and working days.
     """
     rows = [_values(t) for t in teams]
     if not rows:
         return 0
     stmt = pg_insert(tables.teams).values(rows)
     if replace:
-        kept = {"team"} if targets else {"team", "target_pct"}
+        kept = {"team"}
+        kept |= set() if targets else {"target_pct"}
+        kept |= set() if work_days else {"work_days"}
         stmt = stmt.on_conflict_do_update(
             index_elements=[tables.teams.c.team],
             set_={c: stmt.excluded[c] for c in rows[0] if c not in kept},
@@ -213,7 +236,9 @@ def import_teams(engine: Engine, parsed: TeamsFile) -> tuple[int, int]:
         before = len(
             conn.execute(select(tables.teams.c.team).where(tables.teams.c.team.in_(names))).all()
         )
-        write_teams(conn, parsed.teams, targets=parsed.sets_targets)
+        write_teams(
+            conn, parsed.teams, targets=parsed.sets_targets, work_days=parsed.sets_work_days
+        )
     return before, len(names) - before
 
 
@@ -234,7 +259,8 @@ def _from_row(row, display_tz: str) -> TeamSettings:
     start = row.shift_start if row.shift_start is not None else WHOLE_DAY[0]
     end = row.shift_end if row.shift_end is not None else start
     target = None if row.target_pct is None else float(row.target_pct)
-    return TeamSettings(row.team, row.time_zone or display_tz, start, end, target)
+    days = parse_work_days(row.work_days)
+    return TeamSettings(row.team, row.time_zone or display_tz, start, end, target, days)
 
 
 def team_settings(engine: Engine, display_tz: str = "UTC") -> dict[str, TeamSettings]:

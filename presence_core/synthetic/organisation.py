@@ -61,15 +61,23 @@ class Team:
 
     @property
     def settings(self) -> TeamSettings:
-        """What ``presence_teams`` holds for this team."""
+        """What ``presence_teams`` holds for this team: every team works Monday to
+        Friday (a few people's Saturday mornings are extra hours, not the team's shift)."""
         return TeamSettings(
-            self.name, self.time_zone, self.shift_start, self.shift_end, self.target_pct
+            self.name,
+            self.time_zone,
+            self.shift_start,
+            self.shift_end,
+            self.target_pct,
+            WEEKDAYS_MON_FRI,
         )
 
     @property
     def night(self) -> bool:
         return self.shift_end <= self.shift_start
 
+
+WEEKDAYS_MON_FRI = frozenset(range(5))
 
 # Targets are for each agent's availability % over the shift (online only, the
 # default): the organisation's agents are on calls (busy) much of the day, so about
