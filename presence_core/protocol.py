@@ -22,6 +22,7 @@ in the guide); :func:`user_id_text` gives the stored text, so ``123`` and
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Mapping
@@ -262,6 +263,7 @@ def parse_get_online_users(payload: object = None) -> None:
 # --- outgoing payloads (server → clients) --------------------------------------------
 
 
+@functools.lru_cache(maxsize=16384)  # a snapshot repeats each user's times for every client
 def iso_utc(moment: datetime) -> str:
     """``moment`` as JavaScript's ``Date.toJSON()`` writes it: UTC, milliseconds, ``Z``.
 
