@@ -18,7 +18,7 @@ from presence_core.analytics.common import (
     resolve_period,
     time_zone,
 )
-from presence_core.analytics.sql import SESSIONS, seg_days
+from presence_core.analytics.sql import DAILY_PER_DAY, DAILY_SELECT, SESSIONS, seg_days
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -62,19 +62,9 @@ def daily_summary_raw_sql() -> str:
     return (
         "with"
         + SESSIONS
-        + """,
-    sday as ("""
-        + seg_days("sess", "x.started_at", "x.ended_at")
+        + ","
+        + DAILY_PER_DAY
         + """
-    ),
-    per_day as (
-        select user_id, day, count(*) as n,
-               sum(extract(epoch from part_end - part_start)) as online,
-               min(started_at) filter (where started_at >= day_start) as first_online,
-               max(ended_at) filter (where not open and ended_at <= day_end) as last_offline
-        from sday where part_end > part_start
-        group by user_id, day
-    ),
     aday as ("""
         + seg_days("seg", "x.seg_start", "x.seg_end")
         + """
@@ -83,16 +73,8 @@ def daily_summary_raw_sql() -> str:
     avail as (
         select user_id, day, sum(extract(epoch from part_end - part_start)) as secs
         from aday where part_end > part_start group by user_id, day
-    )
-    select p.day as date, p.user_id, u.user_type, u.user_name, u.team,
-           p.first_online, p.last_offline, p.n::int as sessions,
-           p.online::float8 as online_seconds,
-           (100.0 * coalesce(a.secs, 0) / extract(epoch from
-               ((p.day + 1)::timestamp at time zone cast(:tz as text))
-               - (p.day::timestamp at time zone cast(:tz as text))))::float8 as availability_pct
-    from per_day p join presence_users u using (user_id)
-    left join avail a on a.user_id = p.user_id and a.day = p.day
-    order by p.day, p.user_id"""
+    )"""
+        + DAILY_SELECT
     )
 
 

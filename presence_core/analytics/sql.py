@@ -200,3 +200,35 @@ def concurrency_sql(bucket: str) -> str:
 
 def bucket_params(bucket: str) -> dict[str, Any]:
     return {"step": BUCKETS[bucket], "unit": "minute" if bucket == "minute" else "hour"}
+
+
+# The daily summary (DESIGN "Daily summary"), shared by its raw and summarised forms:
+# each session cut at the local days it overlaps (``sday``, from a ``sess`` block), and
+# per user and day the sessions, online seconds, first in and last out (``per_day``).
+DAILY_PER_DAY = (
+    """
+    sday as ("""
+    + seg_days("sess", "x.started_at", "x.ended_at")
+    + """
+    ),
+    per_day as (
+        select user_id, day, count(*) as n,
+               sum(extract(epoch from part_end - part_start)) as online,
+               min(started_at) filter (where started_at >= day_start) as first_online,
+               max(ended_at) filter (where not open and ended_at <= day_end) as last_offline
+        from sday where part_end > part_start
+        group by user_id, day
+    ),"""
+)
+
+# Its rows, from ``per_day`` and an ``avail`` block of available seconds per user and day.
+DAILY_SELECT = """
+    select p.day as date, p.user_id, u.user_type, u.user_name, u.team,
+           p.first_online, p.last_offline, p.n::int as sessions,
+           p.online::float8 as online_seconds,
+           (100.0 * coalesce(a.secs, 0) / extract(epoch from
+               ((p.day + 1)::timestamp at time zone cast(:tz as text))
+               - (p.day::timestamp at time zone cast(:tz as text))))::float8 as availability_pct
+    from per_day p join presence_users u using (user_id)
+    left join avail a on a.user_id = p.user_id and a.day = p.day
+    order by p.day, p.user_id"""

@@ -38,7 +38,7 @@ from presence_core.analytics.common import (
     resolve_period,
     time_zone,
 )
-from presence_core.analytics.sql import DAYS, USERS, seg_days
+from presence_core.analytics.sql import DAILY_PER_DAY, DAILY_SELECT, DAYS, USERS, seg_days
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -242,32 +242,14 @@ def daily_summary_sql() -> str:
         + ","
         + DAYS
         + status_time_sql("avail")
-        + """,
-    sday as ("""
-        + seg_days("sess", "x.started_at", "x.ended_at")
+        + ","
+        + DAILY_PER_DAY
         + """
-    ),
-    per_day as (
-        select user_id, day, count(*) as n,
-               sum(extract(epoch from part_end - part_start)) as online,
-               min(started_at) filter (where started_at >= day_start) as first_online,
-               max(ended_at) filter (where not open and ended_at <= day_end) as last_offline
-        from sday where part_end > part_start
-        group by user_id, day
-    ),
     avail as (
         select user_id, day, round(sum(us)::numeric / 1000000, 6) as secs
         from status_time group by user_id, day
-    )
-    select p.day as date, p.user_id, u.user_type, u.user_name, u.team,
-           p.first_online, p.last_offline, p.n::int as sessions,
-           p.online::float8 as online_seconds,
-           (100.0 * coalesce(a.secs, 0) / extract(epoch from
-               ((p.day + 1)::timestamp at time zone cast(:tz as text))
-               - (p.day::timestamp at time zone cast(:tz as text))))::float8 as availability_pct
-    from per_day p join presence_users u using (user_id)
-    left join avail a on a.user_id = p.user_id and a.day = p.day
-    order by p.day, p.user_id"""
+    )"""
+        + DAILY_SELECT
     )
 
 
