@@ -293,6 +293,13 @@ def empty_state(message: str = NO_DATA_HINT) -> None:
     st.info(message, icon=":material/info:")
 
 
+def percent_column(label: str, decimals: int = 1, **options: Any):
+    """A 0-100 % column drawn as a bar, as every availability table shows it."""
+    return st.column_config.ProgressColumn(
+        label, format=f"%.{decimals}f %%", min_value=0, max_value=100, **options
+    )
+
+
 def capped(frame: pd.DataFrame, limit: int) -> pd.DataFrame:
     """``frame`` cut to ``limit`` rows, saying so on the page when it was cut."""
     if len(frame) > limit:

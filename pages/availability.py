@@ -171,9 +171,7 @@ def last_shift_view() -> None:
         height=min(35 * (len(shown) + 1) + 3, 460),
         column_config={
             **{c: st.column_config.NumberColumn(c, width="small") for c in COUNTS},
-            "available %": st.column_config.ProgressColumn(
-                "available %", format="%.0f %%", min_value=0, max_value=100
-            ),
+            "available %": ui.percent_column("available %", 0),
             "target %": st.column_config.NumberColumn("target %", format="%.0f %%", width="small"),
             "below target": None,  # the row's colour says it
         },
@@ -253,9 +251,7 @@ def last_shift_view() -> None:
         width="stretch",
         height=min(35 * (len(teams_table) + 1) + 3, 460),
         column_config={
-            "mean availability %": st.column_config.ProgressColumn(
-                "mean availability %", format="%.1f %%", min_value=0, max_value=100
-            ),
+            "mean availability %": ui.percent_column("mean availability %"),
             "target %": st.column_config.NumberColumn("target %", format="%.0f %%"),
             "below": None,
         },
@@ -280,11 +276,7 @@ def last_shift_view() -> None:
         ui.capped(agent_table, data.MAX_ROWS),
         hide_index=True,
         width="stretch",
-        column_config={
-            "availability": st.column_config.ProgressColumn(
-                "availability", format="%.1f %%", min_value=0, max_value=100, width="medium"
-            )
-        },
+        column_config={"availability": ui.percent_column("availability", width="medium")},
     )
     st.caption(
         f"Each team's last complete shift in its own zone (teams without settings: the "
@@ -450,11 +442,7 @@ st.dataframe(
     ui.capped(shown, data.MAX_ROWS),
     hide_index=True,
     width="stretch",
-    column_config={
-        "availability": st.column_config.ProgressColumn(
-            "availability", format="%.1f %%", min_value=0, max_value=100, width="medium"
-        )
-    },
+    column_config={"availability": ui.percent_column("availability", width="medium")},
 )
 st.caption(
     f"Availability = time in {', '.join(statuses)} inside the shift ÷ the shift's length. "
