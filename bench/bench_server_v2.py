@@ -148,6 +148,8 @@ class CrowdRun:
     changes: int
     server_cpu: float
     cpu_per_change_us: float = field(default=0.0)
+    client_cpu: float = 0.0  # this process's (the crowd's) CPU during the run
+    wall: float = 0.0
 
 
 async def _crowd(
@@ -155,6 +157,7 @@ async def _crowd(
 ) -> CrowdRun:
     process = psutil.Process(server.process.pid)
     cpu_before = process.cpu_times()
+    own_before, wall_before = time.process_time(), time.monotonic()
     sent_at: dict[int, float] = {}
     clients = [TeamClient(uid, uid % teams, v2, sent_at, teams) for uid in range(users)]
     failures = 0
@@ -188,6 +191,7 @@ async def _crowd(
             pending = still
             await asyncio.sleep(0.01)
         cpu_after = process.cpu_times()
+        own_cpu, wall = time.process_time() - own_before, time.monotonic() - wall_before
         await asyncio.gather(*(c.close() for c in joined))
     latencies = sorted(x for c in joined for x in c.latencies) or [float("inf")]
     done = [c.complete_at for c in joined if c.complete_at is not None]
@@ -206,6 +210,8 @@ async def _crowd(
         changes=changes,
         server_cpu=cpu,
         cpu_per_change_us=cpu / max(changes, 1) * 1e6,
+        client_cpu=own_cpu,
+        wall=wall,
     )
 
 
@@ -241,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         [r.server, r.protocol, r.users, r.connect_failures,
          f"{r.complete}/{r.users - r.connect_failures}", _ms(r.complete_after_last),
          _ms(r.latency_p50), _ms(r.latency_p95), f"{r.messages:,}", f"{r.changes:,}",
-         f"{r.server_cpu:.1f} s", f"{r.cpu_per_change_us:.1f} µs"]
+         f"{r.server_cpu:.1f} s", f"{r.cpu_per_change_us:.1f} µs",
+         f"{r.client_cpu:.1f} s of {r.wall:.1f} s"]
         for r in runs
     ]  # fmt: skip
     v2 = runs[0]
@@ -275,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
                     "changes delivered",
                     "server CPU",
                     "CPU per change",
+                    "crowd CPU",
                 ],
                 rows,
             ),  # fmt: skip

@@ -56,6 +56,7 @@ class FrameBatcher:
     process, the transport writes made and the frames they carried (/health).
     """
 
+    __slots__ = ("_send", "_proto", "_texts", "_scheduled")  # one per connection
     writes = 0
     frames = 0
 
