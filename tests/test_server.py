@@ -469,6 +469,22 @@ def test_frames_waiting_for_a_client_leave_in_one_write_in_order():
         assert writes <= frames - 6  # ... and at least one write saved for every client
 
 
+def test_websockets_are_not_compressed_even_when_the_client_offers():
+    """Browsers offer permessage-deflate; accepted, every connection would hold zlib
+    state for both directions and every broadcast be compressed once per client."""
+    import aiohttp
+
+    async def open_compressed(url: str) -> int:
+        async with aiohttp.ClientSession() as session:
+            ws_url = url.replace("http", "ws", 1) + "/socket.io/?EIO=4&transport=websocket"
+            async with session.ws_connect(ws_url, compress=15) as ws:
+                assert (await ws.receive_str()).startswith("0")
+                return ws.compress
+
+    with running_server() as srv:
+        assert srv.loop.run(open_compressed(srv.url)) == 0
+
+
 def test_stop_in_process_broadcasts_nothing():
     loop = LoopThread()
     server = PresenceServer(None, ServerOptions(grace=0))

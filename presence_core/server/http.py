@@ -208,6 +208,9 @@ class WebServer:
             ws_max_size=self.options.max_message_bytes + 1024,
             proxy_headers=False,  # the guard knows connections by their real peer
             ws="websockets-sansio",  # the protocol FrameBatcher writes through
+            # as Node's socket.io: a compressing WebSocket holds zlib state for each
+            # direction (hundreds of KiB) and compresses every broadcast once per client
+            ws_per_message_deflate=False,
         )
         self._uvicorn = _Uvicorn(config)
         self._loop = asyncio.get_running_loop()
