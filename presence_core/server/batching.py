@@ -21,6 +21,7 @@ connection's lifetime.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -91,7 +92,10 @@ class FrameBatcher:
         if proto is not None and message["type"] == "websocket.accept":
             # the opening handshake is over: its request and response (headers and
             # all, a sixth of a held connection's memory) are never read again
+            request = proto.request
             proto.request = proto.response = None
+            with contextlib.suppress(Exception):  # websockets' parser keeps the request too
+                request.headers.clear()
 
     def flush(self) -> None:
         """Write what waits, in one go."""
