@@ -14,6 +14,7 @@ import psutil
 import psycopg
 import pytest
 import socketio
+from playwright.sync_api import expect
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
@@ -23,6 +24,7 @@ from presence_core.database import engine as db
 from presence_core.database.embedded import EmbeddedPostgres
 from presence_core.synthetic.crowd import make_users, plan_crowd
 from tests.conftest import free_port
+from tests.test_browser import LIVE_WAIT_MS, browser, new_page, open_page  # noqa: F401
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
@@ -57,22 +59,30 @@ def _crowd_works_within(users: int, seconds: float) -> bool:
     return bool(plan_crowd(people, SEED, datetime.now(UTC), seconds * CROWD_SPEED))
 
 
-def _log_in_and_out(url: str, user_id: int, conninfo: str) -> None:
+def _log_in_and_out(url: str, user_id: int, conninfo: str, page) -> None:
     """One of the organisation's people, by hand with the guide's protocol, through
-    the demo's server: the listener stores the arrival and the departure."""
+    the demo's server: the listener stores the arrival and the departure, and the
+    Live page open in Chromium shows both in its feed beside its chart."""
+    feed = page.locator(".pd-feed .pd-user")
     with socketio.SimpleClient() as client:
         client.connect(url, transports=["websocket"], wait_timeout=10)
         client.emit("userOnline", {"userId": user_id})
         wait_for(
             lambda: _live_transitions(conninfo, str(user_id)) >= 1, 30, what="the arrival stored"
         )
+        came = feed.filter(has=page.locator(f"[title^='{user_id}:']")).first
+        expect(came).to_have_attribute("data-change", "came", timeout=LIVE_WAIT_MS)
         client.emit("userOffline", {"userId": user_id})
         wait_for(
             lambda: _live_transitions(conninfo, str(user_id)) >= 2, 30, what="the departure stored"
         )
+        left = feed.filter(has=page.locator(f"[title^='{user_id}:']")).first
+        expect(left).to_have_attribute("data-change", "left", timeout=LIVE_WAIT_MS)
+    expect(page.locator("[data-testid='stVegaLiteChart']")).to_have_count(1)
+    expect(page.locator("[data-testid='stException']")).to_have_count(0)
 
 
-def test_demo_runs_and_stops_cleanly(tmp_path: Path):
+def test_demo_runs_and_stops_cleanly(tmp_path: Path, browser):  # noqa: F811 - a fixture
     home = tmp_path / "home"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PRESENCE_")}
     db_port, dash_port, server_port = free_port(), free_port(), free_port()
@@ -99,7 +109,10 @@ def test_demo_runs_and_stops_cleanly(tmp_path: Path):
         ).conninfo()
         crowd_works = _crowd_works_within(12, 50)
         person = make_users(12, SEED)[0].user_id
-        _log_in_and_out(f"http://127.0.0.1:{server_port}", person, conninfo)
+        page = new_page(browser)
+        open_page(page, f"http://127.0.0.1:{dash_port}", "")
+        _log_in_and_out(f"http://127.0.0.1:{server_port}", person, conninfo, page)
+        page.context.close()
         if crowd_works:
             first = _live_transitions(conninfo)
             wait_for(
