@@ -177,7 +177,8 @@ def test_prune_drops_exactly_the_whole_months_before_the_boundary(history):
     # replays stay no-ops, the pruned months' rows included (dropped, never brought back)
     kept = _checksum(engine)
     assert write_batch(engine, BATCH).inserted == 0
-    write_batch(engine, BATCH[:2])  # January alone: no conflict, still nothing stored
+    # January alone: no conflict, still nothing stored, and none counted as written
+    assert write_batch(engine, BATCH[:2]).inserted == 0
     assert _checksum(engine) == kept
     assert partitions.ensure_range(engine, _at(1, 1), _at(2, 1)) == []  # never made again
     assert _names(engine) == names - {

@@ -230,8 +230,9 @@ def _insert_transitions(conn: Connection, transitions: Sequence[Transition]) -> 
     ]
     try:
         with conn.begin_nested():
-            copy_rows(conn, "presence_transitions", TRANSITION_COLUMNS, rows, TRANSITION_TYPES)
-        return len(rows)
+            return copy_rows(
+                conn, "presence_transitions", TRANSITION_COLUMNS, rows, TRANSITION_TYPES
+            )
     except UniqueViolation:
         pass
     conn.execute(text(_STAGE_TABLE))
@@ -322,9 +323,10 @@ def copy_rows(
     columns: Sequence[str],
     rows: Iterable[tuple],
     types: Sequence[str] | None = None,
-) -> None:
+) -> int:
     """COPY rows (tuples in ``columns`` order) into ``table`` on the connection's
-    own transaction.
+    own transaction; returns how many rows the table took (a row a trigger drops,
+    such as one for a pruned month, is not counted).
 
     With ``types`` (the columns' PostgreSQL type names) the COPY is binary, which
     costs the client several times less CPU than text; the values must then be
@@ -335,15 +337,17 @@ def copy_rows(
     sql = f"copy {table} ({', '.join(columns)}) from stdin"
     if types is not None:
         sql += " (format binary)"
-    with raw.cursor() as cursor, cursor.copy(sql) as copy:
-        if types is not None:
-            copy.set_types(list(types))
-        try:
-            for row in rows:
-                copy.write_row(row)
-        except (TypeError, ValueError, OverflowError) as exc:
-            # a value the binary format cannot carry: refused like a value the database refuses
-            raise DataError(f"COPY {table}: {exc} in row {row!r}") from None
+    with raw.cursor() as cursor:
+        with cursor.copy(sql) as copy:
+            if types is not None:
+                copy.set_types(list(types))
+            try:
+                for row in rows:
+                    copy.write_row(row)
+            except (TypeError, ValueError, OverflowError) as exc:
+                # a value the binary format cannot carry: refused like one the database refuses
+                raise DataError(f"COPY {table}: {exc} in row {row!r}") from None
+        return cursor.rowcount
 
 
 _STATE_SQL = (
