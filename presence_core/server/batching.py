@@ -26,7 +26,10 @@ import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
-from websockets.frames import Frame, Opcode
+try:  # websockets comes with uvicorn's WebSocket support (and streamlit)
+    from websockets.frames import Frame, Opcode
+except ImportError:  # pragma: no cover - then uvicorn's own path, frame by frame
+    Frame = Opcode = None
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +69,11 @@ class FrameBatcher:
     def __init__(self, send: Send) -> None:
         self._send = send
         proto = getattr(send, "__self__", None)
-        usable = proto is not None and all(hasattr(proto, name) for name in self._NEEDS)
+        usable = (
+            Frame is not None
+            and proto is not None
+            and all(hasattr(proto, name) for name in self._NEEDS)
+        )
         self._proto = proto if usable else None
         self._texts: list[str] = []
         self._scheduled = False

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import json
 import logging
 import socket
@@ -25,6 +26,15 @@ from presence_core.server.options import ServerOptions
 from presence_core.server.ratelimit import LogThrottle
 
 log = logging.getLogger("presence_core.server")
+
+# uvicorn's sans-I/O WebSocket protocol (uvicorn 0.35 and later, with websockets): the
+# one FrameBatcher can write through; older ones get uvicorn's choice, frame by frame
+_WS_PROTOCOL = (
+    "websockets-sansio"
+    if importlib.util.find_spec("websockets") is not None
+    and importlib.util.find_spec("uvicorn.protocols.websockets.websockets_sansio_impl") is not None
+    else "auto"
+)
 
 
 class HealthApp:
@@ -207,7 +217,7 @@ class WebServer:
             timeout_keep_alive=max(1, round(self.options.idle_timeout)),
             ws_max_size=self.options.max_message_bytes + 1024,
             proxy_headers=False,  # the guard knows connections by their real peer
-            ws="websockets-sansio",  # the protocol FrameBatcher writes through
+            ws=_WS_PROTOCOL,  # the protocol FrameBatcher writes through, where it exists
             # as Node's socket.io: a compressing WebSocket holds zlib state for each
             # direction (hundreds of KiB) and compresses every broadcast once per client
             ws_per_message_deflate=False,
