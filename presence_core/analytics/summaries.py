@@ -81,6 +81,34 @@ sess as (
 )
 
 
+def _window_segments(keyed: bool, start: str, end: str) -> str:
+    """Each selected user's status segments inside each window of ``rag_win`` (``ws``,
+    ``we``, and ``key`` when ``keyed``), read from the raw log: the few minutes the
+    summaries cannot answer. Columns: ``[key,] user_id, status, <start>, <end>``."""
+    key = "w.key, " if keyed else ""
+    return f"""
+    select {key}su.user_id, s.status, greatest(s.occurred_at, w.ws) as {start},
+           least(coalesce(s.nxt, w.we), w.we) as {end}
+    from rag_win w cross join sel_users su
+    join presence_status_tails t on t.user_id = su.user_id and t.since > w.ws
+    cross join lateral (
+        select x.status, x.occurred_at,
+               lead(x.occurred_at) over (order by x.occurred_at, x.id) as nxt
+        from presence_transitions x
+        where x.user_id = su.user_id and x.occurred_at < w.we
+          and x.occurred_at >= coalesce((
+              select p.occurred_at from presence_transitions p
+              where p.user_id = su.user_id and p.occurred_at <= w.ws
+              order by p.occurred_at desc limit 1), '-infinity')
+    ) s
+    union all
+    -- nothing changed since before the window: the tail's status holds all of it
+    select {key}su.user_id, t.status, w.ws, w.we
+    from rag_win w cross join sel_users su
+    join presence_status_tails t on t.user_id = su.user_id and t.since <= w.ws
+"""
+
+
 def status_time_sql(statuses: str) -> str:
     """CTEs (after ``sel_users``) ending in ``status_time(day, user_id, status, us)``:
     microseconds per local day of ``:tz``, user and present status inside
@@ -154,27 +182,7 @@ rag_win as (
     select lower(r) as ws, upper(r) as we
     from (select unnest(range_agg(r)) as r from rag_ranges) x
 ),
-rag_seg as (
-    select su.user_id, s.status, greatest(s.occurred_at, w.ws) as seg_start,
-           least(coalesce(s.nxt, w.we), w.we) as seg_end
-    from rag_win w cross join sel_users su
-    join presence_status_tails t on t.user_id = su.user_id and t.since > w.ws
-    cross join lateral (
-        select x.status, x.occurred_at,
-               lead(x.occurred_at) over (order by x.occurred_at, x.id) as nxt
-        from presence_transitions x
-        where x.user_id = su.user_id and x.occurred_at < w.we
-          and x.occurred_at >= coalesce((
-              select p.occurred_at from presence_transitions p
-              where p.user_id = su.user_id and p.occurred_at <= w.ws
-              order by p.occurred_at desc limit 1), '-infinity')
-    ) s
-    union all
-    -- nothing changed since before the window: the tail's status holds all of it
-    select su.user_id, t.status, w.ws, w.we
-    from rag_win w cross join sel_users su
-    join presence_status_tails t on t.user_id = su.user_id and t.since <= w.ws
-),
+rag_seg as ({_window_segments(False, "seg_start", "seg_end")}),
 rag as ({seg_days("rag_seg", "x.seg_start", "x.seg_end")}
     where {wanted.format(col="x.status")}
 ),
@@ -340,26 +348,7 @@ rag_win as (
     union all
     select key, greatest(ce, cs, s), e from spans where greatest(ce, cs, s) < e
 ),
-rag as (
-    select w.key, su.user_id, s.status, greatest(s.occurred_at, w.ws) as a,
-           least(coalesce(s.nxt, w.we), w.we) as b
-    from rag_win w cross join sel_users su
-    join presence_status_tails t on t.user_id = su.user_id and t.since > w.ws
-    cross join lateral (
-        select x.status, x.occurred_at,
-               lead(x.occurred_at) over (order by x.occurred_at, x.id) as nxt
-        from presence_transitions x
-        where x.user_id = su.user_id and x.occurred_at < w.we
-          and x.occurred_at >= coalesce((
-              select p.occurred_at from presence_transitions p
-              where p.user_id = su.user_id and p.occurred_at <= w.ws
-              order by p.occurred_at desc limit 1), '-infinity')
-    ) s
-    union all
-    select w.key, su.user_id, t.status, w.ws, w.we
-    from rag_win w cross join sel_users su
-    join presence_status_tails t on t.user_id = su.user_id and t.since <= w.ws
-),
+rag as ({_window_segments(True, "a", "b")}),
 parts as (
     select key, user_id, us from core
     union all select key, user_id, us from tailc
