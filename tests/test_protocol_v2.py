@@ -227,6 +227,12 @@ def test_subscribe_by_team_snapshot_then_diffs_of_that_team_only():
         assert watcher.diff_changes() == [(1, "busy"), (2, "offline")]
 
 
+def next_millisecond() -> None:
+    """Wait until the clock has left the current millisecond (the wire's resolution)."""
+    now = time.time()
+    wait_for(lambda: int(time.time() * 1000) > int(now * 1000), 1, interval=0.0005)
+
+
 def test_diffs_carry_every_transition_in_order_with_consecutive_seq():
     interval = 0.3
     with running_server(diff_interval=interval, status_burst=100, status_rate=100) as srv:
@@ -239,13 +245,13 @@ def test_diffs_carry_every_transition_in_order_with_consecutive_seq():
             online(alice, "a")
             expected.append(("a", "online"))
             for status in ("away", "busy", "online"):
-                time.sleep(0.002)  # a new millisecond: the server dates each change apart
+                next_millisecond()  # the server dates each change apart, never far ahead
                 assert alice.call("userStatus", {"userId": "a", "status": status}) == {"ok": True}
                 expected.append(("a", status))
-            time.sleep(0.002)
+            next_millisecond()
             assert alice.call("userOffline", {"userId": "a"}) == {"ok": True}
             expected.append(("a", "offline"))
-            time.sleep(0.002)
+            next_millisecond()
         took = time.monotonic() - started
         wait_for(lambda: len(all_changes(watcher)) >= len(expected), what="every change")
         assert watcher.diff_changes() == expected
