@@ -2,19 +2,20 @@
 #   make demo   runs the product on the embedded PostgreSQL
 #   make test   installs what the tests need and runs lint and the whole suite
 # Each target creates .venv if missing and installs into it; apt-get brings what
-# pip cannot (Node.js for the reference Socket.IO fixtures, Chromium for browser tests).
+# pip cannot (Node.js for the reference Socket.IO fixtures, Chromium for browser tests,
+# redis-server and HAProxy for cluster tests).
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint install node chromium bench clean
+.PHONY: demo test lint install node chromium cluster-tools bench clean
 
 demo: install
 	$(BIN)/presence demo
 
-test: install node chromium lint
+test: install node chromium cluster-tools lint
 	$(BIN)/pytest
 
 lint: install
@@ -40,6 +41,10 @@ tests/node/node_modules/.installed: tests/node/package.json tests/node/package-l
 
 chromium:
 	@[ -x /usr/bin/chromium ] || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; }
+
+cluster-tools:
+	@command -v redis-server >/dev/null && command -v haproxy >/dev/null || { \
+	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q redis-server haproxy; }
 
 bench: install node
 	$(BIN)/python -m bench.run $(BENCH)

@@ -26,6 +26,7 @@ from sqlalchemy.engine import URL, make_url
 from presence_core.config import parse_database_url
 from presence_core.database import engine as db
 from presence_core.database.embedded import EmbeddedPostgres
+from tests.redis_harness import RedisServer, redis_available
 
 _counter = itertools.count()
 
@@ -141,3 +142,15 @@ def cli_env(tmp_path: Path, database_url: URL) -> dict[str, str]:
     env["PRESENCE_DATABASE_URL"] = database_url.render_as_string(hide_password=False)
     env["PRESENCE_HOME"] = str(tmp_path / "home")
     return env
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real, empty redis-server on a free loopback port, stopped after the test."""
+    if not redis_available():
+        pytest.fail("redis-server is not installed: run `make test`, which installs it")
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        yield server
+    finally:
+        server.stop()
