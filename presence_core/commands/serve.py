@@ -20,6 +20,7 @@ from presence_core.server import (
     DEFAULT_HEARTBEAT_TIMEOUT,
     DEFAULT_HOST,
     DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_NODE_TIMEOUT,
     DEFAULT_PORT,
     WATCH_POLICIES,
     PresenceServer,
@@ -111,6 +112,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="what a user's connection may subscribe to: all (default, as the guide shows "
         "everyone everything) or team (its own team only); observer tokens may watch all",
     )
+    cluster = parser.add_argument_group(
+        "cluster (several processes sharing presence; docs/cluster.md)"
+    )
+    cluster.add_argument(
+        "--redis",
+        metavar="URL",
+        help="join a cluster through this Redis: redis://[:PASSWORD@]HOST:PORT/DB, or rediss:// "
+        "for TLS (default $PRESENCE_REDIS_URL; unset: this process works alone)",
+    )
+    cluster.add_argument(
+        "--node-id",
+        metavar="ID",
+        help="this node's name in the cluster, unique (default HOST:PORT); session ids begin "
+        "with it, other characters than A-Z a-z 0-9 _ - replaced by _",
+    )
+    cluster.add_argument(
+        "--node-timeout",
+        type=float,
+        default=DEFAULT_NODE_TIMEOUT,
+        metavar="S",
+        help="a node that gives no sign of life this long is taken as dead: its users "
+        "go offline (reason node_down) unless connected elsewhere (default 15)",
+    )
     parser.add_argument(
         "--no-db", action="store_true", help="keep presence in memory only; write nothing"
     )
@@ -138,6 +162,10 @@ def _check(args: argparse.Namespace) -> None:
         raise PresenceError("--max-connections must be at least 1")
     if args.max_per_address is not None and args.max_per_address < 0:
         raise PresenceError("--max-per-address cannot be negative (0 = no cap)")
+    if not 1 <= args.node_timeout <= 3600:
+        raise PresenceError("--node-timeout must be between 1 and 3600 seconds")
+    if args.node_id is not None and not args.node_id.strip():
+        raise PresenceError("--node-id cannot be empty")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -153,7 +181,12 @@ def run(args: argparse.Namespace) -> int:
         home=args.home,
         auth_secret=args.auth_secret,
         auth_secret_file=args.auth_secret_file,
+        redis_url=args.redis,
     )
+    if settings.redis_url is not None and not settings.redis_url.startswith(
+        ("redis://", "rediss://", "unix://")
+    ):
+        raise PresenceError("--redis must be a redis://, rediss:// or unix:// URL")
     options = ServerOptions(
         cors_origins=_origins(args.cors_origins),
         grace=args.grace,
@@ -165,6 +198,9 @@ def run(args: argparse.Namespace) -> int:
         idle_timeout=args.idle_timeout,
         diff_interval=args.diff_interval,
         watch_policy=args.watch_policy,
+        redis_url=settings.redis_url,
+        node_id=args.node_id.strip() if args.node_id else None,
+        node_timeout=args.node_timeout,
     )
     engine = None
     if not args.no_db:

@@ -13,6 +13,8 @@ DEFAULT_STATUS_BURST = 20  # ... and in a row
 DEFAULT_HEADER_TIMEOUT = 10.0
 DEFAULT_IDLE_TIMEOUT = 5.0
 DEFAULT_DIFF_INTERVAL = 0.2
+DEFAULT_NODE_TIMEOUT = 15.0
+DEFAULT_STREAM_MAXLEN = 200_000
 WATCH_POLICIES = ("all", "team")
 SOURCE = "server"
 
@@ -48,6 +50,15 @@ class ServerOptions:
     guide shows everyone everything) or ``"team"`` (its own user's team only:
     ``subscribe`` to other teams, by id to users of other teams, or to ``all`` is
     refused, and so is ``getUsersStatus`` about them).
+
+    Cluster (see docs/cluster.md): ``redis_url`` (None: one process alone, as ever)
+    makes this process one node of a cluster sharing presence through Redis;
+    ``node_id`` names it (None: ``host:port`` once listening; Engine.IO session ids
+    then begin with its route tag, see :func:`~presence_core.server.cluster_routing.route_tag`);
+    ``node_timeout``: a node silent this long is reaped by the others;
+    ``stream_maxlen``: about how many transitions the cluster's stream keeps (how
+    long a node cut off from Redis can catch up without a re-snapshot);
+    ``redis_timeout``: a Redis call that takes longer counts as Redis unreachable.
     """
 
     cors_origins: str | list[str] = "*"
@@ -66,3 +77,8 @@ class ServerOptions:
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     diff_interval: float = DEFAULT_DIFF_INTERVAL
     watch_policy: str = "all"
+    redis_url: str | None = None
+    node_id: str | None = None
+    node_timeout: float = DEFAULT_NODE_TIMEOUT
+    stream_maxlen: int = DEFAULT_STREAM_MAXLEN
+    redis_timeout: float = 2.0

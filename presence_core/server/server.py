@@ -48,6 +48,7 @@ from presence_core.protocol import ProtocolError
 from presence_core.server import auth
 from presence_core.server.batching import FrameBatcher
 from presence_core.server.broadcast import Broadcaster
+from presence_core.server.cluster_routing import route_tag, tag_session_ids
 from presence_core.server.http import HealthApp, WebServer, WireLog
 from presence_core.server.options import (
     DEFAULT_HOST,
@@ -128,6 +129,9 @@ class PresenceServer:
             async_handlers=False,  # one client's events in order; handlers never block
             serializer=_TextPacket,
         )
+        self.node_id: str | None = self.options.node_id  # host:port once listening, if None
+        if self.options.redis_url is not None or self.options.node_id is not None:
+            tag_session_ids(self.sio.eio, lambda: route_tag(self.node_id or "node"))
         self.asgi_app = socketio.ASGIApp(self.sio, other_asgi_app=HealthApp(self.health))
         self.web = WebServer(self.asgi_app, self.options, self.wire)
         self.clock = DatabaseClock(engine)
@@ -618,6 +622,7 @@ class PresenceServer:
         return self.state.snapshot()
 
     def health(self) -> dict:
+        cluster = {"cluster": {"node": self.node_id}} if self.options.redis_url else {}
         return {
             "connections": len(self.conns),
             "users": len(self.state.users),
@@ -633,6 +638,7 @@ class PresenceServer:
             "ws_writes": FrameBatcher.writes,
             "malformed_frames": self.wire.malformed.total,
             **self.web.guard.stats(),
+            **cluster,
         }
 
     # --- running ----------------------------------------------------------------------
@@ -648,6 +654,8 @@ class PresenceServer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(measured.wait(), 2)
         self.port = await self.web.start(host, port)
+        if self.node_id is None:
+            self.node_id = f"{host}:{self.port}"
         if self.writer is not None:  # events queued before it runs are written when it does
             self.writer.start()
         if self.options.heartbeat_timeout > 0:
