@@ -1,0 +1,373 @@
+"""The shipped deploy/haproxy.cfg in front of three real cluster nodes.
+
+A real ``haproxy`` runs the shipped file, with only what a test must change rewritten
+(listening ports, the nodes' ports, foreground mode and its log on stdout; every
+rewrite is counted, so a change to the shipped file that the rewrite no longer
+matches fails here instead of testing something else). Behind it, three real
+``presence serve --redis`` processes share one real ``redis-server``. In front of it:
+Node's ``socket.io-client`` as a browser uses it (long-polling, then the upgrade to
+websocket), Node and python-socketio clients on websocket only, and Node clients that
+stay on long-polling.
+
+What must hold: every client sees every other's changes whichever node it landed on;
+a session's requests (polls, posts, the upgrade) all reach the node that holds the
+session, by the route tag its id begins with (HAProxy's own log says which node
+answered each request); no node ever answers "Invalid session"; every client stays
+connected through its upgrade; new clients spread over the nodes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.nodejs import NODE_DIR, node_available
+from tests.server_harness import Client, LoopThread
+from tests.waiting import wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = ROOT / "deploy" / "haproxy.cfg"
+NODE_IDS = ("n1", "n2", "n3")
+
+pytestmark = [
+    pytest.mark.skipif(shutil.which("haproxy") is None, reason="`make test` installs haproxy"),
+]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_haproxy_accepts_the_shipped_file() -> None:
+    check = subprocess.run(
+        ["haproxy", "-c", "-f", str(SHIPPED)], capture_output=True, text=True, timeout=30
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "Configuration file is valid" in check.stdout + check.stderr
+
+
+# --- the shipped file, with only the test's ports and process settings rewritten ------------
+
+
+def config_for_test(
+    shipped: str, front_port: int, stats_port: int, node_ports: dict[str, int], workdir: Path
+) -> str:
+    """The shipped configuration with its ports and process settings made test-local.
+
+    Each rewrite must match exactly as often as expected; everything else (timeouts,
+    balancing, the sticky ``use-server`` rules, health checks) is the shipped text.
+    """
+    rewrites: list[tuple[str, object, int]] = [
+        (r"^(\s+)bind :80$", rf"\g<1>bind 127.0.0.1:{front_port}", 1),
+        (r"^(\s+)bind 127\.0\.0\.1:8404$", rf"\g<1>bind 127.0.0.1:{stats_port}", 1),
+        (
+            r"^(\s+)server (n\d) 127\.0\.0\.1:410\d$",
+            lambda m: f"{m[1]}server {m[2]} 127.0.0.1:{node_ports[m[2]]}",
+            len(node_ports),
+        ),
+        # in the foreground, as the test's user, each request logged on stdout
+        (r"^\s+(chroot|user|group|daemon)\b.*\n", "", 4),
+        (r"^(\s+)log /dev/log local0\n", r"\g<1>log stdout format raw local0 info\n", 1),
+        (r"^\s+log /dev/log local1 notice\n", "", 1),
+        (
+            r"^(\s+)stats socket /run/haproxy/admin\.sock .*$",
+            rf"\g<1>stats socket {workdir}/admin.sock mode 600 level admin",
+            1,
+        ),
+    ]
+    text = shipped
+    for pattern, replacement, expected in rewrites:
+        text, count = re.subn(pattern, replacement, text, flags=re.M)
+        assert count == expected, f"the shipped file changed: {pattern!r} matched {count}×"
+    return text
+
+
+def test_the_rewrite_keeps_the_shipped_routing(tmp_path: Path) -> None:
+    shipped = SHIPPED.read_text()
+    ports = {n: 5000 + i for i, n in enumerate(NODE_IDS)}
+    text = config_for_test(shipped, 6000, 6001, ports, tmp_path)
+
+    def routing(cfg: str) -> list[str]:
+        keep = ("balance", "use-server", "option", "http-check", "timeout", "default-server")
+        return [line.strip() for line in cfg.splitlines() if line.strip().startswith(keep)]
+
+    assert routing(text) == routing(shipped)
+    assert "use-server n1 if { url_param(sid) -m beg n1. }" in routing(text)
+
+
+# --- processes -------------------------------------------------------------------------------
+
+
+@dataclass
+class Node:
+    node_id: str
+    port: int
+    process: subprocess.Popen
+    log: Path
+
+    def health(self) -> dict | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
+                return json.loads(r.read())
+        except (OSError, ValueError):
+            return None
+
+
+def _stop(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+def node_command(node_id: str, port: int, redis_url: str | None) -> list[str]:
+    """As deploy/presence@.service runs a node (with no database here)."""
+    command = [
+        sys.executable, "-m", "presence_core", "serve", "--no-db",
+        "--host", "127.0.0.1", "--port", str(port), "--node-id", node_id,
+        # behind HAProxy every connection comes from HAProxy's address
+        "--max-per-address", "0",
+    ]  # fmt: skip
+    return command + (["--redis", redis_url] if redis_url else [])
+
+
+@contextmanager
+def cluster_nodes(workdir: Path, redis_url: str | None) -> Iterator[dict[str, Node]]:
+    """Three ``presence serve`` nodes (n1..n3) on free loopback ports, sharing
+    ``redis_url`` (None: each alone)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRESENCE_")}
+    env["PRESENCE_HOME"] = str(workdir / "home")
+    nodes: dict[str, Node] = {}
+    try:
+        for node_id in NODE_IDS:
+            port = _free_port()
+            log = workdir / f"{node_id}.log"
+            with open(log, "w") as out:
+                process = subprocess.Popen(
+                    node_command(node_id, port, redis_url),
+                    cwd=ROOT,
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            nodes[node_id] = Node(node_id, port, process, log)
+        for node in nodes.values():
+
+            def ready(node: Node = node) -> bool:
+                assert node.process.poll() is None, f"{node.node_id}: {node.log.read_text()}"
+                return node.health() is not None
+
+            wait_for(ready, 60, interval=0.1, what=f"{node.node_id} answering /health")
+        yield nodes
+    finally:
+        for node in nodes.values():
+            _stop(node.process)
+
+
+@dataclass
+class Balancer:
+    port: int
+    stats_port: int
+    process: subprocess.Popen
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def server_states(self) -> dict[str, str]:
+        """Each node's state as HAProxy's stats page says (UP, DOWN, ...)."""
+        url = f"http://127.0.0.1:{self.stats_port}/stats;csv"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                rows = csv.DictReader(io.StringIO(answer.read().decode().lstrip("# ")))
+                return {r["svname"]: r["status"] for r in rows if r["pxname"] == "presence_nodes"}
+        except OSError:
+            return {}
+
+    def requests(self) -> list[tuple[str, int, str]]:
+        """(node, HTTP status, URL) of every request HAProxy logged for the nodes."""
+        line = re.compile(r' presence_nodes/(\S+) \S+ (-?\d+) .*"(?:GET|POST) (\S+) HTTP')
+        found = []
+        for text in self.log.read_text().splitlines():
+            match = line.search(text)
+            if match:
+                found.append((match[1], int(match[2]), match[3]))
+        return found
+
+
+@contextmanager
+def balancer(nodes: dict[str, Node], workdir: Path) -> Iterator[Balancer]:
+    config = workdir / "haproxy.cfg"
+    front, stats = _free_port(), _free_port()
+    ports = {node_id: node.port for node_id, node in nodes.items()}
+    config.write_text(config_for_test(SHIPPED.read_text(), front, stats, ports, workdir))
+    log = workdir / "haproxy.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            ["haproxy", "-db", "-f", str(config)], stdout=out, stderr=subprocess.STDOUT
+        )
+    running = Balancer(front, stats, process, log)
+    try:
+
+        def all_up() -> bool:
+            assert process.poll() is None, log.read_text()
+            states = running.server_states()
+            return all(states.get(n, "").startswith("UP") for n in nodes)
+
+        # the health checks (GET /health every 2 s, up after 2 successes) find every node
+        wait_for(all_up, 30, interval=0.2, what="HAProxy seeing every node UP")
+        yield running
+    finally:
+        # a soft stop (SIGUSR1) lets the last sessions end and be logged
+        _stop(process, signal.SIGUSR1, timeout=10)
+
+
+# --- the clients -----------------------------------------------------------------------------
+
+NODE_CLIENTS = [
+    *({"user": f"browser{i}", "transports": "default"} for i in range(4)),
+    *({"user": f"poller{i}", "transports": "polling"} for i in range(2)),
+    *({"user": f"nodews{i}", "transports": "websocket"} for i in range(3)),
+]
+PY_USERS = [f"pyws{i}" for i in range(3)]
+EVERYONE = [c["user"] for c in NODE_CLIENTS] + PY_USERS
+
+
+def _play_python(clients: dict[str, Client], everyone_of: dict[str, list[str]]) -> None:
+    """The three acts of tests/node/cluster_client.js, for python-socketio clients."""
+    for user, client in clients.items():
+        client.emit("userOnline", {"userId": user, "userType": "agent", "userName": user})
+    for user, client in clients.items():
+        wait_for(
+            lambda c=client, u=user: (
+                set(everyone_of[u]) <= {e["userId"] for e in c.online_list(timeout=30)}
+            ),
+            60,
+            interval=0.2,
+            what=f"{user}: everyone online",
+        )
+    for status, event in (("away", "userStatus"), ("offline", "userOffline")):
+        for user, client in clients.items():
+            payload = {"userId": user, "status": status} if status == "away" else {"userId": user}
+            client.emit(event, payload)
+        for user, client in clients.items():
+            for other in everyone_of[user]:
+                client.wait_change(other, status, timeout=60)
+
+
+@dataclass
+class Observed:
+    records: list[dict]  # one per Node client (tests/node/cluster_client.js)
+    py_sids: list[str]
+    requests: list[tuple[str, int, str]]  # HAProxy's log
+    node_logs: dict[str, str]
+
+
+def through_haproxy(workdir: Path, redis_url: str | None, shared: bool) -> Observed:
+    """Every client plays its three acts through HAProxy; ``shared``: each waits for
+    everyone's changes (a cluster), else for its own only (nodes that share nothing)."""
+
+    def everyone(user: str) -> list[str]:
+        return EVERYONE if shared else [user]
+
+    with cluster_nodes(workdir, redis_url) as nodes, balancer(nodes, workdir) as lb:
+        spec = {"clients": [dict(c, everyone=everyone(c["user"])) for c in NODE_CLIENTS]}
+        node_clients = subprocess.Popen(
+            ["node", str(NODE_DIR / "cluster_client.js"), lb.url, json.dumps(spec), "60000"],
+            cwd=NODE_DIR,
+            env={**os.environ, "NODE_PATH": str(NODE_DIR / "node_modules")},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        loop = LoopThread()
+        clients: dict[str, Client] = {}
+        try:
+            for user in PY_USERS:
+                clients[user] = Client(loop, lb.url)  # websocket only
+                clients[user].connect()
+            py_sids = [c.sio.eio.sid for c in clients.values()]
+            _play_python(clients, {user: everyone(user) for user in PY_USERS})
+            out, err = node_clients.communicate(timeout=120)
+        finally:
+            for client in clients.values():
+                client.close()
+            loop.close()
+            with contextlib.suppress(ProcessLookupError):
+                node_clients.kill()
+        assert node_clients.returncode == 0, f"{err}\n{out}"
+    return Observed(
+        records=json.loads(out),
+        py_sids=py_sids,
+        requests=lb.requests(),
+        node_logs={n: node.log.read_text() for n, node in nodes.items()},
+    )
+
+
+def assert_sticky_and_spread(seen: Observed) -> None:
+    """Every client stayed connected through its upgrade; every request of a session
+    reached the node holding it (HAProxy's log), none was refused; new clients spread."""
+    assert {r["user"] for r in seen.records} == {c["user"] for c in NODE_CLIENTS}
+    for r in seen.records:
+        assert r["disconnects"] == [] and r["errors"] == [] and r["connectedAtEnd"], r
+        expected = {"default": ("polling", ["websocket"], "websocket"),
+                    "polling": ("polling", [], "polling"),
+                    "websocket": ("websocket", [], "websocket")}[r["transports"]]  # fmt: skip
+        assert (r["firstTransport"], r["upgrades"], r["lastTransport"]) == expected, r
+
+    # each session id carries its node's route tag; new clients spread over the nodes
+    sids = [r["sid"] for r in seen.records] + seen.py_sids
+    assert all(re.fullmatch(r"n[123]\.[A-Za-z0-9_-]+", sid) for sid in sids), sids
+    assert {sid.split(".")[0] for sid in sids} == set(NODE_IDS), sids
+
+    with_sid = [(node, status, url) for node, status, url in seen.requests if "sid=" in url]
+    polls = [x for x in with_sid if "transport=polling" in x[2]]
+    upgrades = [x for x in with_sid if "transport=websocket" in x[2]]
+    # six clients poll: each at least its connect (POST) and a GET after the handshake
+    assert len(polls) >= 6 * 2 and len(upgrades) == 4, (len(polls), len(upgrades))
+    for node, _, url in with_sid:
+        sid = re.search(r"[?&]sid=([^&]+)", url)[1]
+        assert sid.startswith(f"{node}."), f"{url} went to {node}"
+    assert all(status != 400 for _, status, _ in seen.requests), seen.requests
+    for node_id, text in seen.node_logs.items():
+        assert "Invalid session" not in text, f"{node_id}:\n{text}"
+
+
+@pytest.mark.skipif(not node_available(), reason="run `npm ci` in tests/node")
+def test_sessions_stay_on_their_node_through_haproxy(tmp_path: Path) -> None:
+    """Nodes that share nothing (--node-id only): a request that reached the wrong node
+    would be refused, so routing by the sid's tag alone is proven."""
+    seen = through_haproxy(tmp_path, None, shared=False)
+    assert_sticky_and_spread(seen)
+    sid_of = {r["user"]: r["sid"] for r in seen.records} | dict(
+        zip(PY_USERS, seen.py_sids, strict=True)
+    )
+    node_of = {user: sid.split(".")[0] for user, sid in sid_of.items()}
+    for r in seen.records:
+        for status in ("away", "offline"):
+            assert r["changes"].count([r["user"], status]) == 1, r
+        # what a client heard came from its own node's users only: the nodes share nothing
+        assert {node_of[user] for user, _ in r["changes"]} == {node_of[r["user"]]}, r
