@@ -65,6 +65,29 @@ def test_haproxy_accepts_the_shipped_file() -> None:
     assert "Configuration file is valid" in check.stdout + check.stderr
 
 
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+def test_systemd_units_verify(tmp_path: Path) -> None:
+    """The shipped units, pointed at this checkout's ``presence``, pass systemd's own
+    check with no complaint (an unknown key or a bad value is a warning there)."""
+    presence = Path(sys.executable).with_name("presence")
+    assert presence.exists(), presence
+    units = []
+    for name, as_name in (("presence@.service", "presence@n1.service"),
+                          ("presence-listener.service", "presence-listener.service")):  # fmt: skip
+        text = (ROOT / "deploy" / name).read_text()
+        assert "/opt/presence/.venv/bin/presence " in text
+        (tmp_path / as_name).write_text(
+            text.replace("/opt/presence/.venv/bin/presence", str(presence))
+        )
+        units.append(str(tmp_path / as_name))
+    check = subprocess.run(
+        ["systemd-analyze", "verify", *units], capture_output=True, text=True, timeout=60
+    )
+    assert check.returncode == 0 and not (check.stdout + check.stderr).strip(), (
+        check.stdout + check.stderr
+    )
+
+
 # --- the shipped file, with only the test's ports and process settings rewritten ------------
 
 
