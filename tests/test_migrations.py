@@ -227,3 +227,56 @@ def test_rendered_sql_builds_the_same_summaries(empty_database_url, tmp_path):
     )
     assert applied.returncode == 0, applied.stderr
     _summaries_agree(empty_database_url)
+
+
+# --- 0007: the same summaries, kept by cheaper functions; nothing rebuilt ------------------
+
+
+def test_0007_keeps_the_summaries_of_a_populated_database(empty_database_url):
+    """Summaries built by 0005's functions stay exact across the upgrade to 0007 and
+    a downgrade back to 0006, and each version's functions keep them from there:
+    appends (0007's own path) and a late row (the general path)."""
+    from alembic import command
+
+    from presence_core.database.storage import Transition, write_batch
+
+    engine = db.make_engine(empty_database_url)
+    try:
+        with engine.begin() as conn:
+            command.upgrade(db.alembic_config(conn), "0006")
+        with engine.begin() as conn:
+            conn.execute(text(SUMMARY_ROWS_SQL))
+        _summaries_agree(empty_database_url)
+        with engine.begin() as conn:
+            before = conn.execute(text(SUMMARY_CHECKSUM_SQL)).one()
+        db.migrate(engine)
+        assert db.current_revision(engine) == db.head_revision()
+        with engine.begin() as conn:
+            assert conn.execute(text(SUMMARY_CHECKSUM_SQL)).one() == before
+        appended = datetime(2026, 4, 30, 8, tzinfo=UTC)
+        write_batch(
+            engine,
+            [Transition(f"u{i}", "busy", appended, appended) for i in range(23)]
+            + [Transition("u3", "offline", appended.replace(hour=9), appended.replace(hour=9))],
+        )
+        late = datetime(2026, 3, 9, 3, 3, 3, tzinfo=UTC)
+        write_batch(engine, [Transition("u1", "offline", late, late)])
+        _summaries_agree(empty_database_url)
+        with engine.begin() as conn:
+            command.downgrade(db.alembic_config(conn), "0006")
+        again = appended.replace(hour=10)
+        write_batch(engine, [Transition("u4", "online", again, again)])
+        _summaries_agree(empty_database_url)
+    finally:
+        engine.dispose()
+
+
+SUMMARY_CHECKSUM_SQL = """
+select (select count(*) from presence_status_days),
+       (select md5(string_agg(user_id || day || status || cum::text, ','
+                              order by user_id, day, status)) from presence_status_days),
+       (select md5(string_agg(user_id || started_at || coalesce(ended_at::text, ''), ','
+                              order by user_id, started_at)) from presence_sessions),
+       (select md5(string_agg(user_id || status || since, ',' order by user_id))
+        from presence_status_tails)
+"""

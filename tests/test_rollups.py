@@ -3,8 +3,10 @@ exactly what a plain-Python recomputation from the stored transitions gives.
 
 Random histories are written through the one write path (``write_batch``) in
 random batches: out of order, late, replayed (no-ops), several rows at the same
-instant, and deletes. After every step the three summary tables are compared
-with a brute-force reference computed from ``presence_transitions`` as it is.
+instant, deletes, and appends after everything stored (the listener's usual
+batch, which migration 0007 summarises by its own, cheaper path). After every
+step the three summary tables are compared with a brute-force reference
+computed from ``presence_transitions`` as it is.
 """
 
 from __future__ import annotations
@@ -115,9 +117,19 @@ event = st.tuples(
     st.sampled_from([0, 0, 0, 250_000, 999_999]),  # microseconds
     st.sampled_from(STATUSES),
 )
+# the listener's usual batch: every user's rows after its last stored one (migration
+# 0007's append path), sometimes at the same instant as another row of the batch
+later = st.tuples(
+    st.integers(0, 2),  # user
+    st.sampled_from([0, 1, 60, 899, 900, 3600, 4 * 3600]),  # seconds after the previous row
+    st.sampled_from([0, 0, 250_000]),  # microseconds
+    st.sampled_from(STATUSES),
+)
 steps = st.lists(
     st.one_of(
         st.tuples(st.just("write"), st.lists(event, min_size=1, max_size=12)),
+        st.tuples(st.just("append"), st.lists(later, min_size=1, max_size=12)),
+        st.tuples(st.just("append"), st.lists(later, min_size=1, max_size=12)),
         st.tuples(st.just("replay"), st.integers(0, 50)),
         st.tuples(st.just("delete"), st.integers(0, 2), st.integers(0, 40 * 3600)),
         st.tuples(st.just("update"), st.integers(0, 2), st.integers(0, 40 * 3600)),
@@ -138,9 +150,21 @@ def run(engine, plan) -> None:
         conn.execute(text("truncate presence_transitions"))
     written: list[list[Transition]] = []
     deleted = False
+    clock = T0
     for step in plan:
-        if step[0] == "write":
-            batch = [transition(e) for e in step[1]]
+        if step[0] in ("write", "append"):
+            if step[0] == "write":
+                batch = [transition(e) for e in step[1]]
+            else:
+                with engine.connect() as conn:
+                    last = conn.execute(
+                        text("select max(occurred_at) from presence_transitions")
+                    ).scalar()
+                clock = max(clock, last or clock) + timedelta(microseconds=1)
+                batch = []
+                for user, seconds, micro, status in step[1]:
+                    clock += timedelta(seconds=seconds, microseconds=micro)
+                    batch.append(Transition(f"u{user}", status, clock, clock))
             write_batch(engine, batch)
             written.append(batch)
         elif step[0] == "replay" and written:
