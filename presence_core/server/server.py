@@ -48,7 +48,9 @@ from presence_core.protocol import ProtocolError
 from presence_core.server import auth
 from presence_core.server.batching import FrameBatcher
 from presence_core.server.broadcast import Broadcaster
+from presence_core.server.cluster import Cluster
 from presence_core.server.cluster_routing import route_tag, tag_session_ids
+from presence_core.server.cluster_state import ClusterState
 from presence_core.server.http import HealthApp, WebServer, WireLog
 from presence_core.server.options import (
     DEFAULT_HOST,
@@ -138,13 +140,24 @@ class PresenceServer:
         self.limiter = ChangeLimiter(self.options.status_rate, self.options.status_burst)
         self.broadcaster = Broadcaster(self.sio)
         self.subscriptions = Subscriptions()
-        self.state = PresenceState(
+        self.state: PresenceState | ClusterState = PresenceState(
             self._publish,
             self.writer,
             now=self._now,
             source=self.options.source,
             grace=self.options.grace,
         )
+        self.cluster: Cluster | None = None
+        if self.options.redis_url is not None:  # one node of a cluster (docs/cluster.md)
+            self.cluster = Cluster(
+                self.options,
+                lambda: self.node_id or "node",
+                self._now,
+                self._publish,
+                self.writer,
+                self._seq_jump,
+            )
+            self.state = self.cluster.state
         self.conns: dict[str, _Conn] = {}
         self.closing = False
         self.stats = {"events": 0, "refused": 0}
@@ -320,10 +333,12 @@ class PresenceServer:
         event = protocol.parse_user_status(payload, default_id=token_user)
         self._own(conn, event.key, protocol.USER_STATUS)
         now = await self._alive(conn, sighting=False)
-        user = self.state.users[event.key]
-        if user.status != event.status:
+        user = self.state.users.get(event.key)  # (a cluster's: unknown while Redis is away)
+        if user is None or user.status != event.status:
             self._limit(event.key, protocol.USER_STATUS, now)
-            await self.state.change(user, event.status, now, protocol.USER_STATUS)
+            await self.state.set_status(
+                conn.sid, event.key, event.status, now, protocol.USER_STATUS
+            )
         else:
             self.state.sighting(user)
 
@@ -428,7 +443,7 @@ class PresenceServer:
         return protocol.user_state(wire, protocol.OFFLINE, None)
 
     def _present_state(self, user: User, now: datetime | None = None) -> dict:
-        live = any(sid in self.conns for sid in user.conns)
+        live = self.state.live(user, self.conns.__contains__)
         return protocol.user_state(
             user.wire_id,
             user.status,
@@ -497,6 +512,13 @@ class PresenceServer:
                 user_name=user.user_name,
             )
             self.subscriptions.publish(user.key, user.team, change)
+
+    async def _seq_jump(self) -> None:
+        """This node missed transitions (cut off from the cluster's stream past its
+        window): every version-2 watcher's next diff skips a ``seq``, which tells the
+        client to subscribe again for a fresh snapshot."""
+        for watcher in self.subscriptions.watchers.values():
+            watcher.seq += 1
 
     async def _send_diffs(self) -> None:
         """Every tick, one presenceDiff to each watcher whose subscriptions changed."""
@@ -622,7 +644,7 @@ class PresenceServer:
         return self.state.snapshot()
 
     def health(self) -> dict:
-        cluster = {"cluster": {"node": self.node_id}} if self.options.redis_url else {}
+        cluster = {"cluster": self.cluster.health()} if self.cluster is not None else {}
         return {
             "connections": len(self.conns),
             "users": len(self.state.users),
@@ -656,6 +678,8 @@ class PresenceServer:
         self.port = await self.web.start(host, port)
         if self.node_id is None:
             self.node_id = f"{host}:{self.port}"
+        if self.cluster is not None:
+            await self.cluster.start()
         if self.writer is not None:  # events queued before it runs are written when it does
             self.writer.start()
         if self.options.heartbeat_timeout > 0:
@@ -680,6 +704,8 @@ class PresenceServer:
         for task in list(self._tasks):
             task.cancel()
         await self.sio.shutdown()
+        if self.cluster is not None:
+            await self.cluster.stop()
         if self.writer is not None:
             await asyncio.to_thread(self.writer.stop)
 

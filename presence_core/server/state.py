@@ -142,6 +142,12 @@ class PresenceState:
         user.last_seen = max(user.last_seen, now)
         await self._announce(user, status, now, reason)
 
+    async def set_status(self, sid: str, key: str, status: str, now: datetime, reason: str) -> None:
+        """User ``key``'s new status, from connection ``sid`` (which counts for them)."""
+        user = self.users.get(key)
+        if user is not None and user.status != status:
+            await self.change(user, status, now, reason)
+
     def seen(self, key: str, now: datetime, *, sighting: bool = True) -> User:
         """A sign of life from a present user: ``last_seen`` advances."""
         user = self.users[key]
@@ -209,6 +215,10 @@ class PresenceState:
         self._prune_at = max(10_000, 2 * len(self._last_change))  # amortised O(1)
 
     # --- reading --------------------------------------------------------------------
+
+    def live(self, user: User, live: Callable[[str], bool]) -> bool:
+        """Whether one of ``user``'s connections is live (``live(sid)``), not only in grace."""
+        return any(live(sid) for sid in user.conns)
 
     def online_users(self, live: Callable[[str], bool]) -> list[dict]:
         """The ``onlineUsersList`` payload: every present user.

@@ -18,6 +18,7 @@ import logging
 import re
 import threading
 from collections import deque
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -78,8 +79,13 @@ class DatabaseWriter:
             queue_size=max_pending,
             db_retry=db_retry,
             on_idle=self._on_idle,
+            on_written=self._written,
             intake=self,
         )
+        # called (on the writer's thread) with each batch of records just committed;
+        # records written from the spool are not reported (the cluster's recorder
+        # then takes them again later: see presence_core/server/cluster_recorder.py)
+        self.on_committed: Callable[[Sequence[object]], None] | None = None
         self._lock = threading.Lock()
         self._transitions: deque[storage.Transition] = deque()
         self._sightings: dict[str, storage.Sighting] = {}
@@ -197,6 +203,11 @@ class DatabaseWriter:
         with self._lock:
             if not self._transitions and not self._sightings:
                 self._idle.set()
+
+    def _written(self, records: Sequence[object]) -> None:
+        hook = self.on_committed
+        if hook is not None:
+            hook(records)
 
     def _wake(self) -> None:
         loop = self._loop

@@ -1,0 +1,93 @@
+"""The cluster's Lua scripts, and how a node calls them: the only code that changes
+the cluster's state in Redis.
+
+Each script (``presence_core/server/lua/NAME.lua``, with ``common.lua`` prepended)
+runs atomically inside Redis, so every transition is decided once, by the script that
+makes it, and appended to the stream ``presence:events`` in the same step. redis-py's
+``Script`` runs them by EVALSHA, loading them once per server and again on NOSCRIPT
+(a restarted Redis). Every answer is a JSON object: ``r`` is ``"t"`` (a transition
+was made: ``id`` is its stream entry), ``"n"`` (no transition), ``"g"`` (the
+connection did not count: nothing changed), ``"ok"``, or a marker the node must handle
+before anything else: ``"reaped"`` (the cluster took this node as dead) or ``"epoch"``
+(Redis lost its data). The user scripts also answer the user's state as the cluster
+now has it (``present``, ``status``, ``since``, ``lc`` = time of the last transition,
+names), so the node that made a change sees it at once. docs/cluster.md lists keys
+and scripts.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+
+__all__ = ["SCRIPTS", "ClusterScripts"]
+
+SCRIPTS = ("register", "alive", "join", "part", "status", "reap", "restore", "settle")
+
+
+def _source(name: str) -> str:
+    return resources.files("presence_core.server").joinpath("lua", f"{name}.lua").read_text()
+
+
+class ClusterScripts:
+    """The scripts bound to one Redis client; every method returns the parsed answer.
+
+    ``maxlen``: the stream's approximate length cap (XADD MAXLEN ~). Times are
+    milliseconds since the epoch, by the node's clock (the database's).
+    """
+
+    def __init__(self, client: aioredis.Redis, maxlen: int) -> None:
+        self.maxlen = maxlen
+        common = _source("common")
+        self._scripts = {
+            name: client.register_script(common + "\n" + _source(name)) for name in SCRIPTS
+        }
+        self.calls = 0  # script runs (each one Redis round trip)
+
+    async def _run(self, name: str, epoch: str, node: str, at: int, *extra: object) -> dict:
+        args: list[Any] = [epoch, node, int(at), self.maxlen, *extra]
+        self.calls += 1
+        answer = json.loads(await self._scripts[name](keys=[], args=args))
+        for key in ("reaped",):  # cjson encodes an empty list as {}
+            if answer.get(key) == {}:
+                answer[key] = []
+        return answer
+
+    async def register(self, node: str, at: int, epoch: str, *, fresh: bool) -> dict:
+        """Create the epoch (``epoch``) if none exists; the node is alive. ``fresh``: a
+        new process, so connections an earlier one of this id left are reaped."""
+        return await self._run("register", epoch, node, at, "fresh" if fresh else "")
+
+    async def alive(self, epoch: str, node: str, at: int) -> dict:
+        return await self._run("alive", epoch, node, at)
+
+    async def join(
+        self, epoch: str, node: str, at: int, sid: str, key: str, wire: object, names: dict
+    ) -> dict:
+        return await self._run(
+            "join", epoch, node, at, sid, key, _json(wire), _json(names) if names else ""
+        )
+
+    async def part(self, epoch: str, node: str, at: int, sid: str, key: str, reason: str) -> dict:
+        return await self._run("part", epoch, node, at, sid, key, reason)
+
+    async def status(
+        self, epoch: str, node: str, at: int, sid: str, key: str, status: str, reason: str
+    ) -> dict:
+        return await self._run("status", epoch, node, at, sid, key, status, reason)
+
+    async def reap(self, epoch: str, node: str, at: int, timeout_ms: int) -> dict:
+        return await self._run("reap", epoch, node, at, int(timeout_ms))
+
+    async def restore(self, epoch: str, node: str, at: int, conns: list[dict]) -> dict:
+        return await self._run("restore", epoch, node, at, _json(conns))
+
+    async def settle(self, epoch: str, node: str, at: int, users: list[dict], good_ms: int) -> dict:
+        return await self._run("settle", epoch, node, at, _json(users), int(good_ms))
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"))
