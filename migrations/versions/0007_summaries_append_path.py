@@ -198,7 +198,11 @@ _APPEND = f"""
         select user_id, id, status, occurred_at from presence_new_rows
     ),
     b as materialized (
-        select u.user_id, t.since as a, t.status as a_status
+        -- s0: the start of the open session (present at the tail), one index probe
+        select u.user_id, t.since as a, t.status as a_status,
+               case when t.status <> 'offline' then (
+                   select s.started_at from presence_sessions s
+                   where s.user_id = u.user_id and s.ended_at is null) end as s0
         from (select distinct user_id from n) u
         left join presence_status_tails t using (user_id)
     ),
@@ -221,22 +225,23 @@ _APPEND = f"""
         on conflict (user_id) do update set status = excluded.status, since = excluded.since
     ),
     r as (
-        select n.user_id, n.occurred_at as at, n.id, n.status <> 'offline' as present,
+        select n.user_id, b.s0, n.occurred_at as at, n.id, n.status <> 'offline' as present,
                lag(n.status <> 'offline', 1, coalesce(b.a_status <> 'offline', false))
                    over (partition by n.user_id order by n.occurred_at, n.id) as was
         from n join b using (user_id)
     ),
     paired as (
-        select user_id, at, present,
+        select user_id, s0, at, present,
                lead(at) over (partition by user_id order by at, id) as nxt,
                row_number() over (partition by user_id order by at, id) as i
         from r where present <> was
     ),
     closed as (
-        -- present at the tail: the first edge closes the user's open session
+        -- present at the tail: the first edge closes the user's open session (by its
+        -- whole key, so that the plan is an index probe per user whatever the estimates)
         update presence_sessions s set ended_at = p.at
         from paired p
-        where p.i = 1 and not p.present and s.user_id = p.user_id and s.ended_at is null
+        where p.i = 1 and not p.present and s.user_id = p.user_id and s.started_at = p.s0
     )
     insert into presence_sessions (user_id, started_at, ended_at)
     select user_id, at, nxt from paired where present and (nxt is null or nxt > at)"""
@@ -288,6 +293,13 @@ $$
 
 
 def upgrade() -> None:
+    # the open session of each user, found by the append path's update without a scan
+    op.create_index(
+        "ix_presence_sessions_open",
+        "presence_sessions",
+        ["user_id"],
+        postgresql_where="ended_at is null",
+    )
     op.execute(_APPLY)
     op.execute(_TRIGGER_FUNCTION)
 
@@ -300,3 +312,4 @@ def downgrade() -> None:
     spec.loader.exec_module(previous)
     for definition in (previous._APPLY, previous._TRIGGER_FUNCTION):
         op.execute(definition.replace("create function", "create or replace function", 1))
+    op.drop_index("ix_presence_sessions_open", table_name="presence_sessions")

@@ -140,6 +140,8 @@ sessions = Table(
     Column("user_id", Text, primary_key=True),
     Column("started_at", DateTime(timezone=True), primary_key=True),
     Column("ended_at", DateTime(timezone=True)),
+    # each user's open session, closed in place by migration 0007's append path
+    Index("ix_presence_sessions_open", "user_id", postgresql_where=text("ended_at is null")),
 )
 
 # Per user, UTC day and present status: cum[k + 1] = microseconds in that status in
