@@ -61,7 +61,7 @@ from presence_core.server.options import (
 from presence_core.server.ratelimit import ChangeLimiter
 from presence_core.server.state import PresenceState, User
 from presence_core.server.subscriptions import Subscriptions, Watcher
-from presence_core.server.writer import DatabaseWriter
+from presence_core.server.writer import DatabaseWriter, default_server_spool
 
 log = logging.getLogger(__name__)
 
@@ -679,6 +679,10 @@ class PresenceServer:
         if self.node_id is None:
             self.node_id = f"{host}:{self.port}"
         if self.cluster is not None:
+            if self.writer is not None and self.engine is not None:  # one spool per node
+                self.writer.use_spool(
+                    default_server_spool(self.engine.url, f"server-{route_tag(self.node_id)}")
+                )
             await self.cluster.start()
         if self.writer is not None:  # events queued before it runs are written when it does
             self.writer.start()

@@ -133,6 +133,13 @@ class DatabaseWriter:
         self._thread.start()
         self._running.wait(10)
 
+    def use_spool(self, directory: Path | str) -> None:
+        """Spool into ``directory`` instead (before :meth:`start`): each node of a
+        cluster on one machine keeps its own spool (a spool is one writer's)."""
+        if self._thread.is_alive():
+            raise RuntimeError("the spool is chosen before the writer starts")
+        self.spool.directory = Path(directory)
+
     def add_transition(self, transition: storage.Transition) -> None:
         with self._lock:
             first = not self._transitions and not self._sightings

@@ -1,0 +1,255 @@
+"""Nodes of one cluster in one process: real PresenceServers sharing a real Redis,
+real Socket.IO clients (legacy and protocol version 2) on each.
+
+What one node's clients do must be seen the same, once, on every node: two tabs on
+two nodes, a reload onto another node inside the grace period, a node that stops
+giving signs of life, Redis paused and Redis restarted empty, and the history
+written once by the nodes' writers (the ``writers`` consumer group).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis
+from sqlalchemy import text
+
+from tests.cluster_inprocess import running_cluster
+from tests.waiting import wait_for
+
+
+def _events(redis_url: str) -> list[dict]:
+    with redis.Redis.from_url(redis_url, decode_responses=True) as r:
+        return [fields for _id, fields in r.xrange("presence:events")]
+
+
+def test_two_tabs_on_two_nodes(redis_server):
+    with running_cluster(redis_server.url, 2) as cluster:
+        a, b = cluster.nodes
+        tab_a, tab_b = a.client(), b.client()
+        watch_a, watch_b = a.client(), b.client()
+        v2_a, v2_b = a.v2_client(), b.v2_client()
+        for v2 in (v2_a, v2_b):
+            assert v2.call("subscribe", {"all": True})["ok"]
+        tab_a.emit("userOnline", {"userId": 1, "userName": "Ann", "team": "red"})
+        tab_b.emit("userOnline", {"userId": 1})
+        cluster.wait_agree({"1"})
+        tab_a.disconnect()  # one tab closes: still online everywhere
+        wait_for(lambda: a.snapshot().get("1") == ("online", 0), what="tab a parted")
+        tab_b.emit("userStatus", {"userId": 1, "status": "away"})
+        for watcher in (watch_a, watch_b):
+            watcher.wait_change(1, "away")
+        tab_b.disconnect()  # the last tab closes: offline, once, on every node
+        for watcher in (watch_a, watch_b):
+            watcher.wait_change(1, "offline")
+        for v2 in (v2_a, v2_b):
+            v2.wait_diff_change(1, "offline")
+        cluster.wait_agree(set())
+        expected = [(1, "online"), (1, "away"), (1, "offline")]
+        for watcher in (watch_a, watch_b):
+            assert watcher.changes(1) == expected
+        for v2 in (v2_a, v2_b):
+            assert v2.diff_changes(1) == expected
+            seqs = [d["seq"] for d in v2.diffs()]
+            assert seqs == list(range(1, len(seqs) + 1))
+        assert [(e["status"], e["reason"]) for e in _events(redis_server.url)] == [
+            ("online", "userOnline"),
+            ("away", "userStatus"),
+            ("offline", "disconnect"),
+        ]
+        # every node answers the same: names travelled with the transition
+        online = watch_a.online_list()
+        assert online == []
+
+
+def test_online_list_and_status_are_the_same_on_every_node(redis_server):
+    with running_cluster(redis_server.url, 3) as cluster:
+        a, b, c = cluster.nodes
+        a.client().emit("userOnline", {"userId": "ann", "userName": "Ann", "team": "red"})
+        b.client().emit("userOnline", {"userId": 2, "userName": "Bob"})
+        cluster.wait_agree({"ann", "2"})
+        lists = []
+        for node in cluster.nodes:
+            got = node.client().online_list()
+            lists.append(sorted([(u["userId"], u["status"], u["userName"]) for u in got], key=str))
+        assert (
+            lists[0]
+            == lists[1]
+            == lists[2]
+            == sorted([("ann", "online", "Ann"), (2, "online", "Bob")], key=str)
+        )
+        v2 = c.v2_client()
+        answer = v2.call("getUsersStatus", {"userIds": ["ann", 2, "nobody"]})
+        assert [(u["userId"], u["status"]) for u in answer["users"]] == [
+            ("ann", "online"),
+            (2, "online"),
+            ("nobody", "offline"),
+        ]
+
+
+def test_reload_onto_another_node_within_grace_changes_nothing(redis_server):
+    with running_cluster(redis_server.url, 2, grace=2.0) as cluster:
+        a, b = cluster.nodes
+        watcher = a.client()
+        tab = a.client()
+        tab.emit("userOnline", {"userId": 5})
+        watcher.wait_change(5, "online")
+        tab.drop()  # the page reloads: the connection is lost without a goodbye...
+        again = b.client()  # ...and the new page lands on the other node
+        again.emit("userOnline", {"userId": 5})
+        wait_for(lambda: b.snapshot().get("5") == ("online", 1), what="rejoined on b")
+        # a's grace period ends: its connection stops counting, the user stays
+        wait_for(lambda: a.snapshot().get("5") == ("online", 0), timeout=10, what="grace over")
+        with redis.Redis.from_url(redis_server.url, decode_responses=True) as r:
+            wait_for(lambda: r.hget("presence:user:5", "n") == "1", what="one connection left")
+        assert watcher.changes(5) == [(5, "online")]
+        assert len(_events(redis_server.url)) == 1
+
+
+def test_a_node_that_stops_living_is_reaped_and_comes_back_consistent(redis_server):
+    with running_cluster(redis_server.url, 2, node_timeout=2.0) as cluster:
+        a, b = cluster.nodes
+        watcher = b.client()
+        a.client().emit("userOnline", {"userId": "only-a"})
+        a.client().emit("userOnline", {"userId": "both"})
+        b.client().emit("userOnline", {"userId": "both"})
+        cluster.wait_agree({"only-a", "both"})
+        liveness = a.server.cluster.liveness
+        task = a.server.cluster._tasks[0]
+        a.loop.run(_cancel(task))  # a freezes: no more signs of life
+        change = watcher.wait_change("only-a", "offline", timeout=15)
+        assert change["reason"] == "node_down"
+        assert watcher.changes("both") == [("both", "online")]
+        wait_for(lambda: set(b.snapshot()) == {"both"}, what="b's mirror")
+        # a wakes: it finds itself reaped, registers again, re-joins what it holds
+        a.server.cluster._tasks[0] = a.loop.run(_start(liveness.run()))
+        watcher.wait_change("only-a", "online", timeout=15)
+        cluster.wait_agree({"only-a", "both"})
+        statuses = [(e["user"], e["status"], e["reason"]) for e in _events(redis_server.url)]
+        assert statuses.count(("only-a", "offline", "node_down")) == 1
+        assert ("both", "offline", "node_down") not in statuses
+        assert cluster.health(a)["cluster"]["recoveries"]["reaped"] == 1
+
+
+async def _cancel(task: asyncio.Task) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def _start(coro) -> asyncio.Task:
+    return asyncio.ensure_future(coro)
+
+
+def test_redis_paused_loses_no_transition(redis_server):
+    with running_cluster(redis_server.url, 2, grace=0.1) as cluster:
+        a, b = cluster.nodes
+        watch_a, watch_b = a.client(), b.client()
+        leaving = a.client()
+        leaving.emit("userOnline", {"userId": "leaves"})
+        staying = b.client()
+        staying.emit("userOnline", {"userId": "stays"})
+        cluster.wait_agree({"leaves", "stays"})
+        redis_server.pause()
+        try:
+            leaving.disconnect()  # while Redis does not answer
+            staying.emit("userStatus", {"userId": "stays", "status": "busy"})
+            wait_for(
+                lambda: (
+                    cluster.health(a)["cluster"]["outbox"] >= 1
+                    and cluster.health(b)["cluster"]["outbox"] >= 1
+                ),
+                timeout=10,
+                what="both nodes keep what they cannot send",
+            )
+            health = cluster.health(a)["cluster"]
+            assert health["redis"] is False and health["redis_unreachable_since"]
+            assert len(a.server.conns) == 1 and watch_a.sio.connected  # clients stay
+        finally:
+            redis_server.resume()
+        for watcher in (watch_a, watch_b):
+            watcher.wait_change("leaves", "offline", timeout=15)
+            watcher.wait_change("stays", "busy", timeout=15)
+        cluster.wait_agree({"stays"})
+        wait_for(lambda: cluster.health(a)["cluster"]["redis"] is True, what="redis back")
+        for watcher in (watch_a, watch_b):
+            assert watcher.changes("leaves") == [("leaves", "online"), ("leaves", "offline")]
+            assert watcher.changes("stays") == [("stays", "online"), ("stays", "busy")]
+        assert cluster.health(a)["cluster"]["outbox"] == 0
+
+
+def test_redis_restarted_empty_is_rebuilt_from_the_nodes(redis_server):
+    with running_cluster(redis_server.url, 2, node_timeout=2.0) as cluster:
+        a, b = cluster.nodes
+        watcher = b.client()
+        a.client().emit("userOnline", {"userId": "kept"})
+        status = b.client()
+        status.emit("userOnline", {"userId": "away-user"})
+        status.emit("userStatus", {"userId": "away-user", "status": "away"})
+        cluster.wait_agree({"kept", "away-user"})
+        watcher.wait_change("away-user", "away")
+        before = len(watcher.received("userStatusChanged"))
+        redis_server.restart_empty()
+        with redis.Redis.from_url(redis_server.url, decode_responses=True) as r:
+            wait_for(
+                lambda: r.smembers("presence:present") == {"kept", "away-user"},
+                timeout=15,
+                what="the new Redis restored from the nodes",
+            )
+            assert r.hget("presence:user:away-user", "status") == "away"
+            assert r.xlen("presence:events") == 0 if r.exists("presence:events") else True
+        cluster.wait_agree({"kept", "away-user"})
+        # no transition was made up: the users did not change
+        assert len(watcher.received("userStatusChanged")) == before
+        # and the cluster works on: a change made after is delivered once
+        status.disconnect()
+        watcher.wait_change("away-user", "offline", timeout=15)
+        assert watcher.changes("away-user") == [
+            ("away-user", "online"),
+            ("away-user", "away"),
+            ("away-user", "offline"),
+        ]
+
+
+@pytest.mark.usefixtures("redis_server")
+def test_the_writers_record_each_transition_once(redis_server, engine):
+    with running_cluster(redis_server.url, 2, engine=engine) as cluster:
+        a, b = cluster.nodes
+        tab_a, tab_b = a.client(), b.client()
+        tab_a.emit("userOnline", {"userId": "w1", "team": "red"})
+        tab_b.emit("userOnline", {"userId": "w1"})
+        b.client().emit("userOnline", {"userId": "w2"})
+        tab_b.emit("userStatus", {"userId": "w1", "status": "away"})
+        tab_a.disconnect()
+        tab_b.disconnect()
+        cluster.wait_agree({"w2"})
+
+        def rows() -> list[tuple]:
+            with engine.connect() as conn:
+                return conn.execute(
+                    text(
+                        "select user_id, status, reason, source from presence_transitions "
+                        "order by occurred_at, user_id"
+                    )
+                ).all()
+
+        wait_for(lambda: len(rows()) >= 4, timeout=15, what="four rows")
+        wait_for(
+            lambda: all(cluster.health(n)["cluster"]["unacked_writes"] == 0 for n in cluster.nodes),
+            timeout=15,
+            what="every entry acknowledged",
+        )
+        got = sorted(rows())
+        assert got == sorted(
+            [
+                ("w1", "online", "userOnline", "server"),
+                ("w2", "online", "userOnline", "server"),
+                ("w1", "away", "userStatus", "server"),
+                ("w1", "offline", "disconnect", "server"),
+            ]
+        )
+        with redis.Redis.from_url(redis_server.url, decode_responses=True) as r:
+            pending = r.xpending("presence:events", "writers")
+            assert pending["pending"] == 0
+            groups = r.xinfo_groups("presence:events")
+            assert groups[0]["name"] == "writers"
