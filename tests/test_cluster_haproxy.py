@@ -28,6 +28,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,6 +38,7 @@ from pathlib import Path
 import pytest
 
 from tests.nodejs import NODE_DIR, node_available
+from tests.redis_harness import RedisServer
 from tests.server_harness import Client, LoopThread
 from tests.waiting import wait_for
 
@@ -380,17 +382,70 @@ def assert_sticky_and_spread(seen: Observed) -> None:
 
 
 @pytest.mark.skipif(not node_available(), reason="run `npm ci` in tests/node")
-def test_sessions_stay_on_their_node_through_haproxy(tmp_path: Path) -> None:
-    """Nodes that share nothing (--node-id only): a request that reached the wrong node
-    would be refused, so routing by the sid's tag alone is proven."""
-    seen = through_haproxy(tmp_path, None, shared=False)
+def test_clients_through_haproxy_see_each_other_across_nodes(tmp_path: Path) -> None:
+    """Three nodes sharing a Redis that wants a password: every client hears every
+    other's changes exactly once, whichever node each landed on; a request that
+    reached the wrong node would be refused (Engine.IO sessions live in one process,
+    cluster or not), so stickiness is proven on the way."""
+    redis = RedisServer(tmp_path / "redis", password="s3cret-for-the-cluster").start()
+    try:
+        seen = through_haproxy(tmp_path, redis.url, shared=True)
+    finally:
+        redis.stop()
     assert_sticky_and_spread(seen)
-    sid_of = {r["user"]: r["sid"] for r in seen.records} | dict(
-        zip(PY_USERS, seen.py_sids, strict=True)
-    )
-    node_of = {user: sid.split(".")[0] for user, sid in sid_of.items()}
     for r in seen.records:
-        for status in ("away", "offline"):
-            assert r["changes"].count([r["user"], status]) == 1, r
-        # what a client heard came from its own node's users only: the nodes share nothing
-        assert {node_of[user] for user, _ in r["changes"]} == {node_of[r["user"]]}, r
+        for user in EVERYONE:
+            for status in ("away", "offline"):
+                assert r["changes"].count([user, status]) == 1, (r["user"], user, status)
+    # the Node clients heard users of every node, their own and the two others
+    node_of = {r["user"]: r["sid"].split(".")[0] for r in seen.records}
+    for r in seen.records:
+        heard_from = {node_of[user] for user, _ in r["changes"] if user in node_of}
+        assert heard_from == set(NODE_IDS), r
+
+
+def test_a_frozen_node_is_taken_out_and_its_clients_cut_loose(tmp_path: Path) -> None:
+    """SIGSTOP one node: its /health stops answering, HAProxy marks it DOWN and cuts
+    its sessions (their clients reconnect elsewhere long before Engine.IO's own ping
+    timeout of 45 s would notice), new clients go to the other nodes; SIGCONT brings
+    it back UP."""
+    with cluster_nodes(tmp_path, None) as nodes, balancer(nodes, tmp_path) as lb:
+        loop = LoopThread()
+        clients: list[Client] = []
+        frozen = nodes["n3"]
+        try:
+            # leastconn: three websocket clients in a row land on three different nodes
+            for _ in NODE_IDS:
+                clients.append(Client(loop, lb.url))
+                clients[-1].connect()
+            by_node = {c.sio.eio.sid.split(".")[0]: c for c in clients}
+            assert set(by_node) == set(NODE_IDS), [c.sio.eio.sid for c in clients]
+
+            frozen.process.send_signal(signal.SIGSTOP)
+            stopped_at = time.monotonic()
+            wait_for(
+                lambda: lb.server_states().get("n3", "").startswith("DOWN"),
+                30,
+                interval=0.2,
+                what="HAProxy marking the frozen node DOWN",
+            )
+            wait_for(lambda: not by_node["n3"].sio.connected, 15, what="its client cut loose")
+            assert time.monotonic() - stopped_at < 25, "cut by the ping timeout, not HAProxy"
+            assert by_node["n1"].sio.connected and by_node["n2"].sio.connected
+
+            newcomers = [Client(loop, lb.url) for _ in range(4)]
+            for client in newcomers:
+                client.connect()
+                clients.append(client)
+            assert {c.sio.eio.sid.split(".")[0] for c in newcomers} == {"n1", "n2"}
+        finally:
+            frozen.process.send_signal(signal.SIGCONT)
+            for client in clients:
+                client.close()
+            loop.close()
+        wait_for(
+            lambda: lb.server_states().get("n3", "").startswith("UP"),
+            30,
+            interval=0.2,
+            what="the thawed node UP again",
+        )
