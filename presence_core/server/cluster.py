@@ -110,6 +110,7 @@ class Cluster:
         return {
             "node": link.node,
             "epoch": link.epoch,
+            "ready": self.stream.ready.is_set(),
             "redis": link.reachable,
             "redis_unreachable_since": (
                 link.unreachable_since.isoformat() if link.unreachable_since else None

@@ -50,7 +50,7 @@ class ClusterLiveness:
             return  # the stream reader takes its position before anything else
         else:
             generation = self.link.generation
-            answer = await self.link.run("alive")
+            answer = await self.link.run("alive", int(self.timeout * 1000))
             if answer.get("r") in ("reaped", "epoch"):
                 await self.state.recover(answer["r"], generation)
             else:

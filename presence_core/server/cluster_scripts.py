@@ -61,8 +61,9 @@ class ClusterScripts:
         new process, so connections an earlier one of this id left are reaped."""
         return await self._run("register", epoch, node, at, "fresh" if fresh else "")
 
-    async def alive(self, epoch: str, node: str, at: int) -> dict:
-        return await self._run("alive", epoch, node, at)
+    async def alive(self, epoch: str, node: str, at: int, timeout_ms: int = 15_000) -> dict:
+        """The node's sign of life; ``nodes``: how many gave one within ``timeout_ms``."""
+        return await self._run("alive", epoch, node, at, int(timeout_ms))
 
     async def join(
         self, epoch: str, node: str, at: int, sid: str, key: str, wire: object, names: dict

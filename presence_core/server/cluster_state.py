@@ -96,7 +96,7 @@ class ClusterState:
         self.broadcasts = 0  # stream entries delivered to this node's clients
         self.outbox = ClusterOutbox(outbox_limit)
         self.settle_after = settle_after
-        self._publish = publish
+        self.publish = publish  # the server's fan-out
         self._writer = writer
         self._version: dict[str, int] = {}  # user key -> time (ms) of the last transition
         self._local: dict[str, set[str]] = {}  # user key -> this node's sids counting
@@ -284,7 +284,7 @@ class ClusterState:
                             setattr(user, name, value)
         self.broadcasts += 1
         told = User(key, wire, status, moment, moment, **names)
-        await self._publish(told, status, moment, fields.get("reason") or "")
+        await self.publish(told, status, moment, fields.get("reason") or "")
 
     def replace(self, present: dict[str, dict]) -> list[tuple[User, str, datetime]]:
         """The mirror becomes ``present`` ({key: user hash}); returns the differences

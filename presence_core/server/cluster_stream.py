@@ -56,7 +56,10 @@ class ClusterStream:
 
     async def snapshot(self, *, tell: bool) -> None:
         """The mirror from Redis (present users and their hashes) and the stream's last
-        id, read in one transaction; ``tell``: the differences go to clients."""
+        id, read in one transaction. The differences with the mirror go to the node's
+        clients (at the first snapshot, to any client already connected: a node
+        whose Redis did not answer at start serves meanwhile); ``tell``: this node
+        missed entries, so every version-2 watcher's ``seq`` also skips one."""
         client = self.link.client
         async with client.pipeline(transaction=True) as pipe:
             pipe.smembers("presence:present")
@@ -80,9 +83,10 @@ class ClusterStream:
         if tell:
             self.resnapshots += 1
             await self.jump()
-            for user, status, moment in told:
-                self.state.broadcasts += 1
-                await self.state._publish(user, status, moment, "reconcile")
+        for user, status, moment in told:
+            self.state.broadcasts += 1
+            await self.state.publish(user, status, moment, "reconcile")
+        if tell:
             log.warning(
                 "cluster: the stream no longer held what this node missed; re-snapshot "
                 "(%d differences told)",

@@ -675,21 +675,29 @@ class PresenceServer:
             self._clock_task = asyncio.create_task(self._keep_clock(measured))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(measured.wait(), 2)
+        if self.node_id is None and port != 0:
+            self.node_id = f"{host}:{port}"
+        if self.cluster is not None and self.node_id is not None:
+            await self._start_cluster()  # in the cluster before the first client comes
         self.port = await self.web.start(host, port)
         if self.node_id is None:
             self.node_id = f"{host}:{self.port}"
-        if self.cluster is not None:
-            if self.writer is not None and self.engine is not None:  # one spool per node
-                self.writer.use_spool(
-                    default_server_spool(self.engine.url, f"server-{route_tag(self.node_id)}")
-                )
-            await self.cluster.start()
+            if self.cluster is not None:
+                await self._start_cluster()
         if self.writer is not None:  # events queued before it runs are written when it does
             self.writer.start()
         if self.options.heartbeat_timeout > 0:
             self._sweeper = asyncio.create_task(self._sweep())
         self._differ = asyncio.create_task(self._send_diffs())
         return self.port
+
+    async def _start_cluster(self) -> None:
+        assert self.cluster is not None and self.node_id is not None
+        if self.writer is not None and self.engine is not None:  # one spool per node
+            self.writer.use_spool(
+                default_server_spool(self.engine.url, f"server-{route_tag(self.node_id)}")
+            )
+        await self.cluster.start()
 
     def begin_shutdown(self) -> None:
         """Stop acting on events: from now on, connections closing mean nothing."""
