@@ -159,15 +159,25 @@ def test_a_reaper_never_reaps_itself(s):
     assert s.present() == {"u1"}
 
 
-def test_a_fresh_process_of_a_node_reaps_what_the_earlier_one_left(s):
+def test_a_fresh_process_of_a_node_leaves_the_earlier_ones_connections_to_the_reaper(s):
     s.register("n1", 1000, E, fresh=True)
-    s.join(E, "n1", 1000, "a", "u1", "u1", {})
-    s.alive(E, "n1", 1400)
-    s.register("n1", 5000, E, fresh=False)  # the same process again: nothing reaped
-    assert s.present() == {"u1"}
+    s.register("n2", 1000, E, fresh=True)
+    s.join(E, "n1", 1000, "a", "gone", "gone", {})
+    s.join(E, "n1", 1000, "b", "back", "back", {})
+    s.register("n1", 5000, E, fresh=False)  # the same process again: nothing moves
+    assert s.sync.hkeys("presence:node:n1") == ["a", "b"]
     answer = s.register("n1", 9000, E, fresh=True)  # a new process (the old one crashed)
-    assert answer["reaped"] == 1
-    assert s.transitions()[-1] == ("u1", "offline", 5000, "node_down")
+    assert answer["ghost"] == "n1~5000"
+    assert s.sync.hkeys("presence:node:n1") == []
+    assert s.present() == {"gone", "back"}  # nobody offline yet
+    s.join(E, "n2", 9500, "c", "back", "back", {})  # reconnected elsewhere in time
+    s.alive(E, "n2", 20_100)
+    s.alive(E, "n1", 20_100)
+    assert s.reap(E, "n2", 20_100, 15_000)["reaped"] == ["n1~5000"]
+    assert [t for t in s.transitions() if t[1] == "offline"] == [
+        ("gone", "offline", 5000, "node_down")  # at the old process's last sign of life
+    ]
+    assert s.present() == {"back"}
 
 
 def test_restore_keeps_what_the_mirror_knew_and_infers_the_rest(s):
@@ -277,7 +287,7 @@ def test_scripts_agree_with_a_model_of_who_is_present(redis_server, ops):
                 if status[user] != arg:
                     status[user] = arg
                     expected.append((user, arg))
-            else:
+            elif alive - {node}:  # someone must be left to reap it
                 s.sync.zadd("presence:nodes", {node: now - 20_000})  # its last sign long ago
                 for other in alive - {node}:
                     s.alive(E, other, now)

@@ -10,6 +10,7 @@ written once by the nodes' writers (the ``writers`` consumer group).
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 import pytest
 import redis
@@ -253,3 +254,37 @@ def test_the_writers_record_each_transition_once(redis_server, engine):
             assert pending["pending"] == 0
             groups = r.xinfo_groups("presence:events")
             assert groups[0]["name"] == "writers"
+
+
+def test_redis_lost_while_a_node_was_gone_settles_and_replays(redis_server):
+    """Redis comes back empty after a node stopped: the live node restores its users,
+    replays what happened meanwhile with its real time, and the stopped node's user,
+    whom nobody restored, goes offline once, inferred, reason reconcile."""
+    with running_cluster(redis_server.url, 2, node_timeout=2.0, grace=0.1) as cluster:
+        a, b = cluster.nodes
+        watcher = b.client()
+        a.client().emit("userOnline", {"userId": "lost"})
+        leaving = b.client()
+        leaving.emit("userOnline", {"userId": "leaves"})
+        b.client().emit("userOnline", {"userId": "stays"})
+        cluster.wait_agree({"lost", "leaves", "stays"})
+        cluster.stop_node(a)  # a goes away (its users are still registered to it)
+        redis_server.kill()
+        leaving.disconnect()
+        wait_for(lambda: cluster.health(b)["cluster"]["outbox"] == 1, what="kept in the outbox")
+        restarted = datetime.now(UTC)
+        redis_server.start()  # empty
+        gone = watcher.wait_change("leaves", "offline", timeout=15)
+        assert gone["reason"] == "disconnect"
+        lost = watcher.wait_change("lost", "offline", timeout=15)
+        assert lost["reason"] == "reconcile"
+        # dated when it happened, not when Redis came back
+        assert datetime.fromisoformat(gone["lastSeen"]) < restarted
+        wait_for(lambda: set(b.snapshot()) == {"stays"}, what="b's mirror")
+        events = _events(redis_server.url)
+        assert sorted((e["user"], e["status"], e["reason"], e["inferred"]) for e in events) == [
+            ("leaves", "offline", "disconnect", "0"),
+            ("lost", "offline", "reconcile", "1"),
+        ]
+        assert watcher.changes("stays") == [("stays", "online")]
+        assert cluster.health(b)["cluster"]["recoveries"]["epoch"] == 1

@@ -39,11 +39,12 @@ class ClusterLiveness:
         if self.link.epoch is None:
             answer = await self.link.register(fresh=True)
             self.nodes_alive = int(answer.get("nodes") or 0)
-            if answer.get("reaped"):
+            if answer.get("ghost"):
                 log.warning(
-                    "cluster: an earlier process of node %s left %s users online; taken offline",
+                    "cluster: an earlier process of node %s left connections; they are "
+                    "reaped as node %s after the node timeout unless their users reconnect",
                     self.link.node,
-                    answer["reaped"],
+                    answer["ghost"],
                 )
             log.info("cluster: node %s registered, epoch %s", self.link.node, self.link.epoch)
             self.registered.set()

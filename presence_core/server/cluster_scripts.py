@@ -58,7 +58,8 @@ class ClusterScripts:
 
     async def register(self, node: str, at: int, epoch: str, *, fresh: bool) -> dict:
         """Create the epoch (``epoch``) if none exists; the node is alive. ``fresh``: a
-        new process, so connections an earlier one of this id left are reaped."""
+        new process, so connections an earlier one of this id left move to a ghost
+        node (``ghost`` in the answer) that the reaper takes after the timeout."""
         return await self._run("register", epoch, node, at, "fresh" if fresh else "")
 
     async def alive(self, epoch: str, node: str, at: int, timeout_ms: int = 15_000) -> dict:
