@@ -102,6 +102,7 @@ class ClusterState:
         self._local: dict[str, set[str]] = {}  # user key -> this node's sids counting
         self._conns: dict[str, tuple[str, protocol.UserId, dict]] = {}  # sid -> key, wire, names
         self.confirmed: dict[str, str] = {}  # sid -> key: this node's connections Redis holds
+        self._pending_status: dict[str, str] = {}  # user key -> status waiting in the outbox
         self._recovery = asyncio.Lock()
         self._draining = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
@@ -154,6 +155,14 @@ class ClusterState:
             del self._local[key]
         self._conns.pop(sid, None)
         await self._submit(Op("part", to_ms(when), sid, key, (reason,)))
+
+    def status_of(self, key: str) -> str | None:
+        """The status user ``key`` has, or will have once the outbox is replayed: the
+        latest this node asked for while Redis was away, else the mirror's."""
+        if self.outbox and key in self._pending_status:
+            return self._pending_status[key]
+        user = self.users.get(key)
+        return user.status if user is not None else None
 
     async def set_status(self, sid: str, key: str, status: str, now: datetime, reason: str) -> None:
         """The user's new status, from connection ``sid`` (which counts for them)."""
@@ -318,12 +327,19 @@ class ClusterState:
 
     async def _submit(self, op: Op) -> None:
         if self.outbox or self.link.epoch is None:
-            self.outbox.append(op)  # nothing overtakes what waits
+            self._wait(op)  # nothing overtakes what waits
             return
         try:
             await self._apply(op)
         except RedisUnavailable:
-            self.outbox.append(op)
+            self._wait(op)
+
+    def _wait(self, op: Op) -> None:
+        self.outbox.append(op)
+        if op.name == "status":
+            self._pending_status[op.key] = op.args[0]
+        elif op.name == "join" and op.key not in self.users:
+            self._pending_status.setdefault(op.key, protocol.ONLINE)
 
     async def _apply(self, op: Op) -> dict:
         """Run ``op``'s script; a "reaped" or "epoch" answer is handled first and the
@@ -360,6 +376,7 @@ class ClusterState:
                 await self._apply(op)  # RedisUnavailable: the rest waits for the next try
                 self.outbox.done(op)
                 ran += 1
+            self._pending_status.clear()
         if ran:
             log.info("cluster: %d operations replayed from the outbox", ran)
         return ran

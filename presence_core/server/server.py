@@ -333,13 +333,12 @@ class PresenceServer:
         event = protocol.parse_user_status(payload, default_id=token_user)
         self._own(conn, event.key, protocol.USER_STATUS)
         now = await self._alive(conn, sighting=False)
-        user = self.state.users.get(event.key)  # (a cluster's: unknown while Redis is away)
-        if user is None or user.status != event.status:
+        if self.state.status_of(event.key) != event.status:
             self._limit(event.key, protocol.USER_STATUS, now)
             await self.state.set_status(
                 conn.sid, event.key, event.status, now, protocol.USER_STATUS
             )
-        else:
+        elif (user := self.state.users.get(event.key)) is not None:
             self.state.sighting(user)
 
     async def _get_online_users(self, conn: _Conn, payload: object) -> None:

@@ -142,6 +142,11 @@ class PresenceState:
         user.last_seen = max(user.last_seen, now)
         await self._announce(user, status, now, reason)
 
+    def status_of(self, key: str) -> str | None:
+        """User ``key``'s status (None: not present)."""
+        user = self.users.get(key)
+        return user.status if user is not None else None
+
     async def set_status(self, sid: str, key: str, status: str, now: datetime, reason: str) -> None:
         """User ``key``'s new status, from connection ``sid`` (which counts for them)."""
         user = self.users.get(key)
