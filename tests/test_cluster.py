@@ -1,0 +1,340 @@
+"""The presence cluster (issue 14), proved with real processes: ``presence serve --redis``
+nodes, a real ``redis-server``, real Socket.IO clients (the guide's protocol and
+version 2) and the test's PostgreSQL.
+
+Every check of "exactly once" is made after a fence (:meth:`Cluster.fence`): a marker
+transition that every node delivers after everything decided before it.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import pytest
+
+from tests.cluster_harness import (
+    NODE_TIMEOUT,
+    REAP_SLACK,
+    Cluster,
+    as_time,
+    cluster,
+    doubled,
+    is_fence,
+    no_repeats,
+    transitions,
+    wait_rows,
+)
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def online_everywhere(group: Cluster, nodes=None) -> dict[str, dict[str, str]]:
+    """``getOnlineUsers`` of every live node (asked by its legacy watcher), fences left out."""
+    answers = {}
+    for node in nodes or group.live_nodes():
+        [legacy] = [w for w in group.watchers_of(node) if not w.v2 and w.connected]
+        answers[node.node_id] = {u: s for u, s in legacy.online_users().items() if not is_fence(u)}
+    return answers
+
+
+def wait_agree(group: Cluster, expected: dict[str, str], nodes=None, timeout: float = 20):
+    """Wait until every live node's ``getOnlineUsers`` is ``expected``."""
+    last = {}
+
+    def agree() -> bool:
+        nonlocal last
+        last = online_everywhere(group, nodes)
+        return all(answer == expected for answer in last.values())
+
+    try:
+        wait_for(agree, timeout, interval=0.2, what=f"every node answering {expected}")
+    except AssertionError as error:
+        raise AssertionError(f"{error}: {last}\n{group.logs()}") from None
+
+
+def test_two_tabs_on_two_nodes_one_user_offline_once_everywhere(
+    tmp_path, redis_server, database_url, engine
+):
+    with cluster(tmp_path, redis_server.url, 2, database_url) as group:
+        group.watch()
+        first = group.tab("n1", 7, name="Ann")
+        group.wait_seen(7, ["online"])
+        second = group.tab("n2", 7, name="Ann")
+        wait_agree(group, {"7": "online"})
+
+        first.leave()  # one tab says goodbye: the other still counts, on the other node
+        group.fence()
+        group.wait_seen(7, ["online"])
+        wait_agree(group, {"7": "online"})
+
+        second.close()  # the last tab goes without a goodbye: offline after the grace
+        group.wait_seen(7, ["online", "offline"], timeout=group.grace + 20)
+        group.fence("n2")
+        group.wait_seen(7, ["online", "offline"])
+        wait_agree(group, {})
+        offline = [p for w in group.watchers for p in w.transition_payloads(7)][-1]
+        assert offline["reason"] == "disconnect"
+
+        rows = wait_rows(engine, 7, ["online", "offline"])
+        assert [(r["status"], r["reason"]) for r in rows] == [
+            ("online", "userOnline"),
+            ("offline", "disconnect"),
+        ]
+        assert not any(r["inferred"] for r in rows)
+        # every node told its clients the same moment, the one the database holds
+        moments = {p["lastSeen"] for w in group.watchers for p in w.transition_payloads(7)}
+        assert len(moments) == 2
+        assert {as_time(m.replace("Z", "+00:00")) for m in moments} == {
+            r["occurred_at"] for r in rows
+        }
+
+
+def test_reconnecting_to_another_node_within_the_grace_changes_nothing(
+    tmp_path, redis_server, database_url, engine
+):
+    with cluster(tmp_path, redis_server.url, 2, database_url) as group:
+        group.watch()
+        tab = group.tab("n1", "u-8")
+        group.wait_seen("u-8", ["online"])
+        tab.close()  # a reload: the connection closes without a goodbye...
+        closed = time.monotonic()
+        again = group.tab("n2", "u-8")  # ...and the page comes back through another node
+        assert time.monotonic() - closed < group.grace, "reconnected too late to test this"
+        # the proof is that n1's grace period runs out with nothing to say: give it the time
+        time.sleep(group.grace + 1)
+        group.fence("n1")
+        group.wait_seen("u-8", ["online"])
+        wait_agree(group, {"u-8": "online"})
+        assert [r["status"] for r in transitions(engine, "u-8")] == ["online"]
+
+        again.leave()
+        group.wait_seen("u-8", ["online", "offline"])
+        rows = wait_rows(engine, "u-8", ["online", "offline"])
+        assert [(r["status"], r["reason"]) for r in rows] == [
+            ("online", "userOnline"),
+            ("offline", "userOffline"),
+        ]
+
+
+def test_a_killed_node_takes_offline_exactly_the_users_it_alone_held(
+    tmp_path, redis_server, database_url, engine
+):
+    with cluster(tmp_path, redis_server.url, 3, database_url) as group:
+        group.watch()
+        tabs = [
+            group.tab("n3", "only-1"),
+            group.tab("n3", "only-2", v2=True),
+            group.tab("n3", "both-1"),
+            group.tab("n1", "both-1"),
+            group.tab("n3", "both-2", v2=True),
+            group.tab("n2", "both-2"),
+            group.tab("n1", "elsewhere"),
+        ]
+        tabs[1].set_status("busy")
+        users = {"only-1", "only-2", "both-1", "both-2", "elsewhere"}
+        wait_agree(group, {u: "busy" if u == "only-2" else "online" for u in users})
+        survivors = [group["n1"], group["n2"]]
+        watchers = [w for n in survivors for w in group.watchers_of(n)]
+
+        killed_at = group["n3"].kill()
+        started = time.monotonic()
+        group.wait_seen(
+            "only-1", ["online", "offline"], watchers, timeout=NODE_TIMEOUT + REAP_SLACK
+        )
+        group.wait_seen(
+            "only-2", ["online", "busy", "offline"], watchers, timeout=NODE_TIMEOUT + REAP_SLACK
+        )
+        took = time.monotonic() - started
+        assert took <= NODE_TIMEOUT + REAP_SLACK
+        group.fence("n2")
+        for user in ("only-1",):
+            group.wait_seen(user, ["online", "offline"], watchers)
+        group.wait_seen("only-2", ["online", "busy", "offline"], watchers)
+        for user in ("both-1", "both-2", "elsewhere"):
+            group.wait_seen(user, ["online"], watchers)
+        for w in watchers:
+            for user in ("only-1", "only-2"):
+                assert w.transition_payloads(user)[-1]["reason"] == "node_down"
+        wait_agree(group, {"both-1": "online", "both-2": "online", "elsewhere": "online"})
+
+        for user, statuses in [
+            ("only-1", ["online", "offline"]),
+            ("only-2", ["online", "busy", "offline"]),
+        ]:
+            rows = wait_rows(engine, user, statuses)
+            assert [r["status"] for r in rows] == statuses
+            offline = rows[-1]
+            assert offline["reason"] == "node_down" and not offline["inferred"]
+            # dated at the node's last sign of life: before the kill, within a timeout of it
+            last_sign = offline["occurred_at"].timestamp()
+            assert killed_at - NODE_TIMEOUT <= last_sign <= killed_at + 0.5, last_sign - killed_at
+        for user in ("both-1", "both-2", "elsewhere"):
+            assert [r["status"] for r in transitions(engine, user)] == ["online"]
+
+
+def test_a_frozen_node_that_wakes_after_the_timeout_causes_no_duplicate(
+    tmp_path, redis_server, database_url, engine
+):
+    with cluster(tmp_path, redis_server.url, 3, database_url) as group:
+        group.watch()
+        alone = group.tab("n3", "frozen-alone")
+        shared = [group.tab("n3", "frozen-shared"), group.tab("n1", "frozen-shared")]
+        other = group.tab("n2", "awake")
+        wait_agree(group, {"frozen-alone": "online", "frozen-shared": "online", "awake": "online"})
+        awake = [w for n in ("n1", "n2") for w in group.watchers_of(n)]
+
+        group["n3"].freeze()
+        # longer than the timeout: the others reap it (its only user goes offline)
+        group.wait_seen(
+            "frozen-alone", ["online", "offline"], awake, timeout=NODE_TIMEOUT + REAP_SLACK
+        )
+        assert all(
+            w.transition_payloads("frozen-alone")[-1]["reason"] == "node_down" for w in awake
+        )
+        group["n3"].thaw()
+
+        # the woken node either drops the connections it held or registers them again;
+        # either way every node, the woken one included, ends up answering the same
+        def model() -> dict[str, str]:
+            present = {"awake": "online", "frozen-shared": "online"}
+            if alone.connected:
+                present["frozen-alone"] = "online"
+            return present
+
+        def settled() -> bool:
+            answers = online_everywhere(group, [group[n] for n in ("n1", "n2")])
+            fresh = group.client("n3")
+            try:
+                answers["n3"] = {u: s for u, s in fresh.online_users().items() if not is_fence(u)}
+            finally:
+                fresh.close()
+            return all(a == model() for a in answers.values())
+
+        wait_for(settled, 30, interval=0.5, what="every node agreeing after the wake-up")
+        group.fence("n3")
+        group.fence("n1")
+
+        for w in group.watchers:
+            if w.v2 and w.seq_jumps():
+                w.subscribe_all()  # the protocol's answer to a seq jump: a new snapshot
+        live = [w for w in group.watchers if w.connected]
+        for w in live:
+            assert w.present() == {u: s for u, s in model().items()} | {}, (
+                w.node.node_id,
+                w.v2,
+                w.present(),
+            )
+            for user in ("frozen-alone", "frozen-shared", "awake"):
+                statuses = w.statuses(user)
+                assert not doubled(statuses), (user, statuses)
+        for w in awake:
+            assert w.statuses("frozen-shared") == ["online"]
+            assert w.statuses("awake") == ["online"]
+            expected = ["online", "offline"] + (["online"] if alone.connected else [])
+            assert w.statuses("frozen-alone") == expected
+
+        rows = [r for r in transitions(engine) if not is_fence(r["user_id"])]
+        wait_for(
+            lambda: len(transitions(engine, "frozen-alone")) >= 2 + alone.connected,
+            20,
+            what="the frozen node's rows",
+        )
+        rows = transitions(engine)
+        assert no_repeats(rows) == []
+        by_user = {}
+        for r in rows:
+            by_user.setdefault(r["user_id"], []).append(r["status"])
+        assert by_user["frozen-shared"] == ["online"]
+        assert by_user["awake"] == ["online"]
+        assert by_user["frozen-alone"] == ["online", "offline"] + (
+            ["online"] if alone.connected else []
+        )
+        del other, shared
+
+
+def test_redis_restarted_empty_is_rebuilt_without_invented_transitions(
+    tmp_path, redis_server, database_url, engine
+):
+    with cluster(tmp_path, redis_server.url, 3, database_url) as group:
+        group.watch()
+        group.tab("n1", "e-1")
+        away = group.tab("n2", "e-2", v2=True)
+        away.set_status("away")
+        group.tab("n1", "e-3")
+        group.tab("n2", "e-3")
+        group.tab("n3", "e-gone")  # its only node dies while Redis is gone
+        before = {"e-1": "online", "e-2": "away", "e-3": "online", "e-gone": "online"}
+        wait_agree(group, before)
+        for user, statuses in [
+            ("e-1", ["online"]),
+            ("e-2", ["online", "away"]),
+            ("e-3", ["online"]),
+            ("e-gone", ["online"]),
+        ]:
+            wait_rows(engine, user, statuses)
+        survivors = [w for n in ("n1", "n2") for w in group.watchers_of(n)]
+
+        redis_server.kill()
+        group["n3"].kill()
+        redis_server.start()  # empty: no epoch, no nodes, no users
+
+        # rebuilt from the nodes' connections: everyone still connected is present as
+        # before; e-gone, whom nobody restores, goes offline (inferred: nobody saw when)
+        after = {k: v for k, v in before.items() if k != "e-gone"}
+        wait_agree(group, after, timeout=NODE_TIMEOUT + REAP_SLACK + 20)
+        group.wait_seen("e-gone", ["online", "offline"], survivors, timeout=30)
+        group.fence("n1")
+        group.fence("n2")
+        for user, statuses in [
+            ("e-1", ["online"]),
+            ("e-2", ["online", "away"]),
+            ("e-3", ["online"]),
+        ]:
+            group.wait_seen(user, statuses, survivors)
+        for w in survivors:
+            if w.v2 and w.seq_jumps():
+                w.subscribe_all()  # a seq jump is how a re-snapshot is announced
+            assert w.present() == after, (w.node.node_id, w.v2, w.present())
+
+        rows = wait_rows(engine, "e-gone", ["online", "offline"])
+        assert [r["status"] for r in rows] == ["online", "offline"]
+        assert rows[-1]["inferred"] is True
+        for user, statuses in [
+            ("e-1", ["online"]),
+            ("e-2", ["online", "away"]),
+            ("e-3", ["online"]),
+        ]:
+            assert [r["status"] for r in transitions(engine, user)] == statuses
+        assert no_repeats(transitions(engine)) == []
+        assert rows[-1]["occurred_at"] >= rows[0]["occurred_at"] + timedelta(0)
+
+
+def test_a_node_restarted_at_once_under_its_name_does_not_keep_its_dead_connections(
+    tmp_path, redis_server, database_url, engine
+):
+    """systemd restarts a killed node within a second, with the same ``--node-id``: the
+    connections the dead process held are gone, and their users must not stay online."""
+    with cluster(tmp_path, redis_server.url, 2, database_url) as group:
+        group.watch([group["n1"]])
+        group.tab("n2", "ghost")
+        group.tab("n2", "twice")
+        group.tab("n1", "twice")
+        wait_agree(group, {"ghost": "online", "twice": "online"}, [group["n1"]])
+
+        group["n2"].kill()
+        group["n2"].start()  # same name, same port, a new process
+        group.watch([group["n2"]])
+        wait_agree(group, {"twice": "online"}, timeout=NODE_TIMEOUT + REAP_SLACK + 10)
+        group.fence("n2")
+        watcher = group.watchers_of("n1")
+        group.wait_seen("ghost", ["online", "offline"], watcher)
+        group.wait_seen("twice", ["online"], watcher)
+        rows = wait_rows(engine, "ghost", ["online", "offline"])
+        assert [r["status"] for r in rows] == ["online", "offline"]
+        assert rows[-1]["reason"] == "node_down"
+        # what the dead process had read for the history but not written is written by
+        # a live node once it has waited long enough (claimed)
+        rows = wait_rows(engine, "twice", ["online"], timeout=4 * NODE_TIMEOUT + 20)
+        assert [r["status"] for r in rows] == ["online"]
