@@ -60,22 +60,26 @@ def _us(lo: str, hi: str) -> str:
 
 # Sessions overlapping [:start, :end) from presence_sessions: per user, from the one
 # running at :start (sessions of a user never overlap) to the last starting before :end.
+# The lower bound is found once per user (materialized: otherwise the planner may
+# evaluate it again for every session row).
 SESSIONS = (
     USERS
     + """,
+sess_from as materialized (
+    select su.user_id, coalesce((
+        select max(p.started_at) from presence_sessions p
+        where p.user_id = su.user_id and p.started_at <= cast(:start as timestamptz)),
+        '-infinity') as lo
+    from sel_users su
+),
 sess as (
-    select su.user_id, s.started_at,
+    select s.user_id, s.started_at,
            case when s.ended_at is null or s.ended_at >= cast(:end as timestamptz)
                 then cast(:end as timestamptz) else s.ended_at end as ended_at,
            (s.ended_at is null or s.ended_at >= cast(:end as timestamptz)) as open
-    from sel_users su cross join lateral (
-        select s.started_at, s.ended_at from presence_sessions s
-        where s.user_id = su.user_id and s.started_at < cast(:end as timestamptz)
-          and s.started_at >= coalesce((
-              select max(p.started_at) from presence_sessions p
-              where p.user_id = su.user_id and p.started_at <= cast(:start as timestamptz)),
-              '-infinity')
-    ) s
+    from sess_from f
+    join presence_sessions s on s.user_id = f.user_id and s.started_at >= f.lo
+     and s.started_at < cast(:end as timestamptz)
     where coalesce(s.ended_at, 'infinity') > cast(:start as timestamptz)
 )"""
 )
@@ -119,8 +123,7 @@ def status_time_sql(statuses: str) -> str:
         f" and {{col}} <> 'offline'"
     )
     tz = "cast(:tz as text)"
-    utc_day = "sd.day::timestamp at time zone 'UTC'"
-    next_utc_day = "(sd.day + 1)::timestamp at time zone 'UTC'"
+    next_utc = "(u + interval '1 day') at time zone 'UTC'"
     local_day = f"d at time zone {tz}"
     next_local_day = f"(d + interval '1 day') at time zone {tz}"
     return f""",
@@ -129,28 +132,37 @@ qb as (
            {_ceil_q("cast(:start as timestamptz)")} as clo,
            {_floor_q("cast(:end as timestamptz)")} as fhi
 ),
+-- per UTC day of the period, the local days it holds as quarter-hour index ranges
+-- [kx, ky) of that day's array (computed once per UTC day, not per stored row)
+uday as (
+    select u::date as uday, ld.day,
+           (extract(epoch from ld.x - ld.d0) / 900)::int + 1 as kx,
+           (extract(epoch from ld.y - ld.d0) / 900)::int + 1 as ky
+    from qb b
+    cross join generate_series(
+        (b.clo at time zone 'UTC')::date::timestamp,
+        ((b.fhi - interval '1 microsecond') at time zone 'UTC')::date::timestamp,
+        interval '1 day') u
+    cross join lateral (
+        select d::date as day, u at time zone 'UTC' as d0,
+               {_ceil_q(f"greatest(u at time zone 'UTC', {local_day}, b.clo)")} as x,
+               {_floor_q(f"least({next_utc}, {next_local_day}, b.fhi)")} as y
+        from generate_series(
+            (greatest(u at time zone 'UTC', b.clo) at time zone {tz})::date::timestamp,
+            ((least((u + interval '1 day') at time zone 'UTC', b.fhi)
+              - interval '1 microsecond') at time zone {tz})::date::timestamp,
+            interval '1 day') d
+    ) ld
+    where ld.y > ld.x
+),
 core as (
-    select ld.day, sd.user_id, sd.status,
-           sd.cum[(extract(epoch from ld.y - ld.d0) / 900)::int + 1]
-         - sd.cum[(extract(epoch from ld.x - ld.d0) / 900)::int + 1] as us
+    select p.day, sd.user_id, sd.status, sd.cum[p.ky] - sd.cum[p.kx] as us
     from qb b cross join sel_users su
     join presence_status_days sd on sd.user_id = su.user_id
      and sd.day >= (b.clo at time zone 'UTC')::date
      and sd.day <= ((b.fhi - interval '1 microsecond') at time zone 'UTC')::date
-    cross join lateral (
-        select d::date as day, sd.day::timestamp at time zone 'UTC' as d0,
-               {_ceil_q(f"greatest({utc_day}, {local_day}, b.clo)")}
-                   as x,
-               {_floor_q(f"least({next_utc_day}, {next_local_day}, b.fhi)")}
-                   as y
-        from generate_series(
-            (greatest(sd.day::timestamp at time zone 'UTC', b.clo) at time zone {tz})
-                ::date::timestamp,
-            ((least((sd.day + 1)::timestamp at time zone 'UTC', b.fhi)
-              - interval '1 microsecond') at time zone {tz})::date::timestamp,
-            interval '1 day') d
-    ) ld
-    where ld.y > ld.x and {wanted.format(col="sd.status")}
+    join uday p on p.uday = sd.day
+    where {wanted.format(col="sd.status")}
 ),
 tailc as (
     select p.day, t.user_id, t.status, {_us("p.x", "p.y")} as us
