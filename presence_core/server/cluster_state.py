@@ -103,6 +103,7 @@ class ClusterState:
         self._conns: dict[str, tuple[str, protocol.UserId, dict]] = {}  # sid -> key, wire, names
         self.confirmed: dict[str, str] = {}  # sid -> key: this node's connections Redis holds
         self._pending_status: dict[str, str] = {}  # user key -> status waiting in the outbox
+        self._prune_at = 20_000
         self._recovery = asyncio.Lock()
         self._draining = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
@@ -255,6 +256,8 @@ class ClusterState:
             self._gone(key, from_ms(lc))
 
     def _gone(self, key: str, moment: datetime) -> None:
+        if len(self._version) > self._prune_at:
+            self._forget_versions()
         user = self.users.pop(key, None)
         if user is not None:
             user.last_seen = moment
@@ -262,6 +265,16 @@ class ClusterState:
             self.departed.move_to_end(key)
             if len(self.departed) > self.MAX_DEPARTED:
                 self.departed.popitem(last=False)
+
+    def _forget_versions(self) -> None:
+        """Keep last-transition times only for users present or remembered as departed
+        (an entry about anyone else is newer than anything forgotten: amortised O(1))."""
+        self._version = {
+            key: at
+            for key, at in self._version.items()
+            if key in self.users or key in self.departed
+        }
+        self._prune_at = max(20_000, 2 * len(self._version))
 
     async def deliver(self, fields: dict[str, str]) -> None:
         """One stream entry: into the mirror (if newer than known), then to this node's
