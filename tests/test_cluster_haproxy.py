@@ -167,31 +167,39 @@ def _stop(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float =
             process.wait(10)
 
 
-def node_command(node_id: str, port: int, redis_url: str | None) -> list[str]:
-    """As deploy/presence@.service runs a node (with no database here)."""
+def node_command(node_id: str, port: int, redis_url: str | None, database: bool) -> list[str]:
+    """As deploy/presence@.service runs a node (``database``: PRESENCE_DATABASE_URL is set)."""
     command = [
-        sys.executable, "-m", "presence_core", "serve", "--no-db",
+        sys.executable, "-m", "presence_core", "serve",
         "--host", "127.0.0.1", "--port", str(port), "--node-id", node_id,
         # behind HAProxy every connection comes from HAProxy's address
         "--max-per-address", "0",
     ]  # fmt: skip
+    if not database:
+        command.append("--no-db")
     return command + (["--redis", redis_url] if redis_url else [])
 
 
 @contextmanager
-def cluster_nodes(workdir: Path, redis_url: str | None) -> Iterator[dict[str, Node]]:
-    """Three ``presence serve`` nodes (n1..n3) on free loopback ports, sharing
-    ``redis_url`` (None: each alone)."""
+def cluster_nodes(
+    workdir: Path,
+    redis_url: str | None,
+    node_ids: tuple[str, ...] = NODE_IDS,
+    environment: dict[str, str] | None = None,
+) -> Iterator[dict[str, Node]]:
+    """``presence serve`` nodes (n1..n3) on free loopback ports, sharing ``redis_url``
+    (None: each alone, unless ``environment`` names a Redis as the units do)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PRESENCE_")}
-    env["PRESENCE_HOME"] = str(workdir / "home")
+    env.update(environment or {})
     nodes: dict[str, Node] = {}
     try:
-        for node_id in NODE_IDS:
+        for node_id in node_ids:
+            env["PRESENCE_HOME"] = str(workdir / f"home-{node_id}")
             port = _free_port()
             log = workdir / f"{node_id}.log"
             with open(log, "w") as out:
                 process = subprocess.Popen(
-                    node_command(node_id, port, redis_url),
+                    node_command(node_id, port, redis_url, "PRESENCE_DATABASE_URL" in env),
                     cwd=ROOT,
                     env=env,
                     stdout=out,
@@ -449,3 +457,114 @@ def test_a_frozen_node_is_taken_out_and_its_clients_cut_loose(tmp_path: Path) ->
             interval=0.2,
             what="the thawed node UP again",
         )
+
+
+# --- Redis over TLS, as an ACL user, the way docs and the environment example say ------------
+
+
+def _certificates(directory: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a certificate for 127.0.0.1 signed by it (openssl)."""
+    directory.mkdir()
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key",
+            "-out", "ca.pem", "-days", "1", "-subj", "/CN=presence test CA")  # fmt: skip
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "redis.key",
+            "-out", "redis.csr", "-subj", "/CN=127.0.0.1")  # fmt: skip
+    (directory / "san").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "redis.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "redis.pem", "-days", "1", "-extfile", "san")  # fmt: skip
+    return directory / "ca.pem", directory / "redis.pem", directory / "redis.key"
+
+
+def _documented(path: Path, pattern: str) -> str:
+    """The one line of ``path`` that matches ``pattern`` (what the docs tell operators)."""
+    found = [m[1] for m in re.finditer(pattern, path.read_text(), flags=re.M)]
+    assert len(found) == 1, f"{path.name}: {pattern!r} found {len(found)}×"
+    return found[0]
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
+def test_nodes_reach_redis_over_tls_as_the_documented_acl_user(
+    tmp_path: Path, database_url, engine
+) -> None:
+    """Redis with TLS only and the ACL user docs/operations.md gives (the default user
+    off); two nodes get the URL as the units do, from PRESENCE_REDIS_URL in the form of
+    deploy/presence.env.example's TLS line, with a password that must be percent-encoded.
+    A change on one node reaches the other's client, and the nodes record each
+    transition once through the writers' group: every command they need is allowed."""
+    from urllib.parse import quote
+
+    from sqlalchemy import text
+
+    password = "p@ss:w/rd#1"
+    ca, cert, key = _certificates(tmp_path / "tls")
+    acl = _documented(ROOT / "docs" / "operations.md", r"`(user presence on >PASSWORD [^`]+)`")
+    example = _documented(
+        ROOT / "deploy" / "presence.env.example", r"^#PRESENCE_REDIS_URL=(rediss://\S+)$"
+    )
+    port = _free_port()
+    url = example
+    for old, new in (("CHANGE-ME-redis-password", quote(password, safe="")),
+                     ("redis.internal:6380", f"127.0.0.1:{port}"),
+                     ("/etc/presence/redis-ca.pem", str(ca))):  # fmt: skip
+        assert url.count(old) == 1, (old, url)
+        url = url.replace(old, new)
+    redis_log = tmp_path / "redis.log"
+    redis = subprocess.Popen(
+        ["redis-server", "--port", "0", "--bind", "127.0.0.1", "--tls-port", str(port),
+         "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+         "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no",
+         "--save", "", "--appendonly", "no", "--dir", str(tmp_path),
+         "--logfile", str(redis_log),
+         "--user", "default", "off",
+         "--user", *acl.replace("PASSWORD", password).split()[1:]],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    environment = {
+        "PRESENCE_REDIS_URL": url,
+        "PRESENCE_DATABASE_URL": database_url.render_as_string(hide_password=False),
+    }
+    loop = LoopThread()
+    try:
+        with cluster_nodes(tmp_path, None, ("n1", "n2"), environment) as nodes:
+
+            def clustered() -> bool:
+                healths = [n.health() or {} for n in nodes.values()]
+                return all(
+                    h.get("cluster", {}).get("redis") and h["cluster"].get("nodes_alive") == 2
+                    for h in healths
+                )
+
+            wait_for(clustered, 30, interval=0.2, what="both nodes in the cluster over TLS")
+            alice = Client(loop, f"http://127.0.0.1:{nodes['n1'].port}")
+            watcher = Client(loop, f"http://127.0.0.1:{nodes['n2'].port}")
+            try:
+                watcher.connect()
+                alice.connect()
+                alice.emit("userOnline", {"userId": "tls-1", "userType": "agent"})
+                watcher.wait_change("tls-1", "online", timeout=20)
+                alice.emit("userOffline", {"userId": "tls-1"})
+                watcher.wait_change("tls-1", "offline", timeout=20)
+            finally:
+                alice.close()
+                watcher.close()
+
+            def recorded() -> list:
+                with engine.connect() as conn:
+                    return conn.execute(
+                        text(
+                            "select status from presence_transitions "
+                            "where user_id = 'tls-1' order by occurred_at"
+                        )
+                    ).all()
+
+            wait_for(lambda: len(recorded()) == 2, 30, what="both transitions recorded")
+            assert [r.status for r in recorded()] == ["online", "offline"]
+            logs = "".join(n.log.read_text() for n in nodes.values())
+    finally:
+        loop.close()
+        _stop(redis)
+    assert "NOPERM" not in logs and "NOPERM" not in redis_log.read_text(), logs
