@@ -373,3 +373,29 @@ def test_a_node_that_lost_the_streams_thread_resnapshots(redis_server):
         v2.wait_diff_change("after", "online")
         seqs = [d["seq"] for d in v2.diffs()]
         assert seqs[-1] == seqs[-2] + 2  # skipped one: the client subscribes again
+
+
+def test_restore_records_the_restored_status_where_the_history_lacks_it(redis_server, engine):
+    """A transition a writer took and never wrote vanishes with Redis; the node that
+    restores the user writes the status the cluster agreed on, at the moment it began
+    (where the row exists, the unique key makes it a no-op)."""
+
+    def rows() -> list[tuple]:
+        with engine.connect() as conn:
+            return conn.execute(
+                text("select status, occurred_at, reason from presence_transitions order by 2")
+            ).all()
+
+    with running_cluster(redis_server.url, 1, engine=engine, node_timeout=1.0) as cluster:
+        (a,) = cluster.nodes
+        tab = a.client()
+        tab.emit("userOnline", {"userId": "r1"})
+        tab.emit("userStatus", {"userId": "r1", "status": "away"})
+        wait_for(lambda: len(rows()) == 2, what="both rows")
+        online, away = rows()
+        with engine.begin() as conn:  # as if the writer had taken it and died
+            conn.execute(text("delete from presence_transitions where status = 'away'"))
+        redis_server.restart_empty()
+        wait_for(lambda: len(rows()) == 2, timeout=15, what="the restored status written")
+        assert rows() == [online, ("away", away[1], "reconcile")]
+        assert cluster.health(a)["cluster"]["recoveries"]["epoch"] == 1

@@ -58,7 +58,12 @@ class Cluster:
             maxlen=options.stream_maxlen,
         )
         self.state = ClusterState(
-            self.link, publish, writer, now=now, settle_after=options.node_timeout
+            self.link,
+            publish,
+            writer,
+            now=now,
+            settle_after=options.node_timeout,
+            source=options.source,
         )
         self.liveness = ClusterLiveness(self.link, self.state, options.node_timeout)
         self.stream = ClusterStream(self.link, self.state, jump)

@@ -86,6 +86,7 @@ class ClusterState:
         *,
         now: Callable[[], datetime],
         settle_after: float,
+        source: str = "server",
         outbox_limit: int = 100_000,
     ) -> None:
         self.link = link
@@ -96,6 +97,7 @@ class ClusterState:
         self.broadcasts = 0  # stream entries delivered to this node's clients
         self.outbox = ClusterOutbox(outbox_limit)
         self.settle_after = settle_after
+        self.source = source
         self.publish = publish  # the server's fan-out
         self._writer = writer
         self._version: dict[str, int] = {}  # user key -> time (ms) of the last transition
@@ -449,6 +451,7 @@ class ClusterState:
         for start in range(0, len(conns), _RESTORE_CHUNK):
             answer = await self.link.run("restore", conns[start : start + _RESTORE_CHUNK])
             self.transitions += int(answer.get("transitions") or 0)
+        self._record_restored({c["user"] for c in conns if "status" in c})
         users = [
             {
                 "user": key,
@@ -471,6 +474,31 @@ class ClusterState:
         ]
         if users:
             self._spawn(self._settle(users, good, self.link.epoch))
+
+    def _record_restored(self, keys: set[str]) -> None:
+        """Write each restored user's current status at the moment it began: a stream
+        entry a writer had taken but not written vanished with Redis, and this row
+        fills that hole (where it was written, the unique key makes it a no-op)."""
+        if self._writer is None:
+            return
+        now = self.now()
+        for key in keys:
+            user = self.users.get(key)
+            if user is None:
+                continue
+            self._writer.add_transition(
+                storage.Transition(
+                    user_id=key,
+                    status=user.status,
+                    occurred_at=user.status_since,
+                    received_at=now,
+                    reason="reconcile",
+                    source=self.source,
+                    user_type=user.user_type,
+                    user_name=user.user_name,
+                    team=user.team,
+                )
+            )
 
     async def _settle(self, users: list[dict], good_ms: int, epoch: str | None) -> None:
         """After every live node had the time to restore, users nobody restored go
