@@ -399,3 +399,26 @@ def test_restore_records_the_restored_status_where_the_history_lacks_it(redis_se
         wait_for(lambda: len(rows()) == 2, timeout=15, what="the restored status written")
         assert rows() == [online, ("away", away[1], "reconcile")]
         assert cluster.health(a)["cluster"]["recoveries"]["epoch"] == 1
+
+
+def test_a_redis_with_a_password(tmp_path):
+    """The Redis URL may carry a password; /health never shows the URL."""
+    from tests.redis_harness import RedisServer
+
+    server = RedisServer(tmp_path / "redis-pw", password="s3cret-pw").start()
+    try:
+        with running_cluster(server.url, 2) as cluster:
+            a, b = cluster.nodes
+            watcher = b.client()
+            a.client().emit("userOnline", {"userId": "pw"})
+            watcher.wait_change("pw", "online")
+            health = cluster.health(a)
+            assert health["cluster"]["redis"] is True
+            assert "s3cret-pw" not in str(health)
+        wrong = server.url.replace("s3cret-pw", "wrong")
+        with running_cluster(wrong, 1, redis_timeout=0.3) as cluster:
+            health = cluster.health(cluster.nodes[0])["cluster"]
+            assert health["redis"] is False and health["ready"] is False
+            assert "wrong" not in str(health)
+    finally:
+        server.stop()
