@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import text
 
 from presence_core import analytics
@@ -190,3 +192,90 @@ def test_cli(cli_env):
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("wrote ") and "for 5 users over 3 days" in done.stdout
     assert "\r" not in done.stderr  # no progress bar when stderr is not a terminal
+
+
+# --- the summaries of a fresh history, computed by the generator itself -------------------
+
+
+def summary_tables(engine) -> tuple:
+    with engine.connect() as conn:
+        return tuple(
+            sorted(map(tuple, conn.execute(text(f"select * from {table}"))))
+            for table in ("presence_sessions", "presence_status_days", "presence_status_tails")
+        )
+
+
+def test_bulk_summaries_are_the_triggers_own(engine):
+    """A fresh history's summaries computed in Python (one transaction with the rows)
+    equal those the triggers build from the same rows, and the brute-force
+    recomputation of tests/test_rollups.py; later writes go through the triggers as
+    usual and keep them exact."""
+    from presence_core.database.storage import Transition, write_batch
+    from tests.test_rollups import check
+
+    history.generate_history(engine, 60, 9, seed=4, end=END, bulk=False, rollups=False)
+    by_triggers = summary_tables(engine)
+    assert all(by_triggers)
+    wipe(engine)
+    history.generate_history(engine, 60, 9, seed=4, end=END, rollups=False)
+    assert summary_tables(engine) == by_triggers
+    check(engine)
+    # the setting lasted only for the generator's transactions
+    with engine.connect() as conn:
+        assert not conn.execute(text("select current_setting('presence.summaries', true)")).scalar()
+    user = by_triggers[2][0][0]
+    later = END + timedelta(minutes=5)
+    write_batch(engine, [Transition(user, "busy", later, later)])
+    check(engine)
+
+
+def test_bulk_history_into_a_pruned_month_is_summarised_as_written(engine):
+    """Rows for months already pruned are refused by the table; the generator then
+    writes through the triggers, which summarise only the rows kept."""
+    from presence_core.database import retention
+    from tests.test_rollups import check
+
+    june = datetime(2026, 6, 1, tzinfo=UTC)
+    history.generate_history(engine, 20, 30, seed=2, end=END)
+    assert retention.prune(engine, june.date()).months
+    with engine.begin() as conn:  # empties the summaries too (those of pruned months kept)
+        conn.execute(text("truncate presence_transitions"))
+    assert history.generate_history(engine, 20, 30, seed=2, end=END, rollups=False) > 0
+    with engine.connect() as conn:
+        first = conn.execute(text("select min(occurred_at) from presence_transitions")).scalar()
+        days = conn.execute(text("select min(day) from presence_status_days")).scalar()
+    assert first >= june and days >= june.date()
+    check(engine)
+
+
+_instant = st.tuples(
+    st.sampled_from(["a", "b"]),
+    st.integers(0, 3 * 86_400),  # seconds: across UTC midnights
+    st.sampled_from([0, 0, 1, 999_999]),  # microseconds
+    st.sampled_from(["online", "away", "busy", "offline"]),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(events=st.lists(_instant, max_size=30))
+def test_bulk_summaries_of_any_rows_match_the_recomputation(events):
+    """summarise() against tests/test_rollups.py's brute force on rows the generator
+    never makes: several at one instant (the later row, the higher id, wins), repeats,
+    zero-length sessions, microseconds."""
+    from presence_core.synthetic.summaries import summarise
+    from tests.test_rollups import expected
+
+    start = datetime(2026, 3, 7, 20, tzinfo=UTC)
+    rows = []
+    for user, seconds, micros, status in events:
+        at = start + timedelta(seconds=seconds, microseconds=micros)
+        rows.append((user, status, at, at, False, None, "history"))
+    sessions, days, tails = summarise(rows)
+    want_sessions, want_days, want_tails = expected(
+        [(r[0], i, r[1], r[2]) for i, r in enumerate(rows)]
+    )
+    assert set(sessions) == want_sessions
+    assert {(u, d, s): [int(x) for x in c.strip("{}").split(",")] for u, d, s, c in days} == (
+        want_days
+    )
+    assert {u: (s, at) for u, s, at in tails} == want_tails

@@ -25,6 +25,7 @@ from presence_core.database import partitions, storage
 from presence_core.database.coverage import CoverageMark, write_mark
 from presence_core.database.teams import write_teams
 from presence_core.errors import PresenceError
+from presence_core.synthetic import summaries
 from presence_core.synthetic.organisation import TEAMS as ORGANISATION_TEAMS
 from presence_core.synthetic.organisation import WorkDay, organisation
 
@@ -85,18 +86,20 @@ def generate_history(
     end: datetime | None = None,
     progress: Progress | None = None,
     rollups: bool = True,
+    bulk: bool = True,
 ) -> int:
     """Write ``days`` days of history for the organisation's first ``users`` people,
     ending at ``end`` (default now; nothing is written after it); returns the
     transitions written.
 
     On a database that holds none of their transitions yet the rows are copied
-    straight in; otherwise they go through
-    :func:`presence_core.database.storage.write_batch`, which skips what exists, so
-    a second run adds nothing. Either way the summaries kept on write (sessions, time
-    in status: migration 0005) are built by the same statements' triggers, in the
-    same transactions. With ``rollups`` the concurrency rollup is brought up to date
-    at the end, so the dashboard's first long-range chart is fast.
+    straight in with their summaries (sessions, time in status: migration 0005),
+    computed here in the same transaction (:mod:`presence_core.synthetic.summaries`;
+    ``bulk=False``: by the table's triggers, as for any writer); otherwise they go
+    through :func:`presence_core.database.storage.write_batch`, which skips what
+    exists (so a second run adds nothing) and whose triggers keep the summaries.
+    With ``rollups`` the concurrency rollup is brought up to date at the end, so the
+    dashboard's first long-range chart is fast.
     """
     if users < 1 or days < 1:
         raise PresenceError("generate-history needs at least one user and one day")
@@ -137,15 +140,9 @@ def generate_history(
                 (person.key, status, since, seen, person.user_type, person.user_name, person.team)
             )
         with engine.begin() as conn:
-            if fresh:
-                storage.copy_rows(
-                    conn,
-                    "presence_transitions",
-                    storage.TRANSITION_COLUMNS,
-                    rows,
-                    storage.TRANSITION_TYPES,
-                )
-            else:
+            # fresh users: the rows and their summaries copied in bulk (summaries.py);
+            # otherwise, or if a month was pruned, the one write path and its triggers
+            if not (fresh and bulk and summaries.write_history(conn, rows)):
                 storage.write_batch(conn, [storage.Transition(*r) for r in rows])
             storage.upsert_users(conn, final)
         written += len(rows)

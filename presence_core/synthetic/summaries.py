@@ -1,0 +1,154 @@
+"""The summaries of users' complete histories, computed in Python for a bulk write.
+
+The summaries kept on write (``presence_sessions``, ``presence_status_days``,
+``presence_status_tails``: migrations 0005 and 0007, docs/analytics.md) are
+normally kept by triggers on ``presence_transitions``. A history generated in one
+go for users who have no rows yet is all appends, and its writer already holds
+every row in order: cutting the segments at UTC quarter-hours here and copying
+the results costs a fraction of the triggers' set-based SQL, which is what makes
+a year of history affordable to generate.
+
+:func:`write_history` writes the transitions with the triggers told to stand
+aside for that one transaction (``presence.summaries = 'writer'``, a
+transaction-local setting that migration 0008's trigger function honours) and
+the summaries computed by :func:`summarise`, in the same transaction. The
+figures are the triggers' own, exactly (tests/test_history.py compares them with
+the recomputation tests/test_rollups.py uses); if the table refuses a row (a
+month already pruned), the caller must write the normal way instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import UTC, date, datetime, timedelta
+from itertools import accumulate
+from operator import itemgetter
+
+from sqlalchemy import Connection, text
+
+from presence_core.database import storage
+
+__all__ = ["Summaries", "summarise", "write_history"]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_AT = itemgetter(2)
+_EPOCH_DAY = date(1970, 1, 1)
+_QUARTER = 900_000_000  # microseconds
+_QUARTERS = 96  # in a UTC day
+
+Summaries = tuple[list[tuple], list[tuple], list[tuple]]
+"""(sessions rows, status-day rows, tail rows), in the tables' column order."""
+
+
+def summarise(rows: Iterable[tuple]) -> Summaries:
+    """The summaries of ``rows`` (transitions in :data:`storage.TRANSITION_COLUMNS`
+    order, inserted in this order: a later row at the same instant has the higher
+    id), for users with no other rows.
+
+    Per user, ordered by ``(occurred_at, id)``: each instant's last status holds
+    until the next instant; present segments are cut at UTC quarter-hours into
+    cumulative microsecond arrays (``cum[k + 1]`` = time in ``[midnight, midnight
+    + 15 k min)``; written as array text, which COPY reads faster than Python
+    writes binary arrays); a present status after a non-present one opens a
+    session, the next ``offline`` closes it (kept when longer than zero); the last
+    row is the tail.
+    """
+    per_user: dict[str, list[tuple]] = {}
+    for row in rows:
+        items = per_user.get(row[0])
+        if items is None:
+            items = per_user[row[0]] = []
+        items.append(row)
+    sessions: list[tuple] = []
+    days: list[tuple] = []
+    tails: list[tuple] = []
+    offline = storage.OFFLINE
+    for user, items in per_user.items():
+        items.sort(key=_AT)  # stable: rows at one instant stay in id order
+        last = items[-1]
+        tails.append((user, last[1], last[2]))
+        quarters: dict[tuple[int, str], list[int]] = {}
+        was, opened = False, None
+        before_at = before_us = before_status = None
+        for row in items:
+            status, at = row[1], row[2]
+            if at != before_at:
+                us = (at - _EPOCH) // _MICROSECOND
+                if before_status is not None and before_status != offline:
+                    _cut(quarters, before_status, before_us, us)
+                before_at, before_us = at, us
+            before_status = status
+            present = status != offline
+            if present != was:
+                if present:
+                    opened = at
+                elif at > opened:
+                    sessions.append((user, opened, at))
+                was = present
+        if was:
+            sessions.append((user, opened, None))
+        for (day, status), parts in sorted(quarters.items()):
+            if any(parts):
+                cum = ",".join(map(str, accumulate(parts, initial=0)))
+                days.append((user, _EPOCH_DAY + timedelta(days=day), status, "{" + cum + "}"))
+    return sessions, days, tails
+
+
+def _cut(quarters: dict[tuple[int, str], list[int]], status: str, lo: int, hi: int) -> None:
+    """Add ``[lo, hi)`` (microseconds since 1970) in ``status`` to its quarter-hours."""
+    q, last = lo // _QUARTER, (hi - 1) // _QUARTER
+    while True:
+        day, k = divmod(q, _QUARTERS)
+        parts = quarters.get((day, status))
+        if parts is None:
+            parts = quarters[(day, status)] = [0] * _QUARTERS
+        if q == last:
+            parts[k] += hi - max(lo, q * _QUARTER)
+            return
+        parts[k] += (q + 1) * _QUARTER - max(lo, q * _QUARTER)
+        q += 1
+
+
+def write_history(conn: Connection, rows: Sequence[tuple]) -> bool:
+    """COPY ``rows`` (transitions of users who have none yet, in
+    :data:`storage.TRANSITION_COLUMNS` order) and their summaries, on ``conn``'s
+    transaction; the triggers skip this transaction's writes. Returns False, with
+    nothing kept, when the table did not take every row (a pruned month): the
+    caller then writes them the normal way, which summarises what was taken."""
+    with conn.begin_nested() as savepoint:
+        conn.execute(text("select set_config('presence.summaries', 'writer', true)"))
+        taken = storage.copy_rows(
+            conn,
+            "presence_transitions",
+            storage.TRANSITION_COLUMNS,
+            rows,
+            storage.TRANSITION_TYPES,
+        )
+        if taken != len(rows):
+            conn.execute(text("select set_config('presence.summaries', '', true)"))
+            savepoint.rollback()
+            return False
+        sessions, days, tails = summarise(rows)
+        storage.copy_rows(
+            conn,
+            "presence_sessions",
+            ("user_id", "started_at", "ended_at"),
+            sessions,
+            ("text", "timestamptz", "timestamptz"),
+        )
+        storage.copy_rows(
+            conn,
+            "presence_status_days",
+            ("user_id", "day", "status", "cum"),
+            days,
+        )
+        storage.copy_rows(
+            conn,
+            "presence_status_tails",
+            ("user_id", "status", "since"),
+            tails,
+            ("text", "text", "timestamptz"),
+        )
+        conn.execute(text("select set_config('presence.summaries', '', true)"))
+    return True
