@@ -112,10 +112,13 @@ def test_a_node_that_stops_living_is_reaped_and_comes_back_consistent(redis_serv
     with running_cluster(redis_server.url, 2, node_timeout=2.0) as cluster:
         a, b = cluster.nodes
         watcher = b.client()
-        a.client().emit("userOnline", {"userId": "only-a"})
+        only = a.client()
+        only.emit("userOnline", {"userId": "only-a"})
+        only.emit("userStatus", {"userId": "only-a", "status": "away"})
         a.client().emit("userOnline", {"userId": "both"})
         b.client().emit("userOnline", {"userId": "both"})
         cluster.wait_agree({"only-a", "both"})
+        watcher.wait_change("only-a", "away")
         liveness = a.server.cluster.liveness
         task = a.server.cluster._tasks[0]
         a.loop.run(_cancel(task))  # a freezes: no more signs of life
@@ -125,7 +128,15 @@ def test_a_node_that_stops_living_is_reaped_and_comes_back_consistent(redis_serv
         wait_for(lambda: set(b.snapshot()) == {"both"}, what="b's mirror")
         # a wakes: it finds itself reaped, registers again, re-joins what it holds
         a.server.cluster._tasks[0] = a.loop.run(_start(liveness.run()))
-        watcher.wait_change("only-a", "online", timeout=15)
+        # back online, with the status it had (two real, new transitions)
+        wait_for(lambda: len(watcher.changes("only-a")) == 5, timeout=15, what="only-a back")
+        assert watcher.changes("only-a") == [
+            ("only-a", "online"),
+            ("only-a", "away"),
+            ("only-a", "offline"),
+            ("only-a", "online"),
+            ("only-a", "away"),
+        ]
         cluster.wait_agree({"only-a", "both"})
         statuses = [(e["user"], e["status"], e["reason"]) for e in _events(redis_server.url)]
         assert statuses.count(("only-a", "offline", "node_down")) == 1

@@ -419,10 +419,20 @@ class ClusterState:
         )
         for sid, key in list(self.confirmed.items()):
             held = self._conns.get(sid)
-            wire, names = (held[1], held[2]) if held is not None else (key, {})
-            answer = await self.link.run("join", sid, key, wire, names)
+            if held is None or held[0] != key or self.confirmed.get(sid) != key:
+                self.confirmed.pop(sid, None)  # stopped counting meanwhile: not again
+                continue
+            # the status the user had before the cluster took them offline
+            before = self.users.get(key) or self.departed.get(key)
+            status = before.status if before is not None else protocol.ONLINE
+            answer = await self.link.run("join", sid, key, held[1], held[2])
             if answer.get("r") == "t":
                 self.transitions += 1
+                if status != protocol.ONLINE and status != OFFLINE:
+                    self.learn(answer)
+                    answer = await self.link.run("status", sid, key, status, protocol.USER_STATUS)
+                    if answer.get("r") == "t":
+                        self.transitions += 1
             self.learn(answer)
 
     async def _restore(self) -> None:
