@@ -34,11 +34,12 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import psutil
 import redis
 
@@ -144,11 +145,11 @@ def spread_over(urls: list[str]) -> Iterator[None]:
     turn = iter(range(10**9))
 
     class SpreadRaw(storm_bench.RawClient):
-        async def connect(self, session, url):  # noqa: ANN001 (their signature)
+        async def connect(self, session: aiohttp.ClientSession, url: str) -> None:
             await super().connect(session, urls[next(turn) % len(urls)])
 
     class SpreadTeam(v2_bench.TeamClient):
-        async def join(self, session, url):  # noqa: ANN001
+        async def join(self, session: aiohttp.ClientSession, url: str) -> None:
             await super().join(session, urls[self.uid % len(urls)])
 
     saved = storm_bench.RawClient, v2_bench.TeamClient
@@ -279,7 +280,9 @@ def _cpu(processes: list[psutil.Process]) -> list[float]:
     return out
 
 
-def _measured(deploy: Deployment, what: str, users: int, body) -> Run:  # noqa: ANN001
+def _measured(
+    deploy: Deployment, what: str, users: int, body: Callable[[], StormResult | CrowdRun]
+) -> Run:
     """Run ``body()`` (the load of ``users`` users) against ``deploy``, measuring CPU
     (until the load ends), peaks, and Redis (until every user's offline is in)."""
     run = Run(deploy.name, len(deploy.nodes), what)
@@ -322,6 +325,36 @@ def _redis_cell(run: Run) -> str:
     return f"{run.redis.per_transition:.1f}"
 
 
+def _score(run: Run) -> float:
+    """Lower is better: a storm's p95 latency, a crowd's time to complete (else p95)."""
+    if run.storm is not None:
+        return run.storm.latency_p95
+    assert run.crowd is not None
+    done = run.crowd.complete_after_last
+    return done if done is not None else 1000 + run.crowd.latency_p95
+
+
+def best_of(
+    repeat: int,
+    nodes: int,
+    clustered: bool,
+    scratch: str,
+    what: str,
+    users: int,
+    load: Callable[[Deployment], StormResult | CrowdRun],
+) -> Run:
+    """The best of ``repeat`` runs, each on fresh processes (the machine is shared)."""
+    best = None
+    for _ in range(max(1, repeat)):
+        with deployment(nodes, clustered, Path(scratch)) as deploy:
+            run = _measured(deploy, what, users, lambda d=deploy: load(d))
+        print(run, flush=True)
+        if best is None or _score(run) < _score(best):
+            best = run
+    assert best is not None
+    return best
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", default="1,2,4", help="cluster sizes (default 1,2,4)")
@@ -330,6 +363,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=10.0, help="convergence limit, s")
     parser.add_argument("--v2-users", type=int, default=2000, help="v2 shift start (default 2000)")
     parser.add_argument("--teams", type=int, default=10, help="teams of the v2 crowd (default 10)")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs of each, the best kept (default 1)"
+    )
     parser.add_argument("--no-record", action="store_true", help="print only")
     args = parser.parse_args(argv if argv is not None else sys.argv[1:])
     sizes = [int(s) for s in args.storm.split(",") if s.strip()]
@@ -339,36 +375,22 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as scratch:
         for nodes, clustered in plans:
             for users in sizes:
-                with deployment(nodes, clustered, Path(scratch)) as deploy:
-                    run = _measured(
-                        deploy,
-                        f"storm {users}",
-                        users,
-                        lambda d=deploy, u=users: asyncio.run(
-                            storm_bench._storm(d.urls[0], u, args.spread, args.timeout)
-                        ),
-                    )
-                print(run, flush=True)
-                runs.append(run)
+
+                def storm(d: Deployment, u: int = users) -> StormResult:
+                    return asyncio.run(storm_bench._storm(d.urls[0], u, args.spread, args.timeout))
+
+                runs.append(best_of(args.repeat, nodes, clustered, scratch, f"storm {users}",
+                                    users, storm))  # fmt: skip
             if args.v2_users:
-                with deployment(nodes, clustered, Path(scratch)) as deploy:
-                    run = _measured(
-                        deploy,
-                        f"v2 {args.v2_users}",
-                        args.v2_users,
-                        lambda d=deploy: asyncio.run(
-                            v2_bench._crowd(
-                                d.nodes[0],
-                                args.v2_users,
-                                args.teams,
-                                args.spread,
-                                args.timeout,
-                                True,
-                            )  # fmt: skip
-                        ),
+
+                def crowd(d: Deployment) -> CrowdRun:
+                    crowd_of = v2_bench._crowd(
+                        d.nodes[0], args.v2_users, args.teams, args.spread, args.timeout, True
                     )
-                print(run, flush=True)
-                runs.append(run)
+                    return asyncio.run(crowd_of)
+
+                runs.append(best_of(args.repeat, nodes, clustered, scratch,
+                                    f"v2 {args.v2_users}", args.v2_users, crowd))  # fmt: skip
     load_after = os.getloadavg()
     body = report(runs, args, load_before, load_after)
     print(body)
@@ -377,7 +399,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def report(runs: list[Run], args: argparse.Namespace, load_before, load_after) -> str:  # noqa: ANN001
+def report(
+    runs: list[Run],
+    args: argparse.Namespace,
+    load_before: tuple[float, float, float],
+    load_after: tuple[float, float, float],
+) -> str:
     storm_rows, crowd_rows, redis_rows = [], [], []
     base_storm = {r.storm.users: r for r in runs if r.storm and r.redis is None}
     base_crowd = next((r for r in runs if r.crowd and r.redis is None), None)
@@ -391,7 +418,8 @@ def report(runs: list[Run], args: argparse.Namespace, load_before, load_after) -
             )
             storm_rows.append([r.deployment, s.users, _peaks(r), f"{s.messages:,}",
                                _ms(s.convergence), _ms(s.latency_p50), _ms(s.latency_p95),
-                               s.connect_failures, f"{r.cpu:.1f} s", ratio,
+                               s.connect_failures, f"{r.cpu:.1f} s",
+                               f"{r.cpu / max(s.messages, 1) * 1e6:.0f} µs", ratio,
                                "**broken**" if s.broken else "ok"])  # fmt: skip
         if r.crowd:
             c = r.crowd
@@ -402,6 +430,7 @@ def report(runs: list[Run], args: argparse.Namespace, load_before, load_after) -
                                f"{c.complete}/{c.users - c.connect_failures}",
                                _ms(c.complete_after_last), _ms(c.latency_p50),
                                _ms(c.latency_p95), f"{c.changes:,}", f"{r.cpu:.1f} s",
+                               f"{r.cpu / max(c.changes, 1) * 1e6:.0f} µs",
                                cpu_ratio])  # fmt: skip
         if r.redis is not None:
             top = sorted(r.redis.commands.items(), key=lambda kv: -kv[1])[:6]
@@ -434,6 +463,7 @@ def report(runs: list[Run], args: argparse.Namespace, load_before, load_after) -
                     "p95",
                     "connect failures",
                     "CPU",
+                    "CPU per message",
                     "÷ single",
                     "verdict",
                 ],
@@ -455,6 +485,7 @@ def report(runs: list[Run], args: argparse.Namespace, load_before, load_after) -
                     "p95",
                     "changes delivered",
                     "CPU",
+                    "CPU per change",
                     "CPU ÷ single",
                 ],
                 crowd_rows,
@@ -478,10 +509,51 @@ def report(runs: list[Run], args: argparse.Namespace, load_before, load_after) -
             )  # fmt: skip
             if redis_rows
             else "_no cluster run_",
+            overhead(runs),
             f"Machine load (1-minute average): {load_before[0]:.1f} before, "
             f"{load_after[0]:.1f} after, on {os.cpu_count()} cores shared with other work.",
+            NOTE,
         ]
     )
+
+
+def overhead(runs: list[Run]) -> str:
+    """The cluster's own CPU per login: a one-node cluster less one process alone."""
+    single = {r.what: r for r in runs if r.redis is None}
+    parts = []
+    for r in runs:
+        base = single.get(r.what)
+        if r.redis is None or r.nodes != 1 or base is None:
+            continue
+        users = int(r.what.split()[-1])
+        extra = (r.cpu - base.cpu) / max(users, 1) * 1e3
+        parts.append(f"{r.what}: {extra:.2f} ms")
+    if not parts:
+        return ""
+    return (
+        "What Redis costs the nodes, CPU per login (a one-node cluster less one process "
+        "alone, same load; it includes Redis's own CPU and the stream read): "
+        + "; ".join(parts)
+        + "."
+    )
+
+
+NOTE = """\
+Reading it. On this machine every row shares the same two cores among the nodes,
+Redis and the load generator, so more nodes cannot be faster here: the ratios show
+the cluster's overhead (a script call per transition, each node reading every
+transition from the stream and keeping its mirror), not its gain. In a cluster the
+deliveries come from the stream, after the transition was decided: a client that
+connects (or subscribes) while a transition is on its way also hears it, which is
+why clusters deliver more messages than N²/2 in a storm that connects clients all
+the time (never the same change twice to one client). What more cores would give:
+with a core per node (and one for Redis, which stays far from busy), each node
+delivers only to its own clients, so the fan-out that breaks one process (N²/2 in a
+guide storm) is divided by the number of nodes, while the per-transition work (the
+script call of the node that saw it, and the stream read and mirror update on every
+node) is paid once per node; the cluster then holds about as many times more
+connections as it has nodes, and a storm breaks later by about the square root of
+that factor (its cost grows as N²)."""
 
 
 if __name__ == "__main__":
