@@ -50,6 +50,8 @@ class ClusterLiveness:
             self.registered.set()
             return  # the stream reader takes its position before anything else
         else:
+            if self.state.unfinished is not None:  # Redis interrupted the last one
+                await self.state.recover(self.state.unfinished)
             generation = self.link.generation
             answer = await self.link.run("alive", int(self.timeout * 1000))
             if answer.get("r") in ("reaped", "epoch"):

@@ -107,6 +107,10 @@ class ClusterState:
         self._pending_status: dict[str, str] = {}  # user key -> status waiting in the outbox
         self._prune_at = 20_000
         self._recovery = asyncio.Lock()
+        self.unfinished: str | None = None  # a recovery Redis interrupted
+        # what the first attempt of an unfinished restore saw: the last good moment
+        # and the mirror's present users then
+        self._restore_from: tuple[int, dict[str, User]] | None = None
         self._draining = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
         self.recoveries = {"reaped": 0, "epoch": 0}
@@ -401,18 +405,25 @@ class ClusterState:
     async def recover(self, marker: str, generation: int | None = None) -> None:
         """Handle a marker: "reaped" (register again, re-join the connections Redis
         held for this node) or "epoch" (Redis lost its data: register, restore them,
-        settle later). Once per event, however many calls saw the marker."""
+        settle later). Once per event, however many calls saw the marker. A recovery
+        Redis interrupted (RedisUnavailable) stays :attr:`unfinished` and is done again,
+        whole, by the next call (the liveness loop makes one every round)."""
         async with self._recovery:
-            if generation is not None and self.link.generation != generation:
+            if self.unfinished is not None:
+                marker = "epoch" if "epoch" in (marker, self.unfinished) else marker
+            elif generation is not None and self.link.generation != generation:
                 return  # another call recovered already
+            self.unfinished = marker
             if marker == "reaped":
                 await self._rejoin()
             else:
                 await self._restore()
+            self.unfinished = None
+            self._restore_from = None
+            self.recoveries[marker] += 1
 
     async def _rejoin(self) -> None:
         await self.link.register(fresh=False)
-        self.recoveries["reaped"] += 1
         log.warning(
             "cluster: this node was taken as dead; registered again, re-joining %d connections",
             len(self.confirmed),
@@ -436,10 +447,10 @@ class ClusterState:
             self.learn(answer)
 
     async def _restore(self) -> None:
-        good = self.link.last_good_ms or to_ms(self.now())
-        before = dict(self.users)
+        if self._restore_from is None:
+            self._restore_from = (self.link.last_good_ms or to_ms(self.now()), dict(self.users))
+        good, before = self._restore_from
         await self.link.register(fresh=False)
-        self.recoveries["epoch"] += 1
         log.warning(
             "cluster: Redis lost its data; epoch %s, restoring %d connections",
             self.link.epoch,
