@@ -433,3 +433,24 @@ def test_a_redis_with_a_password(tmp_path):
             assert "wrong" not in str(health)
     finally:
         server.stop()
+
+
+def test_a_node_that_joined_later_knows_who_left_lately(redis_server):
+    with running_cluster(redis_server.url, 1) as cluster:
+        (a,) = cluster.nodes
+        watcher = a.client()
+        tab = a.client()
+        tab.emit("userOnline", {"userId": "gone", "team": "red"})
+        tab.disconnect()
+        left = watcher.wait_change("gone", "offline")
+        late = cluster.add_node("n2")  # it never saw "gone"
+        answers = [
+            node.v2_client().call("getUsersStatus", {"userIds": ["gone"]})["users"][0]
+            for node in (a, late)
+        ]
+        assert answers[0] == answers[1]
+        assert (answers[1]["status"], answers[1]["lastSeen"], answers[1]["team"]) == (
+            "offline",
+            left["lastSeen"],
+            "red",
+        )

@@ -229,6 +229,33 @@ class ClusterState:
         """``{user key: (status, this node's connections counting for it)}``."""
         return {key: (u.status, len(self._local.get(key, ()))) for key, u in self.users.items()}
 
+    async def recall(self, keys: list[str]) -> None:
+        """Users among ``keys`` neither present nor remembered here, whom Redis still
+        knows as offline (a hash is kept an hour), become remembered departures, so a
+        status query answers the same on every node (nothing when Redis is away)."""
+        unknown = [k for k in dict.fromkeys(keys) if k not in self.users and k not in self.departed]
+        if not unknown or self.link.epoch is None:
+            return
+        fields = ("status", "last_seen", "wire", "type", "name", "team")
+        try:
+            async with self.link.client.pipeline(transaction=False) as pipe:
+                for key in unknown[:1000]:
+                    pipe.hmget(f"presence:user:{key}", fields)
+                rows = await self.link.guarded(pipe.execute())
+        except RedisUnavailable:
+            return
+        for key, row in zip(unknown, rows, strict=False):
+            status, last_seen, wire, user_type, user_name, team = row
+            if status != OFFLINE or last_seen is None or key in self.users:
+                continue
+            moment = from_ms(last_seen)
+            self.departed[key] = User(key, _wire(wire, key), OFFLINE, moment, moment)
+            self.departed[key].user_type = user_type
+            self.departed[key].user_name = user_name
+            self.departed[key].team = team
+        while len(self.departed) > self.MAX_DEPARTED:
+            self.departed.popitem(last=False)
+
     # --- the mirror ---------------------------------------------------------------------
 
     def learn(self, answer: dict) -> None:

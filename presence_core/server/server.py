@@ -403,6 +403,8 @@ class PresenceServer:
     async def _look_up(self, keys: list[str]) -> dict:
         """What the database knows of ``keys`` not present here: one query, in a
         thread (never one per id); {} without a database or when it cannot answer."""
+        if self.cluster is not None:  # who left lately, as the cluster remembers
+            await self.cluster.state.recall(keys)
         wanted = [key for key in keys if key not in self.state.users]
         if not wanted or self.engine is None:
             return {}
