@@ -254,6 +254,57 @@ def test_a_frozen_node_that_wakes_after_the_timeout_causes_no_duplicate(
         del other, shared
 
 
+def test_redis_paused_loses_no_change_of_connections_that_stayed_up(
+    tmp_path, redis_server, database_url, engine
+):
+    """Redis frozen for 5 s, longer than the node timeout (so every node's liveness lapses
+    too, and nobody may be reaped for it): the nodes keep their clients, say so on
+    /health, and every change made meanwhile reaches everyone and the database."""
+    with cluster(tmp_path, redis_server.url, 2, database_url) as group:
+        group.watch()
+        one = group.tab("n1", "p-1")
+        two = group.tab("n2", "p-2", v2=True)
+        both = [group.tab("n1", "p-3"), group.tab("n2", "p-3")]
+        wait_agree(group, {"p-1": "online", "p-2": "online", "p-3": "online"})
+
+        redis_server.pause()
+        paused = time.monotonic()
+        one.set_status("away")
+        two.set_status("busy")
+        both[0].leave()  # one of two tabs: no transition
+        two.set_status("online")
+        one.set_status("lunch")
+        for node in group.nodes.values():
+            wait_for(
+                lambda node=node: (node.cluster_health() or {}).get("redis") is False,
+                5,
+                what=f"{node.node_id}'s /health saying Redis does not answer",
+            )
+        time.sleep(max(0.0, 5 - (time.monotonic() - paused)))  # the outage lasts 5 s
+        redis_server.resume()
+
+        group.wait_seen("p-1", ["online", "away", "lunch"], timeout=30)
+        group.wait_seen("p-2", ["online", "busy", "online"])
+        group.fence("n1")
+        group.fence("n2")
+        group.wait_seen("p-1", ["online", "away", "lunch"])
+        group.wait_seen("p-2", ["online", "busy", "online"])
+        group.wait_seen("p-3", ["online"])
+        assert all(w.connected for w in group.watchers + [one, two, both[1]])
+        wait_agree(group, {"p-1": "lunch", "p-2": "online", "p-3": "online"})
+        for user, statuses in [
+            ("p-1", ["online", "away", "lunch"]),
+            ("p-2", ["online", "busy", "online"]),
+            ("p-3", ["online"]),
+        ]:
+            wait_rows(engine, user, statuses)
+            rows = transitions(engine, user)
+            assert [r["status"] for r in rows] == statuses, (user, rows)
+            assert not any(r["inferred"] for r in rows)
+            times = [r["occurred_at"] for r in rows]
+            assert times == sorted(times) and len(set(times)) == len(times)
+
+
 def test_redis_restarted_empty_is_rebuilt_without_invented_transitions(
     tmp_path, redis_server, database_url, engine
 ):
