@@ -96,22 +96,29 @@ def test_reconnecting_to_another_node_within_the_grace_changes_nothing(
 ):
     with cluster(tmp_path, redis_server.url, 2, database_url) as group:
         group.watch()
-        tab = group.tab("n1", "u-8")
-        group.wait_seen("u-8", ["online"])
-        tab.close()  # a reload: the connection closes without a goodbye...
-        closed = time.monotonic()
-        again = group.tab("n2", "u-8")  # ...and the page comes back through another node
-        assert time.monotonic() - closed < group.grace, "reconnected too late to test this"
+        for attempt in range(3):
+            user = f"u-8-{attempt}"
+            tab = group.tab("n1", user)
+            group.wait_seen(user, ["online"])
+            closed = time.monotonic()
+            tab.close()  # a reload: the connection closes without a goodbye...
+            again = group.tab("n2", user)  # ...and the page comes back through another node
+            if time.monotonic() - closed < group.grace / 2:
+                break
+            again.leave()  # too slow to prove anything (a loaded machine): once more
+            group.wait_seen(user, ["online", "offline"], timeout=group.grace + 20)
+        else:
+            raise AssertionError("three reconnects each took over half the grace period")
         # the proof is that n1's grace period runs out with nothing to say: give it the time
         time.sleep(group.grace + 1)
         group.fence("n1")
-        group.wait_seen("u-8", ["online"])
-        wait_agree(group, {"u-8": "online"})
-        assert [r["status"] for r in transitions(engine, "u-8")] == ["online"]
+        group.wait_seen(user, ["online"])
+        wait_agree(group, {user: "online"})
+        assert [r["status"] for r in transitions(engine, user)] == ["online"]
 
         again.leave()
-        group.wait_seen("u-8", ["online", "offline"])
-        rows = wait_rows(engine, "u-8", ["online", "offline"])
+        group.wait_seen(user, ["online", "offline"])
+        rows = wait_rows(engine, user, ["online", "offline"])
         assert [(r["status"], r["reason"]) for r in rows] == [
             ("online", "userOnline"),
             ("offline", "userOffline"),
