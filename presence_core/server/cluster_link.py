@@ -26,6 +26,7 @@ from presence_core.server.cluster_scripts import ClusterScripts
 __all__ = ["BLOCK_MS", "ClusterLink", "RedisUnavailable", "UNREACHABLE"]
 
 BLOCK_MS = 1000  # how long a stream read waits for new entries
+POOL = 32  # connections for script calls, per node
 
 UNREACHABLE = (rexc.ConnectionError, rexc.TimeoutError, rexc.BusyLoadingError, OSError)
 
@@ -52,14 +53,19 @@ class ClusterLink:
         timeout: float = 2.0,
         maxlen: int = 200_000,
     ) -> None:
-        self.client: aioredis.Redis = aioredis.Redis.from_url(
+        # at most POOL connections: a login storm waits for a free one instead of
+        # opening a connection per client (and never fails for being many)
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=POOL,
+            timeout=max(10.0, 4 * timeout),
             decode_responses=True,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 1),  # one retry: a connection a restarted Redis reset
             health_check_interval=0,
         )
+        self.client: aioredis.Redis = aioredis.Redis(connection_pool=pool)
         # blocking reads (XREAD BLOCK 1 s) on connections of their own, allowed the
         # block on top of the timeout
         self.blocking: aioredis.Redis = aioredis.Redis.from_url(
@@ -138,3 +144,4 @@ class ClusterLink:
         for client in (self.client, self.blocking):
             with contextlib.suppress(Exception):  # closing a client to a Redis that is gone
                 await client.aclose()
+                await client.connection_pool.disconnect()
