@@ -187,27 +187,42 @@ def test_a_frozen_node_that_wakes_after_the_timeout_causes_no_duplicate(
     with cluster(tmp_path, redis_server.url, 3, database_url) as group:
         group.watch()
         alone = group.tab("n3", "frozen-alone")
-        shared = [group.tab("n3", "frozen-shared"), group.tab("n1", "frozen-shared")]
-        other = group.tab("n2", "awake")
-        wait_agree(group, {"frozen-alone": "online", "frozen-shared": "online", "awake": "online"})
+        away = group.tab("n3", "frozen-away", v2=True)
+        away.set_status("away")
+        group.tab("n3", "frozen-shared")
+        group.tab("n1", "frozen-shared")
+        group.tab("n2", "awake")
+        wait_agree(
+            group,
+            {
+                "frozen-alone": "online",
+                "frozen-away": "away",
+                "frozen-shared": "online",
+                "awake": "online",
+            },
+        )
         awake = [w for n in ("n1", "n2") for w in group.watchers_of(n)]
 
         group["n3"].freeze()
-        # longer than the timeout: the others reap it (its only user goes offline)
+        # longer than the timeout: the others reap it (its lone users go offline)
         group.wait_seen(
             "frozen-alone", ["online", "offline"], awake, timeout=NODE_TIMEOUT + REAP_SLACK
         )
-        assert all(
-            w.transition_payloads("frozen-alone")[-1]["reason"] == "node_down" for w in awake
-        )
+        group.wait_seen("frozen-away", ["online", "away", "offline"], awake)
+        for w in awake:
+            for user in ("frozen-alone", "frozen-away"):
+                assert w.transition_payloads(user)[-1]["reason"] == "node_down"
         group["n3"].thaw()
 
-        # the woken node either drops the connections it held or registers them again;
-        # either way every node, the woken one included, ends up answering the same
+        # the woken node either drops the connections it held or registers them again
+        # (their users back with the status they had); either way every node, the woken
+        # one included, ends up answering the same
         def model() -> dict[str, str]:
             present = {"awake": "online", "frozen-shared": "online"}
             if alone.connected:
                 present["frozen-alone"] = "online"
+            if away.connected:
+                present["frozen-away"] = "away"
             return present
 
         def settled() -> bool:
@@ -223,42 +238,33 @@ def test_a_frozen_node_that_wakes_after_the_timeout_causes_no_duplicate(
         group.fence("n3")
         group.fence("n1")
 
+        users = ("frozen-alone", "frozen-away", "frozen-shared", "awake")
         for w in group.watchers:
             if w.v2 and w.seq_jumps():
                 w.subscribe_all()  # the protocol's answer to a seq jump: a new snapshot
-        live = [w for w in group.watchers if w.connected]
-        for w in live:
-            assert w.present() == {u: s for u, s in model().items()} | {}, (
-                w.node.node_id,
-                w.v2,
-                w.present(),
-            )
-            for user in ("frozen-alone", "frozen-shared", "awake"):
-                statuses = w.statuses(user)
-                assert not doubled(statuses), (user, statuses)
+        for w in [w for w in group.watchers if w.connected]:
+            assert w.present() == model(), (w.node.node_id, w.v2, w.present())
+            for user in users:
+                assert not doubled(w.statuses(user)), (w.node.node_id, user, w.statuses(user))
+        reference = awake[0]
         for w in awake:
             assert w.statuses("frozen-shared") == ["online"]
             assert w.statuses("awake") == ["online"]
             expected = ["online", "offline"] + (["online"] if alone.connected else [])
             assert w.statuses("frozen-alone") == expected
+            for user in users:
+                assert w.statuses(user) == reference.statuses(user), (w.node.node_id, user)
 
-        rows = [r for r in transitions(engine) if not is_fence(r["user_id"])]
-        wait_for(
-            lambda: len(transitions(engine, "frozen-alone")) >= 2 + alone.connected,
-            20,
-            what="the frozen node's rows",
-        )
-        rows = transitions(engine)
-        assert no_repeats(rows) == []
-        by_user = {}
-        for r in rows:
-            by_user.setdefault(r["user_id"], []).append(r["status"])
-        assert by_user["frozen-shared"] == ["online"]
-        assert by_user["awake"] == ["online"]
-        assert by_user["frozen-alone"] == ["online", "offline"] + (
-            ["online"] if alone.connected else []
-        )
-        del other, shared
+        # the history: exactly what every awake node delivered, nothing doubled
+        def recorded() -> dict[str, list[str]]:
+            found: dict[str, list[str]] = {}
+            for row in transitions(engine):
+                found.setdefault(row["user_id"], []).append(row["status"])
+            return found
+
+        delivered = {user: reference.statuses(user) for user in users}
+        wait_for(lambda: recorded() == delivered, 20, what=f"the history {delivered}")
+        assert no_repeats(transitions(engine)) == []
 
 
 def test_redis_paused_loses_no_change_of_connections_that_stayed_up(
