@@ -118,14 +118,28 @@ class ClusterNode:
         self.frozen = False
 
     def wait_ready(self, timeout: float = 60) -> None:
-        """Wait until ``/health`` answers; a process that exits first fails with its log."""
+        """Wait until ``/health`` answers; a process that exits first fails with its log.
 
-        def ready() -> bool:
-            if not self.alive:
-                raise AssertionError(f"node {self.node_id} exited:\n{self.log_tail()}")
-            return self.health() is not None
+        The port was free when chosen, but another program may take it before the node
+        binds it (the machine is shared): then the node starts again on a new port."""
+        for _attempt in range(3):
+            lost_port = False
 
-        wait_for(ready, timeout, interval=0.05, what=f"node {self.node_id} answering /health")
+            def ready() -> bool:
+                nonlocal lost_port
+                if not self.alive:
+                    if "Address already in use" in self.log_tail(3):
+                        lost_port = True
+                        return True
+                    raise AssertionError(f"node {self.node_id} exited:\n{self.log_tail()}")
+                return self.health() is not None
+
+            wait_for(ready, timeout, interval=0.05, what=f"node {self.node_id} answering /health")
+            if not lost_port:
+                return
+            self.port = 0
+            self.launch()
+        raise AssertionError(f"node {self.node_id} found no free port:\n{self.log_tail()}")
 
     def start(self, timeout: float = 60) -> ClusterNode:
         self.launch()
