@@ -10,6 +10,12 @@ written once by the nodes' writers (the ``writers`` consumer group).
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
 from datetime import UTC, datetime
 
 import pytest
@@ -17,6 +23,7 @@ import redis
 from sqlalchemy import text
 
 from tests.cluster_inprocess import running_cluster
+from tests.redis_harness import RedisServer
 from tests.waiting import wait_for
 
 
@@ -414,8 +421,6 @@ def test_restore_records_the_restored_status_where_the_history_lacks_it(redis_se
 
 def test_a_redis_with_a_password(tmp_path):
     """The Redis URL may carry a password; /health never shows the URL."""
-    from tests.redis_harness import RedisServer
-
     server = RedisServer(tmp_path / "redis-pw", password="s3cret-pw").start()
     try:
         with running_cluster(server.url, 2) as cluster:
@@ -454,3 +459,62 @@ def test_a_node_that_joined_later_knows_who_left_lately(redis_server):
             left["lastSeen"],
             "red",
         )
+
+
+# --- the command line ----------------------------------------------------------------
+
+
+def _serve(*args: str, env: dict | None = None):
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PRESENCE_")}
+    return subprocess.run(
+        [sys.executable, "-m", "presence_core", "serve", "--no-db", *args],
+        env=base | (env or {}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--node-timeout", "0"], None, "--node-timeout must be between 1 and 3600 seconds"),
+        (["--node-id", " "], None, "--node-id cannot be empty"),
+        (["--redis", "http://127.0.0.1:6379"], None, "must be a redis://, rediss:// or unix://"),
+        ([], {"PRESENCE_REDIS_URL": "localhost:6379"}, "must be a redis://, rediss:// or unix://"),
+    ],
+)
+def test_cluster_flags_refused_in_one_line(args, env, message):
+    result = _serve(*args, env=env)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_serve_joins_the_cluster_named_by_the_variable(redis_server):
+    """PRESENCE_REDIS_URL alone makes `presence serve` a node; with --port 0 it prints
+    the real port, its default node id is host:port, and its sids carry the tag."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PRESENCE_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "presence_core", "serve", "--no-db", "--port", "0"],
+        env=base | {"PRESENCE_REDIS_URL": redis_server.url},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        line = process.stdout.readline()
+        assert line.startswith("presence server listening on http://127.0.0.1:")
+        port = int(line.rsplit(":", 1)[1])
+        assert port != 0
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as answer:
+            health = json.load(answer)
+        assert health["cluster"]["node"] == f"127.0.0.1:{port}"
+        assert health["cluster"]["redis"] is True and health["cluster"]["ready"] is True
+        url = f"http://127.0.0.1:{port}/socket.io/?EIO=4&transport=polling"
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            opening = answer.read().decode()
+        assert f'"sid":"127_0_0_1_{port}.' in opening
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(20)
