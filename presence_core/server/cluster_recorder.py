@@ -33,6 +33,7 @@ __all__ = ["GROUP", "ClusterRecorder"]
 
 GROUP = "writers"
 _BATCH = 500
+MAX_WAITING = 20_000  # transitions handed to the writer and not committed, at most
 
 
 class ClusterRecorder:
@@ -155,6 +156,9 @@ class ClusterRecorder:
             self.claimed += len(claimed)
             self._hand(claimed)
             self._to_ack.extend(answer[2] if len(answer) > 2 else [])  # deleted entries
+        if len(self._waiting) >= MAX_WAITING:  # the database does not keep up (or is down):
+            await asyncio.sleep(0.5)  # new entries wait in the stream, not in memory
+            return
         try:
             answer = await self.link.guarded(
                 self.link.blocking.xreadgroup(
