@@ -279,3 +279,20 @@ def test_bulk_summaries_of_any_rows_match_the_recomputation(events):
         want_days
     )
     assert {u: (s, at) for u, s, at in tails} == want_tails
+
+
+def test_bulk_write_refuses_users_who_have_rows(engine):
+    """A user written since the generator looked (a listener) is not summarised as
+    fresh: the bulk write declines and writes nothing, so the caller's normal path
+    (the triggers) summarises the rows."""
+    from presence_core.database.storage import Transition, write_batch
+    from presence_core.synthetic.summaries import write_history
+
+    write_batch(engine, [Transition("u1", "online", END, END)])
+    at = END + timedelta(hours=1)
+    rows = [("u2", "online", at, at, False, None, "history")]
+    rows.append(("u1", "offline", at, at, False, None, "history"))
+    with engine.begin() as conn:
+        assert write_history(conn, rows) is False
+    with engine.connect() as conn:
+        assert conn.execute(text("select count(*) from presence_transitions")).scalar() == 1

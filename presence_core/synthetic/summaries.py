@@ -110,12 +110,28 @@ def _cut(quarters: dict[tuple[int, str], list[int]], status: str, lo: int, hi: i
         q += 1
 
 
+_LOCK_USERS = """
+select pg_advisory_xact_lock(20563, h)
+from (select distinct hashtext(u) as h from unnest(cast(:users as text[])) u order by 1) k
+"""
+_ANY_STORED = (
+    "select exists(select 1 from presence_status_tails where user_id = any(cast(:users as text[])))"
+)
+
+
 def write_history(conn: Connection, rows: Sequence[tuple]) -> bool:
     """COPY ``rows`` (transitions of users who have none yet, in
     :data:`storage.TRANSITION_COLUMNS` order) and their summaries, on ``conn``'s
     transaction; the triggers skip this transaction's writes. Returns False, with
-    nothing kept, when the table did not take every row (a pruned month): the
-    caller then writes them the normal way, which summarises what was taken."""
+    nothing written, when one of the users has rows after all, or when the table
+    did not take every row (a pruned month): the caller then writes them the
+    normal way, which summarises what is taken."""
+    users = sorted({row[0] for row in rows})
+    # the triggers' per-user locks, then "no rows yet" checked again under them: a
+    # listener may have written one of these users since the caller looked
+    conn.execute(text(_LOCK_USERS), {"users": users})
+    if conn.execute(text(_ANY_STORED), {"users": users}).scalar():
+        return False
     with conn.begin_nested() as savepoint:
         conn.execute(text("select set_config('presence.summaries', 'writer', true)"))
         taken = storage.copy_rows(
