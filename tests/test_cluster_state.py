@@ -20,8 +20,12 @@ from datetime import UTC, datetime
 
 import pytest
 import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import text
 
+from presence_core.server.cluster_link import ClusterLink
+from presence_core.server.cluster_state import ClusterState, from_ms
 from tests.cluster_inprocess import running_cluster
 from tests.redis_harness import RedisServer
 from tests.waiting import wait_for
@@ -518,3 +522,54 @@ def test_serve_joins_the_cluster_named_by_the_variable(redis_server):
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(20)
+
+
+# --- the mirror: entries and answers applied in any overlap ----------------------------
+
+_entries = st.lists(
+    st.tuples(st.sampled_from(["u1", "u2", "u3"]), st.sampled_from(["online", "away", "offline"])),
+    max_size=30,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(entries=_entries, early=st.sets(st.integers(0, 29)))
+def test_the_mirror_applies_each_change_once_whatever_arrives_twice(entries, early):
+    """Transitions reach a node's mirror twice: from the script's answer (for the node
+    that made them, at once) and from the stream (everyone, later, in order). Whatever
+    subset arrived early, the mirror ends as the last transition of each user says, and
+    every stream entry is told to clients exactly once."""
+    told: list[tuple[str, str]] = []
+
+    async def publish(user, status, moment, reason) -> None:
+        told.append((user.key, status))
+
+    link = ClusterLink("redis://127.0.0.1:1/0", lambda: "n1", lambda: 0)  # never called
+    state = ClusterState(link, publish, None, now=lambda: from_ms(10**12), settle_after=1)
+    at = 10**12
+    stream: list[dict] = []
+    for i, (key, status) in enumerate(entries):
+        at += 1
+        fields = {"user": key, "status": status, "at": str(at), "reason": "r", "wire": '"x"'}
+        stream.append(fields)
+        if i in early:  # this node made it: the script's answer came first
+            state.learn(
+                {
+                    "user": key,
+                    "present": status != "offline",
+                    "status": status,
+                    "since": str(at),
+                    "lc": str(at),
+                    "wire": '"x"',
+                }  # fmt: skip
+            )
+    for fields in stream:
+        asyncio.run(state.deliver(fields))
+    last: dict[str, str] = {}
+    for key, status in entries:
+        last[key] = status
+    assert {k: u.status for k, u in state.users.items()} == {
+        k: s for k, s in last.items() if s != "offline"
+    }
+    assert told == [(f["user"], f["status"]) for f in stream]
+    assert set(state.departed) == {k for k, s in last.items() if s == "offline"}

@@ -286,12 +286,18 @@ class ClusterState:
             user.user_name = answer.get("name", user.user_name)
             user.team = answer.get("team", user.team)
         else:
-            self._gone(key, from_ms(lc))
+            moment = from_ms(lc)
+            known = User(key, _wire(answer.get("wire"), key), OFFLINE, moment, moment)
+            known.user_type, known.user_name = answer.get("type"), answer.get("name")
+            known.team = answer.get("team")
+            self._gone(key, moment, known)
 
-    def _gone(self, key: str, moment: datetime) -> None:
+    def _gone(self, key: str, moment: datetime, known: User | None = None) -> None:
+        """User ``key`` left at ``moment``: remembered as departed (``known``: who they
+        were, for a user this node never had present)."""
         if len(self._version) > self._prune_at:
             self._forget_versions()
-        user = self.users.pop(key, None)
+        user = self.users.pop(key, None) or known
         if user is not None:
             user.last_seen = moment
             self.departed[key] = user
@@ -321,10 +327,11 @@ class ClusterState:
             "team": fields.get("team"),
         }
         wire = _wire(fields.get("wire"), key)
+        told = User(key, wire, status, moment, moment, **names)
         if at > self._version.get(key, -1):
             self._version[key] = at
             if status == OFFLINE:
-                self._gone(key, moment)
+                self._gone(key, moment, User(key, wire, status, moment, moment, **names))
             else:
                 user = self.users.get(key)
                 if user is None:
@@ -338,7 +345,6 @@ class ClusterState:
                         if value is not None:
                             setattr(user, name, value)
         self.broadcasts += 1
-        told = User(key, wire, status, moment, moment, **names)
         await self.publish(told, status, moment, fields.get("reason") or "")
 
     def replace(self, present: dict[str, dict]) -> list[tuple[User, str, datetime]]:
