@@ -563,8 +563,16 @@ def test_the_mirror_applies_each_change_once_whatever_arrives_twice(entries, ear
                     "wire": '"x"',
                 }  # fmt: skip
             )
-    for fields in stream:
+    for i, fields in enumerate(stream):
         asyncio.run(state.deliver(fields))
+        # never back in time: each user as the latest change known so far says
+        known = [e for j, e in enumerate(stream) if j <= i or j in early]
+        latest: dict[str, str] = {}
+        for e in known:
+            latest[e["user"]] = e["status"]
+        assert {k: u.status for k, u in state.users.items()} == {
+            k: s for k, s in latest.items() if s != "offline"
+        }
     last: dict[str, str] = {}
     for key, status in entries:
         last[key] = status
