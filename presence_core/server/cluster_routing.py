@@ -13,11 +13,21 @@ balancer can route on the ``sid`` query parameter's prefix without cookies
 from __future__ import annotations
 
 import re
+import socket
 from collections.abc import Callable
 
-__all__ = ["route_tag", "tag_session_ids"]
+__all__ = ["default_node_id", "route_tag", "tag_session_ids"]
 
 _OUTSIDE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def default_node_id(host: str, port: int) -> str:
+    """A node's id when none is given: ``host:port`` as listening; for a wildcard
+    address (``0.0.0.0``, ``::``), this machine's name instead of the host, so nodes on
+    several machines listening on the same port do not share an id."""
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.gethostname()
+    return f"{host}:{port}"
 
 
 def route_tag(node_id: str) -> str:

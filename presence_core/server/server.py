@@ -49,7 +49,7 @@ from presence_core.server import auth
 from presence_core.server.batching import FrameBatcher
 from presence_core.server.broadcast import Broadcaster
 from presence_core.server.cluster import Cluster
-from presence_core.server.cluster_routing import route_tag, tag_session_ids
+from presence_core.server.cluster_routing import default_node_id, route_tag, tag_session_ids
 from presence_core.server.cluster_state import ClusterState
 from presence_core.server.http import HealthApp, WebServer, WireLog
 from presence_core.server.options import (
@@ -677,12 +677,12 @@ class PresenceServer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(measured.wait(), 2)
         if self.node_id is None and port != 0:
-            self.node_id = f"{host}:{port}"
+            self.node_id = default_node_id(host, port)
         if self.cluster is not None and self.node_id is not None:
             await self._start_cluster()  # in the cluster before the first client comes
         self.port = await self.web.start(host, port)
         if self.node_id is None:
-            self.node_id = f"{host}:{self.port}"
+            self.node_id = default_node_id(host, self.port)
             if self.cluster is not None:
                 await self._start_cluster()
         if self.writer is not None:  # events queued before it runs are written when it does
