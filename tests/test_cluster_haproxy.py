@@ -568,3 +568,69 @@ def test_nodes_reach_redis_over_tls_as_the_documented_acl_user(
         loop.close()
         _stop(redis)
     assert "NOPERM" not in logs and "NOPERM" not in redis_log.read_text(), logs
+
+
+# --- the listener of deploy/presence-listener.service: through HAProxy ----------------------
+
+
+def test_a_listener_through_haproxy_moves_on_when_its_node_dies(
+    redis_server: RedisServer, tmp_path: Path, database_url, engine
+) -> None:
+    """``presence listen --server <HAProxy>`` (as deploy/presence-listener.service runs
+    it, nodes without a database): it records users of other nodes; SIGKILL its node and
+    it reconnects through HAProxy to a live one and goes on recording, nothing doubled."""
+    from sqlalchemy import text
+
+    def rows() -> list[tuple[str, bool]]:
+        with engine.connect() as conn:
+            return [
+                (r.status, r.inferred)
+                for r in conn.execute(
+                    text(
+                        "select status, inferred from presence_transitions "
+                        "where user_id = 'alice' order by occurred_at"
+                    )
+                )
+            ]
+
+    def coverage_opened() -> int:
+        with engine.connect() as conn:
+            return conn.execute(
+                text("select count(*) from presence_coverage where listener = 'via-haproxy'")
+            ).scalar_one()
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRESENCE_")}
+    env["PRESENCE_DATABASE_URL"] = database_url.render_as_string(hide_password=False)
+    env["PRESENCE_HOME"] = str(tmp_path / "listener-home")
+    loop = LoopThread()
+    with cluster_nodes(tmp_path, redis_server.url) as nodes, balancer(nodes, tmp_path) as lb:
+        log = tmp_path / "listener.log"
+        with open(log, "w") as out:
+            listener = subprocess.Popen(
+                [sys.executable, "-m", "presence_core", "listen", "--server", lb.url,
+                 "--name", "via-haproxy", "--writer", "thread"],
+                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        try:
+            wait_for(lambda: coverage_opened() == 1, 60, interval=0.2, what="listener on")
+            # the listener is the only client yet: its node is the one holding a connection
+            held = {n: (node.health() or {}).get("connections") for n, node in nodes.items()}
+            (home,) = [n for n, count in held.items() if count == 1]
+            other = next(n for n in NODE_IDS if n != home)
+            alice = Client(loop, f"http://127.0.0.1:{nodes[other].port}")
+            alice.connect()
+            alice.emit("userOnline", {"userId": "alice", "userType": "agent"})
+            wait_for(lambda: rows() == [("online", False)], 30, what="alice online recorded")
+
+            nodes[home].process.kill()
+            nodes[home].process.wait(10)
+            wait_for(lambda: coverage_opened() == 2, 60, interval=0.2, what="listener back")
+            after = {n: (nodes[n].health() or {}).get("connections") for n in nodes if n != home}
+            assert sum(after.values()) == 2, after  # alice and the listener, on live nodes
+
+            alice.emit("userStatus", {"userId": "alice", "status": "away"})
+            wait_for(lambda: len(rows()) >= 2, 30, what="alice away recorded")
+        finally:
+            _stop(listener)  # before alice leaves: her offline is not part of this test
+            loop.close()
+    assert rows() == [("online", False), ("away", False)], log.read_text()
