@@ -389,6 +389,7 @@ def assert_sticky_and_spread(seen: Observed) -> None:
         assert "Invalid session" not in text, f"{node_id}:\n{text}"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not node_available(), reason="run `npm ci` in tests/node")
 def test_clients_through_haproxy_see_each_other_across_nodes(tmp_path: Path) -> None:
     """Three nodes sharing a Redis that wants a password: every client hears every
@@ -412,6 +413,7 @@ def test_clients_through_haproxy_see_each_other_across_nodes(tmp_path: Path) -> 
         assert heard_from == set(NODE_IDS), r
 
 
+@pytest.mark.slow
 def test_a_frozen_node_is_taken_out_and_its_clients_cut_loose(tmp_path: Path) -> None:
     """SIGSTOP one node: its /health stops answering, HAProxy marks it DOWN and cuts
     its sessions (their clients reconnect elsewhere long before Engine.IO's own ping
@@ -486,6 +488,7 @@ def _documented(path: Path, pattern: str) -> str:
     return found[0]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 def test_nodes_reach_redis_over_tls_as_the_documented_acl_user(
     tmp_path: Path, database_url, engine
@@ -571,8 +574,7 @@ def test_nodes_reach_redis_over_tls_as_the_documented_acl_user(
 
 
 # --- the listener of deploy/presence-listener.service: through HAProxy ----------------------
-
-
+@pytest.mark.slow
 def test_a_listener_through_haproxy_moves_on_when_its_node_dies(
     redis_server: RedisServer, tmp_path: Path, database_url, engine
 ) -> None:
