@@ -27,6 +27,7 @@ from sqlalchemy import text
 from presence_core.server.cluster_link import ClusterLink
 from presence_core.server.cluster_state import ClusterState, from_ms
 from tests.cluster_inprocess import running_cluster
+from tests.conftest import free_port
 from tests.redis_harness import RedisServer
 from tests.waiting import wait_for
 
@@ -581,3 +582,44 @@ def test_the_mirror_applies_each_change_once_whatever_arrives_twice(entries, ear
     }
     assert told == [(f["user"], f["status"]) for f in stream]
     assert set(state.departed) == {k for k, s in last.items() if s == "offline"}
+
+
+def test_a_redis_over_tls(tmp_path):
+    """rediss:// URLs: the nodes talk to Redis over TLS, verifying its certificate."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+         "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    port = free_port()
+    server = subprocess.Popen(
+        ["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+         "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+         "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no",
+         "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}"
+
+    def answers() -> bool:
+        try:
+            with redis.Redis.from_url(url, socket_timeout=1) as r:
+                return bool(r.ping())
+        except redis.exceptions.RedisError:
+            return False
+
+    try:
+        wait_for(answers, what="redis-server over TLS")
+        with running_cluster(url, 2) as cluster:
+            a, b = cluster.nodes
+            watcher = b.client()
+            a.client().emit("userOnline", {"userId": "tls"})
+            watcher.wait_change("tls", "online")
+            assert cluster.health(a)["cluster"]["redis"] is True
+    finally:
+        server.terminate()
+        server.wait(10)
