@@ -431,19 +431,26 @@ class Cluster:
                 f"{w.statuses(user_id)} for {user_id}, expected {statuses}"
             )
 
-    def fence(self, node: ClusterNode | str | None = None, timeout: float = 20) -> str:
+    def fence(
+        self, node: ClusterNode | str | None = None, timeout: float = 20, jumps: bool = False
+    ) -> str:
         """A marker transition made now on ``node`` (default: the first live one) and
         waited for on every live watcher.
 
         The stream gives every node the cluster's transitions in one order, so once the
         fence's online and offline have arrived everywhere, every transition decided
-        before it has too: checks of "exactly once" made after a fence are not luck."""
+        before it has too: checks of "exactly once" made after a fence are not luck.
+        Unless ``jumps``, no version-2 watcher may have seen a ``seq`` jump (a node that
+        re-snapshots when it had no need makes every client subscribe again)."""
         node = node or self.live_nodes()[0]
         user = f"fence-{next(_fence_ids)}"
         tab = self.tab(node, user)
         tab.leave()
         self.wait_seen(user, ["online", "offline"], timeout=timeout)
         tab.close()
+        if not jumps:
+            jumped = {w.node.node_id: w.seqs() for w in self.live_watchers() if w.seq_jumps()}
+            assert not jumped, f"seq jumps on version-2 watchers: {jumped}"
         return user
 
     def close(self) -> None:
