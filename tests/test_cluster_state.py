@@ -623,3 +623,50 @@ def test_a_redis_over_tls(tmp_path):
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_an_outbox_past_its_bound_reconciles_when_redis_answers(redis_server):
+    """The outbox keeps the oldest operations (replayed with their times) and refuses
+    the rest; when Redis answers, the node makes Redis hold exactly its connections:
+    what it could not say is made then, inferred, reason reconcile."""
+    with running_cluster(redis_server.url, 2, grace=0.1) as cluster:
+        a, b = cluster.nodes
+        watcher = b.client()
+        x, z = a.client(), a.client()
+        x.emit("userOnline", {"userId": "x"})
+        z.emit("userOnline", {"userId": "z"})
+        gone = a.client()
+        gone.emit("userOnline", {"userId": "gone"})
+        cluster.wait_agree({"x", "z", "gone"})
+        a.server.cluster.state.outbox.limit = 2  # (a small bound, to reach it)
+        redis_server.pause()
+        try:
+            x.disconnect()  # kept: x offline, with its time
+            wait_for(lambda: cluster.health(a)["cluster"]["outbox"] == 1, what="x's part kept")
+            y = a.client()
+            y.emit("userOnline", {"userId": "y"})  # kept
+            z.emit("userStatus", {"userId": "z", "status": "busy"})  # refused
+            w = a.client()
+            w.emit("userOnline", {"userId": "w"})  # refused
+            gone.disconnect()  # refused
+            wait_for(
+                lambda: cluster.health(a)["cluster"]["outbox_dropped"] >= 3,
+                what="operations refused",
+            )
+        finally:
+            redis_server.resume()
+        cluster.wait_agree({"y", "z", "w"}, timeout=20)
+        watcher.wait_change("z", "busy", timeout=15)
+        by_user = {
+            e["user"]: (e["status"], e["reason"], e["inferred"])
+            for e in _events(redis_server.url)[3:]
+        }
+        assert by_user == {
+            "x": ("offline", "disconnect", "0"),
+            "y": ("online", "userOnline", "0"),
+            "w": ("online", "reconcile", "1"),
+            "gone": ("offline", "reconcile", "1"),
+            "z": ("busy", "userStatus", "0"),
+        }
+        assert cluster.health(a)["cluster"]["outbox"] == 0
+        del w, y

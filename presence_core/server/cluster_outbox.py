@@ -34,15 +34,18 @@ class Op:
 
 class ClusterOutbox:
     """A bounded FIFO of :class:`Op`. ``limit`` operations at most (a few hundred bytes
-    each): past it the oldest is dropped and counted in ``dropped``, since a node
-    cut off that long is rebuilt from its connections anyway when Redis comes back
-    (the connections it holds are the truth; only intermediate transitions are lost,
-    and the count says so on /health)."""
+    each): past it the outbox *overflows*: it keeps the oldest (replayed with their
+    times) and refuses the rest (counted in ``dropped``); when Redis answers again,
+    after the replay, the node reconciles Redis with the connections it holds
+    (:meth:`~presence_core.server.cluster_state.ClusterState.resync`): what changed
+    meanwhile is made then, ``inferred``. Only changes undone within the overflow
+    (a connection that came and went) are lost, and /health counts them."""
 
     def __init__(self, limit: int = 100_000) -> None:
         self.limit = limit
         self.ops: deque[Op] = deque()
         self.dropped = 0
+        self.overflowed = False  # refused operations: a resync is due
         self.queued = 0  # operations that ever waited here
         self.replayed = 0
 
@@ -50,16 +53,20 @@ class ClusterOutbox:
         return len(self.ops)
 
     def __bool__(self) -> bool:
-        return bool(self.ops)
+        return bool(self.ops) or self.overflowed
 
     def append(self, op: Op) -> None:
         if len(self.ops) >= self.limit:
-            self.ops.popleft()
+            self.overflowed = True
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 10_000 == 0:
                 log.error(
-                    "cluster outbox full (%d): %d operations dropped", self.limit, self.dropped
+                    "cluster outbox full (%d): %d operations refused; the node reconciles "
+                    "its connections with Redis when it answers",
+                    self.limit,
+                    self.dropped,
                 )
+            return
         self.ops.append(op)
         self.queued += 1
 

@@ -67,14 +67,37 @@ class ClusterScripts:
         return await self._run("alive", epoch, node, at, int(timeout_ms))
 
     async def join(
-        self, epoch: str, node: str, at: int, sid: str, key: str, wire: object, names: dict
+        self,
+        epoch: str,
+        node: str,
+        at: int,
+        sid: str,
+        key: str,
+        wire: object,
+        names: dict,
+        reason: str = "",
+        inferred: bool = False,
     ) -> dict:
+        """``reason`` of the online transition (default userOnline); ``inferred``: its
+        time is not known (a reconciliation)."""
+        names_json = _json(names) if names else ""
+        flag = "1" if inferred else "0"
         return await self._run(
-            "join", epoch, node, at, sid, key, _json(wire), _json(names) if names else ""
+            "join", epoch, node, at, sid, key, _json(wire), names_json, reason, flag
         )
 
-    async def part(self, epoch: str, node: str, at: int, sid: str, key: str, reason: str) -> dict:
-        return await self._run("part", epoch, node, at, sid, key, reason)
+    async def part(
+        self,
+        epoch: str,
+        node: str,
+        at: int,
+        sid: str,
+        key: str,
+        reason: str,
+        inferred: bool = False,
+    ) -> dict:
+        flag = "1" if inferred else "0"
+        return await self._run("part", epoch, node, at, sid, key, reason, flag)
 
     async def status(
         self, epoch: str, node: str, at: int, sid: str, key: str, status: str, reason: str

@@ -428,10 +428,47 @@ class ClusterState:
                 await self._apply(op)  # RedisUnavailable: the rest waits for the next try
                 self.outbox.done(op)
                 ran += 1
+            if self.outbox.overflowed:
+                await self.resync()
+                self.outbox.overflowed = False
             self._pending_status.clear()
         if ran:
             log.info("cluster: %d operations replayed from the outbox", ran)
         return ran
+
+    async def resync(self) -> None:
+        """Make Redis hold exactly this node's connections (after the outbox refused
+        operations): a connection Redis has and the node does not stops counting, one
+        the node has and Redis does not starts counting, a status asked for meanwhile
+        is set; every transition this makes is dated now and ``inferred`` (when it
+        happened is not known), reason ``reconcile``."""
+        node = self.link.node
+        held = await self.link.guarded(self.link.client.hgetall(f"presence:node:{node}"))
+        made = 0
+        for sid, key in held.items():
+            mine = self._conns.get(sid)
+            if mine is None or mine[0] != key:
+                answer = await self.link.run("part", sid, key, "reconcile", True)
+                self.confirmed.pop(sid, None)
+                made += answer.get("r") == "t"
+                self.learn(answer)
+        for sid, (key, wire, names) in list(self._conns.items()):
+            if held.get(sid) != key:
+                answer = await self.link.run("join", sid, key, wire, names, "reconcile", True)
+                self.confirmed[sid] = key
+                made += answer.get("r") == "t"
+                self.learn(answer)
+        for key, status in list(self._pending_status.items()):
+            sids = self._local.get(key)
+            user = self.users.get(key)
+            if sids and user is not None and user.status != status:
+                answer = await self.link.run(
+                    "status", next(iter(sids)), key, status, protocol.USER_STATUS
+                )
+                made += answer.get("r") == "t"
+                self.learn(answer)
+        self.transitions += made
+        log.warning("cluster: connections reconciled with Redis (%d transitions)", made)
 
     # --- failures -----------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
--- part: ARGV[5] sid, ARGV[6] user key, ARGV[7] reason. The connection no longer counts
+-- part: ARGV[5] sid, ARGV[6] user key, ARGV[7] reason, ARGV[8] "1" when the time is not
+-- known (inferred). The connection no longer counts
 -- (since AT); when it was the user's last, the user goes offline at the latest moment a
 -- connection of theirs stopped counting (never before the status began).
 local bad = guard()
@@ -16,5 +17,5 @@ if n > 0 or redis.call('SISMEMBER', PRESENT, key) == 0 then
   return reply('n', ukey, key)
 end
 local since = num(redis.call('HGET', ukey, 'since'))
-local id = transition(key, ukey, 'offline', math.max(left, since), reason, false)
+local id = transition(key, ukey, 'offline', math.max(left, since), reason, ARGV[8] == '1')
 return reply('t', ukey, key, id)
