@@ -155,14 +155,43 @@ uday as (
     ) ld
     where ld.y > ld.x
 ),
+-- the same as arrays indexed by UTC day (1 = the period's first; at most three local
+-- days in one UTC day), so that each stored array finds its ranges by subscript:
+-- a join would hash the stored arrays themselves (megabytes, spilled to disk)
+ug as (
+    select u::date as u,
+           array_agg(p.day order by p.day) as days, array_agg(p.kx order by p.day) as kxs,
+           array_agg(p.ky order by p.day) as kys
+    from qb b
+    cross join generate_series(
+        (b.clo at time zone 'UTC')::date::timestamp,
+        ((b.fhi - interval '1 microsecond') at time zone 'UTC')::date::timestamp,
+        interval '1 day') u
+    left join uday p on p.uday = u::date
+    group by u
+),
+ua as (
+    select min(u) as first,
+           array_agg(days[1] order by u) as d1, array_agg(kxs[1] order by u) as x1,
+           array_agg(kys[1] order by u) as y1,
+           array_agg(days[2] order by u) as d2, array_agg(kxs[2] order by u) as x2,
+           array_agg(kys[2] order by u) as y2,
+           array_agg(days[3] order by u) as d3, array_agg(kxs[3] order by u) as x3,
+           array_agg(kys[3] order by u) as y3
+    from ug
+),
 core as (
-    select p.day, sd.user_id, sd.status, sd.cum[p.ky] - sd.cum[p.kx] as us
-    from qb b cross join sel_users su
+    select v.day, sd.user_id, sd.status, sd.cum[v.ky] - sd.cum[v.kx] as us
+    from qb b cross join ua a cross join sel_users su
     join presence_status_days sd on sd.user_id = su.user_id
      and sd.day >= (b.clo at time zone 'UTC')::date
      and sd.day <= ((b.fhi - interval '1 microsecond') at time zone 'UTC')::date
-    join uday p on p.uday = sd.day
-    where {wanted.format(col="sd.status")}
+    cross join lateral (values
+        (a.d1[sd.day - a.first + 1], a.x1[sd.day - a.first + 1], a.y1[sd.day - a.first + 1]),
+        (a.d2[sd.day - a.first + 1], a.x2[sd.day - a.first + 1], a.y2[sd.day - a.first + 1]),
+        (a.d3[sd.day - a.first + 1], a.x3[sd.day - a.first + 1], a.y3[sd.day - a.first + 1])
+    ) v(day, kx, ky)
+    where v.day is not null and {wanted.format(col="sd.status")}
 ),
 tailc as (
     select p.day, t.user_id, t.status, {_us("p.x", "p.y")} as us
