@@ -670,3 +670,43 @@ def test_an_outbox_past_its_bound_reconciles_when_redis_answers(redis_server):
         }
         assert cluster.health(a)["cluster"]["outbox"] == 0
         del w, y
+
+
+def test_a_reaped_nodes_unwritten_entries_are_claimed_at_once(redis_server, engine):
+    """What a dead node's writer took and did not acknowledge is claimed as soon as
+    the node is reaped (long before it has been idle for twice the node timeout), and
+    what an earlier process of a node id took, by its next process at start."""
+    with running_cluster(redis_server.url, 1, node_timeout=30.0) as cluster:
+        (a,) = cluster.nodes  # no database
+        a.client().emit("userOnline", {"userId": "d1"})
+        a.client().emit("userOnline", {"userId": "d2"})
+        cluster.wait_agree({"d1", "d2"})
+        with redis.Redis.from_url(redis_server.url, decode_responses=True) as r:
+            r.xgroup_create("presence:events", "writers", id="0")
+            r.xreadgroup("writers", "dead", {"presence:events": ">"}, count=1)  # d1's
+            r.xreadgroup("writers", "n7", {"presence:events": ">"}, count=1)  # d2's
+    with running_cluster(redis_server.url, 0, engine=engine, node_timeout=30.0) as cluster:
+        node = cluster.add_node("n7")  # the next process of n7: takes back its own
+
+        def users() -> list[str]:
+            with engine.connect() as conn:
+                return (
+                    conn.execute(text("select user_id from presence_transitions order by user_id"))
+                    .scalars()
+                    .all()
+                )
+
+        wait_for(lambda: users() == ["d2"], timeout=15, what="n7's own entry written")
+        recorder = node.server.cluster.recorder
+        node.loop.run(_call_soon(recorder.claim_from, ["dead"]))  # as the reaper does
+        wait_for(lambda: users() == ["d1", "d2"], timeout=15, what="the dead node's entry")
+        assert recorder.claimed_from_dead == 1
+        with redis.Redis.from_url(redis_server.url, decode_responses=True) as r:
+            wait_for(
+                lambda: r.xpending("presence:events", "writers")["pending"] == 0,
+                what="all acknowledged",
+            )
+
+
+async def _call_soon(fn, *args) -> None:
+    fn(*args)

@@ -78,6 +78,8 @@ class Cluster:
             if writer is not None
             else None
         )
+        if self.recorder is not None:  # a reaped node's unwritten entries, at once
+            self.liveness.on_reaped = self.recorder.claim_from
         self._tasks: list[asyncio.Task] = []
 
     async def start(self, wait: float = 3.0) -> None:

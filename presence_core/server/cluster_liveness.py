@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from presence_core.server.cluster_link import ClusterLink, RedisUnavailable
 from presence_core.server.cluster_state import ClusterState
@@ -32,6 +33,7 @@ class ClusterLiveness:
         self.nodes_alive = 0
         self.reaped_nodes = 0  # other nodes this one reaped
         self.registered = asyncio.Event()
+        self.on_reaped: Callable[[list[str]], None] | None = None  # the nodes this one reaped
         self._said_down = False
 
     async def tick(self) -> None:
@@ -64,6 +66,8 @@ class ClusterLiveness:
             answer = await self.link.run("reap", int(self.timeout * 1000))
             if answer.get("r") == "ok" and answer.get("reaped"):
                 self.reaped_nodes += len(answer["reaped"])
+                if self.on_reaped is not None:
+                    self.on_reaped(answer["reaped"])
                 log.warning(
                     "cluster: nodes %s gave no sign of life for %ss: reaped (%s users offline)",
                     ", ".join(answer["reaped"]),

@@ -55,6 +55,7 @@ class ClusterRecorder:
         self.handed = 0  # entries handed to the writer
         self.acked = 0
         self.claimed = 0
+        self.claimed_from_dead = 0  # of which at once, from reaped nodes
         self._waiting: dict[int, tuple[str, storage.Transition]] = {}  # id(row) -> entry
         self._by_entry: dict[str, int] = {}  # entry id -> id(row) waiting for it
         self._to_ack: list[str] = []
@@ -62,6 +63,8 @@ class ClusterRecorder:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._group_epoch: str | None = None
         self._next_claim = 0.0
+        self._own_pending = True  # at start: what an earlier process of this id took
+        self._dead: list[str] = []  # consumers of reaped nodes, to claim from at once
         writer.on_committed = self._committed
 
     def pending(self) -> int:
@@ -139,12 +142,46 @@ class ClusterRecorder:
             raise
         self.acked += len(ids)
 
+    def claim_from(self, nodes: list[str]) -> None:
+        """``nodes`` were reaped: what their writers took and did not acknowledge is
+        claimed now, without waiting for it to be idle long enough."""
+        self._dead.extend(nodes)
+
+    async def _claim_dead(self) -> None:
+        while self._dead:
+            node = self._dead[0]
+            consumer = node.split("~", 1)[0]  # a ghost's entries are its process's
+            pending = await self.link.guarded(
+                self.link.client.xpending_range(
+                    EVENTS, GROUP, min="-", max="+", count=_BATCH, consumername=consumer
+                )
+            )
+            ids = [p["message_id"] for p in pending]
+            if ids:
+                claimed = await self.link.guarded(
+                    self.link.client.xclaim(EVENTS, GROUP, self.link.node, 0, ids)
+                )
+                self.claimed += len(claimed)
+                self.claimed_from_dead += len(claimed)
+                self._hand([e for e in claimed if e[1] is not None])
+            if len(ids) < _BATCH or consumer == self.link.node:
+                self._dead.pop(0)
+
     async def step(self) -> None:
         if self.link.epoch is None:
             await asyncio.sleep(0.1)
             return
         await self._ensure_group()
         await self._ack()
+        if self._own_pending:  # an earlier process of this node id took these
+            answer = await self.link.guarded(
+                self.link.client.xreadgroup(GROUP, self.link.node, {EVENTS: "0"}, count=_BATCH)
+            )
+            entries = answer[0][1] if answer else []
+            self._hand([e for e in entries if e[1]])
+            self._own_pending = False  # (the rest, if more, by XAUTOCLAIM)
+        if self._dead:
+            await self._claim_dead()
         if time.monotonic() >= self._next_claim:
             self._next_claim = time.monotonic() + max(1.0, self.claim_idle / 4)
             answer = await self.link.guarded(
