@@ -3,8 +3,9 @@
 The model: a user is present while some tab of theirs is connected to a live node;
 their status is the last one any tab set since they came; every change of that is
 one transition. Each seed plays connects (guide and version-2 clients), goodbyes,
-closes without goodbye, status changes and one node death (SIGKILL, sometimes
-followed by a fresh process with the same node id) in a random order, then checks
+closes without goodbye, status changes and one node death (SIGKILL, perhaps
+followed by a fresh process with the same node id, or SIGSTOP past the timeout and
+SIGCONT) in a random order, then checks
 that every live node's ``getOnlineUsers``, what every watcher received and the
 database all agree with the model, transition for transition.
 
@@ -34,7 +35,9 @@ from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
-SEEDS = [3, 11, 29]
+# what each plays (among other steps): 3 kills a node and restarts it under its name,
+# 7 kills one for good, 22 freezes one past the timeout; each takes lone users offline
+SEEDS = [3, 7, 22]
 STEPS = 24
 GRACE = 1.0
 STATUSES = ["online", "away", "busy"]
@@ -107,14 +110,30 @@ def play(group: Cluster, rng: random.Random, seed: int) -> tuple[Model, set[str]
     for step in range(STEPS):
         if step == death_step:
             victim = rng.choice(sorted(group.nodes))
+            kind = rng.choice(["kill", "kill and restart", "freeze"])
             node = group[victim]
-            node.kill()
-            never_died.discard(victim)
-            for tab in model.open_tabs():
-                if tab.node == victim:
-                    model.went(tab)
-            agree(group, model, f"after {victim} died", NODE_TIMEOUT + REAP_SLACK + 10)
-            if rng.random() < 0.5:  # a fresh process under the same name
+            held = [t for t in model.open_tabs() if t.node == victim]
+            before = dict(model.status)
+            if kind == "freeze":
+                node.freeze()  # past the timeout: reaped like a dead node
+            else:
+                node.kill()
+                never_died.discard(victim)
+            for tab in held:
+                model.went(tab)
+            agree(group, model, f"after {victim} went ({kind})", NODE_TIMEOUT + REAP_SLACK + 10)
+            if kind == "freeze":
+                node.thaw()
+                # it re-joins the tabs it still holds: their users come back, with the
+                # status they had (docs/cluster.md, "A node dies or freezes")
+                for tab in held:
+                    tab.open = True
+                    if tab.user not in model.status:
+                        model.status[tab.user] = "online"
+                        model.history[tab.user].append("online")
+                        model.set(tab.user, before[tab.user])
+                agree(group, model, f"after {victim} woke", 30)
+            elif kind == "kill and restart":  # a fresh process under the same name
                 node.start()
                 group.watch([node])
             continue
