@@ -177,6 +177,8 @@ def test_a_listener_on_node_a_killed_and_restarted_leaves_no_gap_and_no_duplicat
         recorder.kill()  # SIGKILL: no flush, no goodbye
         activity_on_c(group, 1, tabs)
         group.wait_seen("c-3", ["online", "offline"], timeout=group.grace + 20)
+        # the nodes recorded the gap (the listener's reconcile then finds nothing to add)
+        wait_recorded(engine, group, EXPECTED[1])
         recorder.start(engine)  # same name: it reconciles the gap its name left
         activity_on_c(group, 2, tabs)
         group.fence("n3")
