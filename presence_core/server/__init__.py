@@ -2,7 +2,9 @@
 
 ``PresenceServer(engine_or_None, ServerOptions(...))``; ``await server.start(host, port)``
 then ``await server.stop()``, or ``await server.serve(host, port)`` until a signal.
-Tokens: :func:`issue_token` / :func:`verify_token` (module :mod:`.auth`).
+Tokens: :func:`issue_token` / :func:`verify_token` (module :mod:`.auth`). Several
+processes sharing presence through Redis: ``ServerOptions(redis_url=...)``
+(:mod:`.cluster`, docs/cluster.md).
 """
 
 from presence_core.server.auth import Identity, TokenError, issue_token, verify_token

@@ -14,7 +14,10 @@ the millisecond, and each user's status changes are rate-limited, so a flood can
 neither push a user's history into the future nor disagree with a listener
 judging the same broadcasts by the same clock.
 
-The state lives in memory, in one process. ``presence_users`` (status,
+The state lives in memory, in one process; with ``redis_url`` the process is one
+node of a cluster instead, whose state lives in Redis (:mod:`~presence_core.server.cluster`,
+docs/cluster.md): the node then uses a :class:`~presence_core.server.cluster_state.ClusterState`
+in place of the :class:`PresenceState`, with the same calls. ``presence_users`` (status,
 last_seen, names) and ``presence_transitions`` (``source='server'``) are kept up
 to date through the database writer, from a background thread, so a slow
 database never delays the event loop. Timestamps are cut to milliseconds, the
