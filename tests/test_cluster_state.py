@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from datetime import UTC, datetime
 
@@ -710,3 +711,32 @@ def test_a_reaped_nodes_unwritten_entries_are_claimed_at_once(redis_server, engi
 
 async def _call_soon(fn, *args) -> None:
     fn(*args)
+
+
+def test_a_node_back_in_touch_with_redis_waits_a_node_timeout_before_reaping(redis_server):
+    """After an outage every node's last sign of life is old; the first node back must
+    not take the others for dead: a node reaps only after a whole node timeout in
+    touch with Redis, by when every live node has renewed."""
+    with running_cluster(redis_server.url, 1, node_timeout=4.0) as cluster:
+        (a,) = cluster.nodes
+        link, liveness = a.server.cluster.link, a.server.cluster.liveness
+        with redis.Redis.from_url(redis_server.url, decode_responses=True) as r:
+            old = int(time.time() * 1000) - 60_000
+            r.zadd("presence:nodes", {"silent": old})  # a node not heard of for a minute
+            rounds = a.loop.run(_call(lambda: liveness.rounds))
+            a.loop.run(_call(lambda: link.down(ConnectionError("as in an outage"))))
+            wait_for(
+                lambda: link.reachable and liveness.rounds >= rounds + 2,
+                what="two liveness rounds back in touch",
+            )
+            assert r.zscore("presence:nodes", "silent") is not None  # not yet
+            wait_for(
+                lambda: r.zscore("presence:nodes", "silent") is None,
+                timeout=15,
+                what="reaped once in touch for a node timeout",
+            )
+            assert link.healthy_for() >= 4.0
+
+
+async def _call(fn):
+    return fn()

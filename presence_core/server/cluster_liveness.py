@@ -32,6 +32,7 @@ class ClusterLiveness:
         self.interval = max(0.1, min(1.0, timeout / 5))
         self.nodes_alive = 0
         self.reaped_nodes = 0  # other nodes this one reaped
+        self.rounds = 0  # rounds done (whether Redis answered or not)
         self.registered = asyncio.Event()
         self.on_reaped: Callable[[list[str]], None] | None = None  # the nodes this one reaped
         self._said_down = False
@@ -92,4 +93,5 @@ class ClusterLiveness:
                     self._said_down = True
             except Exception:  # a bug of ours must not stop the node's heartbeat
                 log.exception("cluster: liveness round failed")
+            self.rounds += 1
             await asyncio.sleep(self.interval)
