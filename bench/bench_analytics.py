@@ -369,7 +369,7 @@ def measure(engine: Engine, url, args) -> str:
         f"{35_000_000 / (rows / gen_s) / 60:.0f} min; target ≤ 8 min). Baseline: the same "
         f"generator writing only the raw rows, triggers off, for the first {sample:,} users: "
         f"{bare_rate:,.0f} transitions/s (with summaries: "
-        f"{rows / gen_s / bare_rate:.2f} of it). "
+        f"{rows / gen_s / bare_rate:.2f} of it), "
         f"then the per-minute concurrency rollup built once in {rollup_s:.1f} s "
         "(`generate_history` does this by default). "
         f"Baselines in the same run: `select count(*)` over the transitions "

@@ -275,10 +275,10 @@ def daily_active_users_sql() -> str:
         union
         select g::date, user_id from parts
         cross join lateral generate_series(d0, d1, interval '1 day') g where d1 > d0
-    )
-    select d.day as date, count(a.user_id)::int as active_users
-    from days d left join active a on a.day = d.day
-    group by d.day order by d.day"""
+    ),
+    counts as (select day, count(*) as n from active group by day)
+    select d.day as date, coalesce(c.n, 0)::int as active_users
+    from days d left join counts c on c.day = d.day order by d.day"""
     )
 
 
