@@ -381,7 +381,6 @@ def test_a_node_that_lost_the_streams_thread_resnapshots(redis_server):
         with redis.Redis.from_url(redis_server.url, decode_responses=True) as r:
             wait_for(lambda: r.scard("presence:present") == 12, what="all changes made")
             r.xtrim("presence:events", maxlen=3, approximate=False)  # past b's position
-        reader._cut = True  # (what a failed read sets)
         b.server.cluster._tasks[1] = b.loop.run(_start(reader.run()))
         watcher.wait_change("after", "online", timeout=15)
         expected = {"before", "after"} | {f"u{n}" for n in range(0, 20, 2)}

@@ -51,7 +51,6 @@ class ClusterStream:
         self.delivered = 0
         self.resnapshots = 0
         self.lag_ms = 0
-        self._cut = False
         self.ready = asyncio.Event()  # positioned: the mirror loaded, the last id known
 
     async def snapshot(self, *, tell: bool) -> None:
@@ -94,7 +93,10 @@ class ClusterStream:
             )
 
     async def _gap(self) -> bool:
-        """Whether entries after ``last_id`` may have been trimmed away."""
+        """Whether entries after ``last_id`` may have been trimmed away before this
+        node read them (it was cut off, frozen, or just slow): the stream is trimmed
+        from its head, so that is when ``last_id`` itself is gone. Checked after every
+        read that returned entries (one XRANGE), whatever kept the node away."""
         if self.last_id in (None, "0-0"):
             return False
         first = await self.link.guarded(self.link.client.xrange(EVENTS, count=1))
@@ -119,14 +121,13 @@ class ClusterStream:
             self._link_epoch = self.link.epoch
             if self.epoch is not None and self.epoch != self.link.epoch:
                 self.epoch, self.last_id = self.link.epoch, "0-0"  # a new stream
-        if self._cut:
-            if await self._gap():
-                await self.snapshot(tell=True)
-            self._cut = False
         answer = await self.link.guarded(
             self.link.blocking.xread({EVENTS: self.last_id}, count=_BATCH, block=BLOCK_MS)
         )
         entries = answer[0][1] if answer else []
+        if entries and entries[0][1].get("epoch") == self.epoch and await self._gap():
+            await self.snapshot(tell=True)  # (what was just read is in the snapshot)
+            return
         for entry_id, fields in entries:
             epoch = fields.get("epoch")
             if self.epoch is None:
@@ -150,7 +151,6 @@ class ClusterStream:
             try:
                 await self.step()
             except RedisUnavailable:
-                self._cut = True
                 await asyncio.sleep(0.5)
             except rexc.ResponseError as exc:
                 log.warning("cluster: stream read refused: %s", str(exc)[:200])
