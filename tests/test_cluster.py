@@ -8,6 +8,9 @@ transition that every node delivers after everything decided before it.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import time
 
 import pytest
@@ -24,6 +27,7 @@ from tests.cluster_harness import (
     transitions,
     wait_rows,
 )
+from tests.nodejs import NODE_DIR, node_available
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
@@ -414,3 +418,40 @@ def test_a_node_restarted_at_once_under_its_name_does_not_keep_its_dead_connecti
         # a live node once it has waited long enough (claimed)
         rows = wait_rows(engine, "twice", ["online"], timeout=4 * NODE_TIMEOUT + 20)
         assert [r["status"] for r in rows] == ["online"]
+
+
+def test_the_guides_node_client_on_one_node_is_heard_on_the_other(tmp_path, redis_server):
+    """Node's socket.io-client (long-polling, then the upgrade) plays the guide's flows on
+    n1 while guide and version-2 clients watch on n2: both nodes answer alike."""
+    assert node_available(), "run `npm ci` in tests/node (make test does)"
+    with cluster(tmp_path, redis_server.url, 2) as group:
+        far = group.watch([group["n2"]])
+        done = subprocess.run(
+            ["node", str(NODE_DIR / "guide_client.js"), group["n1"].url],
+            capture_output=True,
+            text=True,
+            timeout=90,
+            cwd=NODE_DIR,
+            env={**os.environ, "NODE_PATH": str(NODE_DIR / "node_modules")},
+        )
+        assert done.returncode == 0, f"{done.stderr}\n{done.stdout}\n{group.logs()}"
+        seen = json.loads(done.stdout.strip().splitlines()[-1])
+        assert seen["changesAfterRepeat"] == 1  # a second tab and a repeat: silent
+        assert [u["status"] for u in seen["listAfterFirstOffline"]] == ["away"]
+        assert seen["listWithTeam"][0]["team"] == "Ops"
+        assert seen["finalList"] == []
+        assert [(c["userId"], c["status"]) for c in seen["watcherChanges"]] == [
+            (123, "online"),
+            (123, "away"),
+            (123, "offline"),
+            ("bob", "online"),
+            ("bob", "offline"),
+        ]
+        group.fence("n1")
+        group.wait_seen(123, ["online", "away", "offline"], far)
+        group.wait_seen("bob", ["online", "offline"], far)
+        # the same moments on both nodes, ids with the type the client used
+        here = {(c["userId"], c["status"]): c["lastSeen"] for c in seen["watcherChanges"]}
+        for watcher in far:
+            for change in watcher.transition_payloads(123) + watcher.transition_payloads("bob"):
+                assert here[(change["userId"], change["status"])] == change["lastSeen"]
