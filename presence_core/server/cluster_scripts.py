@@ -100,9 +100,18 @@ class ClusterScripts:
         return await self._run("part", epoch, node, at, sid, key, reason, flag)
 
     async def status(
-        self, epoch: str, node: str, at: int, sid: str, key: str, status: str, reason: str
+        self,
+        epoch: str,
+        node: str,
+        at: int,
+        sid: str,
+        key: str,
+        status: str,
+        reason: str,
+        inferred: bool = False,
     ) -> dict:
-        return await self._run("status", epoch, node, at, sid, key, status, reason)
+        flag = "1" if inferred else "0"
+        return await self._run("status", epoch, node, at, sid, key, status, reason, flag)
 
     async def reap(self, epoch: str, node: str, at: int, timeout_ms: int) -> dict:
         return await self._run("reap", epoch, node, at, int(timeout_ms))

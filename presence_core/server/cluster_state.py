@@ -396,6 +396,7 @@ class ClusterState:
     async def _apply(self, op: Op) -> dict:
         """Run ``op``'s script; a "reaped" or "epoch" answer is handled first and the
         operation run again. RedisUnavailable when Redis does not answer."""
+        marker = None
         for _attempt in range(4):
             generation = self.link.generation
             if op.name == "join":
@@ -463,7 +464,7 @@ class ClusterState:
             user = self.users.get(key)
             if sids and user is not None and user.status != status:
                 answer = await self.link.run(
-                    "status", next(iter(sids)), key, status, protocol.USER_STATUS
+                    "status", next(iter(sids)), key, status, protocol.USER_STATUS, True
                 )
                 made += answer.get("r") == "t"
                 self.learn(answer)

@@ -1,5 +1,6 @@
--- status: ARGV[5] sid, ARGV[6] user key, ARGV[7] status, ARGV[8] reason. A present
--- user's new status, from a connection that counts for them.
+-- status: ARGV[5] sid, ARGV[6] user key, ARGV[7] status, ARGV[8] reason, ARGV[9] "1"
+-- when the time is not known (inferred). A present user's new status, from a
+-- connection that counts for them.
 local bad = guard()
 if bad then return cjson.encode({r = bad}) end
 local sid, key, status, reason = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
@@ -14,5 +15,5 @@ end
 if redis.call('HGET', ukey, 'status') == status then
   return reply('n', ukey, key)
 end
-local id = transition(key, ukey, status, AT, reason, false)
+local id = transition(key, ukey, status, AT, reason, ARGV[9] == '1')
 return reply('t', ukey, key, id)
