@@ -455,3 +455,59 @@ def test_the_guides_node_client_on_one_node_is_heard_on_the_other(tmp_path, redi
         for watcher in far:
             for change in watcher.transition_payloads(123) + watcher.transition_payloads("bob"):
                 assert here[(change["userId"], change["status"])] == change["lastSeen"]
+
+
+def test_a_node_cut_off_past_the_streams_window_re_snapshots_and_says_so(
+    tmp_path, redis_server, database_url, engine
+):
+    """A node frozen while the stream moved on past what it had read (trimmed here with
+    XTRIM, as its MAXLEN does under traffic): it cannot replay what it missed, so it
+    re-snapshots, tells its guide clients each difference once and makes its version-2
+    clients' ``seq`` jump; after subscribing again they hold what every other node holds."""
+    import redis
+
+    with cluster(tmp_path, redis_server.url, 3, database_url, node_timeout=15) as group:
+        group.watch()
+        mover = group.tab("n1", "w-1")
+        leaver = group.tab("n2", "w-2", v2=True)
+        group.tab("n2", "w-3")
+        wait_agree(group, {"w-1": "online", "w-2": "online", "w-3": "online"})
+        cut = group.watchers_of("n3")
+
+        group["n3"].freeze()  # well within the node timeout: nobody reaps it
+        mover.set_status("away")
+        mover.set_status("busy")
+        leaver.leave()
+        comer = group.tab("n1", "w-4")
+        comer.set_status("away")
+        awake = [w for n in ("n1", "n2") for w in group.watchers_of(n)]
+        group.wait_seen("w-4", ["online", "away"], awake)
+        with redis.Redis.from_url(redis_server.url) as direct:
+            direct.xtrim("presence:events", maxlen=1, approximate=False)
+        group["n3"].thaw()
+
+        now = {"w-1": "busy", "w-3": "online", "w-4": "away"}
+        wait_agree(group, now)
+        [legacy] = [w for w in cut if not w.v2]
+        [v2] = [w for w in cut if w.v2]
+        wait_for(lambda: v2.seq_jumps() == 1, 20, what="a seq jump on n3's version-2 watcher")
+        v2.subscribe_all()
+        group.fence("n3", jumps=True)
+        assert v2.present() == now
+        assert legacy.present() == now
+        for user in now | {"w-2": "offline"}:
+            assert not doubled(legacy.statuses(user)), (user, legacy.statuses(user))
+        # the guide's clients heard the differences (an entry n3 had been handed before it
+        # froze may come first: "away" for w-1), each once
+        assert legacy.statuses("w-1")[-1] == "busy"
+        assert legacy.statuses("w-2") == ["online", "offline"]
+        assert legacy.statuses("w-4")[-1] == "away"
+        # the history is whole: it was written from the stream, not from n3's view
+        for user, statuses in [
+            ("w-1", ["online", "away", "busy"]),
+            ("w-2", ["online", "offline"]),
+            ("w-3", ["online"]),
+            ("w-4", ["online", "away"]),
+        ]:
+            rows = wait_rows(engine, user, statuses)
+            assert [r["status"] for r in rows] == statuses, (user, rows)
