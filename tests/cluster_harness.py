@@ -17,8 +17,10 @@ import itertools
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterable, Iterator
@@ -44,8 +46,6 @@ _fence_ids = itertools.count()
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -209,6 +209,62 @@ class ClusterNode:
             return "(no log)"
 
 
+class Partition:
+    """A TCP relay on loopback between some nodes and Redis that a test can cut: while
+    cut, bytes wait in the relay both ways (the nodes behind it see Redis stop
+    answering, as in a network partition, while the rest of the cluster goes on);
+    healed, they flow again. A fault injector, not a stand-in: Redis is the real one."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.flowing = threading.Event()
+        self.flowing.set()
+        self.closed = False
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def url(self, redis_url: str) -> str:
+        return redis_url.replace(f":{self.target_port}/", f":{self.port}/")
+
+    def _accept(self) -> None:
+        while not self.closed:
+            try:
+                near, _ = self.server.accept()
+            except OSError:
+                return
+            far = socket.create_connection(("127.0.0.1", self.target_port))
+            self.sockets += [near, far]
+            for src, dst in ((near, far), (far, near)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                self.flowing.wait()
+                dst.sendall(data)
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def cut(self) -> None:
+        self.flowing.clear()
+
+    def heal(self) -> None:
+        self.flowing.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self.flowing.set()
+        with contextlib.suppress(OSError):
+            self.server.close()
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
 class ClusterClient(Client):
     """A python-socketio client of one node (legacy, or version 2 with ``v2``)."""
 
@@ -337,14 +393,15 @@ class Cluster:
 
     # nodes --------------------------------------------------------------------------
 
-    def add_nodes(self, count: int) -> list[ClusterNode]:
-        """Start ``count`` more nodes at once and wait until every one answers."""
+    def add_nodes(self, count: int, redis_url: str | None = None) -> list[ClusterNode]:
+        """Start ``count`` more nodes at once and wait until every one answers
+        (``redis_url``: another way to the same Redis, e.g. a :class:`Partition`)."""
         added = []
         for _ in range(count):
             node_id = f"n{len(self.nodes) + 1}"
             node = ClusterNode(
                 node_id,
-                self.redis_url,
+                redis_url or self.redis_url,
                 self.workdir / node_id,
                 self.database_url,
                 self.node_timeout,

@@ -19,6 +19,7 @@ from tests.cluster_harness import (
     NODE_TIMEOUT,
     REAP_SLACK,
     Cluster,
+    Partition,
     as_time,
     cluster,
     doubled,
@@ -511,3 +512,56 @@ def test_a_node_cut_off_past_the_streams_window_re_snapshots_and_says_so(
         ]:
             rows = wait_rows(engine, user, statuses)
             assert [r["status"] for r in rows] == statuses, (user, rows)
+
+
+def test_a_node_cut_off_from_redis_past_the_timeout_rejoins_without_doubles(
+    tmp_path, redis_server, database_url, engine
+):
+    """A network partition between one node and Redis, longer than the node timeout,
+    while the node keeps serving its clients: the others reap it (its lone users offline,
+    node_down); healed, it re-registers, brings back the tabs it still holds and sends the
+    change one of them made meanwhile. Every node ends up agreeing, nothing doubled."""
+    partition = Partition(redis_server.port)
+    group = Cluster(tmp_path, redis_server.url, database_url)
+    try:
+        group.add_nodes(2)
+        group.add_nodes(1, redis_url=partition.url(redis_server.url))
+        group.watch()
+        alone = group.tab("n3", "cut-alone")
+        group.tab("n3", "cut-both")
+        group.tab("n1", "cut-both")
+        group.tab("n2", "far")
+        wait_agree(group, {"cut-alone": "online", "cut-both": "online", "far": "online"})
+        others = [w for n in ("n1", "n2") for w in group.watchers_of(n)]
+
+        partition.cut()
+        alone.set_status("away")  # n3 serves its clients on: the change waits for Redis
+        group.wait_seen(
+            "cut-alone", ["online", "offline"], others, timeout=NODE_TIMEOUT + REAP_SLACK
+        )
+        assert all(w.transition_payloads("cut-alone")[-1]["reason"] == "node_down" for w in others)
+        partition.heal()
+
+        now = {"cut-alone": "away", "cut-both": "online", "far": "online"}
+        wait_agree(group, now, timeout=30)
+        group.fence("n3")
+        group.fence("n1")
+        assert all(w.connected for w in group.watchers)
+        reference = others[0].statuses("cut-alone")
+        assert reference[-1] == "away" and not doubled(reference), reference
+        for w in group.watchers:
+            assert w.present() == now, (w.node.node_id, w.v2, w.present())
+            for user in now:
+                assert not doubled(w.statuses(user)), (w.node.node_id, user, w.statuses(user))
+            assert w.statuses("cut-both") == ["online"] and w.statuses("far") == ["online"]
+        for w in others:
+            assert w.statuses("cut-alone") == reference
+        wait_for(
+            lambda: [r["status"] for r in transitions(engine, "cut-alone")] == reference,
+            20,
+            what=f"the history of cut-alone: {reference}",
+        )
+        assert no_repeats(transitions(engine)) == []
+    finally:
+        group.close()
+        partition.close()
