@@ -283,8 +283,10 @@ def _cpu(processes: list[psutil.Process]) -> list[float]:
 def _measured(
     deploy: Deployment, what: str, users: int, body: Callable[[], StormResult | CrowdRun]
 ) -> Run:
-    """Run ``body()`` (the load of ``users`` users) against ``deploy``, measuring CPU
-    (until the load ends), peaks, and Redis (until every user's offline is in)."""
+    """Run ``body()`` (the load of ``users`` users) against ``deploy``, measuring peaks,
+    and CPU and Redis until the nodes have done all the work the load gave them: every
+    user offline again after its grace (each node's ``/health`` ``users`` at 0), so a
+    node that lags is charged for what it still had to do."""
     run = Run(deploy.name, len(deploy.nodes), what)
     processes = deploy.processes()
     client = deploy.redis_client()
@@ -294,9 +296,11 @@ def _measured(
     before = _cpu(processes)
     with spread_over(deploy.urls), peak_connections(deploy):
         result = body()
-    after = _cpu(processes)
+    _wait_empty(deploy)
     if meter is not None:
         meter.settle(2 * users)  # each user online, then offline after its grace
+    after = _cpu(processes)
+    if meter is not None:
         meter.__exit__(None, None, None)
         run.redis = meter.use
         run.redis_cpu = after[-1] - before[-1]
@@ -307,6 +311,17 @@ def _measured(
     else:
         run.crowd = result
     return run
+
+
+def _wait_empty(deploy: Deployment, timeout: float = 90) -> None:
+    """Until every node says nobody is present (the load's last offline is done)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        healths = [_health(n.url) or {} for n in deploy.nodes]
+        if all(h.get("users", 1) == 0 for h in healths):
+            return
+        time.sleep(0.2)
+    print(f"{deploy.name}: users still present after {timeout:g} s", flush=True)
 
 
 def _ms(seconds: float | None) -> str:
@@ -446,8 +461,11 @@ def report(
             "single process works today). The clients are bench_server's and "
             "bench_server_v2's raw Engine.IO clients, spread over the nodes in turn (as "
             "HAProxy's leastconn spreads them; HAProxy itself left out). Connections: each "
-            "node's peak from its `/health`. CPU: the nodes' and Redis's, together. The "
-            "load generator runs in one Python process on the same machine.",
+            "node's peak from its `/health` (sampled every 0.25 s). CPU: the nodes' and "
+            "Redis's together, from the first login until every user is offline again "
+            "(the grace period after the clients left included, so a node that lags is "
+            "charged for all its work). The load generator runs in one Python process on "
+            "the same machine.",
             f"Login storm (`_storm` of bench_server: N users within {args.spread:g} s, every "
             "announcement to every client; convergence after the last announcement; broken: "
             f"not converged within {args.timeout:g} s or p95 over 1 s). Ratio: convergence "
@@ -531,10 +549,9 @@ def overhead(runs: list[Run]) -> str:
     if not parts:
         return ""
     return (
-        "What Redis costs the nodes, CPU per login (a one-node cluster less one process "
-        "alone, same load; it includes Redis's own CPU and the stream read): "
-        + "; ".join(parts)
-        + "."
+        "What Redis costs, CPU per login (a one-node cluster less one process alone, same "
+        "load, both until every user is offline again; Redis's own CPU included; at a "
+        "high machine load these differences drown in noise): " + "; ".join(parts) + "."
     )
 
 
