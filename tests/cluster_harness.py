@@ -6,7 +6,7 @@ protocol version 2 and ``GET /health``. Every node runs in a process group of it
 so SIGKILL, SIGSTOP and SIGCONT reach it whole, and :meth:`Cluster.close` stops every
 process the cluster started (thawing frozen ones first), even when a test fails.
 
-Durations are short (``--node-timeout`` 3 s, ``--grace`` 2 s) to keep the tests fast;
+Durations are short (``--node-timeout`` 3 s, ``--grace`` 1 s) to keep the tests fast;
 tests wait on conditions (:mod:`tests.waiting`), never on the clock alone.
 """
 
@@ -36,7 +36,7 @@ from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE_TIMEOUT = 3.0
-GRACE = 2.0
+GRACE = 1.0
 # slack on top of a node timeout before a reap must have been seen everywhere: the reap
 # runs every second, then the stream reader and the diff interval (0.2 s) deliver it;
 # generous because the machine is loaded
