@@ -566,14 +566,21 @@ def test_the_mirror_applies_each_change_once_whatever_arrives_twice(entries, ear
             )
     for i, fields in enumerate(stream):
         asyncio.run(state.deliver(fields))
-        # never back in time: each user as the latest change known so far says
-        known = [e for j, e in enumerate(stream) if j <= i or j in early]
-        latest: dict[str, str] = {}
-        for e in known:
-            latest[e["user"]] = e["status"]
+        # what clients read is what they were told: the entries delivered so far
+        told_so_far: dict[str, str] = {}
+        for e in stream[: i + 1]:
+            told_so_far[e["user"]] = e["status"]
         assert {k: u.status for k, u in state.users.items()} == {
-            k: s for k, s in latest.items() if s != "offline"
+            k: s for k, s in told_so_far.items() if s != "offline"
         }
+        # the node's own decisions use the latest it knows, never going back in time
+        known: dict[str, str] = {}
+        for j, e in enumerate(stream):
+            if j <= i or j in early:
+                known[e["user"]] = e["status"]
+        for user in ("u1", "u2", "u3"):
+            expected = known.get(user)
+            assert state.status_of(user) == (None if expected in (None, "offline") else expected)
     last: dict[str, str] = {}
     for key, status in entries:
         last[key] = status
@@ -739,3 +746,26 @@ def test_a_node_back_in_touch_with_redis_waits_a_node_timeout_before_reaping(red
 
 async def _call(fn):
     return fn()
+
+
+def test_a_snapshot_holds_what_the_node_has_told_and_no_more(redis_server):
+    """A change this node made is in its clients' snapshots only once the stream told
+    it: a watcher subscribing in between gets it in a diff, once, not in both."""
+    with running_cluster(redis_server.url, 1) as cluster:
+        (a,) = cluster.nodes
+        reader = a.server.cluster.stream
+        a.loop.run(_cancel(a.server.cluster._tasks[1]))  # deliveries wait
+        tab = a.client()
+        assert tab.call("userOnline", {"userId": "new", "team": "red"})["ok"]
+        # decided on the script's answer, before the stream told anything
+        assert tab.call("userStatus", {"userId": "new", "status": "away"})["ok"]
+        with redis.Redis.from_url(redis_server.url, decode_responses=True) as r:
+            assert r.xlen("presence:events") == 2
+        v2 = a.v2_client()
+        ack = v2.call("subscribe", {"all": True})
+        assert ack["users"] == []  # not told yet
+        a.server.cluster._tasks[1] = a.loop.run(_start(reader.run()))
+        wait_for(lambda: len(v2.diff_changes("new")) == 2, what="both changes in diffs")
+        assert v2.diff_changes("new") == [("new", "online"), ("new", "away")]
+        again = a.v2_client().call("subscribe", {"all": True})
+        assert [(u["userId"], u["status"]) for u in again["users"]] == [("new", "away")]

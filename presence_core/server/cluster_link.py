@@ -10,6 +10,7 @@ node's last sign of life is old, and the first one back must not reap the rest).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 import time
@@ -23,7 +24,7 @@ from redis.backoff import NoBackoff
 
 from presence_core.server.cluster_scripts import ClusterScripts
 
-__all__ = ["BLOCK_MS", "ClusterLink", "RedisUnavailable", "UNREACHABLE"]
+__all__ = ["BLOCK_MS", "ClusterLink", "RedisUnavailable", "UNREACHABLE", "stop_if_cancelled"]
 
 BLOCK_MS = 1000  # how long a stream read waits for new entries
 POOL = 32  # connections for script calls, per node
@@ -33,6 +34,15 @@ UNREACHABLE = (rexc.ConnectionError, rexc.TimeoutError, rexc.BusyLoadingError, O
 
 class RedisUnavailable(Exception):
     """Redis did not answer (the message says how)."""
+
+
+def stop_if_cancelled() -> None:
+    """Raise CancelledError in a task being cancelled: redis-py may turn a cancellation
+    that lands inside a read into an exception of its own, which a loop that carries on
+    after Redis errors would otherwise swallow, and never stop."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 class ClusterLink:

@@ -16,7 +16,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from presence_core.server.cluster_link import ClusterLink, RedisUnavailable
+from presence_core.server.cluster_link import ClusterLink, RedisUnavailable, stop_if_cancelled
 from presence_core.server.cluster_state import ClusterState
 
 log = logging.getLogger(__name__)
@@ -78,12 +78,14 @@ class ClusterLiveness:
 
     async def run(self) -> None:
         while True:
+            stop_if_cancelled()  # (a cancellation redis-py answered as if nothing happened)
             try:
                 await self.tick()
                 if self._said_down:
                     log.warning("cluster: Redis answers again")
                     self._said_down = False
             except RedisUnavailable as exc:
+                stop_if_cancelled()
                 if not self._said_down:
                     log.warning(
                         "cluster: Redis does not answer (%s); clients stay connected, "
@@ -92,6 +94,7 @@ class ClusterLiveness:
                     )
                     self._said_down = True
             except Exception:  # a bug of ours must not stop the node's heartbeat
+                stop_if_cancelled()
                 log.exception("cluster: liveness round failed")
             self.rounds += 1
             await asyncio.sleep(self.interval)

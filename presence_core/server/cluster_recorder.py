@@ -22,7 +22,12 @@ from datetime import datetime
 import redis.exceptions as rexc
 
 from presence_core.database import storage
-from presence_core.server.cluster_link import BLOCK_MS, ClusterLink, RedisUnavailable
+from presence_core.server.cluster_link import (
+    BLOCK_MS,
+    ClusterLink,
+    RedisUnavailable,
+    stop_if_cancelled,
+)
 from presence_core.server.cluster_state import from_ms
 from presence_core.server.cluster_stream import EVENTS
 from presence_core.server.writer import DatabaseWriter
@@ -213,10 +218,13 @@ class ClusterRecorder:
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         while True:
+            stop_if_cancelled()  # (a cancellation redis-py answered as if nothing happened)
             try:
                 await self.step()
             except RedisUnavailable:
+                stop_if_cancelled()
                 await asyncio.sleep(0.5)
             except Exception:
+                stop_if_cancelled()
                 log.exception("cluster: recorder failed; reading again")
                 await asyncio.sleep(0.5)

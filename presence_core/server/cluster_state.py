@@ -100,7 +100,10 @@ class ClusterState:
         self.source = source
         self.publish = publish  # the server's fan-out
         self._writer = writer
-        self._version: dict[str, int] = {}  # user key -> time (ms) of the last transition
+        self._version: dict[str, int] = {}  # user key -> time (ms) of the last told transition
+        # user key -> (last transition ms, present, status, team) from script answers
+        # the stream has not brought yet
+        self._ahead: dict[str, tuple[int, bool, str | None, str | None]] = {}
         self._local: dict[str, set[str]] = {}  # user key -> this node's sids counting
         self._conns: dict[str, tuple[str, protocol.UserId, dict]] = {}  # sid -> key, wire, names
         self.confirmed: dict[str, str] = {}  # sid -> key: this node's connections Redis holds
@@ -118,8 +121,9 @@ class ClusterState:
     # --- what the server calls ----------------------------------------------------------
 
     def admits(self, key: str, now: datetime) -> bool:
-        previous = self._version.get(key)
-        return previous is None or from_ms(previous + 1) <= now + MAX_AHEAD
+        known = self._ahead.get(key)
+        previous = max(self._version.get(key, -1), known[0] if known is not None else -1)
+        return previous < 0 or from_ms(previous + 1) <= now + MAX_AHEAD
 
     async def join(
         self,
@@ -168,8 +172,7 @@ class ClusterState:
         latest this node asked for while Redis was away, else the mirror's."""
         if self.outbox and key in self._pending_status:
             return self._pending_status[key]
-        user = self.users.get(key)
-        return user.status if user is not None else None
+        return self._current(key)[0]
 
     async def set_status(self, sid: str, key: str, status: str, now: datetime, reason: str) -> None:
         """The user's new status, from connection ``sid`` (which counts for them)."""
@@ -259,38 +262,41 @@ class ClusterState:
     # --- the mirror ---------------------------------------------------------------------
 
     def learn(self, answer: dict) -> None:
-        """Take a script's answer about a user into the mirror (unless older than known)."""
+        """Take a script's answer about a user: what Redis holds now, ahead of what this
+        node's clients have been told. It serves the node's own decisions at once
+        (:meth:`status_of`, :meth:`team_of`, :meth:`admits`); the mirror itself, which
+        clients read (snapshots, lists), changes only with the stream, so a snapshot
+        never holds a change its client will be told again, nor one told later than
+        an older one."""
         key = answer.get("user")
         if key is None or answer.get("lc") is None:
             return
         lc = int(answer["lc"])
-        if lc < self._version.get(key, -1):
+        if lc <= self._version.get(key, -1):
+            self._ahead.pop(key, None)  # the stream told it already
             return
-        self._version[key] = lc
-        if answer.get("present"):
-            user = self.users.get(key)
-            since = from_ms(answer.get("since") or lc)
-            if user is None:
-                user = User(
-                    key=key,
-                    wire_id=_wire(answer.get("wire"), key),
-                    status=answer.get("status") or protocol.ONLINE,
-                    status_since=since,
-                    last_seen=from_ms(answer.get("last_seen") or lc),
-                )
-                self.users[key] = user
-                self.departed.pop(key, None)
-            else:
-                user.status, user.status_since = answer.get("status") or user.status, since
-            user.user_type = answer.get("type", user.user_type)
-            user.user_name = answer.get("name", user.user_name)
-            user.team = answer.get("team", user.team)
-        else:
-            moment = from_ms(lc)
-            known = User(key, _wire(answer.get("wire"), key), OFFLINE, moment, moment)
-            known.user_type, known.user_name = answer.get("type"), answer.get("name")
-            known.team = answer.get("team")
-            self._gone(key, moment, known)
+        known = self._ahead.get(key)
+        if known is not None and known[0] > lc:
+            return
+        present = bool(answer.get("present"))
+        self._ahead[key] = (lc, present, answer.get("status"), answer.get("team"))
+
+    def _current(self, key: str) -> tuple[str | None, str | None]:
+        """User ``key``'s status (None: not present) and team, as Redis last said."""
+        known = self._ahead.get(key)
+        if known is not None:
+            return (known[2] if known[1] else None), known[3]
+        user = self.users.get(key)
+        return (user.status, user.team) if user is not None else (None, None)
+
+    def _last_change(self, key: str, user: User) -> int:
+        known = self._ahead.get(key)
+        told = self._version.get(key, to_ms(user.status_since))
+        return max(told, known[0]) if known is not None else told
+
+    def team_of(self, key: str) -> str | None:
+        """The team of present user ``key`` (None: unknown, or not present)."""
+        return self._current(key)[1]
 
     def _gone(self, key: str, moment: datetime, known: User | None = None) -> None:
         """User ``key`` left at ``moment``: remembered as departed (``known``: who they
@@ -328,6 +334,9 @@ class ClusterState:
         }
         wire = _wire(fields.get("wire"), key)
         told = User(key, wire, status, moment, moment, **names)
+        known = self._ahead.get(key)
+        if known is not None and known[0] <= at:
+            del self._ahead[key]  # told now
         if at > self._version.get(key, -1):
             self._version[key] = at
             if status == OFFLINE:
@@ -373,6 +382,8 @@ class ClusterState:
             user.user_name = h.get("name", user.user_name)
             user.team = h.get("team", user.team)
             self._version[key] = max(self._version.get(key, -1), lc)
+        for key in [k for k, known in self._ahead.items() if known[0] <= self._version.get(k, -1)]:
+            del self._ahead[key]
         return told
 
     # --- operations and the outbox ------------------------------------------------------
@@ -461,8 +472,8 @@ class ClusterState:
                 self.learn(answer)
         for key, status in list(self._pending_status.items()):
             sids = self._local.get(key)
-            user = self.users.get(key)
-            if sids and user is not None and user.status != status:
+            current = self._current(key)[0]
+            if sids and current is not None and current != status:
                 answer = await self.link.run(
                     "status", next(iter(sids)), key, status, protocol.USER_STATUS, True
                 )
@@ -537,7 +548,7 @@ class ClusterState:
                 entry.update(
                     status=user.status,
                     since=to_ms(user.status_since),
-                    lc=self._version.get(key, to_ms(user.status_since)),
+                    lc=self._last_change(key, user),
                 )
             conns.append(entry)
         for start in range(0, len(conns), _RESTORE_CHUNK):
@@ -560,7 +571,7 @@ class ClusterState:
                     }
                 ),
                 "since": to_ms(user.status_since),
-                "lc": self._version.get(key, to_ms(user.status_since)),
+                "lc": self._last_change(key, user),
             }
             for key, user in before.items()
         ]

@@ -21,7 +21,12 @@ from collections.abc import Awaitable, Callable
 
 import redis.exceptions as rexc
 
-from presence_core.server.cluster_link import BLOCK_MS, ClusterLink, RedisUnavailable
+from presence_core.server.cluster_link import (
+    BLOCK_MS,
+    ClusterLink,
+    RedisUnavailable,
+    stop_if_cancelled,
+)
 from presence_core.server.cluster_state import ClusterState
 
 log = logging.getLogger(__name__)
@@ -148,13 +153,17 @@ class ClusterStream:
 
     async def run(self) -> None:
         while True:
+            stop_if_cancelled()  # (a cancellation redis-py answered as if nothing happened)
             try:
                 await self.step()
             except RedisUnavailable:
+                stop_if_cancelled()
                 await asyncio.sleep(0.5)
             except rexc.ResponseError as exc:
+                stop_if_cancelled()
                 log.warning("cluster: stream read refused: %s", str(exc)[:200])
                 await asyncio.sleep(0.5)
             except Exception:
+                stop_if_cancelled()
                 log.exception("cluster: stream reader failed; reading again")
                 await asyncio.sleep(0.5)

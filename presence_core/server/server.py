@@ -369,13 +369,13 @@ class PresenceServer:
                 return None
         if self.options.watch_policy == "all":
             return None
-        user = self.state.users.get(conn.key) if conn.key is not None else None
-        if user is None or user.team is None:
+        team = self.state.team_of(conn.key) if conn.key is not None else None
+        if team is None:
             raise Refused(
                 f"{event}: this server lets a user watch only their own team; announce a "
                 "user with a team (userOnline) first"
             )
-        return user.team
+        return team
 
     async def _check_rights(
         self, conn: _Conn, event: str, sub: protocol.Subscription, looked_up: dict

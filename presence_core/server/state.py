@@ -142,6 +142,11 @@ class PresenceState:
         user.last_seen = max(user.last_seen, now)
         await self._announce(user, status, now, reason)
 
+    def team_of(self, key: str) -> str | None:
+        """The team of present user ``key`` (None: unknown, or not present)."""
+        user = self.users.get(key)
+        return user.team if user is not None else None
+
     def status_of(self, key: str) -> str | None:
         """User ``key``'s status (None: not present)."""
         user = self.users.get(key)
