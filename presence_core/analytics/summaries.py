@@ -132,17 +132,23 @@ qb as (
            {_ceil_q("cast(:start as timestamptz)")} as clo,
            {_floor_q("cast(:end as timestamptz)")} as fhi
 ),
--- per UTC day of the period, the local days it holds as quarter-hour index ranges
+-- the UTC days of the period that the selected users' arrays cover: a period from
+-- the beginning of time (an export's default) is only as long as the data
+span as (
+    select min(sd.day)::timestamp as lo, max(sd.day)::timestamp as hi
+    from qb b cross join sel_users su
+    join presence_status_days sd on sd.user_id = su.user_id
+     and sd.day >= (b.clo at time zone 'UTC')::date
+     and sd.day <= ((b.fhi - interval '1 microsecond') at time zone 'UTC')::date
+),
+-- per UTC day of the span, the local days it holds as quarter-hour index ranges
 -- [kx, ky) of that day's array (computed once per UTC day, not per stored row)
 uday as (
     select u::date as uday, ld.day,
            (extract(epoch from ld.x - ld.d0) / 900)::int + 1 as kx,
            (extract(epoch from ld.y - ld.d0) / 900)::int + 1 as ky
-    from qb b
-    cross join generate_series(
-        (b.clo at time zone 'UTC')::date::timestamp,
-        ((b.fhi - interval '1 microsecond') at time zone 'UTC')::date::timestamp,
-        interval '1 day') u
+    from qb b cross join span n
+    cross join generate_series(n.lo, n.hi, interval '1 day') u
     cross join lateral (
         select d::date as day, u at time zone 'UTC' as d0,
                {_ceil_q(f"greatest(u at time zone 'UTC', {local_day}, b.clo)")} as x,
@@ -162,22 +168,23 @@ ug as (
     select u::date as u,
            array_agg(p.day order by p.day) as days, array_agg(p.kx order by p.day) as kxs,
            array_agg(p.ky order by p.day) as kys
-    from qb b
-    cross join generate_series(
-        (b.clo at time zone 'UTC')::date::timestamp,
-        ((b.fhi - interval '1 microsecond') at time zone 'UTC')::date::timestamp,
-        interval '1 day') u
+    from qb b cross join span n
+    cross join generate_series(n.lo, n.hi, interval '1 day') u
     left join uday p on p.uday = u::date
     group by u
 ),
+-- (a missing part is an empty range [1, 1): no nulls in the arrays)
 ua as (
     select min(u) as first,
-           array_agg(days[1] order by u) as d1, array_agg(kxs[1] order by u) as x1,
-           array_agg(kys[1] order by u) as y1,
-           array_agg(days[2] order by u) as d2, array_agg(kxs[2] order by u) as x2,
-           array_agg(kys[2] order by u) as y2,
-           array_agg(days[3] order by u) as d3, array_agg(kxs[3] order by u) as x3,
-           array_agg(kys[3] order by u) as y3
+           array_agg(coalesce(days[1], u) order by u) as d1,
+           array_agg(coalesce(kxs[1], 1) order by u) as x1,
+           array_agg(coalesce(kys[1], 1) order by u) as y1,
+           array_agg(coalesce(days[2], u) order by u) as d2,
+           array_agg(coalesce(kxs[2], 1) order by u) as x2,
+           array_agg(coalesce(kys[2], 1) order by u) as y2,
+           array_agg(coalesce(days[3], u) order by u) as d3,
+           array_agg(coalesce(kxs[3], 1) order by u) as x3,
+           array_agg(coalesce(kys[3], 1) order by u) as y3
     from ug
 ),
 core as (
@@ -191,7 +198,7 @@ core as (
         (a.d2[sd.day - a.first + 1], a.x2[sd.day - a.first + 1], a.y2[sd.day - a.first + 1]),
         (a.d3[sd.day - a.first + 1], a.x3[sd.day - a.first + 1], a.y3[sd.day - a.first + 1])
     ) v(day, kx, ky)
-    where v.day is not null and {wanted.format(col="sd.status")}
+    where v.ky > v.kx and {wanted.format(col="sd.status")}
 ),
 tailc as (
     select p.day, t.user_id, t.status, {_us("p.x", "p.y")} as us
