@@ -132,14 +132,23 @@ qb as (
            {_ceil_q("cast(:start as timestamptz)")} as clo,
            {_floor_q("cast(:end as timestamptz)")} as fhi
 ),
--- the UTC days of the period that the selected users' arrays cover: a period from
--- the beginning of time (an export's default) is only as long as the data
+-- the UTC days of the period, or for a long one (an export from the beginning of
+-- time, its default) those the selected users' arrays cover
 span as (
-    select min(sd.day)::timestamp as lo, max(sd.day)::timestamp as hi
-    from qb b cross join sel_users su
-    join presence_status_days sd on sd.user_id = su.user_id
-     and sd.day >= (b.clo at time zone 'UTC')::date
-     and sd.day <= ((b.fhi - interval '1 microsecond') at time zone 'UTC')::date
+    select case when b.fhi - b.clo <= interval '400 days'
+                then (b.clo at time zone 'UTC')::date::timestamp
+                else (select min(sd.day) from sel_users su
+                      join presence_status_days sd on sd.user_id = su.user_id
+                       and sd.day >= (b.clo at time zone 'UTC')::date)::timestamp
+           end as lo,
+           case when b.fhi - b.clo <= interval '400 days'
+                then ((b.fhi - interval '1 microsecond') at time zone 'UTC')::date::timestamp
+                else (select max(sd.day) from sel_users su
+                      join presence_status_days sd on sd.user_id = su.user_id
+                       and sd.day <= ((b.fhi - interval '1 microsecond') at time zone 'UTC')::date
+                     )::timestamp
+           end as hi
+    from qb b
 ),
 -- per UTC day of the span, the local days it holds as quarter-hour index ranges
 -- [kx, ky) of that day's array (computed once per UTC day, not per stored row)
