@@ -46,6 +46,11 @@ CHROMIUM_ARGS = [
     "--no-first-run",
     "--disable-sync",
 ]
+# Playwright's assertions wait 5 s by default: too little for a page's later elements on
+# a loaded 2-core machine (seen: the Export page's command not yet drawn at 5 s, load 8).
+# They still fail at once when the page shows something else for good.
+expect.set_options(timeout=30_000)
+
 PAGES = {
     "": "Live",
     "last-seen": "Last seen",
