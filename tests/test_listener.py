@@ -782,6 +782,7 @@ def test_a_missed_diff_cuts_coverage_and_reconciles_at_once(engine, tmp_path):
 
 def test_our_server_with_tokens_and_a_gap(engine, tmp_path):
     from presence_core.server import auth
+    from presence_core.status import parse_timestamp
     from tests.server_harness import running_server
 
     secret = "listener-test-secret-0123456789"
@@ -800,18 +801,21 @@ def test_our_server_with_tokens_and_a_gap(engine, tmp_path):
         bob = srv.client(auth={"token": auth.issue_token(secret, user_id="bob")})
         bob.emit("userOnline", {"userId": "bob", "userName": "Bob"})
         ann.emit("userOffline", {"userId": "ann"})
-        ann.wait_change("ann", "offline")
+        left = ann.wait_change("ann", "offline")
 
         async def second_run():
             async with listening(engine, srv.url, tmp_path, token=observer):
                 await wait_rows(
                     engine,
-                    [("ann", "online", False), ("ann", "offline", True), ("bob", "online", False)],
+                    [("ann", "online", False), ("ann", "offline", False), ("bob", "online", False)],
                 )
 
         asyncio.run(second_run())
         rows = {(r.user_id, r.status): r for r in transition_rows(engine)}
-        assert rows["ann", "offline"].occurred_at == first.ended_at
+        # our server remembers when Ann left (getUsersStatus, asked with the observer's
+        # token): the offline is at that moment, not inferred at the gap's start
+        assert rows["ann", "offline"].occurred_at == parse_timestamp(left["lastSeen"])
+        assert rows["ann", "offline"].occurred_at > first.ended_at
         assert user_row(engine, "bob").user_name == "Bob"
 
 

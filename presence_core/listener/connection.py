@@ -103,6 +103,30 @@ class ServerConnection:
         except Exception as exc:  # a connection lost meanwhile; the next connect asks again
             log.info("event=subscribe_failed error=%r", str(exc))
 
+    async def users_status(self, keys: list[str], timeout: float) -> list[dict] | None:
+        """``getUsersStatus`` for ``keys`` (1,000 a call, the protocol's limit): the
+        answer's entries, or None when there is no answer to trust (a server that does
+        not know the event, a lost connection, a timeout)."""
+        sio = self._sio
+        entries: list[dict] = []
+        for start in range(0, len(keys), 1000):
+            if sio is None:
+                return None
+            try:
+                ack = await sio.call(
+                    protocol.GET_USERS_STATUS,
+                    {"userIds": keys[start : start + 1000]},
+                    timeout=timeout,
+                )
+            except Exception as exc:  # lost meanwhile, or no answer in time
+                log.info("event=users_status_failed error=%r", str(exc))
+                return None
+            users = ack.get("users") if isinstance(ack, dict) else None
+            if not isinstance(users, list):
+                return None
+            entries.extend(users)
+        return entries
+
     async def drop(self) -> None:
         """Close the current connection (the run loop reconnects)."""
         if self._sio is not None:

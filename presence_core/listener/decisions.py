@@ -24,6 +24,7 @@ __all__ = [
     "UserView",
     "backoff_delay",
     "default_name",
+    "departures",
     "event_time",
     "moved_after",
     "newer_than_list",
@@ -100,6 +101,21 @@ def newer_than_list(
     return view.since >= reconnect_at - LIST_SLACK
 
 
+def departures(answer: Iterable[OnlineUser]) -> dict[str, datetime]:
+    """When each user of a ``getUsersStatus`` answer left, where the server knows it.
+
+    Our server (alone or clustered) answers a user who left lately as ``offline`` with
+    ``statusSince`` the moment of that offline transition, the very time it stored
+    and broadcast; a user it knows only from the database comes without
+    ``statusSince``, and those are left out: for them the moment is not known.
+    """
+    return {
+        user.user_id: user.status_since
+        for user in answer
+        if user.status == OFFLINE and getattr(user, "status_since", None) is not None
+    }
+
+
 def plan_reconcile(
     state: Mapping[str, UserView],
     snapshot: Iterable[OnlineUser],
@@ -108,6 +124,7 @@ def plan_reconcile(
     reconnect_at: datetime,
     received_at: datetime,
     source: str | None = None,
+    left: Mapping[str, datetime] | None = None,
 ) -> list[Transition | Sighting]:
     """The rows that bring ``state`` in line with a server's ``onlineUsersList``.
 
@@ -117,7 +134,11 @@ def plan_reconcile(
       after ``reconnect_at``), else at ``reconnect_at``.
     - A present user absent from the snapshot gets an ``inferred`` ``offline`` row at
       ``gap_start`` (never overstate presence); with no earlier coverage at all, at
-      the user's last sign of life.
+      the user's last sign of life. When the server said when the user left
+      (``left``, from :func:`departures`) and that is after their status began and
+      not ahead of the reconnect, the row is at that moment and not inferred: the
+      same key as the server's own row, so a history the server also writes (a
+      cluster's nodes) gets the offline once, not a second, inferred one.
     - Users whose status agrees get a sighting (names, ``last_seen``).
 
     Rows are kept after the user's current ``status_since``. A user whose stored
@@ -161,6 +182,24 @@ def plan_reconcile(
         if view.status == OFFLINE or user_id in seen:
             continue
         if newer_than_list(view, gap_start=gap_start, reconnect_at=reconnect_at):
+            continue
+        known = (left or {}).get(user_id)
+        if (
+            known is not None
+            and (view.since is None or known > view.since)
+            and known <= reconnect_at + CLOCK_AHEAD_LIMIT
+        ):
+            rows.append(
+                Transition(
+                    user_id,
+                    OFFLINE,
+                    known,
+                    received_at,
+                    inferred=False,
+                    reason="reconcile: left at the server's statusSince",
+                    source=source,
+                )
+            )
             continue
         if gap_start is not None:
             at, reason = gap_start, "reconcile: absent from onlineUsersList"

@@ -51,6 +51,7 @@ from presence_core.listener.decisions import (
     UserView,
     backoff_delay,
     default_name,
+    departures,
     parse_snapshot,
 )
 from presence_core.listener.heartbeat import HeartbeatKeeper
@@ -58,7 +59,7 @@ from presence_core.listener.metrics import Stats, listener_registry
 from presence_core.listener.pipeline import WritePipeline, default_spool_dir
 from presence_core.listener.spool import Spool
 from presence_core.listener.state import UserTracker
-from presence_core.protocol import DiffOrder, OnlineUser, ProtocolError
+from presence_core.protocol import DiffOrder, OnlineUser, ProtocolError, parse_online_users
 
 log = logging.getLogger("presence.listener")
 
@@ -429,6 +430,7 @@ class Listener:
                 reconnect_at=self._connected_at or received_at,
                 received_at=received_at,
                 source=self.name,
+                left=await self._departures(users),
             )
             for row in rows:
                 self.pipeline.enqueue(row, received_at)
@@ -446,6 +448,26 @@ class Listener:
         finally:
             self._reconciling = False
             self.pump()
+
+    async def _departures(self, users: list[OnlineUser]) -> dict[str, datetime]:
+        """When the users believed present but absent from the online list left, as a
+        version-2 server (ours) remembers it: asked with ``getUsersStatus``, so that
+        the reconcile writes their offline at the moment the server stored, not an
+        inferred one at the gap's start. {} from the guide's servers."""
+        if self.stats.protocol != protocol.PROTOCOL_V2:
+            return {}
+        listed = {user.user_id for user in users}
+        absent = [
+            key
+            for key, view in self.tracker.views.items()
+            if view.status != protocol.OFFLINE and key not in listed
+        ]
+        if not absent:
+            return {}
+        answer = await self.connection.users_status(absent, self.reconcile_timeout)
+        if answer is None:
+            return {}
+        return departures(parse_online_users(answer, skip_bad=True))
 
     # -- names, shutdown ------------------------------------------------------
 

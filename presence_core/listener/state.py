@@ -155,6 +155,7 @@ class UserTracker:
         reconnect_at: datetime,
         received_at: datetime,
         source: str | None,
+        left: Mapping[str, datetime] | None = None,
     ) -> list[Transition | Sighting]:
         """The rows that bring what is believed in line with a server's online list
         (:func:`~presence_core.listener.decisions.plan_reconcile`); believed from now on."""
@@ -165,6 +166,7 @@ class UserTracker:
             reconnect_at=reconnect_at,
             received_at=received_at,
             source=source,
+            left=left,
         )
         for row in rows:
             if isinstance(row, Transition):
