@@ -33,6 +33,9 @@ from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
+# the reconnect test's grace period, s (the harness's 1 s is for everything else)
+RELOAD_GRACE = 5.0
+
 
 def online_everywhere(group: Cluster, nodes=None) -> dict[str, dict[str, str]]:
     """``getOnlineUsers`` of every live node (asked by its legacy watcher), fences left out."""
@@ -98,21 +101,17 @@ def test_two_tabs_on_two_nodes_one_user_offline_once_everywhere(
 def test_reconnecting_to_another_node_within_the_grace_changes_nothing(
     tmp_path, redis_server, database_url, engine
 ):
-    with cluster(tmp_path, redis_server.url, 2, database_url) as group:
+    # a grace period long enough that the reconnect falls inside it on any machine (a
+    # reload takes well under a second even at load 8), instead of racing a short one
+    with cluster(tmp_path, redis_server.url, 2, database_url, grace=RELOAD_GRACE) as group:
         group.watch()
-        for attempt in range(3):
-            user = f"u-8-{attempt}"
-            tab = group.tab("n1", user)
-            group.wait_seen(user, ["online"])
-            closed = time.monotonic()
-            tab.close()  # a reload: the connection closes without a goodbye...
-            again = group.tab("n2", user)  # ...and the page comes back through another node
-            if time.monotonic() - closed < group.grace / 2:
-                break
-            again.leave()  # too slow to prove anything (a loaded machine): once more
-            group.wait_seen(user, ["online", "offline"], timeout=group.grace + 20)
-        else:
-            raise AssertionError("three reconnects each took over half the grace period")
+        user = "u-8"
+        tab = group.tab("n1", user)
+        group.wait_seen(user, ["online"])
+        closed = time.monotonic()
+        tab.close()  # a reload: the connection closes without a goodbye...
+        again = group.tab("n2", user)  # ...and the page comes back through another node
+        assert time.monotonic() - closed < group.grace, "the reconnect took the whole grace"
         # the proof is that n1's grace period runs out with nothing to say: give it the time
         time.sleep(group.grace + 1)
         group.fence("n1")
