@@ -32,7 +32,7 @@ from presence_core.database import storage
 from presence_core.protocol import OFFLINE
 from presence_core.server.cluster_link import ClusterLink, RedisUnavailable
 from presence_core.server.cluster_outbox import ClusterOutbox, Op
-from presence_core.server.state import MAX_AHEAD, User
+from presence_core.server.state import MAX_AHEAD, User, sighting_of
 from presence_core.server.writer import DatabaseWriter
 
 log = logging.getLogger(__name__)
@@ -193,15 +193,7 @@ class ClusterState:
 
     def sighting(self, user: User) -> None:
         if self._writer is not None:
-            self._writer.add_sighting(
-                storage.Sighting(
-                    user_id=user.key,
-                    last_seen=user.last_seen,
-                    user_type=user.user_type,
-                    user_name=user.user_name,
-                    team=user.team,
-                )
-            )
+            self._writer.add_sighting(sighting_of(user))
 
     # --- reading ------------------------------------------------------------------------
 

@@ -42,6 +42,17 @@ class User:
     left_at: datetime | None = None  # when the latest connection stopped counting
 
 
+def sighting_of(user: User) -> storage.Sighting:
+    """The row that stores a user's ``last_seen`` and names (alone or in a cluster)."""
+    return storage.Sighting(
+        user_id=user.key,
+        last_seen=user.last_seen,
+        user_type=user.user_type,
+        user_name=user.user_name,
+        team=user.team,
+    )
+
+
 class PresenceState:
     """The present users and every transition between statuses.
 
@@ -169,15 +180,7 @@ class PresenceState:
     def sighting(self, user: User) -> None:
         """Store the user's ``last_seen`` and names (no transition)."""
         if self._writer is not None:
-            self._writer.add_sighting(
-                storage.Sighting(
-                    user_id=user.key,
-                    last_seen=user.last_seen,
-                    user_type=user.user_type,
-                    user_name=user.user_name,
-                    team=user.team,
-                )
-            )
+            self._writer.add_sighting(sighting_of(user))
 
     async def _announce(self, user: User, status: str, moment: datetime, reason: str) -> None:
         """Record a transition and broadcast it to every client.
