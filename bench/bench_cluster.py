@@ -563,11 +563,11 @@ NOTE = """\
 Reading it. On this machine every row shares the same two cores among the nodes,
 Redis and the load generator, so more nodes cannot be faster here: the ratios show
 the cluster's overhead (a script call per transition, each node reading every
-transition from the stream and keeping its mirror), not its gain. In a cluster the
-deliveries come from the stream, after the transition was decided: a client that
-connects (or subscribes) while a transition is on its way also hears it, which is
-why clusters deliver more messages than N²/2 in a storm that connects clients all
-the time (never the same change twice to one client). What more cores would give:
+transition from the stream and keeping its mirror), not its gain. Guide clients
+get as many messages as from one process. Version-2 clients get more changes in
+diffs: a node's mirror (what a subscribe answer holds) follows the stream, a little
+behind the scripts, so more of a team's logins arrive in diffs and fewer in the
+answer; no change reaches a client twice. What more cores would give:
 with a core per node (and one for Redis, which stays far from busy), each node
 delivers only to its own clients, so the fan-out that breaks one process (N²/2 in a
 guide storm) is divided by the number of nodes, while the per-transition work (the
