@@ -32,7 +32,7 @@ from presence_core.database import storage
 from presence_core.protocol import OFFLINE
 from presence_core.server.cluster_link import ClusterLink, RedisUnavailable
 from presence_core.server.cluster_outbox import ClusterOutbox, Op
-from presence_core.server.state import MAX_AHEAD, User, sighting_of
+from presence_core.server.state import MAX_AHEAD, User, online_list, sighting_of
 from presence_core.server.writer import DatabaseWriter
 
 log = logging.getLogger(__name__)
@@ -206,19 +206,7 @@ class ClusterState:
         return any(live(sid) for sid in sids)
 
     def online_users(self, live: Callable[[str], bool]) -> list[dict]:
-        now = self.now()
-        return [
-            protocol.online_user(
-                u.wire_id,
-                u.status,
-                now if self.live(u, live) else u.last_seen,
-                u.user_type,
-                u.user_name,
-                u.team,
-                u.status_since,
-            )
-            for u in self.users.values()
-        ]
+        return online_list(self.users.values(), self.now(), lambda u: self.live(u, live))
 
     def snapshot(self) -> dict[str, tuple[str, int]]:
         """``{user key: (status, this node's connections counting for it)}``."""

@@ -10,7 +10,7 @@ whom and calls it.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -51,6 +51,24 @@ def sighting_of(user: User) -> storage.Sighting:
         user_name=user.user_name,
         team=user.team,
     )
+
+
+def online_list(users: Iterable[User], now: datetime, live: Callable[[User], bool]) -> list[dict]:
+    """``onlineUsersList`` entries for ``users``: ``lastSeen`` is ``now`` for a user
+    with a live connection (``live(user)``), else their last sign of life. One
+    definition for a node alone and in a cluster."""
+    return [
+        protocol.online_user(
+            u.wire_id,
+            u.status,
+            now if live(u) else u.last_seen,
+            u.user_type,
+            u.user_name,
+            u.team,
+            u.status_since,
+        )
+        for u in users
+    ]
 
 
 class PresenceState:
@@ -241,19 +259,7 @@ class PresenceState:
         (a user whose connections are all in their grace period); ``statusSince``
         says when the current status began.
         """
-        now = self.now()
-        return [
-            protocol.online_user(
-                u.wire_id,
-                u.status,
-                now if any(live(sid) for sid in u.conns) else u.last_seen,
-                u.user_type,
-                u.user_name,
-                u.team,
-                u.status_since,
-            )
-            for u in self.users.values()
-        ]
+        return online_list(self.users.values(), self.now(), lambda u: self.live(u, live))
 
     def snapshot(self) -> dict[str, tuple[str, int]]:
         """``{user key: (status, connections counting for it)}``."""
