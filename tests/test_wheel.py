@@ -11,6 +11,8 @@ only from the wheel, which the first test proves.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import signal
@@ -222,6 +224,54 @@ def test_migrate_export_serve_and_listen_on_an_external_postgresql(
     )
     assert exported.returncode == 0, exported.stderr
     assert "wheel-1,,Wheel" in exported.stdout
+
+
+def test_a_cluster_of_two_nodes_runs_from_the_wheel(installed: Installed, redis_server):
+    # the Lua scripts are run-time files: a cluster from the wheel proves they ship
+    ports = {node: free_port() for node in ("n1", "n2")}
+    urls = {node: f"http://127.0.0.1:{port}" for node, port in ports.items()}
+    with contextlib.ExitStack() as nodes:
+        for node, port in ports.items():
+            nodes.enter_context(
+                installed.process(
+                    node,
+                    "serve",
+                    "--no-db",
+                    "--port",
+                    str(port),
+                    "--redis",
+                    redis_server.url,
+                    "--node-id",
+                    node,
+                )  # fmt: skip
+            )
+        for node, url in urls.items():
+
+            def ready(url: str = url) -> bool:
+                with (
+                    contextlib.suppress(OSError, ValueError),
+                    urllib.request.urlopen(f"{url}/health", timeout=2) as response,
+                ):
+                    return json.load(response)["cluster"]["ready"] is True
+                return False
+
+            wait_for(ready, timeout=60, what=f"node {node} ready")
+        watcher, tab = socketio.SimpleClient(), socketio.SimpleClient()
+        watcher.connect(urls["n2"], transports=["websocket"])
+        tab.connect(urls["n1"], transports=["websocket"])
+        try:
+            tab.emit("userOnline", {"userId": "", "userName": "Nobody"})  # refused: no change
+            assert tab.receive(timeout=30)[0] == "presenceError"
+            tab.emit("userOnline", {"userId": "wheel-9", "userName": "Nine"})
+            event, payload = watcher.receive(timeout=30)  # heard on the other node, once
+            assert (event, payload["userId"], payload["status"]) == (
+                "userStatusChanged",
+                "wheel-9",
+                "online",
+            )
+        finally:
+            tab.disconnect()
+            watcher.disconnect()
 
 
 def test_the_dashboard_renders_every_page_from_the_wheel(installed: Installed, database_url):
