@@ -229,6 +229,39 @@ def test_bulk_summaries_are_the_triggers_own(engine):
     check(engine)
 
 
+def users_table(engine) -> list[tuple]:
+    with engine.connect() as conn:
+        return list(map(tuple, conn.execute(text("select * from presence_users order by 1"))))
+
+
+def test_workers_write_the_same_history(engine):
+    """Users simulated and written by several processes (each its own connection and
+    transactions) give the same transitions, summaries and users as one process; a
+    rerun with workers adds nothing."""
+    from tests.test_rollups import check
+
+    calls = []
+    one = history.generate_history(engine, 60, 9, seed=4, end=END, rollups=False)
+    alone = fingerprint(engine), summary_tables(engine), users_table(engine)
+    wipe(engine)
+    written = history.generate_history(
+        engine,
+        60,
+        9,
+        seed=4,
+        end=END,
+        rollups=False,
+        workers=2,
+        progress=lambda *a: calls.append(a),
+    )
+    assert written == one
+    assert (fingerprint(engine), summary_tables(engine), users_table(engine)) == alone
+    assert len(calls) == 2 and calls[-1] == (60, 60, written)
+    check(engine)
+    assert history.generate_history(engine, 60, 9, seed=4, end=END, workers=2) == written
+    assert fingerprint(engine) == alone[0]
+
+
 def test_bulk_history_into_a_pruned_month_is_summarised_as_written(engine):
     """Rows for months already pruned are refused by the table; the generator then
     writes through the triggers, which summarise only the rows kept."""

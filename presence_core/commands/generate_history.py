@@ -14,6 +14,7 @@ left as they are).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time as clock
 
@@ -32,7 +33,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="the organisation: same seed, same people and history (default 1)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=default_workers(),
+        help="processes simulating and writing users in parallel (default: the CPUs, "
+        f"at most {MAX_WORKERS}; the same history whatever the number)",
+    )
     add_database_arguments(parser)
+
+
+MAX_WORKERS = 4
+
+
+def default_workers() -> int:
+    """One worker per CPU (at most :data:`MAX_WORKERS`): the generator is CPU-bound in
+    Python and PostgreSQL alike, and users are independent."""
+    return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
 
 
 def terminal_progress(stream=None) -> Progress | None:
@@ -67,7 +84,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         started = clock.monotonic()
         written = generate_history(
-            engine, args.users, args.days, args.seed, progress=terminal_progress()
+            engine,
+            args.users,
+            args.days,
+            args.seed,
+            progress=terminal_progress(),
+            workers=args.workers,
         )
     finally:
         engine.dispose()

@@ -14,8 +14,12 @@ targets in ``presence_teams`` (teams already configured are left as they are).
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 from sqlalchemy import Engine, text
 
@@ -87,6 +91,7 @@ def generate_history(
     progress: Progress | None = None,
     rollups: bool = True,
     bulk: bool = True,
+    workers: int = 1,
 ) -> int:
     """Write ``days`` days of history for the organisation's first ``users`` people,
     ending at ``end`` (default now; nothing is written after it); returns the
@@ -100,12 +105,17 @@ def generate_history(
     exists (so a second run adds nothing) and whose triggers keep the summaries.
     With ``rollups`` the concurrency rollup is brought up to date at the end, so the
     dashboard's first long-range chart is fast.
+
+    The work is Python-bound (simulating the days, cutting the summaries): with
+    ``workers`` > 1, chunks of users are simulated and written by that many
+    processes, each with its own connection and one transaction per chunk. Users
+    are independent and each user's rows stay in one COPY, so the content is the
+    same as with one worker (only the order of the ids between users differs).
     """
     if users < 1 or days < 1:
         raise PresenceError("generate-history needs at least one user and one day")
     end = (end or datetime.now(UTC)).astimezone(UTC)
     start = end - timedelta(days=days)
-    lo, hi = int(start.timestamp()), int(end.timestamp())
     # its months' partitions first, so the past does not pile up in the default one
     partitions.ensure_range(engine, start, end)
     org = organisation(seed)
@@ -117,39 +127,95 @@ def generate_history(
         ).scalar()
     with engine.begin() as conn:
         write_teams(conn, [t.settings for t in org.teams_of(people)], replace=False)
-    written = 0
-    for first in range(0, users, CHUNK_USERS):
-        chunk = people[first : first + CHUNK_USERS]
-        rows: list[tuple] = []
-        final: list[tuple] = []
-        for person in chunk:
-            kept = [
-                event
-                for day in org.work_days(person, start, end)
-                for event in transitions_of(day)
-                if lo <= event[0] <= hi
-            ]
-            for at, status, reason in kept:
-                moment = datetime.fromtimestamp(at, UTC)
-                rows.append((person.key, status, moment, moment, False, reason, SOURCE))
-            status, since = storage.OFFLINE, None
-            if kept:
-                status, since = kept[-1][1], datetime.fromtimestamp(kept[-1][0], UTC)
-            seen = since if status == storage.OFFLINE and since is not None else end
-            final.append(
-                (person.key, status, since, seen, person.user_type, person.user_name, person.team)
-            )
-        with engine.begin() as conn:
-            # fresh users: the rows and their summaries copied in bulk (summaries.py);
-            # otherwise, or if a month was pruned, the one write path and its triggers
-            if not (fresh and bulk and summaries.write_history(conn, rows)):
-                storage.write_batch(conn, [storage.Transition(*r) for r in rows])
-            storage.upsert_users(conn, final)
-        written += len(rows)
-        if progress is not None:
-            progress(first + len(chunk), users, written)
+    # every worker gets work even for a small crowd, and no chunk is bigger than CHUNK_USERS
+    size = max(1, min(CHUNK_USERS, -(-users // max(1, workers))))
+    chunks = [(first, min(first + size, users)) for first in range(0, users, size)]
+    job = _Job(seed, start, end, fresh and bulk)
+    written = done = 0
+    if workers <= 1 or len(chunks) < 2:
+        for first, last in chunks:
+            written += _write_chunk(engine, job, first, last)
+            done += last - first
+            if progress is not None:
+                progress(done, users, written)
+    else:
+        url = engine.url.render_as_string(hide_password=False)
+        # fork: no re-import of the caller's main module; the children make their
+        # own engines and never touch the pooled connections closed here
+        engine.dispose()
+        context = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(
+            min(workers, len(chunks)), context, initializer=_start_worker, initargs=(url,)
+        ) as pool:
+            running = {
+                pool.submit(_worker_chunk, job, first, last): last - first for first, last in chunks
+            }
+            for future in as_completed(running):
+                written += future.result()
+                done += running[future]
+                if progress is not None:
+                    progress(done, users, written)
     with engine.begin() as conn:
         write_mark(conn, CoverageMark(SOURCE, start, end))
     if rollups:
         refresh_rollups(engine, end)
     return written
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What every chunk of one :func:`generate_history` call shares (picklable)."""
+
+    seed: int
+    start: datetime
+    end: datetime
+    bulk: bool
+
+
+def _write_chunk(engine: Engine, job: _Job, first: int, last: int) -> int:
+    """Simulate people ``first`` to ``last - 1`` and write their rows and their
+    ``presence_users`` rows in one transaction; returns the rows written."""
+    org = organisation(job.seed)
+    lo, hi, end = int(job.start.timestamp()), int(job.end.timestamp()), job.end
+    rows: list[tuple] = []
+    final: list[tuple] = []
+    moment = partial(datetime.fromtimestamp, tz=UTC)
+    for person in map(org.person, range(first, last)):
+        key = person.key
+        kept = [
+            event
+            for day in org.work_days(person, job.start, end)
+            for event in transitions_of(day)
+            if lo <= event[0] <= hi
+        ]
+        for at, status, reason in kept:
+            stamp = moment(at)
+            rows.append((key, status, stamp, stamp, False, reason, SOURCE))
+        status, since = storage.OFFLINE, None
+        if kept:
+            status, since = kept[-1][1], rows[-1][2]
+        seen = since if status == storage.OFFLINE and since is not None else end
+        final.append((key, status, since, seen, person.user_type, person.user_name, person.team))
+    with engine.begin() as conn:
+        # fresh users: the rows and their summaries copied in bulk (summaries.py);
+        # otherwise, or if a month was pruned, the one write path and its triggers
+        if not (job.bulk and summaries.write_history(conn, rows)):
+            storage.write_batch(conn, [storage.Transition(*r) for r in rows])
+        storage.upsert_users(conn, final)
+    return len(rows)
+
+
+_worker_engine: Engine | None = None
+
+
+def _start_worker(url: str) -> None:
+    """A worker process's own engine (connections are not shared across processes)."""
+    global _worker_engine
+    from presence_core.database.engine import make_engine
+
+    _worker_engine = make_engine(url, pool_size=1)
+
+
+def _worker_chunk(job: _Job, first: int, last: int) -> int:
+    assert _worker_engine is not None
+    return _write_chunk(_worker_engine, job, first, last)
