@@ -77,11 +77,11 @@ def _wait_listening(url: str, timeout: float = 30) -> None:
 
 
 @contextmanager
-def ours() -> Iterator[Server]:
-    """`presence serve --no-db` in a process of its own."""
+def ours(*options: str) -> Iterator[Server]:
+    """`presence serve --no-db` in a process of its own (``options``: more flags)."""
     port = _free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "presence_core", "serve", "--no-db", "--port", str(port)],
+        [sys.executable, "-m", "presence_core", "serve", "--no-db", "--port", str(port), *options],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.DEVNULL,

@@ -165,6 +165,7 @@ class PresenceServer:
         self.closing = False
         self.stats = {"events": 0, "refused": 0}
         self.port: int | None = None
+        self.loop_name: str | None = None  # the event loop's library, once started
         self._sweeper: asyncio.Task | None = None
         self._differ: asyncio.Task | None = None
         self._clock_task: asyncio.Task | None = None
@@ -474,11 +475,12 @@ class PresenceServer:
         # later change reaches the client in a diff
         self.subscriptions.subscribe(watcher, sub)
         now = self._now()
-        users = [
-            self._present_state(user, now)
-            for user in self.state.users.values()
-            if watcher.all or user.team in watcher.teams or user.key in watcher.users
-        ]
+        present = (
+            self.state.users.values()
+            if watcher.all
+            else self.state.users.watched(watcher.teams, watcher.users)
+        )
+        users = [self._present_state(user, now) for user in present]
         for wire, key in sub.users:
             if key not in self.state.users:
                 users.append(self._user_state(wire, key, looked_up))
@@ -653,6 +655,7 @@ class PresenceServer:
             "connections": len(self.conns),
             "users": len(self.state.users),
             "closing": self.closing,
+            "loop": self.loop_name,
             "database": self.writer is not None,
             "pending_writes": self.writer.pending() if self.writer else 0,
             **self.stats,
@@ -674,6 +677,7 @@ class PresenceServer:
 
         With a database, its clock is measured first (waiting at most two seconds:
         until it answers, this machine's clock stands in)."""
+        self.loop_name = type(asyncio.get_running_loop()).__module__.split(".")[0]
         if self.clock.engine is not None:
             measured = asyncio.Event()
             self._clock_task = asyncio.create_task(self._keep_clock(measured))
