@@ -32,7 +32,7 @@ from presence_core.database import storage
 from presence_core.protocol import OFFLINE
 from presence_core.server.cluster_link import ClusterLink, RedisUnavailable
 from presence_core.server.cluster_outbox import ClusterOutbox, Op
-from presence_core.server.state import MAX_AHEAD, User, online_list, sighting_of
+from presence_core.server.state import MAX_AHEAD, Roster, User, online_list, sighting_of
 from presence_core.server.writer import DatabaseWriter
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ class ClusterState:
     ) -> None:
         self.link = link
         self.now = now
-        self.users: dict[str, User] = {}
+        self.users = Roster()  # the mirror: what this node's clients are told
         self.departed: OrderedDict[str, User] = OrderedDict()
         self.transitions = 0  # decided by this node's scripts
         self.broadcasts = 0  # stream entries delivered to this node's clients
