@@ -280,3 +280,76 @@ select (select count(*) from presence_status_days),
        (select md5(string_agg(user_id || status || since, ',' order by user_id))
         from presence_status_tails)
 """
+
+
+# --- 0009: the daily active users cache; the invalidation trigger marks it too -------------
+
+
+def test_0009_caches_daily_active_users_and_downgrades_cleanly(empty_database_url):
+    """On a populated database: after 0009, cached days equal the raw definition and a
+    late row replaces the days it changes; the downgrade restores 0002's trigger
+    function (the concurrency rollup is still marked) and drops the cache."""
+    from datetime import date
+
+    import pandas as pd
+    from alembic import command
+
+    from presence_core import analytics
+    from presence_core.database.storage import Transition, write_batch
+
+    engine = db.make_engine(empty_database_url)
+
+    def dau(**kwargs):
+        return analytics.daily_active_users(
+            engine, date(2026, 3, 7), date(2026, 4, 20), "Asia/Kathmandu", **kwargs
+        )
+
+    def state(name):
+        with engine.connect() as conn:
+            return conn.execute(
+                text("select dirty_from from presence_rollup_state where name = :n"), {"n": name}
+            ).scalar()
+
+    try:
+        with engine.begin() as conn:
+            command.upgrade(db.alembic_config(conn), "0008")
+        with engine.begin() as conn:
+            conn.execute(text(SUMMARY_ROWS_SQL))
+        db.migrate(engine)
+        assert db.current_revision(engine) == "0009"
+        pd.testing.assert_frame_equal(dau(), dau(rollup=False))
+        with engine.connect() as conn:
+            assert conn.execute(text("select count(*) from presence_daily_active")).scalar() > 40
+        late = datetime(2026, 3, 9, 3, 3, 3, tzinfo=UTC)
+        write_batch(engine, [Transition("u1", "offline", late, late)])
+        # (u1 enters presence_users with its rows stored: marked from its first one)
+        assert state("daily_active") < late and state("concurrency") <= late
+        pd.testing.assert_frame_equal(dau(), dau(rollup=False))
+        assert state("daily_active") is None  # the read deleted the changed days
+        with engine.begin() as conn:
+            conn.execute(text("truncate presence_transitions"))
+        with engine.connect() as conn:  # -infinity: every day goes
+            assert conn.execute(
+                text(
+                    "select dirty_from = '-infinity' from presence_rollup_state"
+                    " where name = 'daily_active'"
+                )
+            ).scalar()
+        with engine.begin() as conn:
+            conn.execute(text(SUMMARY_ROWS_SQL))
+        pd.testing.assert_frame_equal(dau(), dau(rollup=False))
+
+        with engine.begin() as conn:
+            command.downgrade(db.alembic_config(conn), "0008")
+            assert (
+                conn.execute(text("select to_regclass('presence_daily_active')")).scalar() is None
+            )
+            names = conn.execute(text("select name from presence_rollup_state")).scalars().all()
+            assert "daily_active" not in names
+            conn.execute(text("update presence_rollup_state set dirty_from = null"))
+        write_batch(engine, [Transition("u2", "offline", late, late)])
+        assert state("concurrency") == late
+        db.migrate(engine)
+        pd.testing.assert_frame_equal(dau(), dau(rollup=False))
+    finally:
+        engine.dispose()

@@ -393,3 +393,22 @@ def test_the_command_says_what_it_removed_and_errors_are_one_line(history, cli_e
     configured = _presence({**cli_env, "PRESENCE_RETENTION_MONTHS": str(months)}, "--dry-run")
     assert configured.returncode == 0, configured.stderr
     assert f"before {boundary:%Y-%m-%d} (UTC)" in configured.stdout
+
+
+def test_the_daily_active_cache_never_holds_a_prune_back_and_keeps_its_days(history):
+    """The cache of daily active users (migration 0009) is computed from the summaries,
+    not the raw log: dirty or not, it does not refuse a prune, and the days it keeps
+    (like the summaries) read as before."""
+    engine = history
+    before = analytics.daily_active_users(engine, date(2026, 1, 1), date(2026, 4, 30), "UTC")
+    assert before["active_users"].sum() > 0
+    with engine.begin() as conn:
+        assert conn.execute(text("select count(*) from presence_daily_active")).scalar() > 100
+        conn.execute(
+            text("update presence_rollup_state set dirty_from = :d where name = 'daily_active'"),
+            {"d": _at(1, 5)},
+        )
+    report = retention.prune(engine, date(2026, 3, 15))
+    assert report.rows == 5
+    after = analytics.daily_active_users(engine, date(2026, 1, 1), date(2026, 4, 30), "UTC")
+    assert after.equals(before)

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine
 
-from presence_core.analytics import summaries
+from presence_core.analytics import daily_active, summaries
 from presence_core.analytics.common import (
     BUCKETS,
     bind,
@@ -185,12 +185,15 @@ def daily_active_users(
     """Distinct users present at some moment of each local day: ``date, active_users``
     (every day of the period, 0 included).
 
-    Read from the sessions kept on write (``rollup=False``: from the transitions;
-    both give the same rows)."""
+    Read from the sessions kept on write, and without filters, whole past days from
+    the per-zone cache of :mod:`presence_core.analytics.daily_active` (``rollup=False``:
+    from the transitions; all give the same rows)."""
     zone = time_zone(tz)
     lo, hi = resolve_period(start, end, zone)
     if hi <= lo:
         return empty_frame(("date", "active_users"))
+    if rollup and user_type is None and team is None:
+        return daily_active.daily_active_users(engine, lo, hi, zone)
     params = bind(lo, hi, zone, user_type=user_type, team=team, include_hidden=True)
     if rollup:
         return read_frame(engine, summaries.daily_active_users_sql(), params)

@@ -8,9 +8,10 @@ month holding the date asked for, so a date in mid-March keeps March and prunes
 February and before.
 
 What is kept: every rollup (``presence_concurrency_minutes`` and the other
-summaries) keeps its rows for the pruned months, since summaries are meant to
-outlive the raw log; ``presence_users``, ``presence_coverage`` and the listeners'
-heartbeats are untouched.
+summaries, and the daily active users cached from them) keeps its rows for the
+pruned months, since summaries are meant to outlive the raw log;
+``presence_users``, ``presence_coverage`` and the listeners' heartbeats are
+untouched.
 
 So that what is kept reads exactly as before, a user who was present at the
 boundary (their last transition before it was not ``offline``) gets one
@@ -142,6 +143,8 @@ def _rollup_problems(
     ).all()
     problems, behind = [], []
     for name, valid_until, dirty_from in rows:
+        if name in CACHES:
+            continue
         valid = valid_until
         if valid is not None and dirty_from is not None:
             valid = min(valid, dirty_from)
@@ -189,6 +192,11 @@ waits, writers queue behind it, so it gives up (nothing changed) rather than sta
 
 
 Refresher = Callable[[Engine, datetime], object]
+
+CACHES = ("daily_active",)
+"""State rows of caches computed on read from the summaries (migration 0009), not from
+the raw log: pruning loses them nothing (they keep their days, like the summaries), so
+they never hold a prune back."""
 
 REFRESHED_ON_DEMAND = ("concurrency",)
 """Rollups computed on demand rather than kept on write: ``refresh`` brings them up to

@@ -131,6 +131,18 @@ rollup_state = Table(
 )
 
 
+# Daily active users per zone and whole past local day (migration 0009), computed on
+# read from the summaries; valid for days ending at or before the 'daily_active'
+# state row's dirty_from (readers delete the later ones first).
+daily_active = Table(
+    "presence_daily_active",
+    metadata,
+    Column("tz", Text, primary_key=True),
+    Column("day", Date, primary_key=True),
+    Column("day_end", DateTime(timezone=True), nullable=False),
+    Column("active_users", Integer, nullable=False),
+)
+
 # Summaries kept on write (migration 0005): statement triggers on presence_transitions
 # recompute them in the writer's transaction; presence_core.analytics.summaries reads them.
 # Every session of positive length; ended_at is null while it is open.

@@ -1,0 +1,197 @@
+"""The per-zone cache of daily active users (migration 0009) stays exact: after late,
+out-of-order and replayed batches, deletes, updates and truncates, cached reads equal
+the raw-log definition and the second-by-second brute force, in zones on whole,
+half and quarter hours around their DST changes; and the cache is really read."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import text
+
+from presence_core import analytics
+from presence_core.analytics import daily_active
+from presence_core.database.storage import Transition, write_batch
+from tests import test_rollups_reads as reads
+
+CACHE_ZONES = (
+    "UTC",
+    "America/New_York",
+    "Asia/Kathmandu",
+    "Australia/Lord_Howe",
+    "Pacific/Chatham",
+)
+
+
+def cached(engine, zone: str) -> dict:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("select day, active_users from presence_daily_active where tz = :tz"),
+            {"tz": zone},
+        ).all()
+    return dict(rows)
+
+
+def agree(engine, zone: str, periods) -> pd.DataFrame:
+    got = None
+    for lo, hi in periods:
+        got = analytics.daily_active_users(engine, lo, hi, zone)
+        want = analytics.daily_active_users(engine, lo, hi, zone, rollup=False)
+        pd.testing.assert_frame_equal(got, want)
+    return got
+
+
+@settings(
+    max_examples=10,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    plan=reads.batches,
+    late=reads.batches,
+    ws=st.integers(-3600, reads.SPAN),
+    length=st.integers(1, 30 * 3600),
+    delete=st.integers(0, 3),
+)
+@pytest.mark.parametrize("zone", CACHE_ZONES)
+def test_cached_days_stay_exact_after_late_writes(engine, zone, plan, late, ws, length, delete):
+    reads.write(engine, zone, plan, 0)  # truncates first: every cached day goes
+    tz, t0 = ZoneInfo(zone), reads.origin(zone)
+    first = t0.astimezone(tz).date() - timedelta(days=1)
+    lo = t0 + timedelta(seconds=ws)
+    periods = [(first, first + timedelta(days=4)), (lo, lo + timedelta(seconds=length))]
+    agree(engine, zone, periods)
+    assert len(cached(engine, zone)) >= 4  # the whole past days were kept
+    for batch in late:  # late and out-of-order rows, after the days were cached
+        rows = [
+            Transition(f"u{u}", s, t0 + timedelta(seconds=t), t0 + timedelta(seconds=t))
+            for u, t, s in batch
+        ]
+        write_batch(engine, rows)
+        agree(engine, zone, periods)
+    assert write_batch(engine, rows).inserted == 0  # a replay
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "delete from presence_transitions where id in"
+                " (select id from presence_transitions order by occurred_at desc, id limit :n)"
+            ),
+            {"n": delete},
+        )
+        conn.execute(  # moved earlier (unless that would repeat a stored row)
+            text(
+                "update presence_transitions t set occurred_at = t.occurred_at - interval '7 h'"
+                " where t.id = (select min(id) from presence_transitions) and not exists ("
+                " select 1 from presence_transitions x where x.user_id = t.user_id"
+                " and x.status = t.status and x.occurred_at = t.occurred_at - interval '7 h')"
+            )
+        )
+    agree(engine, zone, periods)
+    start = datetime.combine(first, datetime.min.time(), tzinfo=tz)
+    hi = datetime.combine(first + timedelta(days=5), datetime.min.time(), tzinfo=tz)
+    _, active = reads.brute_force(
+        reads.stored_rows(engine), tz, int(start.timestamp()), int(hi.timestamp())
+    )
+    whole = analytics.daily_active_users(engine, first, first + timedelta(days=4), zone)
+    assert {r.date: r.active_users for r in whole.itertuples()} == active
+
+
+def test_the_cache_is_read_and_a_write_before_a_day_ends_replaces_it(engine):
+    """A cached day is served as stored (so the cache is what answers); a write at an
+    instant before that day's end (even one late by days) replaces it, while days that
+    ended before the write keep their stored rows."""
+    zone = "Asia/Kathmandu"
+    tz = ZoneInfo(zone)
+    day0 = datetime(2026, 6, 1, tzinfo=tz)
+    rows = [
+        Transition(f"u{k}", "online", day0 + timedelta(hours=6 + 24 * k), day0) for k in range(3)
+    ]
+    write_batch(engine, rows)
+    first, last = day0.date(), day0.date() + timedelta(days=4)
+    before = analytics.daily_active_users(engine, first, last, zone)
+    assert list(before["active_users"]) == [1, 2, 3, 3, 3]
+    assert len(cached(engine, zone)) == 5
+    with engine.begin() as conn:
+        conn.execute(text("update presence_daily_active set active_users = 99"))
+    got = analytics.daily_active_users(engine, first, last, zone)
+    assert list(got["active_users"]) == [99] * 5  # the cache answers
+    late = day0 + timedelta(days=2, hours=23)  # before the third day's end
+    write_batch(engine, [Transition("u0", "offline", late, late)])
+    got = analytics.daily_active_users(engine, first, last, zone)
+    assert list(got["active_users"]) == [99, 99, 3, 2, 2]
+    want = analytics.daily_active_users(engine, first, last, zone, rollup=False)
+    assert list(want["active_users"]) == [1, 2, 3, 2, 2]
+    # other zones' days are cached apart (a Kathmandu day is not a UTC day)
+    utc = analytics.daily_active_users(engine, first, last, "UTC")
+    pd.testing.assert_frame_equal(
+        utc, analytics.daily_active_users(engine, first, last, "UTC", rollup=False)
+    )
+
+
+def test_filtered_and_partial_days_are_not_cached(engine):
+    now = datetime.now(UTC)
+    today = now.date()
+    start = datetime.combine(today - timedelta(days=3), datetime.min.time(), tzinfo=UTC)
+    start += timedelta(hours=12)
+    write_batch(engine, [Transition("a", "online", start - timedelta(days=1), now)])
+    analytics.daily_active_users(engine, start, now, "UTC")
+    # the first day is partly in the period, today is not over
+    assert cached(engine, "UTC") == {today - timedelta(days=2): 1, today - timedelta(days=1): 1}
+    with engine.begin() as conn:
+        conn.execute(text("delete from presence_daily_active"))
+    analytics.daily_active_users(engine, start, now, "UTC", user_type="agent")
+    assert cached(engine, "UTC") == {}
+
+
+def test_a_write_committed_after_the_snapshot_keeps_nothing(engine):
+    """The figures computed from a snapshot older than a committed write are returned
+    but not kept (the share lock of the repeatable-read transaction refuses)."""
+    t = datetime(2026, 5, 4, 10, tzinfo=UTC)
+    write_batch(engine, [Transition("a", "online", t, t)])
+    day = {"tz": "UTC", "day": t.date(), "day_end": t + timedelta(hours=14), "n": 1}
+    for write_meanwhile in (True, False):
+        with engine.connect() as conn:
+            conn.execute(text("set transaction isolation level repeatable read"))
+            conn.execute(text("select 1 from presence_rollup_state")).all()  # the snapshot
+            if write_meanwhile:
+                later = t + timedelta(hours=1)
+                write_batch(engine, [Transition("b", "online", later, later)])
+            daily_active._keep(conn, [day])
+            conn.rollback()
+        assert cached(engine, "UTC") == ({} if write_meanwhile else {t.date(): 1})
+
+
+def test_users_listed_or_removed_with_rows_stored_replace_the_days(engine):
+    """The counts are of the users in presence_users: one listed (or deleted) there
+    while its transitions are already stored changes days that are cached."""
+    t = datetime(2026, 5, 4, 10, tzinfo=UTC)
+    write_batch(engine, [Transition("a", "online", t, t)])
+    with engine.begin() as conn:  # rows of a user not listed yet (a hand-made insert)
+        conn.execute(
+            text(
+                "insert into presence_transitions (user_id, status, occurred_at, received_at)"
+                " values ('b', 'online', :t, :t)"
+            ),
+            {"t": t - timedelta(days=2)},
+        )
+    first, last = (t - timedelta(days=3)).date(), t.date() + timedelta(days=2)
+
+    def check(expected: list[int]) -> None:
+        got = analytics.daily_active_users(engine, first, last, "UTC")
+        pd.testing.assert_frame_equal(
+            got, analytics.daily_active_users(engine, first, last, "UTC", rollup=False)
+        )
+        assert list(got["active_users"]) == expected
+
+    check([0, 0, 0, 1, 1, 1])
+    with engine.begin() as conn:
+        conn.execute(text("insert into presence_users (user_id) values ('b')"))
+    check([0, 1, 1, 2, 2, 2])
+    with engine.begin() as conn:
+        conn.execute(text("delete from presence_users where user_id = 'a'"))
+    check([0, 1, 1, 1, 1, 1])
