@@ -260,12 +260,27 @@ def flapping_users(
         "with"
         + USERS
         + """,
+    -- Candidates first, cheaply: a span of the window holds n >= :min_n transitions
+    -- iff, from some transition, the (:min_n - 1)-th next one (by occurred_at) is
+    -- within the window: a plain lead() over the rows in index order, no frame to
+    -- count. Only the few users found are counted with the RANGE frame below.
+    seq as (
+        select t.user_id, t.occurred_at,
+               lead(t.occurred_at, cast(:lead_n as int)) over (
+                   partition by t.user_id order by t.occurred_at) as nth
+        from presence_transitions t join sel_users su using (user_id)
+        where t.occurred_at >= cast(:start as timestamptz)
+          and t.occurred_at < cast(:end as timestamptz)
+    ),
+    cand as (
+        select distinct user_id from seq where nth <= occurred_at + cast(:win as interval)
+    ),
     tr as (
         select t.user_id, t.occurred_at,
                count(*) over (partition by t.user_id order by t.occurred_at
                               range between current row and cast(:win as interval) following)
                    as n_in
-        from presence_transitions t join sel_users su using (user_id)
+        from presence_transitions t join cand c using (user_id)
         where t.occurred_at >= cast(:start as timestamptz)
           and t.occurred_at < cast(:end as timestamptz)
     ),
@@ -289,5 +304,6 @@ def flapping_users(
         include_hidden=include_hidden,
         win=window - timedelta(microseconds=1),
         min_n=int(min_transitions),
+        lead_n=max(int(min_transitions), 1) - 1,
     )
     return read_frame(engine, sql, params, utc=("burst_start",))
