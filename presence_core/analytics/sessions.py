@@ -264,25 +264,30 @@ def flapping_users(
     -- iff, from some transition, the (:min_n - 1)-th next one (by occurred_at) is
     -- within the window: a plain lead() over the rows in index order, no frame to
     -- count. Only the few users found are counted with the RANGE frame below.
+    -- (everyone's rows: the user filters apply to the few candidates, not to every row)
     seq as (
         select t.user_id, t.occurred_at,
                lead(t.occurred_at, cast(:lead_n as int)) over (
                    partition by t.user_id order by t.occurred_at) as nth
-        from presence_transitions t join sel_users su using (user_id)
+        from presence_transitions t
         where t.occurred_at >= cast(:start as timestamptz)
           and t.occurred_at < cast(:end as timestamptz)
     ),
     cand as (
-        select distinct user_id from seq where nth <= occurred_at + cast(:win as interval)
+        select distinct s.user_id from seq s join sel_users su using (user_id)
+        where s.nth <= s.occurred_at + cast(:win as interval)
     ),
     tr as (
-        select t.user_id, t.occurred_at,
-               count(*) over (partition by t.user_id order by t.occurred_at
-                              range between current row and cast(:win as interval) following)
-                   as n_in
-        from presence_transitions t join cand c using (user_id)
-        where t.occurred_at >= cast(:start as timestamptz)
-          and t.occurred_at < cast(:end as timestamptz)
+        -- per candidate, an index range of its rows (a join would scan everyone's again)
+        select c.user_id, t.occurred_at, t.n_in
+        from cand c cross join lateral (
+            select t.occurred_at,
+                   count(*) over (order by t.occurred_at range between current row
+                                  and cast(:win as interval) following) as n_in
+            from presence_transitions t
+            where t.user_id = c.user_id and t.occurred_at >= cast(:start as timestamptz)
+              and t.occurred_at < cast(:end as timestamptz)
+        ) t
     ),
     per_user as (
         select user_id, count(*)::int as transitions, max(n_in)::int as max_in_window,
