@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import time
@@ -86,7 +87,7 @@ class _Conn:
     watcher: Watcher | None = None  # protocol version 2: what it watches
 
 
-class _TextPacket(socketio.packet.Packet):
+class _TextPacketBase(socketio.packet.Packet):
     """Socket.IO packets of JSON only. The server never sends bytes, so the walk that
     python-socketio makes through every outgoing payload looking for them (a second
     of CPU for a thousand subscribe acknowledgements of 50 users each) is skipped."""
@@ -94,6 +95,25 @@ class _TextPacket(socketio.packet.Packet):
     @classmethod
     def data_is_binary(cls, data: object) -> bool:
         return False
+
+
+class _Encoded(str):
+    """An acknowledgement already encoded as JSON text, which :class:`_TextPacket` sends
+    as it is (a ``subscribe`` answer is built from each user's cached entry text)."""
+
+
+class _TextPacket(_TextPacketBase):
+    def encode(self) -> str | list:
+        data = self.data
+        if (
+            self.packet_type == socketio.packet.ACK
+            and type(data) is list
+            and len(data) == 1
+            and type(data[0]) is _Encoded
+            and self.namespace in (None, "/")
+        ):
+            return f"{socketio.packet.ACK}{'' if self.id is None else self.id}[{data[0]}]"
+        return super().encode()
 
 
 class _Dispatcher(socketio.AsyncNamespace):
@@ -447,6 +467,30 @@ class PresenceServer:
             )
         return protocol.user_state(wire, protocol.OFFLINE, None)
 
+    def _present_entry(self, user: User, last_seen_json: str, live: Callable[[str], bool]) -> str:
+        """The JSON text of :meth:`_present_state` for ``user``, ``lastSeen`` given as JSON
+        when the user is live. Everything but ``lastSeen`` is encoded once per change of
+        the user and kept on it: in a shift start each user's entry is sent to every
+        teammate who subscribes after them (measured: building and encoding each entry
+        for every acknowledgement was a tenth of the server's CPU)."""
+        version = (user.status, user.status_since, user.team, user.user_type, user.user_name)
+        cached = user.entry
+        if cached is None or cached[0] != version:
+            state = protocol.user_state(
+                user.wire_id,
+                user.status,
+                None,
+                status_since=user.status_since,
+                team=user.team,
+                user_type=user.user_type,
+                user_name=user.user_name,
+            )
+            head, tail = json.dumps(state, separators=(",", ":")).split('"lastSeen":null', 1)
+            cached = user.entry = (version, head + '"lastSeen":', tail)
+        if not self.state.live(user, live):
+            last_seen_json = json.dumps(protocol.iso_utc(user.last_seen))
+        return cached[1] + last_seen_json + cached[2]
+
     def _present_state(self, user: User, now: datetime | None = None) -> dict:
         live = self.state.live(user, self.conns.__contains__)
         return protocol.user_state(
@@ -459,7 +503,7 @@ class PresenceServer:
             user_name=user.user_name,
         )
 
-    async def _subscribe(self, conn: _Conn, payload: object) -> dict:
+    async def _subscribe(self, conn: _Conn, payload: object) -> dict | str:
         watcher = self._watcher(conn, protocol.SUBSCRIBE)
         sub = protocol.parse_subscription(payload, protocol.SUBSCRIBE)
         self.subscriptions.check(watcher, sub)
@@ -480,11 +524,16 @@ class PresenceServer:
             if watcher.all
             else self.state.users.watched(watcher.teams, watcher.users)
         )
-        users = [self._present_state(user, now) for user in present]
+        now_json = json.dumps(protocol.iso_utc(now))
+        live = self.conns.__contains__
+        users = [self._present_entry(user, now_json, live) for user in present]
         for wire, key in sub.users:
             if key not in self.state.users:
-                users.append(self._user_state(wire, key, looked_up))
-        return {"ok": True, "seq": watcher.seq, "users": users}
+                users.append(
+                    json.dumps(self._user_state(wire, key, looked_up), separators=(",", ":"))
+                )
+        # the text json.dumps would make of {"ok": True, "seq": ..., "users": [...]}
+        return _Encoded(f'{{"ok":true,"seq":{watcher.seq},"users":[{",".join(users)}]}}')
 
     async def _unsubscribe(self, conn: _Conn, payload: object) -> dict:
         watcher = self._watcher(conn, protocol.UNSUBSCRIBE)

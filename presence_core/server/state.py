@@ -45,6 +45,7 @@ class User:
     left_at: datetime | None = None  # when the latest connection stopped counting
     roster: Roster | None = field(default=None, repr=False)  # the one it is present in
     order: int = field(default=0, repr=False)  # its place in the roster (arrival)
+    entry: tuple | None = field(default=None, repr=False)  # its subscribe entry, encoded
 
 
 def _get_team(user: User) -> str | None:

@@ -1,18 +1,23 @@
-"""The present users' team index (:class:`~presence_core.server.state.Roster`), which a
-``subscribe`` answers from instead of scanning everyone.
+"""The ``subscribe`` snapshot, made fast: the present users' team index
+(:class:`~presence_core.server.state.Roster`) it answers from instead of scanning
+everyone, and each user's entry encoded once and kept.
 
-An index is only worth having if it never disagrees with the users it indexes: these
-tests change teams every way the server does (a user announcing a new team, a cluster
-node's mirror told by the stream) and check that the snapshots, in order, are what a
-scan of everyone would give.
+An index or a cache is only worth having if it never disagrees with what it stands
+for: these tests change teams and statuses every way the server does (a user
+announcing a new team, a cluster node's mirror told by the stream) and check that
+the snapshots, in order and byte for byte, are what a scan and plain JSON would give.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 from datetime import UTC, datetime
 
+import aiohttp
 import pytest
 
+from presence_core.protocol import iso_utc
 from presence_core.server.state import Roster, User
 from tests.cluster_inprocess import running_cluster
 from tests.server_harness import running_server
@@ -101,3 +106,62 @@ def test_a_cluster_mirror_indexes_the_team_the_stream_tells(redis_server):
             ("w1", "away"),
             ("w2", "online"),
         ]
+
+
+async def _raw_subscribe(url: str, payloads: list[dict]) -> list[str]:
+    """The acknowledgements' text, as the WebSocket carries it, of ``subscribe`` calls."""
+    ws_url = url.replace("http", "ws", 1) + "/socket.io/?EIO=4&transport=websocket"
+    answers = []
+    async with aiohttp.ClientSession() as session, session.ws_connect(ws_url) as ws:
+        assert (await ws.receive_str()).startswith("0")
+        await ws.send_str('40{"protocol":2}')
+        assert (await ws.receive_str()).startswith("40")
+        for number, payload in enumerate(payloads, 1):
+            await ws.send_str(f"42{number}" + json.dumps(["subscribe", payload]))
+            while not (text := await ws.receive_str()).startswith(f"43{number}["):
+                pass  # a diff, or engine.io's ping
+            answers.append(text)
+    return answers
+
+
+def test_the_snapshot_text_is_plain_json_and_follows_every_change():
+    with running_server(diff_interval=0.05, grace=30) as srv:
+        tabs = {uid: srv.client() for uid in (1, "zoë", 3)}
+        tabs[1].call("userOnline", {"userId": 1, "userName": 'Ann "the boss"', "team": "Ops"})
+        tabs["zoë"].call("userOnline", {"userId": "zoë", "userName": "Zoë", "team": "Ops"})
+        tabs[3].call("userOnline", {"userId": 3, "team": "Ops", "userType": "agent"})
+        first = asyncio.run(_raw_subscribe(srv.url, [{"teams": ["Ops"]}]))[0]
+        tabs[1].call("userStatus", {"userId": 1, "status": "busy"})
+        tabs[3].call("userOnline", {"userId": 3, "team": "Ops", "userName": "Cy"})
+        tabs["zoë"].drop()  # in its grace period: lastSeen is its last sign of life
+        srv.loop.run(_settled(srv))
+        second, third = asyncio.run(
+            _raw_subscribe(srv.url, [{"teams": ["Ops"]}, {"userIds": [3, "nobody"]}])
+        )
+        for text in (first, second, third):
+            ack = json.loads(text[3:])[0]
+            assert text[3:] == json.dumps([ack], separators=(",", ":"))  # json.dumps's bytes
+        before = {u["userId"]: u for u in json.loads(first[3:])[0]["users"]}
+        after = {u["userId"]: u for u in json.loads(second[3:])[0]["users"]}
+        assert list(after) == [1, "zoë", 3]
+        assert (before[1]["status"], after[1]["status"]) == ("online", "busy")
+        assert after[1]["statusSince"] > before[1]["statusSince"]
+        assert (before[3]["userName"], after[3]["userName"]) == (None, "Cy")
+        assert after[1]["lastSeen"] > before[1]["lastSeen"]  # live: now
+        # zoë's connection is gone (in its grace period): lastSeen is her last sign of life
+        assert after["zoë"]["lastSeen"] == iso_utc(srv.server.users["zoë"].last_seen)
+        assert after["zoë"]["lastSeen"] <= before["zoë"]["lastSeen"]  # (then she was live)
+        users = json.loads(third[3:])[0]["users"]
+        assert [(u["userId"], u["status"]) for u in users] == [
+            (1, "busy"),
+            ("zoë", "online"),
+            (3, "online"),
+            ("nobody", "offline"),
+        ]
+
+
+async def _settled(srv) -> None:
+    """Until the dropped connection is no longer live on the server."""
+    from tests.waiting import async_wait_for
+
+    await async_wait_for(lambda: len(srv.server.conns) == 2, what="the drop seen")
