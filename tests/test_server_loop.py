@@ -86,3 +86,18 @@ def test_asking_for_uvloop_where_it_is_missing_is_one_line(monkeypatch, capsys):
     assert serve.loop_factory("auto") is None  # auto falls back to asyncio's loop
     assert cli.main(["serve", "--no-db", "--port", "0", "--loop", "uvloop"]) == 1
     assert "uvloop is not installed" in capsys.readouterr().err
+
+
+def test_the_collector_is_tuned_for_a_server():
+    import gc
+
+    from presence_core.commands import serve
+
+    thresholds = gc.get_threshold()
+    try:
+        serve.tune_gc()
+        assert gc.get_freeze_count() > 0  # what start-up made is out of every collection
+        assert gc.get_threshold()[0] >= 10_000
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
