@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
+from presence_core.analytics import summaries
 from presence_core.analytics.common import (
     DEFAULT_AVAILABLE,
     bind,
@@ -57,6 +58,7 @@ def availability(
     user_type: str | None = None,
     user_ids: Iterable[str] | None = None,
     include_hidden: bool = False,
+    rollup: bool = True,
 ) -> pd.DataFrame:
     """Availability per user per local day, both dates inclusive.
 
@@ -68,6 +70,11 @@ def availability(
     available status inside the shift ÷ the shift's seconds × 100. Every
     selected user gets a row per day (0 when never available). The part of a
     shift after now counts as unavailable.
+
+    Read from the summaries kept on write (each shift a span of
+    :func:`presence_core.analytics.summaries.status_seconds_in_spans`'s SQL);
+    ``offline`` among the available statuses, or ``rollup=False``, reads the
+    transitions. Both give the same rows.
     """
     zone = time_zone(tz)
     if end_date < start_date:
@@ -75,16 +82,42 @@ def availability(
     windows = shift_windows(zone, start_date, end_date, shift_start, shift_end)
     lo = windows[0].start
     hi = min(windows[-1].end, datetime.now(UTC))
-    sql = (
-        "with"
-        + SEGMENTS
-        + """,
+    extra = {}
+    if rollup and available_statuses and summaries.serves(available_statuses):
+        # each day's shift is a span of the summaries: whole quarter-hours from the
+        # arrays, the shift's ragged ends (and what is open at now) from the log
+        extra = summaries.span_params([(w.day, w.start, w.end) for w in windows])
+        sql = "with" + summaries.SPANS_PARTS + ",\n" + _SHIFTS + _AVAIL_FROM_SPANS + _SELECT
+    else:
+        sql = "with" + SEGMENTS + ",\n" + _SHIFTS + _AVAIL_FROM_SEGMENTS + _SELECT
+    params = bind(
+        lo,
+        hi if hi > lo else lo,
+        zone,
+        user_ids,
+        user_type,
+        team,
+        include_hidden=include_hidden,
+        w_day=[w.day for w in windows],
+        w_start=[w.start for w in windows],
+        w_end=[w.end for w in windows],
+        avail=list(available_statuses),
+        statuses=list(available_statuses),
+        **extra,
+    )
+    return read_frame(engine, sql, params)
+
+
+_SHIFTS = """
     shifts as (
         -- the windows of presence_core.shifts (one definition), computed in Python
         select w.day, w.sh_start, w.sh_end
         from unnest(cast(:w_day as date[]), cast(:w_start as timestamptz[]),
                     cast(:w_end as timestamptz[])) as w(day, sh_start, sh_end)
-    ),
+    ),"""
+
+# avail(day, user_id, secs): seconds available inside each day's shift, from the log
+_AVAIL_FROM_SEGMENTS = """
     sh as (
         select array_agg(sh_start order by day) as st, array_agg(sh_end order by day) as en,
                array_agg(day order by day) as days, count(*)::int as n
@@ -116,7 +149,17 @@ def availability(
         select sh.days[p.k] as day, p.user_id, sum(p.secs) filter (where p.secs > 0) as secs
         from pieces p cross join sh
         group by 1, 2
-    )
+    )"""
+
+# the same from the summaries (each shift a span; microseconds, exact, scale 6 like
+# the log's epoch seconds so that the percentages below divide the same numbers)
+_AVAIL_FROM_SPANS = """
+    avail as (
+        select key as day, user_id, round(sum(us)::numeric / 1000000, 6) as secs
+        from parts group by key, user_id having sum(us) > 0
+    )"""
+
+_SELECT = """
     select sh.day as date, su.user_id, u.user_name, u.team,
            coalesce(a.secs, 0)::float8 as available_seconds,
            extract(epoch from sh.sh_end - sh.sh_start)::float8 as shift_seconds,
@@ -127,21 +170,6 @@ def availability(
     join presence_users u on u.user_id = su.user_id
     left join avail a on a.day = sh.day and a.user_id = su.user_id
     order by sh.day, su.user_id"""
-    )
-    params = bind(
-        lo,
-        hi if hi > lo else lo,
-        zone,
-        user_ids,
-        user_type,
-        team,
-        include_hidden=include_hidden,
-        w_day=[w.day for w in windows],
-        w_start=[w.start for w in windows],
-        w_end=[w.end for w in windows],
-        avail=list(available_statuses),
-    )
-    return read_frame(engine, sql, params)
 
 
 def first_in_last_out(

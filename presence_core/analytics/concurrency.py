@@ -95,8 +95,10 @@ def concurrency(
 
     Without filters, spans longer than :data:`ROLLUP_WORTH` read whole minutes
     from the per-minute rollup (same SQL, computed ahead and kept valid by a
-    trigger), refreshing it first when needed; ``rollup=False`` computes
-    everything from the transitions. Both give the same figures.
+    trigger), refreshing it first when needed; the rest (the ragged edges, short
+    or filtered periods) finds each user's segments through the status tails kept
+    on write. ``rollup=False`` computes everything from the transitions. Both give
+    the same figures.
     """
     if bucket not in BUCKETS:
         raise PresenceError(f"unknown bucket {bucket!r}; choose one of {', '.join(BUCKETS)}")
@@ -129,6 +131,10 @@ def concurrency(
             pieces.append(read_frame(engine, sql, params, utc=("bucket",)))
         else:
             a = b = lo
+    # what the rollup leaves (its edges, or a short or filtered period): segments found
+    # through the summaries' tails (the same rows; SEGMENTS probes every user's log in
+    # every monthly partition even for a partial minute); rollup=False: the raw log
+    segments = summaries.WINDOW_SEGMENTS if rollup else SEGMENTS
     for part_lo, part_hi in ((lo, a), (b, hi)):
         if part_hi > part_lo:
             params = bind(
@@ -137,7 +143,8 @@ def concurrency(
             params.update(
                 bucket_params(bucket), statuses=None if statuses is None else list(statuses)
             )
-            pieces.append(read_frame(engine, concurrency_sql(bucket), params, utc=("bucket",)))
+            sql = concurrency_sql(bucket, segments)
+            pieces.append(read_frame(engine, sql, params, utc=("bucket",)))
     frame = load_pandas().concat([p for p in pieces if not p.empty] or pieces, ignore_index=True)
     frame = frame.groupby("bucket", as_index=False).agg(
         peak=("peak", "max"), user_seconds=("user_seconds", "sum"), seconds=("seconds", "sum")

@@ -160,12 +160,17 @@ def bounds_sql(bucket: str) -> str:
     return BOUNDS_BIN if bucket == "5 minutes" else BOUNDS_TRUNC
 
 
-def concurrency_sql(bucket: str) -> str:
+def concurrency_sql(bucket: str, segments: str = SEGMENTS) -> str:
     """Per bucket of [:start, :end): peak, user_seconds (integral of users present)
-    and seconds (the bucket's part inside the period): the one definition."""
+    and seconds (the bucket's part inside the period): the one definition.
+
+    ``segments`` is the block giving ``seg`` (``user_id, status, present, seg_start,
+    seg_end`` inside the period): the raw log's :data:`SEGMENTS`, or the same rows
+    found through the summaries' tails (``summaries.WINDOW_SEGMENTS``, for the short
+    edges a rollup read leaves)."""
     return (
         "with"
-        + SEGMENTS
+        + segments
         + ","
         + bounds_sql(bucket)
         + ","

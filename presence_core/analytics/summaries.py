@@ -113,6 +113,24 @@ def _window_segments(keyed: bool, start: str, end: str) -> str:
 """
 
 
+# ``seg`` as SEGMENTS gives it (every selected user's segments inside [:start, :end),
+# those of positive length), found through the tails: a user whose last transition is
+# at or before :start holds its status throughout with no read of the log; the others
+# are read from their last transition at or before :start. For the short edges of a
+# concurrency read from the minute rollup (a partial minute at each end, often near
+# now), where SEGMENTS would probe every user's log in every monthly partition.
+WINDOW_SEGMENTS = (
+    USERS
+    + f""",
+rag_win as (select cast(:start as timestamptz) as ws, cast(:end as timestamptz) as we),
+rag_seg as ({_window_segments(False, "seg_start", "seg_end")}),
+seg as (
+    select user_id, status, status <> 'offline' as present, seg_start, seg_end
+    from rag_seg where seg_end > seg_start
+)"""
+)
+
+
 def status_time_sql(statuses: str) -> str:
     """CTEs (after ``sel_users``) ending in ``status_time(day, user_id, status, us)``:
     microseconds per local day of ``:tz``, user and present status inside
@@ -371,9 +389,10 @@ def status_seconds(
 
 # Seconds per span (key, [s, e)) and user in the wanted statuses: whole quarter-hours
 # from the arrays, the open segment from the tail, the ragged ends of each span raw.
-_SPANS_SQL = (
-    "with"
-    + USERS
+# SPANS_PARTS: the CTEs (after "with"), ending in parts(key, user_id, us), several rows
+# per key and user (sum them).
+SPANS_PARTS = (
+    USERS
     + f""",
 spans as (
     select u.key, u.s, u.e,
@@ -382,17 +401,29 @@ spans as (
                 cast(:span_ends as timestamptz[])) u(key, s, e)
     where u.e > u.s
 ),
+-- each span's whole quarter-hours per UTC day it touches, as the index range [kx, ky)
+-- of that day's array (computed once per span and day, not per stored row)
+span_days as (
+    select q.key, g::date as uday,
+           (extract(epoch from greatest(q.cs, g at time zone 'UTC') - (g at time zone 'UTC'))
+            / 900)::int + 1 as kx,
+           (extract(epoch from least(q.ce, (g + interval '1 day') at time zone 'UTC')
+                    - (g at time zone 'UTC')) / 900)::int + 1 as ky
+    from spans q cross join lateral generate_series(
+        (q.cs at time zone 'UTC')::date::timestamp,
+        ((q.ce - interval '1 microsecond') at time zone 'UTC')::date::timestamp,
+        interval '1 day') g
+    where q.ce > q.cs
+),
+-- (the days' bounds as constants, so that each user's arrays are one index range)
+span_range as (select min(uday) as lo, max(uday) as hi from span_days),
 core as (
-    select q.key, sd.user_id,
-           sd.cum[(extract(epoch from least(q.ce, (sd.day + 1)::timestamp at time zone 'UTC')
-                   - sd.day::timestamp at time zone 'UTC') / 900)::int + 1]
-         - sd.cum[(extract(epoch from greatest(q.cs, sd.day::timestamp at time zone 'UTC')
-                   - sd.day::timestamp at time zone 'UTC') / 900)::int + 1] as us
-    from spans q cross join sel_users su
+    select q.key, sd.user_id, sd.cum[q.ky] - sd.cum[q.kx] as us
+    from span_range r cross join sel_users su
     join presence_status_days sd on sd.user_id = su.user_id
-     and sd.day >= (q.cs at time zone 'UTC')::date
-     and sd.day <= ((q.ce - interval '1 microsecond') at time zone 'UTC')::date
-    where q.ce > q.cs and sd.status = any(cast(:statuses as text[]))
+     and sd.day >= r.lo and sd.day <= r.hi
+    join span_days q on q.uday = sd.day
+    where sd.status = any(cast(:statuses as text[]))
 ),
 tailc as (
     select q.key, t.user_id, {_us("greatest(t.since, q.cs)", "q.ce")} as us
@@ -412,7 +443,12 @@ parts as (
     union all
     select key, user_id, {_us("a", "b")} from rag
     where b > a and status = any(cast(:statuses as text[]))
+)"""
 )
+_SPANS_SQL = (
+    "with"
+    + SPANS_PARTS
+    + """
 select key, user_id, (sum(us)::numeric / 1000000)::float8 as seconds
 from parts group by key, user_id having sum(us) > 0 order by key, user_id"""
 )
@@ -435,25 +471,28 @@ def status_seconds_in_spans(
     :mod:`presence_core.analytics.availability` can call instead of reading the log."""
     if not statuses or not serves(statuses):
         raise ValueError("statuses must be present statuses (offline is not summarised)")
-    now = datetime.now(UTC)
-    keys, starts, ends = [], [], []
-    for key, lo, hi in spans:
-        keys.append(key)
-        starts.append(lo.astimezone(UTC))
-        ends.append(min(hi.astimezone(UTC), now))
-    if not keys:
+    if not spans:
         return empty_frame(("key", "user_id", "seconds"))
     params = bind(
-        now,
-        now,
+        datetime.now(UTC),
+        datetime.now(UTC),
         None,
         user_ids,
         user_type,
         team,
         include_hidden=include_hidden,
         statuses=list(statuses),
-        span_keys=keys,
-        span_starts=starts,
-        span_ends=ends,
+        **span_params(spans),
     )
     return read_frame(engine, _SPANS_SQL, params)
+
+
+def span_params(spans: Sequence[tuple[date, datetime, datetime]]) -> dict[str, list]:
+    """The parameters of :data:`SPANS_PARTS` for ``spans`` (key, start, end): ends in
+    the future count up to now."""
+    now = datetime.now(UTC)
+    return {
+        "span_keys": [key for key, _, _ in spans],
+        "span_starts": [lo.astimezone(UTC) for _, lo, _ in spans],
+        "span_ends": [min(hi.astimezone(UTC), now) for _, _, hi in spans],
+    }
