@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 Send = Callable[[dict], Awaitable[None]]
 
+_SCOPE_KEY = "presence.batcher"  # where EdgeApp leaves a WebSocket's batcher in its scope
 _FRAME_CACHE: OrderedDict[str, bytes] = OrderedDict()
 _FRAME_CACHE_SIZE = 256
 _CACHED_TEXT = 4096  # longer messages (online lists) are one client's: framed, not kept
@@ -60,9 +61,11 @@ class FrameBatcher:
     process, the transport writes made and the frames they carried (/health).
     """
 
-    __slots__ = ("_send", "_proto", "_texts", "_scheduled")  # one per connection
+    __slots__ = ("_send", "_proto", "_texts", "_scheduled", "_slow")  # one per connection
     writes = 0
     frames = 0
+    direct = 0  # packets handed straight to it (send_now), past engine.io's queue
+    SCOPE_KEY = _SCOPE_KEY
 
     _NEEDS = ("conn", "transport", "writable", "disconnected", "close_sent", "handshake_complete")
 
@@ -77,25 +80,53 @@ class FrameBatcher:
         self._proto = proto if usable else None
         self._texts: list[str] = []
         self._scheduled = False
+        self._slow = 0  # messages on uvicorn's own path, not yet handed over
 
-    async def send(self, message: dict) -> None:
+    def _batching(self) -> bool:
         proto = self._proto
-        text = message.get("text") if message["type"] == "websocket.send" else None
-        if (
+        return (
             proto is not None
-            and text is not None
             and proto.handshake_complete
             and not proto.disconnected
             and not proto.close_sent
             and proto.writable.is_set()
-        ):
-            self._texts.append(text)
-            if not self._scheduled:
-                self._scheduled = True
-                asyncio.get_running_loop().call_soon(self.flush)
+        )
+
+    def _queue(self, text: str) -> None:
+        self._texts.append(text)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def send_now(self, text: str, engine_socket: object) -> bool:
+        """Queue one already-encoded Engine.IO text packet for the end of this loop
+        turn, past engine.io's per-socket queue and writer task, when that cannot
+        reorder it: ``engine_socket`` (engine.io's socket of this connection) has
+        nothing queued nor taken from its queue and not yet handed here, and this
+        connection has no message on uvicorn's own (slow reader) path. False: not
+        sent; send it the ordinary way.
+
+        A version-2 client gets one diff a tick; through engine.io each costs a queue
+        put, a task wake-up, a task and a timer for the writer's wait: most of the
+        server's CPU per diff in a shift start (bench/bench_server_v2.py)."""
+        if self._slow or not self._batching() or not _engine_idle(engine_socket):
+            return False
+        self._queue(text)
+        FrameBatcher.direct += 1
+        return True
+
+    async def send(self, message: dict) -> None:
+        proto = self._proto
+        text = message.get("text") if message["type"] == "websocket.send" else None
+        if text is not None and not self._slow and self._batching():
+            self._queue(text)
             return
         self.flush()  # what waits goes first: order is kept
-        await self._send(message)
+        self._slow += 1
+        try:
+            await self._send(message)
+        finally:
+            self._slow -= 1
         if proto is not None and message["type"] == "websocket.accept":
             # the opening handshake is over: its request and response (headers and
             # all, a sixth of a held connection's memory) are never read again
@@ -103,6 +134,11 @@ class FrameBatcher:
             proto.request = proto.response = None
             with contextlib.suppress(Exception):  # websockets' parser keeps the request too
                 request.headers.clear()
+
+    @classmethod
+    def of(cls, scope: object) -> FrameBatcher | None:
+        """The batcher of the WebSocket connection whose ASGI scope is ``scope``."""
+        return scope.get(_SCOPE_KEY) if isinstance(scope, dict) else None
 
     def flush(self) -> None:
         """Write what waits, in one go."""
@@ -128,3 +164,19 @@ class FrameBatcher:
             return
         FrameBatcher.writes += 1
         FrameBatcher.frames += len(texts)
+
+
+def _engine_idle(socket: object) -> bool:
+    """Whether an engine.io socket's writer has nothing to write: its queue empty and
+    every packet taken from it already handed on (asyncio.Queue counts a packet from
+    ``put`` to ``task_done``, which engine.io's writer calls once it holds it; it then
+    hands what it holds over without pausing while the batcher takes it)."""
+    queue = getattr(socket, "queue", None)
+    return (
+        queue is not None
+        and getattr(socket, "upgraded", False)
+        and not getattr(socket, "closed", True)
+        and not getattr(socket, "closing", True)
+        and queue.empty()
+        and getattr(queue, "_unfinished_tasks", 1) == 0
+    )

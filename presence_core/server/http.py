@@ -122,7 +122,12 @@ class EdgeApp:
         self.guard.started(client)
         started = False
         # a WebSocket's frames waiting at the end of a loop turn leave in one write
-        out = FrameBatcher(send).send if scope["type"] == "websocket" else send
+        if scope["type"] == "websocket":
+            batcher = FrameBatcher(send)
+            scope[FrameBatcher.SCOPE_KEY] = batcher  # for direct diffs (server._send_diffs)
+            out = batcher.send
+        else:
+            out = send
 
         async def watched_send(message: dict) -> None:
             nonlocal started

@@ -238,7 +238,8 @@ class PresenceServer:
         conn = _Conn(sid, identity, last_life=self._now())
         eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
         if protocol.protocol_version(auth_payload) == protocol.PROTOCOL_V2:
-            conn.watcher = self.subscriptions.add(sid, eio_sid)
+            out = FrameBatcher.of(environ.get("asgi.scope"))
+            conn.watcher = self.subscriptions.add(sid, eio_sid, out)
         else:
             self.broadcaster.recipients[sid] = eio_sid
         self.conns[sid] = conn
@@ -579,7 +580,11 @@ class PresenceServer:
         """Every tick, one presenceDiff to each watcher whose subscriptions changed."""
         while True:
             await asyncio.sleep(self.options.diff_interval)
+            sockets = self.sio.eio.sockets
             for watcher, text in self.subscriptions.due():
+                out = watcher.out  # straight to the WebSocket when nothing can be overtaken
+                if out is not None and out.send_now("4" + text, sockets.get(watcher.eio_sid)):
+                    continue
                 try:
                     await self.broadcaster.send_text(watcher.eio_sid, text)
                 except Exception:  # one socket's trouble must not stop the others' diffs
@@ -712,6 +717,7 @@ class PresenceServer:
             "transitions": self.state.transitions,
             "v2_connections": len(self.subscriptions.watchers),
             "diffs": self.subscriptions.diffs,
+            "diffs_direct": FrameBatcher.direct,
             "ws_frames": FrameBatcher.frames,
             "ws_writes": FrameBatcher.writes,
             "malformed_frames": self.wire.malformed.total,

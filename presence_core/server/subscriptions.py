@@ -20,6 +20,7 @@ import json
 from dataclasses import dataclass, field
 
 from presence_core import protocol
+from presence_core.server.batching import FrameBatcher
 
 
 @dataclass(eq=False)
@@ -33,6 +34,7 @@ class Watcher:
     users: set[str] = field(default_factory=set)  # user keys
     seq: int = 0  # of the last diff sent
     pending: list[str] = field(default_factory=list)  # encoded changes, in order
+    out: FrameBatcher | None = None  # its WebSocket's writer, for diffs sent directly
 
     def watches(self, key: str, team: str | None) -> bool:
         return self.all or key in self.users or (team is not None and team in self.teams)
@@ -55,8 +57,8 @@ class Subscriptions:
 
     # --- connections and their subscriptions --------------------------------------------
 
-    def add(self, sid: str, eio_sid: str) -> Watcher:
-        watcher = Watcher(sid, eio_sid)
+    def add(self, sid: str, eio_sid: str, out: FrameBatcher | None = None) -> Watcher:
+        watcher = Watcher(sid, eio_sid, out=out)
         self.watchers[sid] = watcher
         return watcher
 
