@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import gc
 import importlib.util
+import logging
 from collections.abc import Callable, Coroutine
 
 from presence_core.commands.common import add_database_arguments
@@ -30,6 +31,8 @@ from presence_core.server import (
     ServerOptions,
     auth,
 )
+
+log = logging.getLogger("presence_core.server")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -141,9 +144,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--loop",
         choices=LOOPS,
-        default="auto",
-        help="the event loop: uvloop (about half the CPU per connection and per message "
-        "of asyncio's own), asyncio, or auto (default: uvloop where it is installed)",
+        default="asyncio",
+        help="the event loop: asyncio (default) or uvloop (lower latency under load, but "
+        "the connection limits below do not apply: use it behind a proxy that limits "
+        "connections; docs/server.md)",
     )
     parser.add_argument(
         "--no-db", action="store_true", help="keep presence in memory only; write nothing"
@@ -151,25 +155,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_database_arguments(parser)
 
 
-LOOPS = ("auto", "asyncio", "uvloop")
+LOOPS = ("asyncio", "uvloop")
 
 
 def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """The event loop factory ``--loop`` asks for (None: asyncio's own).
 
-    uvloop is the default where it is installed (it is a dependency, except on Windows,
-    which it does not support): the server spends most of its CPU in the connection
-    machinery (accepting WebSockets, tasks, timers, reads and writes), which uvloop does
-    in C; a 2,000-user shift start (bench/bench_server_v2.py) costs about half the server
-    CPU under it. ``asyncio`` stays available to rule the loop out when chasing a problem."""
+    uvloop does the connection machinery (accepting, reading, writing, timers) in C:
+    in the 2,000-user version-2 shift start (bench/bench_server_v2.py) the p95 change
+    to client latency is about two thirds of asyncio's. It is not the default because
+    it accepts connections in C, past :class:`~presence_core.server.guard.GuardedListener`:
+    the connection caps, the eviction of half-open connections, the header and idle
+    timeouts and the back-off when descriptors run out do not apply under it."""
     if choice == "asyncio":
         return None
     if importlib.util.find_spec("uvloop") is None:
-        if choice == "uvloop":
-            raise PresenceError("--loop uvloop: uvloop is not installed (pip install uvloop)")
-        return None
+        raise PresenceError("--loop uvloop: uvloop is not installed (pip install uvloop)")
     import uvloop
 
+    log.warning(
+        "--loop uvloop: connections are accepted by uvloop, so the connection limits "
+        "(--max-connections, --max-per-address, --header-timeout, --idle-timeout) do not apply"
+    )
     return uvloop.new_event_loop
 
 
