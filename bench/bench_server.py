@@ -87,7 +87,8 @@ def ours(*options: str) -> Iterator[Server]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    yield from _running("ours (python-socketio)", process, port)
+    name = "ours (python-socketio" + (f", {' '.join(options)})" if options else ")")
+    yield from _running(name, process, port)
 
 
 @contextmanager
