@@ -203,7 +203,7 @@ class ClusterState:
         sids = self._local.get(user.key)
         if not sids:
             return True
-        return any(live(sid) for sid in sids)
+        return any(map(live, sids))
 
     def online_users(self, live: Callable[[str], bool]) -> list[dict]:
         return online_list(self.users.values(), self.now(), lambda u: self.live(u, live))

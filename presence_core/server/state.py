@@ -370,8 +370,11 @@ class PresenceState:
     # --- reading --------------------------------------------------------------------
 
     def live(self, user: User, live: Callable[[str], bool]) -> bool:
-        """Whether one of ``user``'s connections is live (``live(sid)``), not only in grace."""
-        return any(live(sid) for sid in user.conns)
+        """Whether one of ``user``'s connections is live (``live(sid)``), not only in grace.
+
+        (``map``, not a generator: it is asked for every entry of every subscribe
+        snapshot.)"""
+        return any(map(live, user.conns))
 
     def online_users(self, live: Callable[[str], bool]) -> list[dict]:
         """The ``onlineUsersList`` payload: every present user.
