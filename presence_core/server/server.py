@@ -27,14 +27,14 @@ and the database keeps one row per transition.
 This module holds connections and protocol handling; who is present and each
 transition is :mod:`~presence_core.server.state`, fan-out
 :mod:`~presence_core.server.broadcast`, the HTTP side and uvicorn
-:mod:`~presence_core.server.http`, the options :mod:`~presence_core.server.options`.
+:mod:`~presence_core.server.http`, the options :mod:`~presence_core.server.options`,
+protocol version 2's events and diffs :mod:`~presence_core.server.watching`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import signal
 import time
@@ -46,7 +46,6 @@ import socketio
 from sqlalchemy import Engine
 
 from presence_core import protocol
-from presence_core.database import lookup
 from presence_core.database.clock import DatabaseClock
 from presence_core.protocol import ProtocolError
 from presence_core.server import auth
@@ -65,17 +64,14 @@ from presence_core.server.options import (
 from presence_core.server.ratelimit import ChangeLimiter
 from presence_core.server.state import PresenceState, User
 from presence_core.server.subscriptions import Subscriptions, Watcher
+from presence_core.server.watching import Encoded, Refused, Watching
 from presence_core.server.writer import DatabaseWriter, default_server_spool
 
 log = logging.getLogger(__name__)
 
 
-class Refused(ProtocolError):
-    """A well-formed event this connection may not send (another user, an observer…)."""
-
-
 @dataclass(eq=False, slots=True)  # one per connection: slots save 0.5 KiB each
-class _Conn:
+class Conn:
     sid: str
     identity: auth.Identity | None = None
     key: str | None = None  # the user this connection announced
@@ -97,11 +93,6 @@ class _TextPacketBase(socketio.packet.Packet):
         return False
 
 
-class _Encoded(str):
-    """An acknowledgement already encoded as JSON text, which :class:`_TextPacket` sends
-    as it is (a ``subscribe`` answer is built from each user's cached entry text)."""
-
-
 class _TextPacket(_TextPacketBase):
     def encode(self) -> str | list:
         data = self.data
@@ -109,7 +100,7 @@ class _TextPacket(_TextPacketBase):
             self.packet_type == socketio.packet.ACK
             and type(data) is list
             and len(data) == 1
-            and type(data[0]) is _Encoded
+            and type(data[0]) is Encoded
             and self.namespace in (None, "/")
         ):
             return f"{socketio.packet.ACK}{'' if self.id is None else self.id}[{data[0]}]"
@@ -163,6 +154,7 @@ class PresenceServer:
         self.limiter = ChangeLimiter(self.options.status_rate, self.options.status_burst)
         self.broadcaster = Broadcaster(self.sio)
         self.subscriptions = Subscriptions()
+        self.watching = Watching(self)  # protocol version 2's events and diffs
         self.state: PresenceState | ClusterState = PresenceState(
             self._publish,
             self.writer,
@@ -178,10 +170,10 @@ class PresenceServer:
                 self._now,
                 self._publish,
                 self.writer,
-                self._seq_jump,
+                self.watching.seq_jump,
             )
             self.state = self.cluster.state
-        self.conns: dict[str, _Conn] = {}
+        self.conns: dict[str, Conn] = {}
         self.closing = False
         self.stats = {"events": 0, "refused": 0}
         self.port: int | None = None
@@ -196,15 +188,15 @@ class PresenceServer:
     # --- Socket.IO handlers -----------------------------------------------------------
 
     def _register(self) -> None:
-        events: dict[str, Callable[[_Conn, object], Coroutine]] = {
+        events: dict[str, Callable[[Conn, object], Coroutine]] = {
             protocol.USER_ONLINE: self._user_online,
             protocol.USER_OFFLINE: self._user_offline,
             protocol.USER_HEARTBEAT: self._user_heartbeat,
             protocol.USER_STATUS: self._user_status,
             protocol.GET_ONLINE_USERS: self._get_online_users,
-            protocol.SUBSCRIBE: self._subscribe,
-            protocol.UNSUBSCRIBE: self._unsubscribe,
-            protocol.GET_USERS_STATUS: self._get_users_status,
+            protocol.SUBSCRIBE: self.watching.subscribe,
+            protocol.UNSUBSCRIBE: self.watching.unsubscribe,
+            protocol.GET_USERS_STATUS: self.watching.get_users_status,
         }
         self._handlers = {name: self._wrap(name, handler) for name, handler in events.items()}
         # One dispatcher for everything (a namespace's documented trigger_event hook):
@@ -235,7 +227,7 @@ class PresenceServer:
                 identity = auth.verify_token(token, self.options.auth_secret)
             except auth.TokenError as exc:
                 raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
-        conn = _Conn(sid, identity, last_life=self._now())
+        conn = Conn(sid, identity, last_life=self._now())
         eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
         if protocol.protocol_version(auth_payload) == protocol.PROTOCOL_V2:
             out = FrameBatcher.of(environ.get("asgi.scope"))
@@ -277,7 +269,7 @@ class PresenceServer:
         else:
             await self._release(conn, ended, "disconnect")
 
-    def _wrap(self, event: str, handler: Callable[[_Conn, object], Coroutine]):
+    def _wrap(self, event: str, handler: Callable[[Conn, object], Coroutine]):
         async def on_event(sid: str, *args: object) -> dict:
             self.stats["events"] += 1
             conn = self.conns.get(sid)
@@ -310,7 +302,7 @@ class PresenceServer:
 
     # --- the events -------------------------------------------------------------------
 
-    def _token_user(self, conn: _Conn, event: str) -> str | None:
+    def _token_user(self, conn: Conn, event: str) -> str | None:
         if conn.identity is None:
             return None
         if conn.identity.expires_at <= time.time():
@@ -319,14 +311,14 @@ class PresenceServer:
             raise Refused(f"{event}: observers may watch but not announce users")
         return conn.identity.user_id
 
-    def _own(self, conn: _Conn, key: str, event: str) -> None:
+    def _own(self, conn: Conn, key: str, event: str) -> None:
         """Refuse an event about a user other than the one this connection announced."""
         if conn.key is None:
             raise Refused(f"{event}: announce the user with userOnline first")
         if key != conn.key:
             raise Refused(f"{event}: this connection speaks for user {conn.key!r}, not {key!r}")
 
-    async def _user_online(self, conn: _Conn, payload: object) -> None:
+    async def _user_online(self, conn: Conn, payload: object) -> None:
         token_user = self._token_user(conn, protocol.USER_ONLINE)
         event = protocol.parse_user_online(payload, default_id=token_user)
         if token_user is not None and event.key != token_user:
@@ -340,20 +332,20 @@ class PresenceServer:
         self._touch(conn, now)
         await self._attach(conn, event.key, event.user_id, now, event)
 
-    async def _user_offline(self, conn: _Conn, payload: object) -> None:
+    async def _user_offline(self, conn: Conn, payload: object) -> None:
         token_user = self._token_user(conn, protocol.USER_OFFLINE)
         ref = protocol.parse_user_offline(payload, default_id=token_user)
         self._own(conn, ref.key, protocol.USER_OFFLINE)
         await self._detach(conn, self._now(), protocol.USER_OFFLINE)  # never refused
 
-    async def _user_heartbeat(self, conn: _Conn, payload: object) -> None:
+    async def _user_heartbeat(self, conn: Conn, payload: object) -> None:
         token_user = self._token_user(conn, protocol.USER_HEARTBEAT)
         ref = protocol.parse_user_heartbeat(payload, default_id=token_user)
         self._own(conn, ref.key, protocol.USER_HEARTBEAT)
         conn.heartbeats = True
         await self._alive(conn)
 
-    async def _user_status(self, conn: _Conn, payload: object) -> None:
+    async def _user_status(self, conn: Conn, payload: object) -> None:
         token_user = self._token_user(conn, protocol.USER_STATUS)
         event = protocol.parse_user_status(payload, default_id=token_user)
         self._own(conn, event.key, protocol.USER_STATUS)
@@ -366,197 +358,11 @@ class PresenceServer:
         elif (user := self.state.users.get(event.key)) is not None:
             self.state.sighting(user)
 
-    async def _get_online_users(self, conn: _Conn, payload: object) -> None:
+    async def _get_online_users(self, conn: Conn, payload: object) -> None:
         protocol.parse_get_online_users(payload)
         if conn.key is not None:
             await self._alive(conn)
         await self.sio.emit(protocol.ONLINE_USERS_LIST, self.online_users(), to=conn.sid)
-
-    # --- protocol version 2 -------------------------------------------------------------
-
-    def _watcher(self, conn: _Conn, event: str) -> Watcher:
-        if conn.watcher is None:
-            raise Refused(
-                f"{event}: a protocol version 2 event; connect with protocol: 2 in the auth payload"
-            )
-        return conn.watcher
-
-    def _own_team(self, conn: _Conn, event: str) -> str | None:
-        """The team this connection may watch: None when it may watch everything (an
-        observer, or the policy "all"), else its announced user's team."""
-        if conn.identity is not None:
-            if conn.identity.expires_at <= time.time():
-                raise Refused(f"{event}: token expired; reconnect with a new one")
-            if conn.identity.observer:
-                return None
-        if self.options.watch_policy == "all":
-            return None
-        team = self.state.team_of(conn.key) if conn.key is not None else None
-        if team is None:
-            raise Refused(
-                f"{event}: this server lets a user watch only their own team; announce a "
-                "user with a team (userOnline) first"
-            )
-        return team
-
-    async def _check_rights(
-        self, conn: _Conn, event: str, sub: protocol.Subscription, looked_up: dict
-    ) -> None:
-        """Refuse what the watch policy does not allow this connection."""
-        team = self._own_team(conn, event)
-        if team is None:
-            return
-        if sub.all:
-            raise Refused(f"{event}: this server lets a user watch only their own team, not all")
-        for other in sub.teams:
-            if other != team:
-                raise Refused(f"{event}: this server lets a user watch only their own team")
-        for _wire, key in sub.users:
-            if self._team_of(key, looked_up) != team:
-                raise Refused(
-                    f"{event}: user {key[:64]!r} is not in your team (this server lets a "
-                    "user watch only their own team)"
-                )
-
-    def _team_of(self, key: str, looked_up: dict) -> str | None:
-        user = self.state.users.get(key) or self.state.departed.get(key)
-        if user is not None and user.team is not None:
-            return user.team
-        stored = looked_up.get(key)
-        return stored.team if stored is not None else None
-
-    async def _look_up(self, keys: list[str]) -> dict:
-        """What the database knows of ``keys`` not present here: one query, in a
-        thread (never one per id); {} without a database or when it cannot answer."""
-        if self.cluster is not None:  # who left lately, as the cluster remembers
-            await self.cluster.state.recall(keys)
-        wanted = [key for key in keys if key not in self.state.users]
-        if not wanted or self.engine is None:
-            return {}
-        try:
-            return await asyncio.to_thread(lookup.stored_users, self.engine, wanted)
-        except Exception as exc:  # the database down: answer from memory
-            log.warning("getUsersStatus: cannot read the database (%s)", str(exc)[:200])
-            return {}
-
-    def _user_state(self, wire: protocol.UserId, key: str, looked_up: dict) -> dict:
-        """One user's state: present (memory), recently gone (memory), stored, unknown."""
-        user = self.state.users.get(key)
-        if user is not None:
-            return self._present_state(user)
-        stored = looked_up.get(key)
-        gone = self.state.departed.get(key)
-        if gone is not None and (stored is None or not stored.hidden):
-            return protocol.user_state(
-                wire,
-                protocol.OFFLINE,
-                gone.last_seen,
-                status_since=gone.last_seen,
-                team=gone.team,
-                user_type=gone.user_type,
-                user_name=gone.user_name,
-            )
-        if stored is not None:
-            return protocol.user_state(
-                wire,
-                protocol.OFFLINE,  # not connected here: offline, whatever was stored
-                stored.last_seen,
-                status_since=None,
-                team=stored.team,
-                user_type=stored.user_type,
-                user_name=stored.user_name,
-            )
-        return protocol.user_state(wire, protocol.OFFLINE, None)
-
-    def _present_entry(self, user: User, last_seen_json: str, live: Callable[[str], bool]) -> str:
-        """The JSON text of :meth:`_present_state` for ``user``, ``lastSeen`` given as JSON
-        when the user is live. Everything but ``lastSeen`` is encoded once per change of
-        the user and kept on it: in a shift start each user's entry is sent to every
-        teammate who subscribes after them (measured: building and encoding each entry
-        for every acknowledgement was a tenth of the server's CPU)."""
-        fields = user.__dict__  # (team is a property: its value is kept as _team)
-        version = (
-            fields["status"],
-            fields["status_since"],
-            fields.get("_team"),
-            fields["user_type"],
-            fields["user_name"],
-        )
-        cached = user.entry
-        if cached is None or cached[0] != version:
-            state = protocol.user_state(
-                user.wire_id,
-                user.status,
-                None,
-                status_since=user.status_since,
-                team=user.team,
-                user_type=user.user_type,
-                user_name=user.user_name,
-            )
-            head, tail = json.dumps(state, separators=(",", ":")).split('"lastSeen":null', 1)
-            cached = user.entry = (version, head + '"lastSeen":', tail)
-        if not self.state.live(user, live):
-            last_seen_json = json.dumps(protocol.iso_utc(user.last_seen))
-        return cached[1] + last_seen_json + cached[2]
-
-    def _present_state(self, user: User, now: datetime | None = None) -> dict:
-        live = self.state.live(user, self.conns.__contains__)
-        return protocol.user_state(
-            user.wire_id,
-            user.status,
-            (now or self._now()) if live else user.last_seen,
-            status_since=user.status_since,
-            team=user.team,
-            user_type=user.user_type,
-            user_name=user.user_name,
-        )
-
-    async def _subscribe(self, conn: _Conn, payload: object) -> dict | str:
-        watcher = self._watcher(conn, protocol.SUBSCRIBE)
-        sub = protocol.parse_subscription(payload, protocol.SUBSCRIBE)
-        self.subscriptions.check(watcher, sub)
-        keys = [key for _wire, key in sub.users]
-        looked_up = await self._look_up(keys) if keys else {}
-        await self._check_rights(conn, protocol.SUBSCRIBE, sub, looked_up)
-        if conn.sid not in self.conns:  # gone while the database answered
-            return {"ok": False, "error": "not connected"}
-        pending = self.subscriptions.take(watcher)
-        if pending is not None:  # what is owed first: the snapshot comes after every diff
-            await self.broadcaster.send_text(watcher.eio_sid, pending)
-        # from here on nothing awaits: the snapshot and seq are one moment's, and every
-        # later change reaches the client in a diff
-        self.subscriptions.subscribe(watcher, sub)
-        now = self._now()
-        present = (
-            self.state.users.values()
-            if watcher.all
-            else self.state.users.watched(watcher.teams, watcher.users)
-        )
-        now_json = json.dumps(protocol.iso_utc(now))
-        live = self.conns.__contains__
-        users = [self._present_entry(user, now_json, live) for user in present]
-        for wire, key in sub.users:
-            if key not in self.state.users:
-                users.append(
-                    json.dumps(self._user_state(wire, key, looked_up), separators=(",", ":"))
-                )
-        # the text json.dumps would make of {"ok": True, "seq": ..., "users": [...]}
-        return _Encoded(f'{{"ok":true,"seq":{watcher.seq},"users":[{",".join(users)}]}}')
-
-    async def _unsubscribe(self, conn: _Conn, payload: object) -> dict:
-        watcher = self._watcher(conn, protocol.UNSUBSCRIBE)
-        sub = protocol.parse_subscription(payload, protocol.UNSUBSCRIBE)
-        self.subscriptions.unsubscribe(watcher, sub)
-        return {"ok": True, "seq": watcher.seq}
-
-    async def _get_users_status(self, conn: _Conn, payload: object) -> dict:
-        ids = protocol.parse_get_users_status(payload)
-        keys = [key for _wire, key in ids]
-        looked_up = await self._look_up(keys)
-        await self._check_rights(
-            conn, protocol.GET_USERS_STATUS, protocol.Subscription(users=ids), looked_up
-        )
-        return {"ok": True, "users": [self._user_state(wire, key, looked_up) for wire, key in ids]}
 
     async def _publish(self, user: User, status: str, moment: datetime, reason: str) -> None:
         """A transition, to everyone who hears of it: the guide's clients at once (one
@@ -575,27 +381,6 @@ class PresenceServer:
                 user_name=user.user_name,
             )
             self.subscriptions.publish(user.key, user.team, change)
-
-    async def _seq_jump(self) -> None:
-        """This node missed transitions (cut off from the cluster's stream past its
-        window): every version-2 watcher's next diff skips a ``seq``, which tells the
-        client to subscribe again for a fresh snapshot."""
-        for watcher in self.subscriptions.watchers.values():
-            watcher.seq += 1
-
-    async def _send_diffs(self) -> None:
-        """Every tick, one presenceDiff to each watcher whose subscriptions changed."""
-        while True:
-            await asyncio.sleep(self.options.diff_interval)
-            sockets = self.sio.eio.sockets
-            for watcher, text in self.subscriptions.due():
-                out = watcher.out  # straight to the WebSocket when nothing can be overtaken
-                if out is not None and out.send_now("4" + text, sockets.get(watcher.eio_sid)):
-                    continue
-                try:
-                    await self.broadcaster.send_text(watcher.eio_sid, text)
-                except Exception:  # one socket's trouble must not stop the others' diffs
-                    log.exception("sending presenceDiff to %s failed", watcher.sid)
 
     def _limit(self, key: str, event: str, now: datetime) -> None:
         """Refuse a status change beyond the user's rate, or one that would be dated
@@ -617,11 +402,11 @@ class PresenceServer:
         """Now by the database's clock, to the millisecond (the wire's precision)."""
         return protocol.to_millis(self.clock.now())
 
-    def _touch(self, conn: _Conn, now: datetime) -> None:
+    def _touch(self, conn: Conn, now: datetime) -> None:
         conn.last_life = now
         conn.last_life_mono = time.monotonic()
 
-    async def _alive(self, conn: _Conn, *, sighting: bool = True) -> datetime:
+    async def _alive(self, conn: Conn, *, sighting: bool = True) -> datetime:
         """A sign of life from an announced connection: it counts again if it had timed
         out; its user's last_seen advances."""
         now = self._now()
@@ -635,7 +420,7 @@ class PresenceServer:
 
     async def _attach(
         self,
-        conn: _Conn,
+        conn: Conn,
         key: str,
         wire_id: protocol.UserId,
         now: datetime,
@@ -644,13 +429,13 @@ class PresenceServer:
         conn.key, conn.wire_id, conn.stale = key, wire_id, False
         await self.state.join(conn.sid, key, wire_id, now, names)
 
-    async def _detach(self, conn: _Conn, when: datetime, reason: str) -> None:
+    async def _detach(self, conn: Conn, when: datetime, reason: str) -> None:
         """This connection no longer speaks for its user (explicit userOffline)."""
         key = conn.key
         conn.key, conn.wire_id, conn.stale, conn.heartbeats = None, None, False, False
         await self.state.part(key, conn.sid, when, reason)
 
-    async def _release(self, conn: _Conn, ended: datetime, reason: str) -> None:
+    async def _release(self, conn: Conn, ended: datetime, reason: str) -> None:
         """A closed connection's grace period is over."""
         if not self.closing:
             await self.state.part(conn.key, conn.sid, ended, reason)
@@ -758,7 +543,7 @@ class PresenceServer:
             self.writer.start()
         if self.options.heartbeat_timeout > 0:
             self._sweeper = asyncio.create_task(self._sweep())
-        self._differ = asyncio.create_task(self._send_diffs())
+        self._differ = asyncio.create_task(self.watching.send_diffs())
         return self.port
 
     async def _start_cluster(self) -> None:
