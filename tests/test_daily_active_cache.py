@@ -148,22 +148,52 @@ def test_filtered_and_partial_days_are_not_cached(engine):
     assert cached(engine, "UTC") == {}
 
 
-def test_a_write_committed_after_the_snapshot_keeps_nothing(engine):
-    """The figures computed from a snapshot older than a committed write are returned
-    but not kept (the share lock of the repeatable-read transaction refuses)."""
+def test_days_a_write_changed_after_the_snapshot_are_not_kept(engine):
+    """Figures computed from a snapshot older than a committed write are returned, and
+    only the days ending before what that write touched are kept."""
     t = datetime(2026, 5, 4, 10, tzinfo=UTC)
     write_batch(engine, [Transition("a", "online", t, t)])
-    day = {"tz": "UTC", "day": t.date(), "day_end": t + timedelta(hours=14), "n": 1}
-    for write_meanwhile in (True, False):
+    days = [
+        {
+            "tz": "UTC",
+            "day": (t + timedelta(days=k)).date(),
+            "day_end": t + timedelta(hours=14 + 24 * k),
+            "n": 1,
+        }
+        for k in range(3)
+    ]
+    with engine.begin() as conn:  # as a read leaves it: the first write's mark cleared
+        conn.execute(text("update presence_rollup_state set dirty_from = null"))
+    with engine.connect() as conn:
+        later = t + timedelta(days=1, hours=1)  # during the second day
+        write_batch(engine, [Transition("b", "online", later, later)])
+        daily_active._keep(conn, days)
+    assert cached(engine, "UTC") == {t.date(): 1}
+    with engine.begin() as conn:
+        conn.execute(text("delete from presence_daily_active"))
+        conn.execute(text("update presence_rollup_state set dirty_from = null"))
+    with engine.connect() as conn:
+        daily_active._keep(conn, days)  # nothing written since: all kept
+    assert len(cached(engine, "UTC")) == 3
+
+
+def test_a_reader_between_snapshot_and_insert_holds_the_mark(engine):
+    """While a reader holds the lock shared, another read does not clear the mark (the
+    first reader's insert relies on it), and still answers exactly."""
+    t = datetime(2026, 5, 4, 10, tzinfo=UTC)
+    write_batch(engine, [Transition("a", "online", t, t)])
+    with engine.connect() as holder:
+        holder.execute(text("select pg_advisory_lock_shared(:k)"), {"k": daily_active._LOCK})
+        holder.commit()
+        got = analytics.daily_active_users(engine, t.date(), t.date() + timedelta(days=2), "UTC")
+        assert list(got["active_users"]) == [1, 1, 1]
         with engine.connect() as conn:
-            conn.execute(text("set transaction isolation level repeatable read"))
-            conn.execute(text("select 1 from presence_rollup_state")).all()  # the snapshot
-            if write_meanwhile:
-                later = t + timedelta(hours=1)
-                write_batch(engine, [Transition("b", "online", later, later)])
-            daily_active._keep(conn, [day])
-            conn.rollback()
-        assert cached(engine, "UTC") == ({} if write_meanwhile else {t.date(): 1})
+            assert conn.execute(text(daily_active._STATE)).scalar() == t  # not cleared
+        holder.execute(text("select pg_advisory_unlock_shared(:k)"), {"k": daily_active._LOCK})
+        holder.commit()
+    analytics.daily_active_users(engine, t.date(), t.date() + timedelta(days=2), "UTC")
+    with engine.connect() as conn:
+        assert conn.execute(text(daily_active._STATE)).scalar() is None
 
 
 def test_users_listed_or_removed_with_rows_stored_replace_the_days(engine):

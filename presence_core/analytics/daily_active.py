@@ -12,11 +12,16 @@ ragged first and last days, today), with the same SQL as before.
 
 Only whole local days are cached (a period's partial first or last day is always
 computed), only for reads without filters (a team's or a user type's members can
-change without any transition being written), and only from a snapshot that no
-write has marked since: the rows are inserted under a share lock on the state row
-in the same repeatable-read transaction that computed them, so a write committed
-meanwhile makes the insert fail (the figures are still returned, just not kept),
-and a write still to come waits for the insert and then marks the days it changes.
+change without any transition being written), and only the days no write has
+changed since the snapshot they were computed from. A reader holds an advisory
+lock shared from before its snapshot to its insert, and the mark is cleared only
+under that lock taken exclusively (skipped while readers hold it); so at insert
+time the mark is at or before the earliest instant touched by any write committed
+since the snapshot, and only days ending at or before it are kept. A writer still
+running then (the mark is read under a share lock on the state row, which waits
+for one that has marked) marks after the insert, and the next read deletes what
+it changed. A steady stream of writes near now (the listener's) therefore never
+stops past days from being kept.
 """
 
 from __future__ import annotations
@@ -25,9 +30,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-from psycopg import errors as pg_errors
 from sqlalchemy import Connection, Engine, text
-from sqlalchemy.exc import OperationalError
 
 from presence_core.analytics import summaries
 from presence_core.analytics.common import bind, load_pandas
@@ -35,6 +38,8 @@ from presence_core.analytics.sql import DAYS
 
 if TYPE_CHECKING:
     import pandas as pd
+
+_LOCK = 0x50524441  # advisory lock: readers between snapshot and insert (shared) vs clearing
 
 MAX_RUNS = 4
 """Uncached stretches computed one by one; more are computed as one span (still exact)."""
@@ -58,14 +63,18 @@ _STATE = (
 
 
 def _invalidate(conn: Connection) -> None:
-    """Delete the cached days a write has touched since the last read (on the primary;
-    a replica cannot write, and its readers skip the marked days instead)."""
+    """Delete the cached days a write has touched since the last read and clear the
+    mark (on the primary; a replica cannot write, and its readers skip the marked
+    days instead). Skipped while another reader is between its snapshot and its
+    insert (it holds :data:`_LOCK` shared): that reader's insert relies on the mark."""
     dirty = conn.execute(text(_STATE)).scalar()
     replica = dirty is not None and conn.execute(text("select pg_is_in_recovery()")).scalar()
     conn.rollback()
     if dirty is None or replica:
         return
     with conn.begin():
+        if not conn.execute(text("select pg_try_advisory_xact_lock(:k)"), {"k": _LOCK}).scalar():
+            return
         dirty = conn.execute(text(_STATE + " for update")).scalar()
         if dirty is not None:
             conn.execute(text("delete from presence_daily_active where day_end > :d"), {"d": dirty})
@@ -98,43 +107,63 @@ def daily_active_users(engine: Engine, lo: datetime, hi: datetime, zone: ZoneInf
     sql = text(summaries.daily_active_users_sql())
     with engine.connect() as conn:
         _invalidate(conn)
-        conn.execute(text("set transaction isolation level repeatable read"))
-        conn.exec_driver_sql("set local work_mem = '64MB'")
-        valid = conn.execute(text(_STATE)).scalar()
-        days = conn.execute(
-            text(_DAYS_SQL), {"start": lo, "end": hi, "tz": zone.key, "valid": valid}
-        ).all()
-        counts = {d.day: d.active_users for d in days}
-        whole = [d for d in days if d.day_start >= lo and d.day_end <= hi]
-        cached = {d.day for d in whole if d.active_users is not None}
-        missing = [i for i, d in enumerate(days) if d.day not in cached]
-        computed: dict = {}
-        for first, last in _runs(missing):
-            part_lo = max(lo, days[first].day_start)
-            part_hi = min(hi, days[last].day_end)
-            params = bind(part_lo, part_hi, zone, include_hidden=True)
-            computed.update({r[0]: r[1] for r in conn.execute(sql, params)})
-        counts.update(computed)
-        keep = [
-            {"tz": zone.key, "day": d.day, "day_end": d.day_end, "n": computed[d.day]}
-            for d in whole
-            if d.day in computed and (valid is None or d.day_end <= valid)
-        ]
-        if keep and not conn.execute(text("select pg_is_in_recovery()")).scalar():
-            _keep(conn, keep)
-        conn.rollback()
+        primary = not conn.execute(text("select pg_is_in_recovery()")).scalar()
+        if primary:  # no mark is cleared until this read has kept what it computed
+            conn.execute(text("select pg_advisory_lock_shared(:k)"), {"k": _LOCK})
+        conn.commit()
+        try:
+            days, counts, keep = _compute(conn, sql, lo, hi, zone)
+            if keep and primary:
+                _keep(conn, keep)
+        finally:
+            if primary:
+                conn.execute(text("select pg_advisory_unlock_shared(:k)"), {"k": _LOCK})
+                conn.commit()
     frame = pd_.DataFrame(
         {"date": [d.day for d in days], "active_users": [int(counts[d.day]) for d in days]}
     )
     return frame
 
 
+def _compute(conn: Connection, sql, lo: datetime, hi: datetime, zone: ZoneInfo):
+    """In one repeatable-read snapshot: the period's days, their counts (cached whole
+    days, the others computed), and the whole days computed (to keep)."""
+    conn.execute(text("set transaction isolation level repeatable read"))
+    conn.exec_driver_sql("set local work_mem = '64MB'")
+    valid = conn.execute(text(_STATE)).scalar()
+    days = conn.execute(
+        text(_DAYS_SQL), {"start": lo, "end": hi, "tz": zone.key, "valid": valid}
+    ).all()
+    counts = {d.day: d.active_users for d in days}
+    whole = [d for d in days if d.day_start >= lo and d.day_end <= hi]
+    cached = {d.day for d in whole if d.active_users is not None}
+    missing = [i for i, d in enumerate(days) if d.day not in cached]
+    computed: dict = {}
+    for first, last in _runs(missing):
+        part_lo = max(lo, days[first].day_start)
+        part_hi = min(hi, days[last].day_end)
+        params = bind(part_lo, part_hi, zone, include_hidden=True)
+        computed.update({r[0]: r[1] for r in conn.execute(sql, params)})
+    conn.rollback()
+    counts.update(computed)
+    keep = [
+        {"tz": zone.key, "day": d.day, "day_end": d.day_end, "n": computed[d.day]}
+        for d in whole
+        if d.day in computed
+    ]
+    return days, counts, keep
+
+
 def _keep(conn: Connection, rows: list[dict]) -> None:
-    """Insert freshly computed days unless a write was committed since the snapshot
-    (then the repeatable-read share lock fails and nothing is kept)."""
-    try:
-        with conn.begin_nested():
-            conn.execute(text(_STATE + " for share"))
+    """Insert the days computed from the snapshot that no write has changed since:
+    those ending at or before the mark as it is now. Every write committed since the
+    snapshot lowered the mark to its earliest instant (no reader cleared it meanwhile:
+    this one holds :data:`_LOCK` shared), the share lock waits for a writer that has
+    marked and not committed, and a write still to come marks after this insert."""
+    with conn.begin():
+        mark = conn.execute(text(_STATE + " for share")).scalar()
+        rows = [r for r in rows if mark is None or r["day_end"] <= mark]
+        if rows:
             conn.execute(
                 text(
                     "insert into presence_daily_active (tz, day, day_end, active_users)"
@@ -143,8 +172,3 @@ def _keep(conn: Connection, rows: list[dict]) -> None:
                 ),
                 rows,
             )
-    except OperationalError as error:
-        if not isinstance(error.orig, pg_errors.SerializationFailure):
-            raise
-        return
-    conn.commit()
