@@ -118,8 +118,19 @@ class FrameBatcher:
     async def send(self, message: dict) -> None:
         proto = self._proto
         text = message.get("text") if message["type"] == "websocket.send" else None
-        if text is not None and not self._slow and self._batching():
-            self._queue(text)
+        if (  # _batching(), inline: every broadcast to every guide client comes here
+            text is not None
+            and not self._slow
+            and proto is not None
+            and proto.handshake_complete
+            and not proto.disconnected
+            and not proto.close_sent
+            and proto.writable.is_set()
+        ):
+            self._texts.append(text)
+            if not self._scheduled:
+                self._scheduled = True
+                asyncio.get_running_loop().call_soon(self.flush)
             return
         self.flush()  # what waits goes first: order is kept
         self._slow += 1

@@ -124,7 +124,7 @@ class EdgeApp:
         # a WebSocket's frames waiting at the end of a loop turn leave in one write
         if scope["type"] == "websocket":
             batcher = FrameBatcher(send)
-            scope[FrameBatcher.SCOPE_KEY] = batcher  # for direct diffs (server._send_diffs)
+            scope[FrameBatcher.SCOPE_KEY] = batcher  # for direct diffs (watching.send_diffs)
             out = batcher.send
         else:
             out = send
