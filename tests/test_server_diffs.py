@@ -15,6 +15,7 @@ import json
 
 import aiohttp
 
+from presence_core.server.batching import _FRAME_CACHE
 from tests.server_harness import running_server
 
 
@@ -71,6 +72,8 @@ def test_direct_diffs_keep_their_place_among_acknowledgements():
                 assert seq == last, seen  # the ack follows every diff it accounts for
         assert sum(kind == "diff" for kind, _ in seen) >= 20
         assert srv.server.health()["diffs_direct"] > 0  # the direct path was taken
+        # one connection's diffs are framed, not kept where broadcasts' frames are
+        assert not [text for text in _FRAME_CACHE if "presenceDiff" in text]
 
 
 def test_a_direct_packet_never_overtakes_one_engine_io_still_holds():

@@ -39,11 +39,16 @@ _SCOPE_KEY = "presence.batcher"  # where EdgeApp leaves a WebSocket's batcher in
 _FRAME_CACHE: OrderedDict[str, bytes] = OrderedDict()
 _FRAME_CACHE_SIZE = 256
 _CACHED_TEXT = 4096  # longer messages (online lists) are one client's: framed, not kept
+_ONE_CLIENTS = '42["presenceDiff"'  # an Engine.IO message of a Socket.IO event
 
 
 def _frame(text: str) -> bytes:
-    """The unmasked, uncompressed WebSocket text frame of ``text`` (server → client)."""
-    if len(text) > _CACHED_TEXT:
+    """The unmasked, uncompressed WebSocket text frame of ``text`` (server → client).
+
+    Kept for texts many clients get (a broadcast); a ``presenceDiff`` is one
+    connection's (its ``seq``), so it is framed and not kept, where it would only push
+    the broadcasts' frames out."""
+    if len(text) > _CACHED_TEXT or text.startswith(_ONE_CLIENTS):
         return Frame(Opcode.TEXT, text.encode()).serialize(mask=False)
     frame = _FRAME_CACHE.get(text)
     if frame is None:
