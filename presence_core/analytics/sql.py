@@ -28,14 +28,19 @@ SEGMENTS = (
     USERS
     + """,
 anchor as (
-    select su.user_id, coalesce(a.occurred_at, '-infinity'::timestamptz) as from_at
-    from sel_users su
-    left join lateral (
+    -- looked for in the week before :start first (one or two monthly partitions: an
+    -- unbounded backward probe opens every partition's index), then further back
+    select su.user_id, coalesce((
         select t.occurred_at from presence_transitions t
         where t.user_id = su.user_id and t.status = 'offline'
           and t.occurred_at <= cast(:start as timestamptz)
-        order by t.occurred_at desc limit 1
-    ) a on true
+          and t.occurred_at > cast(:start as timestamptz) - interval '7 days'
+        order by t.occurred_at desc limit 1), (
+        select t.occurred_at from presence_transitions t
+        where t.user_id = su.user_id and t.status = 'offline'
+          and t.occurred_at <= cast(:start as timestamptz) - interval '7 days'
+        order by t.occurred_at desc limit 1), '-infinity'::timestamptz) as from_at
+    from sel_users su
 ),
 tr as (
     select a.user_id, t.status, t.occurred_at, t.id

@@ -101,8 +101,15 @@ def _window_segments(keyed: bool, start: str, end: str) -> str:
         from presence_transitions x
         where x.user_id = su.user_id and x.occurred_at < w.we
           and x.occurred_at >= coalesce((
+              -- the last transition at or before the window: first looked for in the
+              -- week before it (one or two monthly partitions, pruned at run time;
+              -- an unbounded probe opens every partition's index), then further back
               select p.occurred_at from presence_transitions p
               where p.user_id = su.user_id and p.occurred_at <= w.ws
+                and p.occurred_at > w.ws - interval '7 days'
+              order by p.occurred_at desc limit 1), (
+              select p.occurred_at from presence_transitions p
+              where p.user_id = su.user_id and p.occurred_at <= w.ws - interval '7 days'
               order by p.occurred_at desc limit 1), '-infinity')
     ) s
     union all
