@@ -146,8 +146,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=LOOPS,
         default="asyncio",
         help="the event loop: asyncio (default) or uvloop (lower latency under load, but "
-        "the connection limits below do not apply: use it behind a proxy that limits "
-        "connections; docs/server.md)",
+        "the connection limits (--max-connections, --max-per-address, --header-timeout, "
+        "--idle-timeout) do not apply: use it behind a proxy that enforces them; "
+        "docs/server.md)",
     )
     parser.add_argument(
         "--no-db", action="store_true", help="keep presence in memory only; write nothing"
