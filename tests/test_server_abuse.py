@@ -238,6 +238,13 @@ def serve(*flags: str, env: dict, files: int | None = None) -> Iterator[Served]:
             process.wait()
 
 
+@pytest.fixture(params=["asyncio", "uvloop"])
+def loop_flags(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """``--loop`` for the connection guard's tests: the guard must hold under both
+    loops (uvloop's own servers accept in C, where the guard would see nothing)."""
+    return ("--loop", request.param)
+
+
 def half_open(port: int, count: int) -> list[socket.socket]:
     """``count`` connections, each with an HTTP request begun and never finished."""
     need = count + 200
@@ -274,12 +281,12 @@ def announce_within(url: str, user: str, timeout: float) -> float:
         loop.close()
 
 
-def test_half_open_connections_lock_nobody_out(plain_env):
+def test_half_open_connections_lock_nobody_out(plain_env, loop_flags):
     """Issue 12, point 3: 2,000 half-sent requests against a server under the usual
     limit of 1,024 open files, all from the real client's own address. /health
     answers and a real client connects and announces itself at once; nothing floods
     the log."""
-    with serve(env=plain_env, files=1024) as srv:
+    with serve(*loop_flags, env=plain_env, files=1024) as srv:
         held = half_open(srv.port, 2000)
         try:
             started = time.monotonic()
@@ -299,33 +306,117 @@ def test_half_open_connections_lock_nobody_out(plain_env):
     assert len(logged.splitlines()) <= 5, logged
 
 
-def test_waiting_connections_time_out_and_busy_ones_stay():
+def test_waiting_connections_time_out_and_busy_ones_stay(plain_env, loop_flags):
     """A connection that never completes its request, one that sends nothing, and a
     kept-alive one left idle are closed after their timeouts; a Socket.IO client in
     use is not."""
-    with running_server(header_timeout=0.5, idle_timeout=0.5) as srv:
-        client = srv.client()
-        client.emit("userOnline", {"userId": 1})
-        client.wait_change(1, "online")
-        [partial] = half_open(srv.port, 1)
-        silent = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
-        kept = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
-        kept.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert kept.recv(4096).startswith(b"HTTP/1.1 200")
-        for sock in (partial, silent, kept):
-            with sock:
-                while sock.recv(4096):  # until the server closes it (10 s: a failure)
-                    pass
-        health = srv.server.health()
-        assert health["tcp_timed_out"] >= 3 and health["tcp_evicted"] == 0
-        assert client.sio.connected and client.call("userHeartbeat", {"userId": 1})["ok"]
+    timeouts = ("--header-timeout", "0.5", "--idle-timeout", "0.5")
+    with serve(*timeouts, *loop_flags, env=plain_env) as srv:
+        loop = LoopThread()
+        try:
+            client = Client(loop, srv.url)
+            client.connect()
+            client.emit("userOnline", {"userId": 1})
+            client.wait_change(1, "online")
+            [partial] = half_open(srv.port, 1)
+            silent = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+            kept = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+            kept.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert kept.recv(4096).startswith(b"HTTP/1.1 200")
+            for sock in (partial, silent, kept):
+                with sock:
+                    while sock.recv(4096):  # until the server closes it (10 s: a failure)
+                        pass
+            health = srv.health()
+            assert health["tcp_timed_out"] >= 3 and health["tcp_evicted"] == 0
+            assert client.sio.connected and client.call("userHeartbeat", {"userId": 1})["ok"]
+            client.close()
+        finally:
+            loop.close()
+        srv.stop()
 
 
-def test_running_out_of_descriptors_backs_off_quietly(plain_env):
+def connect_from(source: str, port: int) -> socket.socket:
+    """A TCP connection to the server from ``source`` (any 127.x.y.z is this machine)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.settimeout(10)
+    sock.bind((source, 0))
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+def in_use(source: str, port: int) -> socket.socket:
+    """A connection in use: an Engine.IO WebSocket, upgraded, held open."""
+    sock = connect_from(source, port)
+    sock.sendall(
+        b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: x\r\n"
+        b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    assert sock.recv(4096).startswith(b"HTTP/1.1 101"), "not upgraded"
+    return sock
+
+
+def answer(sock: socket.socket, request: bytes | None = None) -> bytes:
+    """Everything the server sends on ``sock`` until it closes it, after ``request``
+    (None: nothing, as a refused connection must not have unread data: that would
+    make the server's close a reset that can discard its 503)."""
+    with sock:
+        if request is not None:
+            sock.sendall(request)
+        received = b""
+        while chunk := sock.recv(65536):  # until the server closes it (10 s: a failure)
+            received += chunk
+    return received
+
+
+def closed(sock: socket.socket) -> bool:
+    """Whether the server has closed ``sock`` (waiting at most its timeout)."""
+    try:
+        return sock.recv(4096) == b""
+    except ConnectionResetError:  # closed with the partial request unread
+        return True
+
+
+HEALTH = b"GET /health HTTP/1.0\r\nHost: x\r\n\r\n"  # HTTP/1.0: not chunked
+
+
+def test_caps_make_way_for_newcomers_and_refuse_when_full(plain_env, loop_flags):
+    """The caps at work, connection by connection: an address at its cap in use gets
+    503, a newcomer to a full server makes the oldest waiting connection go, and a
+    server full of connections in use answers 503 too."""
+    caps = ("--max-connections", "3", "--max-per-address", "2")
+    with serve(*caps, *loop_flags, env=plain_env) as srv:
+        held = [in_use("127.0.0.1", srv.port), in_use("127.0.0.1", srv.port)]
+        try:
+            refused = answer(connect_from("127.0.0.1", srv.port))
+            assert refused.startswith(b"HTTP/1.1 503"), refused
+            assert refused.endswith(b"too many connections\n")
+            waiting = connect_from("127.0.0.2", srv.port)  # the server is full now
+            held.append(waiting)
+            waiting.sendall(b"GET /health HTTP/1.1\r\n")  # never finished
+            health = answer(connect_from("127.0.0.3", srv.port), HEALTH)
+            assert health.startswith(b"HTTP/1.1 200"), health
+            assert closed(waiting)  # it made way
+            stats = json.loads(health.split(b"\r\n\r\n", 1)[1])
+            assert stats["tcp_refused"] == 1 and stats["tcp_evicted"] == 1
+            held.append(in_use("127.0.0.2", srv.port))
+            full = answer(connect_from("127.0.0.3", srv.port))
+            assert full.startswith(b"HTTP/1.1 503"), full
+        finally:
+            for sock in held:
+                sock.close()
+        assert wait_for(lambda: _try_health(srv), 10)["tcp_refused"] >= 2
+        logged = srv.stop()
+    assert "connections refused (over the connection caps)" in logged
+    assert "Traceback" not in logged
+
+
+def test_running_out_of_descriptors_backs_off_quietly(plain_env, loop_flags):
     """When descriptors run out anyway (here: the limit lowered under a running
     server), accepting backs off instead of spinning, the log gets a line a minute,
     and the server frees descriptors so that /health answers again."""
-    with serve("--header-timeout", "60", env=plain_env) as srv:
+    with serve("--header-timeout", "60", *loop_flags, env=plain_env) as srv:
         pid = srv.process.pid
         hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)[1]
         open_now = len(os.listdir(f"/proc/{pid}/fd"))

@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import gc
 import importlib.util
-import logging
 from collections.abc import Callable, Coroutine
 
 from presence_core.commands.common import add_database_arguments
@@ -31,8 +30,6 @@ from presence_core.server import (
     ServerOptions,
     auth,
 )
-
-log = logging.getLogger("presence_core.server")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -145,9 +142,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--loop",
         choices=LOOPS,
         default="asyncio",
-        help="the event loop: asyncio (default) or uvloop (lower latency under load, but "
-        "the connection limits (--max-connections, --max-per-address, --header-timeout, "
-        "--idle-timeout) do not apply: use it behind a proxy that enforces them; "
+        help="the event loop: asyncio (default) or uvloop (lower latency under load; "
         "docs/server.md)",
     )
     parser.add_argument(
@@ -164,20 +159,15 @@ def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
 
     uvloop does the connection machinery (accepting, reading, writing, timers) in C:
     in the 2,000-user version-2 shift start (bench/bench_server_v2.py) the p95 change
-    to client latency is about two thirds of asyncio's. It is not the default because
-    it accepts connections in C, past :class:`~presence_core.server.guard.GuardedListener`:
-    the connection caps, the eviction of half-open connections, the header and idle
-    timeouts and the back-off when descriptors run out do not apply under it."""
+    to client latency is about two thirds of asyncio's. The connection guard applies
+    under both: the server accepts connections itself
+    (:class:`~presence_core.server.guard.Acceptor`), not through the loop's server."""
     if choice == "asyncio":
         return None
     if importlib.util.find_spec("uvloop") is None:
         raise PresenceError("--loop uvloop: uvloop is not installed (pip install uvloop)")
     import uvloop
 
-    log.warning(
-        "--loop uvloop: connections are accepted by uvloop, so the connection limits "
-        "(--max-connections, --max-per-address, --header-timeout, --idle-timeout) do not apply"
-    )
     return uvloop.new_event_loop
 
 

@@ -19,9 +19,9 @@ TCP connections as they are accepted, before any HTTP is parsed:
   way instead), the oldest waiting connections are closed to free descriptors,
   and one line is logged per minute, not one per attempt.
 
-:class:`GuardedListener` is the listening socket (asyncio calls its ``accept``);
-the HTTP side tells the guard when a request starts and ends
-(:meth:`ConnectionGuard.started`, :meth:`ConnectionGuard.finished`).
+:class:`Acceptor` accepts the connections itself, so that every one is shown to the
+guard first under any event loop; the HTTP side tells the guard when a request
+starts and ends (:meth:`ConnectionGuard.started`, :meth:`ConnectionGuard.finished`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import resource
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 
 from presence_core.server.ratelimit import LogThrottle
@@ -287,43 +287,86 @@ def _refuse(sock: socket.socket) -> None:
         sock.close()
 
 
-class GuardedListener(socket.socket):
-    """A listening socket whose ``accept`` asks the guard first.
+class Acceptor:
+    """The server's accept loop, on a listening socket of its own, the same under
+    asyncio's loop and uvloop (whose servers accept in C, where nothing could ask
+    the guard first).
 
-    asyncio calls ``accept`` in a loop for each readable event; a refused
-    connection is closed here and the next one taken. At most ``BURST``
-    connections are taken per turn of the event loop (then "nothing to accept"
-    until the next turn), so that connections the guard closed release their
-    descriptors, and requests already in, such as ``/health``, are answered,
-    between bursts. When descriptors run out, the error is raised once (asyncio
-    then stops accepting for a second) and every further call in the same burst
-    says "nothing to accept": Python 3.11's loop would otherwise retry, and log,
-    up to the backlog's size each time.
+    The loop calls :meth:`_accept` when the socket is readable; it takes at most
+    ``BURST`` connections per turn of the loop, so that connections the guard
+    closed release their descriptors, and requests already in, such as
+    ``/health``, are answered, between bursts. Each connection the guard admits
+    goes to ``serve`` (which builds its transport); a refused one was answered and
+    closed by the guard. When descriptors run out, the guard is told once and the
+    socket is left alone for ``QUIET`` seconds: retrying at once would spin, and
+    log, for as long as the shortage lasts.
     """
 
     BURST = 32
-    guard: ConnectionGuard | None = None
-    _quiet_until = 0.0
-    _taken = 0  # connections taken in this turn of the loop
+    QUIET = 1.0  # seconds without accepting once descriptors ran out
 
-    def _next_turn(self) -> None:
-        self._taken = 0
+    def __init__(
+        self,
+        sock: socket.socket,
+        guard: ConnectionGuard,
+        serve: Callable[[socket.socket], Coroutine[object, object, object]],
+    ) -> None:
+        self.sock, self.guard, self._serve = sock, guard, serve
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._resume: asyncio.TimerHandle | None = None
+        self._serving: set[asyncio.Task] = set()  # connections being handed over
+        self._errors = LogThrottle(log, "failed accepts")
 
-    def accept(self) -> tuple[socket.socket, tuple]:
-        while True:
-            if self._taken >= self.BURST or time.monotonic() < self._quiet_until:
-                raise BlockingIOError(errno.EAGAIN, "enough for this turn")
-            if self._taken == 0:
-                asyncio.get_running_loop().call_soon(self._next_turn)
-            self._taken += 1
+    def start(self) -> None:
+        """Accept from now on (on the running loop)."""
+        self.sock.setblocking(False)
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self.sock.fileno(), self._accept)
+
+    def close(self) -> None:
+        """Stop accepting and close the listening socket (connections stay)."""
+        if self._loop is not None:
+            if self._resume is not None:
+                self._resume.cancel()
+                self._resume = None
+            if self.sock.fileno() != -1:
+                self._loop.remove_reader(self.sock.fileno())
+            self._loop = None
+        self.sock.close()
+        self._errors.flush()
+
+    def _accept(self) -> None:
+        for _ in range(self.BURST):
             try:
-                conn, addr = super().accept()
+                conn, addr = self.sock.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return  # nothing (more) to accept, or a client gone before it was taken
             except OSError as exc:
-                if exc.errno not in OUT_OF_DESCRIPTORS:
-                    raise
-                self._quiet_until = time.monotonic() + 0.5  # asyncio retries in 1 s
-                if self.guard is not None:
+                if exc.errno in OUT_OF_DESCRIPTORS:
                     self.guard.out_of_descriptors(exc)
-                raise
-            if self.guard is None or self.guard.admit(conn, addr):
-                return conn, addr
+                    self._pause()
+                else:
+                    self._errors.hit(str(exc))
+                return
+            if self.guard.admit(conn, addr):
+                conn.setblocking(False)
+                task = asyncio.ensure_future(self._hand_over(conn), loop=self._loop)
+                self._serving.add(task)
+                task.add_done_callback(self._serving.discard)
+
+    async def _hand_over(self, conn: socket.socket) -> None:
+        try:
+            await self._serve(conn)
+        except Exception as exc:  # noqa: BLE001 (the connection is lost, the server is not)
+            self._errors.hit(f"{type(exc).__name__}: {exc}")
+            conn.close()
+
+    def _pause(self) -> None:
+        assert self._loop is not None
+        self._loop.remove_reader(self.sock.fileno())
+        self._resume = self._loop.call_later(self.QUIET, self._unpause)
+
+    def _unpause(self) -> None:
+        self._resume = None
+        if self._loop is not None:
+            self._loop.add_reader(self.sock.fileno(), self._accept)

@@ -21,7 +21,7 @@ import uvicorn
 
 from presence_core.errors import PresenceError
 from presence_core.server.batching import FrameBatcher
-from presence_core.server.guard import ConnectionGuard, GuardedListener, connection_cap
+from presence_core.server.guard import Acceptor, ConnectionGuard, connection_cap
 from presence_core.server.options import ServerOptions
 from presence_core.server.ratelimit import LogThrottle
 
@@ -157,19 +157,20 @@ class _Uvicorn(uvicorn.Server):
         yield
 
 
-def listening_socket(host: str, port: int) -> GuardedListener:
+def listening_socket(host: str, port: int) -> socket.socket:
     """A TCP socket bound to ``host:port`` (0: any free port); PresenceError when the
     address cannot be used (busy, not ours, not a port)."""
     if not 0 <= port <= 65535:
         raise PresenceError(f"cannot listen on port {port}: a port is a number from 0 to 65535")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = GuardedListener(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     # accepted sockets inherit it (Linux): without it, an event followed by its ack
     # (two small writes) waits ~40 ms for the client's delayed ACK (Nagle)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host, port))
+        sock.listen(2048)  # uvicorn's backlog
     except OSError as exc:
         sock.close()
         raise PresenceError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
@@ -183,9 +184,13 @@ class WebServer:
     """uvicorn serving one ASGI app on one guarded socket, started and stopped from a
     running event loop (:meth:`start`, :meth:`request_exit`, :meth:`wait`).
 
-    The caps and timeouts come from ``options`` (see :class:`ServerOptions`); the
-    loop's exception handler is taken over while it runs, to keep "out of
-    descriptors" to the guard's one line a minute.
+    The caps and timeouts come from ``options`` (see :class:`ServerOptions`). uvicorn
+    is given no socket of its own (``serve(sockets=[])``): the guard's
+    :class:`Acceptor` accepts, and hands each admitted connection to uvicorn's
+    protocol, as uvicorn's own server would, through the loop's
+    ``connect_accepted_socket``; so the guard sees every connection under asyncio's
+    loop and under uvloop alike (whose servers accept in C). uvicorn's main loop,
+    its timeouts and its graceful shutdown are unchanged.
     """
 
     def __init__(self, app: Callable, options: ServerOptions, wire: WireLog) -> None:
@@ -206,13 +211,11 @@ class WebServer:
         self._uvicorn: _Uvicorn | None = None
         self._task: asyncio.Task | None = None
         self._sweeper: asyncio.Task | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._previous_handler: Callable | None = None
+        self._acceptor: Acceptor | None = None
 
     async def start(self, host: str, port: int) -> int:
         """Listen on ``host:port`` and return the port once uvicorn accepts connections."""
         sock = listening_socket(host, port)
-        sock.guard = self.guard
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
             self.app,
@@ -227,23 +230,39 @@ class WebServer:
             # direction (hundreds of KiB) and compresses every broadcast once per client
             ws_per_message_deflate=False,
         )
-        self._uvicorn = _Uvicorn(config)
-        self._loop = asyncio.get_running_loop()
-        self._previous_handler = self._loop.get_exception_handler()
-        self._loop.set_exception_handler(self._loop_exception)
+        config.load()  # uvicorn's serve() would; the protocol class is needed before
+        server = self._uvicorn = _Uvicorn(config)
+        loop = asyncio.get_running_loop()
+
+        def create_protocol() -> asyncio.Protocol:
+            # what uvicorn's Server.startup gives loop.create_server
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config,
+                server_state=server.server_state,
+                app_state=server.lifespan.state,
+                _loop=loop,
+            )
+
+        async def serve(conn: socket.socket) -> None:
+            await loop.connect_accepted_socket(create_protocol, conn)
+
+        self._acceptor = Acceptor(sock, self.guard, serve)
         logging.getLogger("uvicorn.error").addFilter(self.wire)
-        self._task = asyncio.create_task(self._uvicorn.serve(sockets=[sock]))
-        while not self._uvicorn.started:
+        self._task = asyncio.create_task(server.serve(sockets=[]))  # no server of its own
+        while not server.started:
             if self._task.done():
                 self._restore()
                 self._task.result()
                 raise PresenceError("the web server stopped while starting")
             await asyncio.sleep(0.01)
+        self._acceptor.start()
         self._sweeper = asyncio.create_task(self._sweep())
         return self.port
 
     def request_exit(self, *, force: bool = False) -> None:
         """Stop accepting and close connections gracefully (``force``: at once)."""
+        if self._acceptor is not None:  # before uvicorn's shutdown waits for connections
+            self._acceptor.close()
         if self._uvicorn is not None:
             self._uvicorn.should_exit = True
             if force:
@@ -263,22 +282,12 @@ class WebServer:
             await asyncio.sleep(period)
             self.guard.sweep()
 
-    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
-        exc = context.get("exception")
-        if isinstance(exc, OSError) and "out of system resource" in context.get("message", ""):
-            return  # the guard counted it and logs it once a minute
-        if self._previous_handler is not None:
-            self._previous_handler(loop, context)
-        else:
-            loop.default_exception_handler(context)
-
     def _restore(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
-        if self._loop is not None:
-            self._loop.set_exception_handler(self._previous_handler)
-            self._loop = None
+        if self._acceptor is not None:
+            self._acceptor.close()
         logging.getLogger("uvicorn.error").removeFilter(self.wire)
         self.guard.flush_logs()
         self.wire.flush()
