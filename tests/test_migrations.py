@@ -70,6 +70,7 @@ def test_offline_sql_for_dbas():
     assert "CREATE TABLE presence_transitions" in result.stdout
     assert "UNIQUE (user_id, occurred_at, status)" in result.stdout
     assert "CREATE INDEX ix_presence_users_last_seen" in result.stdout
+    assert "CREATE TABLE presence_concurrency_quarters" in result.stdout
 
 
 def test_connect_refuses_a_database_behind(empty_database_url):
@@ -315,7 +316,8 @@ def test_0009_caches_daily_active_users_and_downgrades_cleanly(empty_database_ur
             command.upgrade(db.alembic_config(conn), "0008")
         with engine.begin() as conn:
             conn.execute(text(SUMMARY_ROWS_SQL))
-        db.migrate(engine)
+        with engine.begin() as conn:
+            command.upgrade(db.alembic_config(conn), "0009")
         assert db.current_revision(engine) == "0009"
         pd.testing.assert_frame_equal(dau(), dau(rollup=False))
         with engine.connect() as conn:
@@ -351,5 +353,108 @@ def test_0009_caches_daily_active_users_and_downgrades_cleanly(empty_database_ur
         assert state("concurrency") == late
         db.migrate(engine)
         pd.testing.assert_frame_equal(dau(), dau(rollup=False))
+    finally:
+        engine.dispose()
+
+
+# --- 0010: the concurrency rollup's quarter-hours, built from the stored minutes ----------
+
+
+def _psql(url, script: Path) -> None:
+    applied = subprocess.run(
+        [_bin("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(script), plain(url)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert applied.returncode == 0, applied.stderr
+
+
+def test_0010_builds_the_quarters_from_the_minutes_and_downgrades_cleanly(
+    empty_database_url, tmp_path
+):
+    """On a populated database whose minute rollup is partly dirty: after 0010 (run, or
+    rendered with --sql and applied by psql) every valid quarter is its minutes' max and
+    sum, and hourly and daily reads through the quarters equal the minutes' (==) and the
+    raw log's, also after a late row; the downgrade drops the quarters and nothing else."""
+    import io
+
+    import pandas as pd
+    from alembic import command
+
+    from presence_core import analytics
+    from presence_core.database.storage import Transition, write_batch
+    from tests.test_rollups_concurrency import _quarters_match_their_minutes
+
+    engine = db.make_engine(empty_database_url)
+    lo = datetime(2026, 3, 7, 20, 13, 7, tzinfo=UTC)
+    hi = datetime(2026, 4, 2, 9, 3, tzinfo=UTC)
+
+    def reads() -> None:
+        for bucket, zone in (("hour", "Pacific/Chatham"), ("day", "Asia/Kathmandu")):
+            got = analytics.concurrency(engine, lo, hi, bucket, zone)
+            minutes = analytics.concurrency(engine, lo, hi, bucket, zone, quarters=False)
+            pd.testing.assert_frame_equal(got, minutes, check_exact=True)
+            raw = analytics.concurrency(engine, lo, hi, bucket, zone, rollup=False)
+            pd.testing.assert_frame_equal(got, raw, check_exact=False, rtol=1e-9, atol=1e-9)
+        _quarters_match_their_minutes(engine)
+
+    def at_0009_with_minutes() -> int:
+        """Back at 0009: the minutes as the refresh left them, then dirty from a late row."""
+        with engine.begin() as conn:
+            command.downgrade(db.alembic_config(conn), "0009")
+            assert (
+                conn.execute(text("select to_regclass('presence_concurrency_quarters')")).scalar()
+                is None
+            )
+            minutes = conn.execute(
+                text("select count(*) from presence_concurrency_minutes")
+            ).scalar()
+        late = datetime(2026, 3, 20, 7, 7, 7, tzinfo=UTC)
+        write_batch(engine, [Transition("u5", "online", late, late)])
+        return minutes
+
+    try:
+        with engine.begin() as conn:
+            command.upgrade(db.alembic_config(conn), "0009")
+        with engine.begin() as conn:
+            conn.execute(text(SUMMARY_ROWS_SQL))
+            # its users listed, as writers do (analytics counts the users listed there)
+            conn.execute(
+                text(
+                    "insert into presence_users (user_id)"
+                    " select distinct user_id from presence_transitions"
+                )
+            )
+        db.migrate(engine)
+        assert db.current_revision(engine) == "0010"
+        assert analytics.refresh_rollups(engine, hi) > 25 * 24 * 60
+        minutes = at_0009_with_minutes()
+        assert minutes > 25 * 24 * 60
+
+        db.migrate(engine)  # 0010 on the populated database
+        with engine.connect() as conn:
+            assert (
+                conn.execute(text("select count(*) from presence_concurrency_minutes")).scalar()
+                == minutes
+            )
+        _quarters_match_their_minutes(engine)  # before any refresh: built by the migration
+        reads()
+        late = datetime(2026, 3, 25, 11, 11, 11, tzinfo=UTC)
+        write_batch(engine, [Transition("u7", "busy", late, late)])
+        reads()
+
+        # the same through the SQL a DBA applies
+        at_0009_with_minutes()
+        buffer = io.StringIO()
+        config = db.alembic_config()
+        config.output_buffer = buffer
+        command.upgrade(config, "0009:0010", sql=True)
+        script = tmp_path / "upgrade.sql"
+        script.write_text(buffer.getvalue())
+        _psql(empty_database_url, script)
+        assert db.current_revision(engine) == "0010"
+        _quarters_match_their_minutes(engine)
+        reads()
     finally:
         engine.dispose()

@@ -63,6 +63,7 @@ def _summary_counts(engine) -> dict[str, int]:
     with engine.connect() as conn:
         for table, column in [
             ("presence_concurrency_minutes", "minute"),
+            ("presence_concurrency_quarters", "quarter"),
             ("presence_sessions", "started_at"),
             ("presence_status_days", "day"),
         ]:
@@ -143,6 +144,7 @@ def test_prune_drops_exactly_the_whole_months_before_the_boundary(history):
     assert (
         all(summaries.values()) and summaries["presence_concurrency_minutes"] == (49 * 24 + 15) * 60
     )
+    assert summaries["presence_concurrency_quarters"] == (49 * 24 + 15) * 4  # and its quarters
 
     done = retention.prune(engine, date(2026, 3, 15))
     assert (done.months, done.carried, done.dry_run) == (planned.months, 1, False)
@@ -168,6 +170,8 @@ def test_prune_drops_exactly_the_whole_months_before_the_boundary(history):
     # the rollups are kept: summaries outlive the raw rows
     assert _summary_counts(engine) == summaries
     assert analytics.concurrency(engine, _at(1, 1), _at(3, 1), "day", "UTC").equals(pruned_curve)
+    minutes = analytics.concurrency(engine, _at(1, 1), _at(3, 1), "day", "UTC", quarters=False)
+    assert minutes.equals(pruned_curve)  # read from the quarters kept, and from the minutes
 
     # what was kept reads exactly as before (Ben present from March 1 to his offline)
     after_figures = _kept_figures(engine)

@@ -22,7 +22,9 @@ from presence_core.analytics.common import (
 )
 from presence_core.analytics.rollups import (
     ceil_minute,
+    ceil_quarter,
     floor_minute,
+    floor_quarter,
     refresh_rollups,
     rollup_valid_until,
 )
@@ -41,19 +43,42 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
-# The rollup's buckets over [:start, :end), from its minutes inside [:a, :b).
+# The rollup's buckets over [:start, :end), from its rows inside [:a, :b): the quarters
+# of [:qa, :qb) when no bucket starts inside one of them (`aligned`: a zone whose offset
+# is not a multiple of 15 minutes somewhere in the period reads minutes instead), and
+# the minutes of the rest. Each branch is one index range; `aligned` is computed once.
 _ROLLUP_SQL = """
 with {bounds}, {labels},
+aligned as (
+    select coalesce(bool_and(date_bin(interval '15 minutes', t,
+                                      timestamptz '2000-01-01 00:00:00+00') = t), true) as ok
+    from labels l cross join unnest(l.thr) t
+    where t > cast(:qa as timestamptz) and t < cast(:qb as timestamptz)
+),
+src as (
+    select q.quarter as t, q.peak, q.user_seconds from presence_concurrency_quarters q
+    where q.quarter >= cast(:qa as timestamptz) and q.quarter < cast(:qb as timestamptz)
+      and (select ok from aligned)
+    union all
+    select m.minute, m.peak, m.user_seconds from presence_concurrency_minutes m
+    where m.minute >= cast(:qa as timestamptz) and m.minute < cast(:qb as timestamptz)
+      and not (select ok from aligned)
+    union all
+    select m.minute, m.peak, m.user_seconds from presence_concurrency_minutes m
+    where m.minute >= cast(:a as timestamptz) and m.minute < cast(:qa as timestamptz)
+    union all
+    select m.minute, m.peak, m.user_seconds from presence_concurrency_minutes m
+    where m.minute >= cast(:qb as timestamptz) and m.minute < cast(:b as timestamptz)
+),
 parts as (
     select l.lab[i] as bucket, greatest(l.thr[i], cast(:a as timestamptz)) as s,
            least(coalesce(l.thr[i + 1], cast(:end as timestamptz)), cast(:b as timestamptz)) as e
     from labels l cross join generate_subscripts(l.thr, 1) i
 ),
 agg as (
-    select l.lab[width_bucket(m.minute, l.thr)] as bucket, max(m.peak) as peak,
-           sum(m.user_seconds) as user_seconds
-    from presence_concurrency_minutes m cross join labels l
-    where m.minute >= cast(:a as timestamptz) and m.minute < cast(:b as timestamptz)
+    select l.lab[width_bucket(r.t, l.thr)] as bucket, max(r.peak) as peak,
+           sum(r.user_seconds) as user_seconds
+    from src r cross join labels l
     group by 1
 )
 select p.bucket, coalesce(a.peak, 0)::int as peak, coalesce(a.user_seconds, 0)::float8
@@ -83,6 +108,7 @@ def concurrency(
     team: str | None = None,
     statuses: Sequence[str] | None = None,
     rollup: bool = True,
+    quarters: bool = True,
 ) -> pd.DataFrame:
     """Users present at once, per bucket: ``bucket, peak, mean``.
 
@@ -98,7 +124,10 @@ def concurrency(
     trigger), refreshing it first when needed; the rest (the ragged edges, short
     or filtered periods) finds each user's segments through the status tails kept
     on write. ``rollup=False`` computes everything from the transitions. Both give
-    the same figures.
+    the same figures. Hourly and daily buckets read the rollup's whole UTC
+    quarter-hours (15 times fewer rows) where the zone's bucket starts fall on
+    quarter-hours, and its minutes elsewhere; ``quarters=False`` reads only its
+    minutes (the same figures: the tests compare the levels).
     """
     if bucket not in BUCKETS:
         raise PresenceError(f"unknown bucket {bucket!r}; choose one of {', '.join(BUCKETS)}")
@@ -124,10 +153,16 @@ def concurrency(
             refresh_rollups(engine, wanted)
             with engine.connect() as conn:
                 valid = rollup_valid_until(conn)
-        b = max(a, min(wanted, valid)) if valid is not None else a
+        # whole valid minutes only: a dirty mark inside a minute makes that minute stale
+        b = max(a, floor_minute(min(wanted, valid))) if valid is not None else a
         if b > a:
+            qa, qb = ceil_quarter(a), floor_quarter(b)
+            if not quarters or bucket not in ("hour", "day") or qb <= qa:
+                qa = qb = a  # minutes only
             sql = _ROLLUP_SQL.format(bounds=bounds_sql(bucket), labels=LABELS)
-            params = bind(lo, hi, zone, include_hidden=True, a=a, b=b, **bucket_params(bucket))
+            params = bind(
+                lo, hi, zone, include_hidden=True, a=a, b=b, qa=qa, qb=qb, **bucket_params(bucket)
+            )
             pieces.append(read_frame(engine, sql, params, utc=("bucket",)))
         else:
             a = b = lo
@@ -141,7 +176,9 @@ def concurrency(
                 part_lo, part_hi, zone, user_type=user_type, team=team, include_hidden=True
             )
             params.update(
-                bucket_params(bucket), statuses=None if statuses is None else list(statuses)
+                # the edges' buckets are the whole period's (aligned at lo)
+                bucket_params(bucket, align=lo),
+                statuses=None if statuses is None else list(statuses),
             )
             sql = concurrency_sql(bucket, segments)
             pieces.append(read_frame(engine, sql, params, utc=("bucket",)))

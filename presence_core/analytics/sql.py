@@ -7,6 +7,7 @@ the day blocks also ``:tz``. A query is ``"with" + BLOCK + ", ..." + final selec
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from presence_core.analytics.common import BUCKETS
@@ -144,10 +145,16 @@ bounds as (
                  timestamptz '2000-01-01 00:00:00+00'),
         cast(:end as timestamptz), cast(:step as interval)) as b
 )"""
+# fixed steps from the zone's clock at :align (default :start): a piece of a longer
+# period (a rollup read's edge) passes the period's start, so that its buckets are the
+# period's even after an offset change by a part of the step (Lord Howe's 30 minutes)
 BOUNDS_TRUNC = """
 bounds as (
     select generate_series(
-        date_trunc(cast(:unit as text), cast(:start as timestamptz), cast(:tz as text)),
+        date_bin(cast(:step as interval), cast(:start as timestamptz),
+                 date_trunc(cast(:unit as text),
+                            coalesce(cast(:align as timestamptz), cast(:start as timestamptz)),
+                            cast(:tz as text))),
         cast(:end as timestamptz), cast(:step as interval)) as b
 )"""
 # bucket labels (aligned starts) and thresholds (starts, the first clipped to :start)
@@ -208,8 +215,13 @@ def concurrency_sql(bucket: str, segments: str = SEGMENTS) -> str:
     )
 
 
-def bucket_params(bucket: str) -> dict[str, Any]:
-    return {"step": BUCKETS[bucket], "unit": "minute" if bucket == "minute" else "hour"}
+def bucket_params(bucket: str, align: datetime | None = None) -> dict[str, Any]:
+    """The bucket's parameters; ``align``: the start of the period a piece belongs to."""
+    return {
+        "step": BUCKETS[bucket],
+        "unit": "minute" if bucket == "minute" else "hour",
+        "align": align,
+    }
 
 
 # The daily summary (DESIGN "Daily summary"), shared by its raw and summarised forms:

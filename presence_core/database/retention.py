@@ -7,9 +7,10 @@ strictly before the boundary go; the boundary is the first day (UTC) of the
 month holding the date asked for, so a date in mid-March keeps March and prunes
 February and before.
 
-What is kept: every rollup (``presence_concurrency_minutes`` and the other
-summaries, and the daily active users cached from them) keeps its rows for the
-pruned months, since summaries are meant to outlive the raw log;
+What is kept: every rollup (``presence_concurrency_minutes`` and its quarter-hours
+``presence_concurrency_quarters``, refreshed together, and the other summaries, and
+the daily active users cached from them) keeps its rows for the pruned months,
+since summaries are meant to outlive the raw log;
 ``presence_users``, ``presence_coverage`` and the listeners' heartbeats are
 untouched.
 

@@ -120,6 +120,17 @@ concurrency_minutes = Table(
     Column("user_seconds", Float, nullable=False),
 )
 
+# Per UTC quarter-hour: the same figures summed from its 15 minutes (migration 0010;
+# peak = their max, user_seconds = their sum), kept by the same refresh in the same
+# transaction; a quarter is valid when it ends at or before the minutes' validity.
+concurrency_quarters = Table(
+    "presence_concurrency_quarters",
+    metadata,
+    Column("quarter", DateTime(timezone=True), primary_key=True),
+    Column("peak", Integer, nullable=False),
+    Column("user_seconds", Float, nullable=False),
+)
+
 # How far each rollup is valid; a trigger on presence_transitions lowers
 # dirty_from to the earliest time any write touched.
 rollup_state = Table(
