@@ -160,13 +160,14 @@ def test_sessions_online_seconds_and_concurrency_match_brute_force(engine, seqs,
     got_online = analytics.online_seconds(engine, at(ws), at(we), NY)
     assert {(r.user_id, r.date): r.online_seconds for r in got_online.itertuples()} == online
 
-    got_conc = analytics.concurrency(engine, at(ws), at(we), "hour", "UTC")
     want_conc = {b: (max(v), sum(v) / len(v)) for b, v in buckets.items()}
-    assert [offset(b) for b in got_conc["bucket"]] == sorted(want_conc)
-    for row in got_conc.itertuples():
-        peak, mean = want_conc[offset(row.bucket)]
-        assert row.peak == peak
-        assert row.mean == pytest.approx(mean)
+    for quarters in (True, False):  # both levels of the rollup (quarter-hours, minutes)
+        got_conc = analytics.concurrency(engine, at(ws), at(we), "hour", "UTC", quarters=quarters)
+        assert [offset(b) for b in got_conc["bucket"]] == sorted(want_conc)
+        for row in got_conc.itertuples():
+            peak, mean = want_conc[offset(row.bucket)]
+            assert row.peak == peak
+            assert row.mean == pytest.approx(mean)
 
 
 @settings(
