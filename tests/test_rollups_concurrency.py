@@ -236,3 +236,22 @@ def test_a_zone_off_the_quarter_hours_falls_back_to_the_minutes(engine):
     for bucket in ("hour", "day"):
         assert analytics.concurrency(engine, lo, hi, bucket, zone)["peak"].max() < 1000
         assert analytics.concurrency(engine, lo, hi, bucket, "UTC")["peak"].max() >= 1000
+
+
+def test_bucket_starts_off_the_minutes_in_the_database_fall_back_to_the_raw_log(engine):
+    """The buckets are placed by PostgreSQL's zone data, which can differ from the
+    system's that Python reads: Oslo in March 1893 is +00:43 for Python (whole minutes)
+    and Berlin's +00:53:28 for PostgreSQL (its build has no tz "backzone"). The rollup
+    read notices the bucket starts inside minutes and the raw log answers: still exact."""
+    zone = "Europe/Oslo"
+    t0 = datetime(1893, 3, 25, tzinfo=UTC)
+    with engine.connect() as conn:
+        offset = conn.execute(
+            text("select :t at time zone cast(:z as text) - :t at time zone 'UTC'"),
+            {"t": t0, "z": zone},
+        ).scalar()
+    assert offset == timedelta(minutes=53, seconds=28)
+    write_batch(engine, _history(t0, 3, 10))
+    lo, hi = t0 + timedelta(hours=1), t0 + timedelta(days=10)
+    for bucket in ("hour", "day"):
+        _levels(engine, lo, hi, bucket, zone)

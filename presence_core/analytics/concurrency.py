@@ -47,13 +47,19 @@ if TYPE_CHECKING:
 # of [:qa, :qb) when no bucket starts inside one of them (`aligned`: a zone whose offset
 # is not a multiple of 15 minutes somewhere in the period reads minutes instead), and
 # the minutes of the rest. Each branch is one index range; `aligned` is computed once.
+# `whole` says whether every bucket start is on a minute at all (by the database's zone
+# data, which places the buckets): if not, the caller discards this and reads the log.
 _ROLLUP_SQL = """
 with {bounds}, {labels},
 aligned as (
     select coalesce(bool_and(date_bin(interval '15 minutes', t,
-                                      timestamptz '2000-01-01 00:00:00+00') = t), true) as ok
+                                      timestamptz '2000-01-01 00:00:00+00') = t)
+                        filter (where t > cast(:qa as timestamptz)
+                                  and t < cast(:qb as timestamptz)), true) as ok,
+           coalesce(bool_and(date_bin(interval '1 minute', t,
+                                      timestamptz '2000-01-01 00:00:00+00') = t), true) as whole
     from labels l cross join unnest(l.thr) t
-    where t > cast(:qa as timestamptz) and t < cast(:qb as timestamptz)
+    where t > cast(:a as timestamptz) and t < cast(:b as timestamptz)
 ),
 src as (
     select q.quarter as t, q.peak, q.user_seconds from presence_concurrency_quarters q
@@ -85,7 +91,8 @@ agg as (
     group by 1
 )
 select p.bucket, coalesce(a.peak, 0)::int as peak, coalesce(a.user_seconds, 0)::float8
-       as user_seconds, extract(epoch from p.e - p.s)::float8 as seconds
+       as user_seconds, extract(epoch from p.e - p.s)::float8 as seconds,
+       (select whole from aligned) as whole
 from parts p left join agg a using (bucket)
 where p.e > p.s
 order by 1"""
@@ -166,7 +173,11 @@ def concurrency(
             params = bind(
                 lo, hi, zone, include_hidden=True, a=a, b=b, qa=qa, qb=qb, **bucket_params(bucket)
             )
-            pieces.append(read_frame(engine, sql, params, utc=("bucket",)))
+            rolled = read_frame(engine, sql, params, utc=("bucket",))
+            if rolled.pop("whole").all():
+                pieces.append(rolled)
+            else:  # bucket starts inside minutes (for the database's zone data): the log
+                a = b = lo
         else:
             a = b = lo
     # what the rollup leaves (its edges, or a short or filtered period): segments found
