@@ -314,7 +314,6 @@ class Acceptor:
         self.sock, self.guard, self._serve = sock, guard, serve
         self._loop: asyncio.AbstractEventLoop | None = None
         self._resume: asyncio.TimerHandle | None = None
-        self._serving: set[asyncio.Task] = set()  # connections being handed over
         self._errors = LogThrottle(log, "failed accepts")
 
     def start(self) -> None:
@@ -350,14 +349,27 @@ class Acceptor:
                 return
             if self.guard.admit(conn, addr):
                 conn.setblocking(False)
-                task = asyncio.ensure_future(self._hand_over(conn), loop=self._loop)
-                self._serving.add(task)
-                task.add_done_callback(self._serving.discard)
+                self._hand_over(self._serve(conn), conn)
 
-    async def _hand_over(self, conn: socket.socket) -> None:
+    def _hand_over(self, coro: Coroutine[object, object, object], conn: socket.socket) -> None:
+        """Run ``serve(conn)`` now, up to what it waits for, and the rest when that is done.
+
+        An eager task (asyncio's own from Python 3.12): ``connect_accepted_socket``
+        makes the connection's transport before its first wait, so the connection is
+        read from the next turn of the loop on, as with the loop's own server. As a
+        task, it would wait a turn to start and another to end; in a 2,000-user
+        shift start, turns of tens of milliseconds, that was a tenth of a second
+        before each connection was read (uvloop, bench/bench_server_v2.py)."""
         try:
-            await self._serve(conn)
-        except Exception as exc:  # noqa: BLE001 (the connection is lost, the server is not)
+            while True:
+                waiting = coro.send(None)
+                if isinstance(waiting, asyncio.Future) and not waiting.done():
+                    waiting._asyncio_future_blocking = False  # as asyncio's Task does
+                    waiting.add_done_callback(lambda _: self._hand_over(coro, conn))
+                    return
+        except StopIteration:
+            return
+        except (Exception, asyncio.CancelledError) as exc:  # the connection is lost, not the server
             self._errors.hit(f"{type(exc).__name__}: {exc}")
             conn.close()
 
