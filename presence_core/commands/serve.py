@@ -157,10 +157,10 @@ LOOPS = ("asyncio", "uvloop")
 def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """The event loop factory ``--loop`` asks for (None: asyncio's own).
 
-    uvloop does the connection machinery (accepting, reading, writing, timers) in C:
-    in the 2,000-user version-2 shift start (bench/bench_server_v2.py) the p95 change
-    to client latency is about two thirds of asyncio's. The connection guard applies
-    under both: the server accepts connections itself
+    uvloop does the connection machinery (reading, writing, timers) in C, which
+    lowers latency under load (the 2,000-user version-2 shift start,
+    bench/bench_server_v2.py; figures in docs/server.md). The connection guard
+    applies under both: the server accepts connections itself
     (:class:`~presence_core.server.guard.Acceptor`), not through the loop's server."""
     if choice == "asyncio":
         return None
