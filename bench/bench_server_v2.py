@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
             "it compares the cost of giving every client what it needs, which is what "
             "version 2 is for; the first penalises version 2 for not delivering the rest. "
             "Ours runs under asyncio's loop (the default) and, in its own row, under "
-            "`--loop uvloop` (which the connection guard does not cover, docs/server.md).",
+            "`--loop uvloop` (accepting through the same connection guard, docs/server.md).",
             table(
                 [
                     "server",
