@@ -499,8 +499,8 @@ change is encoded once, and the frames a connection has waiting leave in one wri
 (presence_core/server/batching.py). Clients that can, speak protocol version 2
 (docs/server.md): they watch a team, some users or everything, and get one
 `presenceDiff` a tick with what changed among those; `bench/bench_server_v2.py`
-measures a 2,000-user shift start that way. Beyond one process: the Redis adapter of
-python-socketio behind a sticky load balancer would share the fan-out."""
+measures a 2,000-user shift start that way. Beyond one process: `presence serve
+--redis` nodes behind HAProxy share the fan-out (docs/cluster.md, bench:cluster)."""
 
 
 if __name__ == "__main__":
