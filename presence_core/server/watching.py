@@ -209,12 +209,12 @@ class Watching:
             last_seen_json = json.dumps(protocol.iso_utc(user.last_seen))
         return cached[1] + last_seen_json + cached[2]
 
-    def _present_state(self, user: User, now: datetime | None = None) -> dict:
+    def _present_state(self, user: User) -> dict:
         live = self.state.live(user, self.conns.__contains__)
         return protocol.user_state(
             user.wire_id,
             user.status,
-            (now or self._now()) if live else user.last_seen,
+            self._now() if live else user.last_seen,
             status_since=user.status_since,
             team=user.team,
             user_type=user.user_type,
