@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import text
 
@@ -22,11 +22,7 @@ from presence_core.database.storage import Transition, write_batch
 from tests import test_rollups_reads as reads
 
 
-@settings(
-    max_examples=10,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@reads.database_property
 @given(
     plan=reads.batches,
     replay=st.integers(0, 2),

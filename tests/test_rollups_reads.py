@@ -117,6 +117,14 @@ batches = st.lists(
     max_size=5,
 )
 
+# the settings of the property tests that write random histories to the database
+# (a function-scoped database fixture; slow examples): shared by the summaries' tests
+database_property = settings(
+    max_examples=10,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
 
 def write(engine, zone: str, plan, replay: int) -> None:
     with engine.begin() as conn:
