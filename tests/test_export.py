@@ -81,7 +81,8 @@ def test_jsonl_round_trips_odd_text(history):
 
 
 def test_parquet_is_written_in_row_groups_with_types(history, monkeypatch, tmp_path):
-    monkeypatch.setattr(export, "ROW_GROUP_BYTES", 300)
+    monkeypatch.setattr(export, "PARSE_BLOCK_BYTES", 300)
+    monkeypatch.setattr(export, "ROW_GROUP_ROWS", 2)
     path = tmp_path / "t.parquet"
     path.write_bytes(b"".join(stream_export(history, "transitions", "parquet")))
     parquet = pq.ParquetFile(path)
@@ -91,6 +92,35 @@ def test_parquet_is_written_in_row_groups_with_types(history, monkeypatch, tmp_p
     assert str(table.schema.field("occurred_at").type) == "timestamp[us, tz=UTC]"
     assert table.column("user_name").to_pylist()[3] == ODD_NAME
     assert table.column("inferred").to_pylist() == [False, False, True, False, False]
+
+
+def test_parquet_of_a_generated_history_holds_every_row(engine, monkeypatch, tmp_path):
+    """A generated history exported as Parquet through many small parse blocks:
+    every row, in order, with its values (row groups are gathered from several
+    blocks' batches, so a lost or repeated batch would show)."""
+    from presence_core.synthetic import history as generator
+
+    generator.generate_history(engine, 25, 4, seed=2, end=utc(2026, 5, 8), rollups=False)
+    monkeypatch.setattr(export, "PARSE_BLOCK_BYTES", 4096)  # about 40 rows
+    monkeypatch.setattr(export, "ROW_GROUP_ROWS", 500)
+    path = tmp_path / "all.parquet"
+    path.write_bytes(b"".join(stream_export(engine, "transitions", "parquet")))
+    parquet = pq.ParquetFile(path)
+    with engine.connect() as conn:
+        expected = conn.execute(
+            text(
+                "select t.user_id, t.status, t.occurred_at, u.team from presence_transitions t"
+                " join presence_users u using (user_id)"
+                " order by t.user_id, t.occurred_at, t.status"
+            )
+        ).all()
+    assert len(expected) > 2_000
+    assert parquet.metadata.num_rows == len(expected)
+    groups = [parquet.metadata.row_group(i).num_rows for i in range(parquet.num_row_groups)]
+    assert len(groups) > 3 and all(n >= 500 for n in groups[:-1])
+    table = parquet.read(columns=["user_id", "status", "occurred_at", "team"])
+    got = list(zip(*(table.column(c).to_pylist() for c in table.column_names), strict=True))
+    assert got == [tuple(r) for r in expected]
 
 
 def test_sessions_and_daily_match_analytics(history):
