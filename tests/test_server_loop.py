@@ -1,5 +1,5 @@
-"""``presence serve --loop``: the same server under asyncio's own loop (the default)
-and under uvloop (lower latency under load, docs/server.md).
+"""``presence serve --loop``: the same server under uvloop (the default: lower latency
+under load, docs/server.md) and under asyncio's own loop.
 
 A real ``presence serve`` process under each loop must serve a guide client and a
 version-2 client alike, and say in ``/health`` which loop it runs, so a flag that
@@ -47,7 +47,7 @@ def serving(*flags: str) -> Iterator[str]:
 
 @pytest.mark.parametrize(
     ("flags", "expected"),
-    [(["--loop", "uvloop"], "uvloop"), (["--loop", "asyncio"], "asyncio"), ([], "asyncio")],
+    [(["--loop", "uvloop"], "uvloop"), (["--loop", "asyncio"], "asyncio"), ([], "uvloop")],
 )
 def test_serve_runs_under_the_loop_asked_for(flags, expected):
     loop = LoopThread()
@@ -87,6 +87,22 @@ def test_asking_for_uvloop_where_it_is_missing_is_one_line(monkeypatch, capsys):
     assert serve.loop_factory("asyncio") is None
     assert cli.main(["serve", "--no-db", "--port", "0", "--loop", "uvloop"]) == 1
     assert "uvloop is not installed" in capsys.readouterr().err
+
+
+def test_the_default_loop_falls_back_to_asyncio_with_one_line(monkeypatch, capsys):
+    """Where uvloop cannot be installed (Windows), the default still serves, on
+    asyncio's loop, and says so once; an explicit --loop uvloop is refused above."""
+    from presence_core.commands import serve
+
+    real = serve.importlib.util.find_spec
+    monkeypatch.setattr(
+        serve.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "uvloop" else real(name, *a),
+    )
+    assert serve.loop_factory(None) is None
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "uvloop is not installed" in err and "asyncio" in err
 
 
 def test_the_collector_is_tuned_for_a_server():

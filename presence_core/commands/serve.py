@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import gc
 import importlib.util
+import sys
 from collections.abc import Callable, Coroutine
 
 from presence_core.commands.common import add_database_arguments
@@ -141,9 +142,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--loop",
         choices=LOOPS,
-        default="asyncio",
-        help="the event loop: asyncio (default) or uvloop (lower latency under load; "
-        "docs/server.md)",
+        default=None,
+        help="the event loop: uvloop (default where it is installed: lower latency under "
+        "load, docs/server.md) or asyncio (Python's own)",
     )
     parser.add_argument(
         "--no-db", action="store_true", help="keep presence in memory only; write nothing"
@@ -154,17 +155,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 LOOPS = ("asyncio", "uvloop")
 
 
-def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+def loop_factory(choice: str | None) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """The event loop factory ``--loop`` asks for (None: asyncio's own).
 
-    uvloop does the connection machinery (reading, writing, timers) in C, which
-    lowers latency under load (the 2,000-user version-2 shift start,
-    bench/bench_server_v2.py; figures in docs/server.md). The connection guard
-    applies under both: the server accepts connections itself
+    uvloop, the default, does the connection machinery (reading, writing, timers)
+    in C, which lowers latency under load (the 2,000-user version-2 shift start,
+    bench/bench_server_v2.py; figures in docs/server.md). It is a dependency
+    wherever it builds (requirements.txt: not on Windows); where it cannot be
+    imported, the default (``choice`` None) falls back to asyncio's loop with one
+    line on stderr, while an explicit ``--loop uvloop`` is an error. The connection
+    guard applies under both: the server accepts connections itself
     (:class:`~presence_core.server.guard.Acceptor`), not through the loop's server."""
     if choice == "asyncio":
         return None
     if importlib.util.find_spec("uvloop") is None:
+        if choice is None:
+            print(
+                "presence: uvloop is not installed (pip install uvloop): serving on "
+                "asyncio's event loop, with more latency under load",
+                file=sys.stderr,
+            )
+            return None
         raise PresenceError("--loop uvloop: uvloop is not installed (pip install uvloop)")
     import uvloop
 
