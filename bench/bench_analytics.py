@@ -209,7 +209,9 @@ def measure(engine: Engine, url, args) -> str:
         [name, target or "–", f"{seconds * 1000:,.0f} ms", f"{seconds / scan_s:.1f}×", met]
         for name, target, seconds, met in run_queries(engine, args.days, end, args.targets_only)
     ]
-    export_rows = _exports(engine, url, rows, copy_s, args.days, args.targets_only)
+    export_rows = _exports(
+        engine, url, rows, copy_s, args.days, args.targets_only, reused=bool(args.reuse)
+    )
 
     load = f"{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
     headers = ["what", "target", "measured", "vs baseline", "met"]
@@ -416,7 +418,13 @@ def run_queries(
 
 
 def _exports(
-    engine: Engine, url, rows: int, copy_s: float, days: int, targets_only: bool = False
+    engine: Engine,
+    url,
+    rows: int,
+    copy_s: float,
+    days: int,
+    targets_only: bool = False,
+    reused: bool = False,
 ) -> list[list[str]]:
     """The export rows: in process (rate) and as ``presence export`` (rate, peak RSS),
     each file deleted once measured (a year's JSON lines is several GB)."""
@@ -456,12 +464,6 @@ def _exports(
                     "yes" if rss <= 300 else "**no**",
                 ]
             )
-        path = os.path.join(tmp, "d.csv")
-        seconds, rss = run_export(url, "daily", "csv", path)
-        daily = csv_rows(path)
-        os.unlink(path)
-    rate = daily / seconds
-    print(f"  export daily: {daily:,} rows, {rate:,.0f} rows/s, {rss} MB", flush=True)
     newlines = 0
 
     def drain_daily() -> None:
@@ -470,19 +472,44 @@ def _exports(
         for chunk in stream_export(engine, "daily", "csv", ExportFilters()):
             newlines += chunk.count(b"\n")
 
-    inner = daily / best_of(drain_daily, 1)
+    # the first read of whole past local days fills their per-zone cache (cold);
+    # the second reads it (warm). On a --reuse database an earlier run may have
+    # filled it already: then both are warm, and the text says so.
+    cold_s = best_of(drain_daily, 1)
+    daily = newlines - 1
+    warm_s = best_of(drain_daily, 2)
     assert newlines - 1 == daily, (newlines, daily)
-    print(f"  stream_export daily: {inner:,.0f} rows/s", flush=True)
+    cold, warm = daily / cold_s, daily / warm_s
+    print(f"  stream_export daily: cold {cold:,.0f} rows/s, warm {warm:,.0f} rows/s", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "d.csv")
+        seconds, rss = run_export(url, "daily", "csv", path)
+        exported = csv_rows(path)
+        os.unlink(path)
+    assert exported == daily, (exported, daily)
+    rate = daily / seconds
+    print(f"  export daily: {daily:,} rows, {rate:,.0f} rows/s, {rss} MB", flush=True)
+    first = "first read in this run" + (
+        ", cache possibly filled by an earlier run" if reused else ""
+    )
     export_rows += [
         [
-            f"stream_export daily, csv (in process; all {days} days: {daily:,} rows)",
-            "≥ 200k rows/s",
-            f"{inner:,.0f} rows/s",
+            f"stream_export daily, csv, cold ({first}; in process; all {days} days: "
+            f"{daily:,} rows)",
             "",
-            "yes" if inner >= 200_000 else "**no**",
+            f"{cold:,.0f} rows/s ({cold_s:.1f} s)",
+            "",
+            "",
         ],
         [
-            "export daily, csv (the same rows)",
+            "stream_export daily, csv, warm (same rows, best of 2 after the cold one)",
+            "≥ 200k rows/s",
+            f"{warm:,.0f} rows/s ({warm_s:.1f} s)",
+            "",
+            "yes" if warm >= 200_000 else "**no**",
+        ],
+        [
+            "export daily, csv (the same rows, warm)",
             "≤ 300 MB RSS",
             f"{rate:,.0f} rows/s ({seconds:.1f} s), {rss} MB",
             "",
