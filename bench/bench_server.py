@@ -13,7 +13,8 @@
    reported as ratios. The storm sizes grow until a server breaks (the last client
    not converged within ``--timeout`` s, or p95 latency over a second).
 
-Both servers run as subprocesses on 127.0.0.1; the load comes from lightweight raw
+Both servers run as subprocesses on 127.0.0.1 (ours with its defaults: uvloop's event
+loop since it became the default); the load comes from lightweight raw
 Engine.IO v4 websocket clients (aiohttp; counting, not parsing, the broadcasts) so
 the clients are not what is measured.
 """
