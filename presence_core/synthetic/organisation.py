@@ -172,6 +172,7 @@ class Organisation:
         names.shuffle(self._names)
         self._windows: dict[tuple[str, date], ShiftWindow] = {}
         self._people: dict[int, Person] = {}
+        self._absence_blocks: dict[tuple[int, int], tuple[tuple[int, int], ...]] = {}
 
     def team(self, name: str) -> Team:
         return self._by_name[name]
@@ -234,13 +235,29 @@ class Organisation:
         """Whether ``person`` is away for several days (leave, illness) on ``day``."""
         ordinal = (day - _ABSENCE_EPOCH).days
         block = ordinal // _BLOCK
-        for b in (block - 1, block):
-            rng = random.Random(f"{self.seed}:absence:{person.index}:{b}")
+        return any(
+            first <= ordinal < until
+            for b in (block - 1, block)
+            for first, until in self._absences(person.index, b)
+        )
+
+    def _absences(self, index: int, block: int) -> tuple[tuple[int, int], ...]:
+        """The absences (first day ordinal, day after) that begin in ``block`` for
+        person ``index``: drawn once from the block's own seed, then kept (seeding a
+        generator costs more than the rest of a day's draws; a person's days ask for
+        the same block 2 x 28 times). Bounded: the cache is emptied when it grows."""
+        key = (index, block)
+        found = self._absence_blocks.get(key)
+        if found is None:
+            if len(self._absence_blocks) > 4096:
+                self._absence_blocks.clear()
+            rng = random.Random(f"{self.seed}:absence:{index}:{block}")
+            spans = []
             for _ in range(rng.choice((0, 0, 0, 0, 1, 1))):
-                first = b * _BLOCK + rng.randrange(_BLOCK)
-                if first <= ordinal < first + rng.randint(2, 8):
-                    return True
-        return False
+                first = block * _BLOCK + rng.randrange(_BLOCK)
+                spans.append((first, first + rng.randint(2, 8)))
+            found = self._absence_blocks[key] = tuple(spans)
+        return found
 
     def work_day(self, person: Person, day: date) -> WorkDay | None:
         """``person``'s shift beginning on local ``day``, or None (weekend, absence, a

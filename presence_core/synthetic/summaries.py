@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
-from itertools import accumulate
 from operator import itemgetter
 
 from sqlalchemy import Connection, text
@@ -68,7 +67,7 @@ def summarise(rows: Iterable[tuple]) -> Summaries:
         items.sort(key=_AT)  # stable: rows at one instant stay in id order
         last = items[-1]
         tails.append((user, last[1], last[2]))
-        quarters: dict[tuple[int, str], list[int]] = {}
+        spans: dict[tuple[int, str], list[tuple[int, int, int]]] = {}
         was, opened = False, None
         before_at = before_us = before_status = None
         for row in items:
@@ -76,7 +75,7 @@ def summarise(rows: Iterable[tuple]) -> Summaries:
             if at != before_at:
                 us = (at - _EPOCH) // _MICROSECOND
                 if before_status is not None and before_status != offline:
-                    _cut(quarters, before_status, before_us, us)
+                    _cut(spans, before_status, before_us, us)
                 before_at, before_us = at, us
             before_status = status
             present = status != offline
@@ -88,26 +87,60 @@ def summarise(rows: Iterable[tuple]) -> Summaries:
                 was = present
         if was:
             sessions.append((user, opened, None))
-        for (day, status), parts in sorted(quarters.items()):
-            if any(parts):
-                cum = ",".join(map(str, accumulate(parts, initial=0)))
-                days.append((user, _EPOCH_DAY + timedelta(days=day), status, "{" + cum + "}"))
+        for (day, status), runs in sorted(spans.items()):
+            cum = _cum_text(runs)
+            if cum is not None:
+                days.append((user, _EPOCH_DAY + timedelta(days=day), status, cum))
     return sessions, days, tails
 
 
-def _cut(quarters: dict[tuple[int, str], list[int]], status: str, lo: int, hi: int) -> None:
-    """Add ``[lo, hi)`` (microseconds since 1970) in ``status`` to its quarter-hours."""
+def _cut(spans: dict[tuple[int, str], list[tuple[int, int, int]]], status: str, lo: int, hi: int):
+    """Add ``[lo, hi)`` (microseconds since 1970) in ``status`` to its days' runs:
+    ``(k, n, amount)`` is ``amount`` microseconds in each of quarters ``k`` to
+    ``k + n - 1`` of the day. A user's spans come in time order, so each day's runs
+    do too (a quarter may get several, from spans that share it); whole quarters
+    are one run, not one entry each."""
     q, last = lo // _QUARTER, (hi - 1) // _QUARTER
-    while True:
-        day, k = divmod(q, _QUARTERS)
-        parts = quarters.get((day, status))
-        if parts is None:
-            parts = quarters[(day, status)] = [0] * _QUARTERS
-        if q == last:
-            parts[k] += hi - max(lo, q * _QUARTER)
-            return
-        parts[k] += (q + 1) * _QUARTER - max(lo, q * _QUARTER)
+    if q == last:
+        parts: list[tuple[int, int, int]] = [(q, 1, hi - lo)]
+    else:
+        parts = [(q, 1, (q + 1) * _QUARTER - lo)]
         q += 1
+        while q < last:  # the whole quarters between, one run per UTC day
+            n = min(last, (q // _QUARTERS + 1) * _QUARTERS) - q
+            parts.append((q, n, _QUARTER))
+            q += n
+        parts.append((last, 1, hi - last * _QUARTER))
+    for q, n, amount in parts:
+        day, k = divmod(q, _QUARTERS)
+        runs = spans.get((day, status))
+        if runs is None:
+            spans[(day, status)] = [(k, n, amount)]
+        else:
+            runs.append((k, n, amount))
+
+
+def _cum_text(runs: list[tuple[int, int, int]]) -> str | None:
+    """The day's 97 cumulative microseconds (``cum[j]`` = time in quarters before
+    ``j``) as array text, from its runs in quarter order; None when they add up to
+    nothing. Most of the 97 values repeat the one before (quarters with no time in
+    the status): each repeat is written once and multiplied, which is what makes
+    this cheaper than formatting 97 numbers."""
+    pieces: list[str] = []
+    total = 0
+    done = 0  # cum[0 .. done - 1] are written; cum[done] is total so far
+    for k, n, amount in runs:
+        if k >= done:
+            pieces.append(f"{total}," * (k - done + 1))
+        if n > 1:
+            pieces.append(",".join(map(str, range(total + amount, total + amount * n, amount))))
+            pieces.append(",")
+        total += amount * n
+        done = k + n
+    if not total:
+        return None
+    pieces.append(f"{total}," * (_QUARTERS - done) + str(total))
+    return "{" + "".join(pieces) + "}"
 
 
 _LOCK_USERS = """
