@@ -14,6 +14,7 @@ import asyncio
 import json
 
 import aiohttp
+import pytest
 
 from presence_core.server.batching import _FRAME_CACHE
 from tests.server_harness import running_server
@@ -151,3 +152,32 @@ def test_a_packet_engine_io_took_but_has_not_handed_on_closes_the_direct_path():
         return seen
 
     assert asyncio.run(steps()) == [True, False, False, True, False]
+
+
+def test_ticks_keep_to_their_grid_and_never_come_two_at_once():
+    """A tick that ran late does not push the later ones back (the diffs would come
+    further apart than the interval under load); one later than a whole interval
+    skips to the grid's next point still ahead, not to a burst of ticks."""
+    from presence_core.server.watching import next_tick
+
+    assert next_tick(10.0, 10.05, 0.2) == pytest.approx(10.2)  # on time: one interval on
+    assert next_tick(10.0, 10.15, 0.2) == pytest.approx(10.2)  # late: the grid, not 10.35
+    assert next_tick(10.0, 10.5, 0.2) == pytest.approx(10.6)  # 0.3 s behind: the next point
+    assert next_tick(10.0, 10.65, 0.2) == pytest.approx(10.8)
+    due, now = 0.0, 0.0
+    for late in (0.05, 0.3, 0.0, 0.19, 1.0, 0.0):  # whatever the lateness: ahead, on the grid
+        due = next_tick(due, now, 0.2)
+        assert due >= now and round(due / 0.2, 6) == round(due / 0.2)
+        now = due + late
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])
+def test_our_text_frames_are_the_bytes_websockets_makes(size):
+    """The write batcher frames each text itself (cheaper than websockets' Frame): the
+    bytes must be websockets' own at every length encoding (7-bit, 16-bit, 64-bit)."""
+    from websockets.frames import Frame, Opcode
+
+    from presence_core.server.batching import _text_frame
+
+    for text in ("x" * size, ("é" * size)[: size // 2]):
+        assert _text_frame(text) == Frame(Opcode.TEXT, text.encode()).serialize(mask=False)
