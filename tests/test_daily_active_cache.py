@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 
 from presence_core import analytics
-from presence_core.analytics import daily_active
+from presence_core.analytics import daily_active, day_cache
 from presence_core.database.storage import Transition, write_batch
 from tests import test_rollups_reads as reads
 
@@ -179,17 +179,17 @@ def test_a_reader_between_snapshot_and_insert_holds_the_mark(engine):
     t = datetime(2026, 5, 4, 10, tzinfo=UTC)
     write_batch(engine, [Transition("a", "online", t, t)])
     with engine.connect() as holder:
-        holder.execute(text("select pg_advisory_lock_shared(:k)"), {"k": daily_active._LOCK})
+        holder.execute(text("select pg_advisory_lock_shared(:k)"), {"k": day_cache.LOCK})
         holder.commit()
         got = analytics.daily_active_users(engine, t.date(), t.date() + timedelta(days=2), "UTC")
         assert list(got["active_users"]) == [1, 1, 1]
         with engine.connect() as conn:
-            assert conn.execute(text(daily_active._STATE)).scalar() == t  # not cleared
-        holder.execute(text("select pg_advisory_unlock_shared(:k)"), {"k": daily_active._LOCK})
+            assert conn.execute(text(day_cache.STATE)).scalar() == t  # not cleared
+        holder.execute(text("select pg_advisory_unlock_shared(:k)"), {"k": day_cache.LOCK})
         holder.commit()
     analytics.daily_active_users(engine, t.date(), t.date() + timedelta(days=2), "UTC")
     with engine.connect() as conn:
-        assert conn.execute(text(daily_active._STATE)).scalar() is None
+        assert conn.execute(text(day_cache.STATE)).scalar() is None
 
 
 def test_users_listed_or_removed_with_rows_stored_replace_the_days(engine):

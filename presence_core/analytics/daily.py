@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine
 
-from presence_core.analytics import summaries
+from presence_core.analytics import summaries, user_days
 from presence_core.analytics.common import (
     DEFAULT_AVAILABLE,
     bind,
@@ -108,8 +108,32 @@ def daily_summary(
     params = daily_params(
         lo, hi, zone, user_ids, user_type, team, available_statuses, include_hidden
     )
-    return read_frame(
-        engine, daily_summary_sql(rollup), params, utc=("first_online", "last_offline")
+    if rollup:
+        sql, params = daily_summary_query(engine, params)
+    else:
+        sql = daily_summary_raw_sql()
+    return read_frame(engine, sql, params, utc=("first_online", "last_offline"))
+
+
+def daily_summary_query(engine: Engine, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The daily summary's statement and parameters for ``params`` (as
+    :func:`daily_params` gives them, or ``period_params`` plus ``avail``): whole past
+    local days from the per-user cache (:mod:`~presence_core.analytics.user_days`,
+    filled first), the others computed by :func:`daily_summary_sql`. The export runs
+    this statement, so a year's ``daily`` rows are mostly cached rows. Offline among
+    the available statuses (not summarised) reads the transitions."""
+    lo, hi = params["start"], params["end"]
+    if hi <= lo or not summaries.serves(params["avail"]):
+        return daily_summary_sql(), params
+    return user_days.cached_query(
+        engine,
+        daily_summary_sql(),
+        user_days.daily_cached_sql(),
+        "date, user_id",
+        params,
+        lo,
+        hi,
+        ZoneInfo(params["tz"]),
     )
 
 

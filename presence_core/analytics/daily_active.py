@@ -13,15 +13,9 @@ ragged first and last days, today), with the same SQL as before.
 Only whole local days are cached (a period's partial first or last day is always
 computed), only for reads without filters (a team's or a user type's members can
 change without any transition being written), and only the days no write has
-changed since the snapshot they were computed from. A reader holds an advisory
-lock shared from before its snapshot to its insert, and the mark is cleared only
-under that lock taken exclusively (skipped while readers hold it); so at insert
-time the mark is at or before the earliest instant touched by any write committed
-since the snapshot, and only days ending at or before it are kept. A writer still
-running then (the mark is read under a share lock on the state row, which waits
-for one that has marked) marks after the insert, and the next read deletes what
-it changed. A steady stream of writes near now (the listener's) therefore never
-stops past days from being kept.
+changed since the snapshot they were computed from: the protocol (advisory lock,
+mark, insert) is :mod:`presence_core.analytics.day_cache`'s, shared with the
+per-user days of :mod:`presence_core.analytics.user_days`.
 """
 
 from __future__ import annotations
@@ -32,17 +26,12 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, Engine, text
 
-from presence_core.analytics import summaries
+from presence_core.analytics import day_cache, summaries
 from presence_core.analytics.common import bind, load_pandas
 from presence_core.analytics.sql import DAYS
 
 if TYPE_CHECKING:
     import pandas as pd
-
-_LOCK = 0x50524441  # advisory lock: readers between snapshot and insert (shared) vs clearing
-
-MAX_RUNS = 4
-"""Uncached stretches computed one by one; more are computed as one span (still exact)."""
 
 _DAYS_SQL = (
     "with"
@@ -55,49 +44,6 @@ from days d left join presence_daily_active c
 order by d.day"""
 )
 
-# (a truncate's -infinity read as year 1: Python has no infinite datetime)
-_STATE = (
-    "select case when dirty_from = '-infinity' then timestamptz '0001-01-02 00:00:00+00'"
-    " else dirty_from end from presence_rollup_state where name = 'daily_active'"
-)
-
-
-def _invalidate(conn: Connection) -> None:
-    """Delete the cached days a write has touched since the last read and clear the
-    mark (on the primary; a replica cannot write, and its readers skip the marked
-    days instead). Skipped while another reader is between its snapshot and its
-    insert (it holds :data:`_LOCK` shared): that reader's insert relies on the mark."""
-    dirty = conn.execute(text(_STATE)).scalar()
-    replica = dirty is not None and conn.execute(text("select pg_is_in_recovery()")).scalar()
-    conn.rollback()
-    if dirty is None or replica:
-        return
-    with conn.begin():
-        if not conn.execute(text("select pg_try_advisory_xact_lock(:k)"), {"k": _LOCK}).scalar():
-            return
-        dirty = conn.execute(text(_STATE + " for update")).scalar()
-        if dirty is not None:
-            conn.execute(text("delete from presence_daily_active where day_end > :d"), {"d": dirty})
-            conn.execute(
-                text(
-                    "update presence_rollup_state set dirty_from = null where name = 'daily_active'"
-                )
-            )
-
-
-def _runs(missing: list[int]) -> list[tuple[int, int]]:
-    """Contiguous stretches (first, last index) of ``missing`` (sorted), at most
-    :data:`MAX_RUNS` of them (beyond that, one stretch from the first to the last)."""
-    runs: list[tuple[int, int]] = []
-    for i in missing:
-        if runs and runs[-1][1] == i - 1:
-            runs[-1] = (runs[-1][0], i)
-        else:
-            runs.append((i, i))
-    if len(runs) > MAX_RUNS:
-        return [(runs[0][0], runs[-1][1])]
-    return runs
-
 
 def daily_active_users(engine: Engine, lo: datetime, hi: datetime, zone: ZoneInfo) -> pd.DataFrame:
     """``date, active_users`` for every local day of ``zone`` overlapping ``[lo, hi)``
@@ -105,20 +51,10 @@ def daily_active_users(engine: Engine, lo: datetime, hi: datetime, zone: ZoneInf
     from the summaries and the whole past days among them cached."""
     pd_ = load_pandas()
     sql = text(summaries.daily_active_users_sql())
-    with engine.connect() as conn:
-        _invalidate(conn)
-        primary = not conn.execute(text("select pg_is_in_recovery()")).scalar()
-        if primary:  # no mark is cleared until this read has kept what it computed
-            conn.execute(text("select pg_advisory_lock_shared(:k)"), {"k": _LOCK})
-        conn.commit()
-        try:
-            days, counts, keep = _compute(conn, sql, lo, hi, zone)
-            if keep and primary:
-                _keep(conn, keep)
-        finally:
-            if primary:
-                conn.execute(text("select pg_advisory_unlock_shared(:k)"), {"k": _LOCK})
-                conn.commit()
+    with engine.connect() as conn, day_cache.reading(conn) as primary:
+        days, counts, keep = _compute(conn, sql, lo, hi, zone)
+        if keep and primary:
+            _keep(conn, keep)
     frame = pd_.DataFrame(
         {"date": [d.day for d in days], "active_users": [int(counts[d.day]) for d in days]}
     )
@@ -130,7 +66,7 @@ def _compute(conn: Connection, sql, lo: datetime, hi: datetime, zone: ZoneInfo):
     days, the others computed), and the whole days computed (to keep)."""
     conn.execute(text("set transaction isolation level repeatable read"))
     conn.exec_driver_sql("set local work_mem = '64MB'")
-    valid = conn.execute(text(_STATE)).scalar()
+    valid = conn.execute(text(day_cache.STATE)).scalar()
     days = conn.execute(
         text(_DAYS_SQL), {"start": lo, "end": hi, "tz": zone.key, "valid": valid}
     ).all()
@@ -139,7 +75,7 @@ def _compute(conn: Connection, sql, lo: datetime, hi: datetime, zone: ZoneInfo):
     cached = {d.day for d in whole if d.active_users is not None}
     missing = [i for i, d in enumerate(days) if d.day not in cached]
     computed: dict = {}
-    for first, last in _runs(missing):
+    for first, last in day_cache.runs(missing):
         part_lo = max(lo, days[first].day_start)
         part_hi = min(hi, days[last].day_end)
         params = bind(part_lo, part_hi, zone, include_hidden=True)
@@ -158,10 +94,10 @@ def _keep(conn: Connection, rows: list[dict]) -> None:
     """Insert the days computed from the snapshot that no write has changed since:
     those ending at or before the mark as it is now. Every write committed since the
     snapshot lowered the mark to its earliest instant (no reader cleared it meanwhile:
-    this one holds :data:`_LOCK` shared), the share lock waits for a writer that has
+    this one holds :data:`day_cache.LOCK` shared), the share lock waits for a writer that has
     marked and not committed, and a write still to come marks after this insert."""
     with conn.begin():
-        mark = conn.execute(text(_STATE + " for share")).scalar()
+        mark = conn.execute(text(day_cache.STATE + " for share")).scalar()
         rows = [r for r in rows if mark is None or r["day_end"] <= mark]
         if rows:
             conn.execute(

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, text
 
-from presence_core.analytics import summaries
+from presence_core.analytics import summaries, user_days
 from presence_core.analytics.common import (
     DEFAULT_LENGTH_BINS,
     bind,
@@ -99,10 +99,8 @@ def time_in_status(
     if hi <= lo:
         return empty_frame(("date", "user_id", "status", "seconds"))
     statuses = None if statuses is None else list(statuses)
-    if rollup and summaries.serves(statuses):
-        sql = summaries.time_in_status_sql()
-    else:
-        sql = time_in_status_raw_sql()
+    cached = rollup and summaries.serves(statuses)
+    sql = summaries.time_in_status_sql() if cached else time_in_status_raw_sql()
     params = bind(
         lo,
         hi,
@@ -113,6 +111,17 @@ def time_in_status(
         include_hidden=include_hidden,
         statuses=statuses,
     )
+    if cached:  # whole past local days from the per-user cache (user_days)
+        sql, params = user_days.cached_query(
+            engine,
+            sql,
+            user_days.time_in_status_cached_sql(),
+            "date, user_id, status",
+            params,
+            lo,
+            hi,
+            zone,
+        )
     return read_frame(engine, sql, params)
 
 

@@ -186,3 +186,29 @@ status_tails = Table(
     Column("status", Text, nullable=False),
     Column("since", DateTime(timezone=True), nullable=False),
 )
+
+# Per zone, whole past local day and user: the daily summary's figures and the
+# microseconds in each present status (migration 0011), computed on read from the
+# summaries by presence_core.analytics.user_days; the (zone, day) pairs cached, for
+# every user at once, are in presence_user_days_cover. Valid, like daily_active, for
+# days ending at or before the 'daily_active' state row's dirty_from.
+user_days_cover = Table(
+    "presence_user_days_cover",
+    metadata,
+    Column("tz", Text, primary_key=True),
+    Column("day", Date, primary_key=True),
+    Column("day_end", DateTime(timezone=True), nullable=False),
+)
+user_days = Table(
+    "presence_user_days",
+    metadata,
+    Column("tz", Text, primary_key=True),
+    Column("day", Date, primary_key=True),
+    Column("user_id", Text, primary_key=True),
+    Column("sessions", Integer),
+    Column("online", Numeric),
+    Column("first_online", DateTime(timezone=True)),
+    Column("last_offline", DateTime(timezone=True)),
+    Column("statuses", ARRAY(Text), nullable=False),
+    Column("status_us", ARRAY(BigInteger), nullable=False),
+)

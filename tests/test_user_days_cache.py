@@ -1,0 +1,244 @@
+"""The per-user cache of whole past local days (migration 0011) stays exact: time in
+status and the daily summary read through it equal the summaries' computed rows, the
+raw-log definition and the second-by-second brute force, after late, out-of-order and
+replayed batches, deletes and updates, in zones on whole, half and quarter hours around
+their DST changes; filters (teams, hidden users) apply on read; and the cache is what
+answers (a stored row is served as stored until a write before that day's end)."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sqlalchemy import text
+
+from presence_core import analytics
+from presence_core.analytics import day_cache, summaries, user_days
+from presence_core.analytics.common import bind, read_frame
+from presence_core.analytics.daily import daily_params
+from presence_core.database.storage import Transition, write_batch
+from tests import test_rollups_reads as reads
+
+ZONES = ("America/New_York", "Asia/Kathmandu", "Australia/Lord_Howe")
+
+
+def cover(engine, zone: str) -> set[date]:
+    with engine.connect() as conn:
+        return set(
+            conn.execute(
+                text("select day from presence_user_days_cover where tz = :tz"), {"tz": zone}
+            ).scalars()
+        )
+
+
+def computed_tis(engine, lo, hi, zone) -> pd.DataFrame:
+    """The summaries' time in status with no cache (the statement the cache stores)."""
+    params = bind(lo, hi, ZoneInfo(zone), include_hidden=False, statuses=None)
+    return read_frame(engine, summaries.time_in_status_sql(), params)
+
+
+def agree(engine, zone: str, periods) -> None:
+    """Cached (rollup) == the summaries computed == the raw log, for each period."""
+    for lo, hi in periods:
+        got = analytics.time_in_status(engine, lo, hi, zone)
+        pd.testing.assert_frame_equal(
+            got, analytics.time_in_status(engine, lo, hi, zone, rollup=False), check_dtype=False
+        )
+        if isinstance(lo, datetime):  # the rows the cache keeps, computed
+            pd.testing.assert_frame_equal(got, computed_tis(engine, lo, hi, zone))
+        daily = analytics.daily_summary(engine, lo, hi, zone, available_statuses=("online", "busy"))
+        want = analytics.daily_summary(
+            engine, lo, hi, zone, available_statuses=("online", "busy"), rollup=False
+        )
+        pd.testing.assert_frame_equal(daily, want, check_dtype=False)
+
+
+# lean: each example reads through the cache, the summaries and the raw log after
+# every batch (the most costly test file of the suite is the daily active users')
+@settings(reads.database_property, max_examples=4)
+@given(
+    plan=reads.batches,
+    late=st.lists(
+        st.lists(
+            st.tuples(
+                st.integers(0, 2), st.integers(0, reads.SPAN), st.sampled_from(reads.STATUSES)
+            ),
+            min_size=1,
+            max_size=10,
+        ),
+        min_size=1,
+        max_size=2,
+    ),
+)
+@pytest.mark.parametrize("zone", ZONES)
+def test_cached_days_stay_exact_after_late_writes(engine, zone, plan, late):
+    reads.write(engine, zone, plan, 0)  # truncates first: every cached day goes
+    with engine.begin() as conn:  # hidden users are cached too, and left out on read
+        conn.execute(text("update presence_users set hide_last_seen = true where user_id = 'u2'"))
+    tz, t0 = ZoneInfo(zone), reads.origin(zone)
+    first = t0.astimezone(tz).date() - timedelta(days=1)
+    start = datetime.combine(first, datetime.min.time(), tzinfo=tz)
+    periods = [
+        (first, first + timedelta(days=4)),
+        (start + timedelta(hours=1), start + timedelta(days=4, hours=2)),
+    ]
+    agree(engine, zone, periods)
+    assert len(cover(engine, zone)) >= 4  # the whole past days were kept
+    for batch in late:  # late and out-of-order rows, after the days were cached
+        rows = [
+            Transition(f"u{u}", s, t0 + timedelta(seconds=t), t0 + timedelta(seconds=t))
+            for u, t, s in batch
+        ]
+        write_batch(engine, rows)
+        agree(engine, zone, periods)
+    assert write_batch(engine, rows).inserted == 0  # a replay
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "delete from presence_transitions where id in"
+                " (select id from presence_transitions order by occurred_at desc, id limit :n)"
+            ),
+            {"n": len(late)},
+        )
+        conn.execute(  # moved earlier (unless that would repeat a stored row)
+            text(
+                "update presence_transitions t set occurred_at = t.occurred_at - interval '7 h'"
+                " where t.id = (select min(id) from presence_transitions) and not exists ("
+                " select 1 from presence_transitions x where x.user_id = t.user_id"
+                " and x.status = t.status and x.occurred_at = t.occurred_at - interval '7 h')"
+            )
+        )
+    agree(engine, zone, periods)
+    hi = datetime.combine(first + timedelta(days=5), datetime.min.time(), tzinfo=tz)
+    users = {u: r for u, r in reads.stored_rows(engine).items() if u != "u2"}
+    seconds, _ = reads.brute_force(users, tz, int(start.timestamp()), int(hi.timestamp()))
+    got = analytics.time_in_status(engine, first, first + timedelta(days=4), zone)
+    assert {(r.date, r.user_id, r.status): r.seconds for r in got.itertuples()} == seconds
+
+
+def test_the_cache_is_read_and_a_write_before_a_day_ends_replaces_it(engine):
+    """Stored rows are served as stored (the cache answers, for a team too); a write
+    before a day's end replaces that day and the later ones, not the earlier ones."""
+    zone = "Asia/Kathmandu"
+    tz = ZoneInfo(zone)
+    day0 = datetime(2026, 6, 1, tzinfo=tz)
+    rows = [
+        Transition(f"u{k}", "online", day0 + timedelta(hours=6 + 24 * k), day0) for k in range(3)
+    ]
+    write_batch(engine, rows)
+    first, last = day0.date(), day0.date() + timedelta(days=4)
+    before = analytics.time_in_status(engine, first, last, zone)
+    assert len(cover(engine, zone)) == 4  # (the day ending at the period's end is computed)
+    with engine.begin() as conn:
+        conn.execute(text("update presence_user_days set status_us = '{7000000}'"))
+        conn.execute(text("update presence_users set team = 'red'"))
+    got = analytics.time_in_status(engine, first, last, zone, team="red")
+    assert len(got) == len(before)
+    assert list(got["seconds"] == 7.0) == list(got["date"] < last)  # the cache answers
+    late = day0 + timedelta(days=2, hours=23)  # before the third day's end
+    write_batch(engine, [Transition("u0", "offline", late, late)])
+    got = analytics.time_in_status(engine, first, last, zone, team="red")
+    want = analytics.time_in_status(engine, first, last, zone, team="red", rollup=False)
+    assert list(got["seconds"] == 7.0) == list(want["date"] < first + timedelta(days=2))
+    changed = got["date"] >= first + timedelta(days=2)
+    pd.testing.assert_frame_equal(
+        got[changed].reset_index(drop=True),
+        want[changed].reset_index(drop=True),
+        check_dtype=False,
+    )
+
+
+def test_filters_apply_on_read_and_team_moves_need_no_write(engine):
+    """Every user's days are cached at once, whatever the first read's filter; a user
+    moved to another team (no transition written) reads right at once."""
+    t = datetime(2026, 5, 4, 8, tzinfo=UTC)
+    for k, team in enumerate(("red", "red", "blue")):
+        write_batch(engine, [Transition(f"u{k}", "online", t + timedelta(hours=k), t)])
+        with engine.begin() as conn:
+            conn.execute(
+                text("update presence_users set team = :team where user_id = :u"),
+                {"team": team, "u": f"u{k}"},
+            )
+    first, last = t.date(), t.date() + timedelta(days=3)
+
+    def check(team: str) -> pd.DataFrame:
+        got = analytics.daily_summary(engine, first, last, "UTC", team=team)
+        pd.testing.assert_frame_equal(
+            got,
+            analytics.daily_summary(engine, first, last, "UTC", team=team, rollup=False),
+            check_dtype=False,
+        )
+        return got
+
+    assert set(check("red")["user_id"]) == {"u0", "u1"}
+    assert len(cover(engine, "UTC")) == 3  # all users' days, from a team's read
+    with engine.begin() as conn:
+        conn.execute(text("update presence_users set team = 'blue' where user_id = 'u1'"))
+    assert set(check("blue")["user_id"]) == {"u1", "u2"}
+
+
+def test_a_session_closing_at_the_periods_end_is_open_there_only(engine):
+    """``last_offline`` of a day ending exactly at the period's end is empty (the
+    session counts as open then), and set in any longer period: the cached value is
+    the longer periods', the period's last day is computed."""
+    t = datetime(2026, 5, 4, 8, tzinfo=UTC)
+    midnight = datetime(2026, 5, 5, tzinfo=UTC)
+    write_batch(
+        engine,
+        [Transition("a", "online", t, t), Transition("a", "offline", midnight, midnight)],
+    )
+    for end in (date(2026, 5, 4), date(2026, 5, 6), date(2026, 5, 4)):
+        got = analytics.daily_summary(engine, date(2026, 5, 2), end, "UTC")
+        want = analytics.daily_summary(engine, date(2026, 5, 2), end, "UTC", rollup=False)
+        pd.testing.assert_frame_equal(got, want, check_dtype=False)
+        assert got["last_offline"].isna().all() == (end == date(2026, 5, 4))
+
+
+def test_the_statement_computes_all_if_its_cached_days_went_stale(engine):
+    """A statement built while days were cached, run after a late write and another
+    read invalidated them, computes the whole period (the export streams it later)."""
+    t = datetime(2026, 5, 4, 10, tzinfo=UTC)
+    write_batch(engine, [Transition("a", "online", t, t)])
+    lo, hi = datetime(2026, 5, 3, tzinfo=UTC), datetime(2026, 5, 8, 12, tzinfo=UTC)
+    params = daily_params(lo, hi, ZoneInfo("UTC"))
+    sql, bound = analytics.daily.daily_summary_query(engine, params)
+    assert len(bound["cached_days"]) == 5
+    late = datetime(2026, 5, 5, 12, tzinfo=UTC)
+    write_batch(engine, [Transition("a", "offline", late, late)])
+    analytics.daily_active_users(engine, lo, hi, "UTC")  # clears the mark
+    with engine.connect() as conn:
+        assert conn.execute(text(day_cache.STATE)).scalar() is None
+    got = read_frame(engine, sql, bound, utc=("first_online", "last_offline"))
+    want = analytics.daily_summary(engine, lo, hi, "UTC", rollup=False)
+    pd.testing.assert_frame_equal(got, want, check_dtype=False)
+    assert len(got) == 2
+
+
+def test_days_a_write_changed_during_a_fill_are_not_kept(engine, monkeypatch):
+    """A write committed while a fill runs (before its check of the mark) keeps the
+    days ending after what it touched out of the cache."""
+    t = datetime(2026, 5, 4, 10, tzinfo=UTC)
+    write_batch(engine, [Transition("a", "online", t, t)])
+    lo, hi = datetime(2026, 5, 3, tzinfo=UTC), datetime(2026, 5, 9, tzinfo=UTC)
+    with engine.begin() as conn:
+        conn.execute(text("update presence_rollup_state set dirty_from = null"))
+    real = user_days.fill_sql
+
+    def fill_then_write():  # the write lands after the fill began, before its check
+        late = datetime(2026, 5, 5, 12, tzinfo=UTC)
+        write_batch(engine, [Transition("b", "online", late, late)])
+        return real()
+
+    monkeypatch.setattr(user_days, "fill_sql", fill_then_write)
+    with engine.connect() as conn:
+        user_days.fill(conn, lo, hi, ZoneInfo("UTC"))
+    monkeypatch.undo()
+    assert cover(engine, "UTC") == {date(2026, 5, 3), date(2026, 5, 4)}
+    got = analytics.time_in_status(engine, lo, hi, "UTC")
+    pd.testing.assert_frame_equal(
+        got, analytics.time_in_status(engine, lo, hi, "UTC", rollup=False), check_dtype=False
+    )
