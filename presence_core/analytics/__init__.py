@@ -55,6 +55,7 @@ from presence_core.analytics.daily import (
     DAILY_COLUMNS,
     daily_params,
     daily_summary,
+    daily_summary_query,
     daily_summary_sql,
 )
 from presence_core.analytics.feed import FEED_COLUMNS, change_kind, latest_changes
@@ -118,6 +119,7 @@ __all__ = [
     "daily_active_users",
     "daily_params",
     "daily_summary",
+    "daily_summary_query",
     "daily_summary_sql",
     "filter_choices",
     "first_in_last_out",

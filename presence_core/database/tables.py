@@ -211,4 +211,6 @@ user_days = Table(
     Column("last_offline", DateTime(timezone=True)),
     Column("statuses", ARRAY(Text), nullable=False),
     Column("status_us", ARRAY(BigInteger), nullable=False),
+    # a team's or a user's days as one range per member (migration 0012)
+    Index("ix_presence_user_days_user", "tz", "user_id", "day"),
 )
