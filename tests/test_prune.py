@@ -8,12 +8,15 @@ from __future__ import annotations
 import subprocess
 import sys
 from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
+import pandas as pd
 import pytest
 from sqlalchemy import text
 
 from presence_core import analytics
 from presence_core.analytics import rollups
+from presence_core.analytics.common import read_frame, resolve_period
 from presence_core.database import partitions, retention, tables
 from presence_core.database.retention import PruneRefused
 from presence_core.database.storage import Transition, write_batch
@@ -416,3 +419,39 @@ def test_the_daily_active_cache_never_holds_a_prune_back_and_keeps_its_days(hist
     assert report.rows == 5
     after = analytics.daily_active_users(engine, date(2026, 1, 1), date(2026, 4, 30), "UTC")
     assert after.equals(before)
+
+
+def test_the_user_days_cache_keeps_its_days_and_reads_as_before(history):
+    """The per-user day cache (migration 0011) answers to the same mark as the daily
+    active users: it never holds a prune back, keeps the pruned months' days (like the
+    summaries it is computed from), and the carried-over rows at the boundary replace
+    only the days from there on: time in status and the daily summary of the whole
+    history read exactly as before, cached or not."""
+    engine = history
+    period = (date(2026, 1, 1), date(2026, 4, 30), "UTC")
+    before = analytics.time_in_status(engine, *period, include_hidden=True)
+    daily = analytics.daily_summary(engine, *period, include_hidden=True)
+    with engine.connect() as conn:
+        days = conn.execute(text("select count(*) from presence_user_days_cover")).scalar()
+    assert days > 100 and not daily.empty
+    report = retention.prune(engine, date(2026, 3, 15))
+    assert report.rows == 5
+    with engine.connect() as conn:  # the months before the boundary are still cached
+        assert conn.execute(
+            text("select count(*) from presence_user_days where day < '2026-03-01'")
+        ).scalar()
+    after = analytics.time_in_status(engine, *period, include_hidden=True)
+    pd.testing.assert_frame_equal(after, before)
+    pd.testing.assert_frame_equal(
+        analytics.daily_summary(engine, *period, include_hidden=True), daily
+    )
+    # and the same as the summaries computed without the cache (the raw log differs
+    # by design: for it, a session running across the boundary starts there)
+    lo, hi = resolve_period(date(2026, 1, 1), date(2026, 4, 30), ZoneInfo("UTC"))
+    computed = read_frame(
+        engine,
+        analytics.daily_summary_sql(),
+        analytics.daily_params(lo, hi, ZoneInfo("UTC"), include_hidden=True),
+        utc=("first_online", "last_offline"),
+    )
+    pd.testing.assert_frame_equal(computed, daily)
