@@ -9,8 +9,9 @@ February and before.
 
 What is kept: every rollup (``presence_concurrency_minutes`` and its quarter-hours
 ``presence_concurrency_quarters``, refreshed together, and the other summaries, and
-the daily active users cached from them) keeps its rows for the pruned months,
-since summaries are meant to outlive the raw log;
+the daily active users and each user's daily figures cached from them,
+``presence_daily_active`` and ``presence_user_days``) keeps its rows for the pruned
+months, since summaries are meant to outlive the raw log;
 ``presence_users``, ``presence_coverage`` and the listeners' heartbeats are
 untouched.
 
@@ -195,9 +196,9 @@ waits, writers queue behind it, so it gives up (nothing changed) rather than sta
 Refresher = Callable[[Engine, datetime], object]
 
 CACHES = ("daily_active",)
-"""State rows of caches computed on read from the summaries (migration 0009), not from
-the raw log: pruning loses them nothing (they keep their days, like the summaries), so
-they never hold a prune back."""
+"""State rows of caches computed on read from the summaries (migration 0009; the per-user
+days of 0011 answer to the same row), not from the raw log: pruning loses them nothing
+(they keep their days, like the summaries), so they never hold a prune back."""
 
 REFRESHED_ON_DEMAND = ("concurrency",)
 """Rollups computed on demand rather than kept on write: ``refresh`` brings them up to
