@@ -458,3 +458,64 @@ def test_0010_builds_the_quarters_from_the_minutes_and_downgrades_cleanly(
         reads()
     finally:
         engine.dispose()
+
+
+# --- 0011, 0012: the per-user day cache, sharing the daily active users' mark -------------
+
+
+def test_0011_and_0012_cache_user_days_and_downgrade_cleanly(empty_database_url):
+    """On a populated database: after 0011 and 0012, time in status and the daily summary
+    read cached whole days equal to the raw log's, a late row replaces the days it
+    changes; back at 0010 the tables are gone and the daily active users' cache (whose
+    invalidation also cleans the user days when they exist) still reads right."""
+    from datetime import date
+
+    import pandas as pd
+    from alembic import command
+
+    from presence_core import analytics
+    from presence_core.database.storage import Transition, write_batch
+
+    engine = db.make_engine(empty_database_url)
+    period = (date(2026, 3, 7), date(2026, 4, 20), "Asia/Kathmandu")
+
+    def agree() -> None:
+        for read in (analytics.time_in_status, analytics.daily_summary):
+            pd.testing.assert_frame_equal(
+                read(engine, *period), read(engine, *period, rollup=False), check_dtype=False
+            )
+        dau = analytics.daily_active_users
+        pd.testing.assert_frame_equal(dau(engine, *period), dau(engine, *period, rollup=False))
+
+    try:
+        with engine.begin() as conn:
+            command.upgrade(db.alembic_config(conn), "0010")
+        with engine.begin() as conn:
+            conn.execute(text(SUMMARY_ROWS_SQL))
+        db.migrate(engine)
+        assert db.current_revision(engine) == "0012"
+        agree()
+        with engine.connect() as conn:
+            assert conn.execute(text("select count(*) from presence_user_days_cover")).scalar() > 40
+        late = datetime(2026, 3, 9, 3, 3, 3, tzinfo=UTC)
+        write_batch(engine, [Transition("u1", "offline", late, late)])
+        agree()
+        with engine.connect() as conn:  # the days from the late row on were kept again
+            assert (
+                conn.execute(
+                    text("select count(*) from presence_user_days_cover where day > '2026-03-09'")
+                ).scalar()
+                > 40
+            )
+
+        with engine.begin() as conn:
+            command.downgrade(db.alembic_config(conn), "0010")
+            for table in ("presence_user_days", "presence_user_days_cover"):
+                assert conn.execute(text("select to_regclass(:t)"), {"t": table}).scalar() is None
+        write_batch(engine, [Transition("u2", "offline", late, late)])
+        dau = analytics.daily_active_users
+        pd.testing.assert_frame_equal(dau(engine, *period), dau(engine, *period, rollup=False))
+        db.migrate(engine)
+        agree()
+    finally:
+        engine.dispose()
