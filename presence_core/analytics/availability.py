@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import TYPE_CHECKING
@@ -18,7 +18,7 @@ from presence_core.analytics.common import (
     resolve_period,
     time_zone,
 )
-from presence_core.analytics.sql import DAYS, SEGMENTS, SESSIONS, USERS
+from presence_core.analytics.sql import SEGMENTS, SESSIONS, USERS
 from presence_core.errors import PresenceError
 from presence_core.shifts import ShiftWindow, TeamSettings, shift_window
 
@@ -254,23 +254,46 @@ def agent_summary(
     ``in <status>`` column of seconds per present status seen; most available first.
 
     Every figure is summed per user in SQL (a period of 90 days is 450,000 user-days
-    for 5,000 people: fetching them per day and summing in pandas took most of the
-    page's 22 s), from the summaries kept on write: the shifts as
-    :func:`availability`'s spans, the sessions from ``presence_sessions``, the time
-    in each status from the quarter-hour arrays. ``rollup=False`` (or ``offline``
-    among the available statuses) reads the same figures from the transitions, the
-    reference the tests compare with. The three statements run at once, each on its
-    own connection."""
+    for 5,000 people: fetching them per day, plus a raw-log pass for the time online,
+    and summing in pandas made the page take 22 s), from the summaries kept on write:
+    the sessions from ``presence_sessions``; the time in each status and the time
+    available inside the shifts from one pass over the quarter-hour arrays
+    (:data:`_TOTALS_FROM_SUMMARIES`). ``rollup=False`` reads the same figures from
+    the transitions (with ``offline`` among the available statuses, the shifts'
+    part does), the reference the tests compare with. The statements run at once,
+    each on its own connection."""
     zone = time_zone(tz)
     if end_date < start_date:
         raise PresenceError("agent_summary: end date is before start date")
     lo, hi = resolve_period(start_date, end_date, zone)
     filters = {"user_type": user_type, "team": team, "include_hidden": include_hidden}
-    period = bind(lo, hi, zone, **filters)
-    per_status = _STATUS_TOTALS_SUMMARISED if rollup else _STATUS_TOTALS_RAW
-    per_session = _SESSION_TOTALS_SUMMARISED if rollup else _SESSION_TOTALS_RAW
-    jobs = {
-        "avail": lambda: availability(
+    period = bind(lo, max(hi, lo), zone, **filters)
+    windows = shift_windows(zone, start_date, end_date, shift_start, shift_end)
+    # the shifts' total length, exact (integer microseconds, then one division)
+    shift_us = sum((w.end - w.start) // timedelta(microseconds=1) for w in windows)
+    no_sessions = ("user_id", "sessions", "online_seconds", "first_in", "last_out")
+    summarised = rollup and available_statuses and summaries.serves(available_statuses)
+    jobs: dict[str, Callable[[], pd.DataFrame]] = {
+        "sessions": lambda: (
+            read_frame(
+                engine,
+                _SESSION_TOTALS_SUMMARISED if rollup else _SESSION_TOTALS_RAW,
+                period,
+                utc=("first_in", "last_out"),
+            )
+            if hi > lo
+            else empty_frame(no_sessions)
+        )
+    }
+    if summarised:
+        spans = summaries.span_params([(w.day, w.start, w.end) for w in windows])
+        jobs["totals"] = lambda: read_frame(
+            engine,
+            _TOTALS_FROM_SUMMARIES,
+            {**period, "avail": list(available_statuses), **spans},
+        )
+    else:
+        jobs["avail"] = lambda: availability(
             engine,
             start_date,
             end_date,
@@ -281,28 +304,40 @@ def agent_summary(
             rollup=rollup,
             per_user=True,
             **filters,
-        ),
-        "sessions": lambda: read_frame(engine, per_session, period, utc=("first_in", "last_out")),
-        "status": lambda: read_frame(engine, per_status, {**period, "statuses": None}),
-    }
-    if hi <= lo:  # a period still to come: shifts to show, nothing to read
-        jobs["sessions"] = lambda: empty_frame(
-            ("user_id", "sessions", "online_seconds", "first_in", "last_out")
         )
-        jobs["status"] = lambda: empty_frame(("user_id", "status", "seconds"))
+        jobs["status"] = lambda: (
+            read_frame(engine, _STATUS_TOTALS_RAW, {**period, "statuses": None})
+            if hi > lo
+            else empty_frame(("user_id", "status", "seconds"))
+        )
     with ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="agents") as pool:
         futures = {name: pool.submit(job) for name, job in jobs.items()}
         found = {name: future.result() for name, future in futures.items()}
-    per_user = found["avail"]
-    if per_user.empty:
-        return empty_frame(AGENT_COLUMNS)
+    if summarised:
+        totals = found["totals"]
+        if totals.empty:
+            return empty_frame(AGENT_COLUMNS)
+        shift_part = totals["shift_us"].fillna(0).astype("int64")
+        per_user = (
+            totals.assign(shift_us=shift_part)
+            .groupby("user_id", as_index=False, sort=True)
+            .agg(user_name=("user_name", "first"), team=("team", "first"), us=("shift_us", "sum"))
+        )
+        per_user["available_seconds"] = per_user.pop("us") / 1_000_000
+        per_user["shift_seconds"] = shift_us / 1_000_000
+        in_status = totals[totals["period_us"].fillna(0) > 0]
+        in_status = in_status.assign(seconds=in_status["period_us"].astype("int64") / 1_000_000)
+    else:
+        per_user = found["avail"]
+        if per_user.empty:
+            return empty_frame(AGENT_COLUMNS)
+        in_status = found["status"]
     shift = per_user["shift_seconds"].where(per_user["shift_seconds"] > 0)
     per_user["availability_pct"] = (100.0 * per_user["available_seconds"] / shift).fillna(0.0)
     per_user = per_user.merge(found["sessions"], on="user_id", how="left")
     per_user["online_seconds"] = per_user["online_seconds"].fillna(0.0)
     per_user["sessions"] = per_user["sessions"].fillna(0).astype(int)
     per_user = per_user[list(AGENT_COLUMNS)]
-    in_status = found["status"]
     if not in_status.empty:
         pivot = in_status.pivot_table(
             index="user_id", columns="status", values="seconds", aggfunc="sum", fill_value=0.0
@@ -329,18 +364,8 @@ _SESSION_TOTALS = """
 _SESSION_TOTALS_SUMMARISED = "with" + summaries.SESSIONS + _SESSION_TOTALS
 _SESSION_TOTALS_RAW = "with" + SESSIONS + _SESSION_TOTALS
 
-# Per user and present status, the seconds inside [:start, :end): from the quarter-hour
-# arrays (microseconds, exact), or the log's segments; the same numbers either way.
-_STATUS_TOTALS_SUMMARISED = (
-    "with"
-    + USERS
-    + ","
-    + DAYS
-    + summaries.status_time_sql("statuses")
-    + """
-    select user_id, status, (sum(us)::numeric / 1000000)::float8 as seconds
-    from status_time group by user_id, status having sum(us) > 0"""
-)
+# Per user and present status, the seconds inside [:start, :end) from the log's segments
+# (the reference for _TOTALS_FROM_SUMMARIES below).
 _STATUS_TOTALS_RAW = (
     "with"
     + SEGMENTS
@@ -362,4 +387,134 @@ AGENT_COLUMNS = (
     "first_in",
     "last_out",
     "sessions",
+)
+
+
+# Per user and present status over the period [:start, :end): the microseconds in that
+# status (``period_us``) and, for the available statuses, inside the days' shifts
+# (``shift_us``, spans :span_starts/:span_ends), in ONE pass over the quarter-hour
+# arrays. The arrays are the cost (90 days of 5,000 people: 920,000 rows of 97
+# bigints, about 1 GB): reading them once for both figures, and taking the subscripts
+# in the scan (the ``offset 0``) so that only three numbers per array reach the
+# aggregate, not the arrays (which the planner otherwise hashes or sorts, spilling
+# hundreds of MB), is what makes the per-agent table fast. Whole UTC quarter-hours come
+# from the arrays: per UTC day, the period's index range and up to three shifts' ranges
+# (shifts start 23 h or more apart, so a UTC day meets at most three), computed once per
+# day and looked up by subscript; the open segment from the tail; what is not a whole
+# quarter-hour (the period's ends, a shift's ragged ends, now) from the log, through the
+# summaries' own window reader. The same numbers as the raw log's segments, to the
+# microsecond (the tests compare them).
+_TOTALS_FROM_SUMMARIES = (
+    "with"
+    + USERS
+    + f""",
+qb as (
+    select cast(:start as timestamptz) as lo, cast(:end as timestamptz) as hi,
+           {summaries._ceil_q("cast(:start as timestamptz)")} as clo,
+           {summaries._floor_q("cast(:end as timestamptz)")} as fhi
+),
+spans as (
+    select u.s, u.e, {summaries._ceil_q("u.s")} as cs, {summaries._floor_q("u.e")} as ce
+    from unnest(cast(:span_starts as timestamptz[]), cast(:span_ends as timestamptz[])) u(s, e)
+    where u.e > u.s
+),
+udays as (
+    select g::date as u, g at time zone 'UTC' as d0, (g + interval '1 day') at time zone 'UTC' as d1
+    from qb b cross join lateral (
+        select least(case when b.fhi > b.clo then b.clo end,
+                     (select min(cs) from spans where ce > cs)) as a,
+               greatest(case when b.fhi > b.clo then b.fhi end,
+                        (select max(ce) from spans where ce > cs)) as z
+    ) n
+    cross join generate_series(
+        (n.a at time zone 'UTC')::date::timestamp,
+        ((n.z - interval '1 microsecond') at time zone 'UTC')::date::timestamp,
+        interval '1 day') g
+),
+-- per UTC day: the period's whole quarter-hours and each shift's, as index ranges [x, y)
+-- of that day's array (an empty range [1, 1) where none)
+uq as (
+    select d.u, coalesce(p.x, 1) as px, coalesce(p.y, 1) as py, s.xs, s.ys
+    from udays d cross join qb b
+    left join lateral (
+        select (extract(epoch from greatest(b.clo, d.d0) - d.d0) / 900)::int + 1 as x,
+               (extract(epoch from least(b.fhi, d.d1) - d.d0) / 900)::int + 1 as y
+        where least(b.fhi, d.d1) > greatest(b.clo, d.d0)
+    ) p on true
+    cross join lateral (
+        select array_agg((extract(epoch from greatest(q.cs, d.d0) - d.d0) / 900)::int + 1
+                         order by q.cs) as xs,
+               array_agg((extract(epoch from least(q.ce, d.d1) - d.d0) / 900)::int + 1
+                         order by q.cs) as ys
+        from spans q where q.ce > q.cs and q.ce > d.d0 and q.cs < d.d1
+    ) s
+),
+ua as (
+    select min(u) as first, max(u) as last,
+           array_agg(px order by u) as px, array_agg(py order by u) as py,
+           array_agg(coalesce(xs[1], 1) order by u) as x1,
+           array_agg(coalesce(ys[1], 1) order by u) as y1,
+           array_agg(coalesce(xs[2], 1) order by u) as x2,
+           array_agg(coalesce(ys[2], 1) order by u) as y2,
+           array_agg(coalesce(xs[3], 1) order by u) as x3,
+           array_agg(coalesce(ys[3], 1) order by u) as y3
+    from uq
+),
+core as (
+    select user_id, status, sum(pu)::bigint as pu, sum(su)::bigint as su from (
+        select sd.user_id, sd.status, sd.cum[a.py[i]] - sd.cum[a.px[i]] as pu,
+               case when sd.status = any(cast(:avail as text[]))
+                    then sd.cum[a.y1[i]] - sd.cum[a.x1[i]] + sd.cum[a.y2[i]] - sd.cum[a.x2[i]]
+                         + sd.cum[a.y3[i]] - sd.cum[a.x3[i]]
+                    else 0 end as su
+        from ua a cross join sel_users u
+        join presence_status_days sd on sd.user_id = u.user_id
+         and sd.day >= a.first and sd.day <= a.last
+        cross join lateral (select sd.day - a.first + 1 as i) k
+        offset 0
+    ) x
+    group by user_id, status
+),
+tailc as (
+    select t.user_id, t.status,
+           {summaries._us("greatest(t.since, b.clo)", "b.fhi")} as pu, 0::bigint as su
+    from qb b cross join sel_users su
+    join presence_status_tails t on t.user_id = su.user_id
+    where greatest(t.since, b.clo) < b.fhi and t.status <> 'offline'
+    union all
+    select t.user_id, t.status, 0, {summaries._us("greatest(t.since, q.cs)", "q.ce")}
+    from spans q cross join sel_users su
+    join presence_status_tails t on t.user_id = su.user_id
+    where greatest(t.since, q.cs) < q.ce and t.status = any(cast(:avail as text[]))
+),
+rag_win as (
+    select 'p' as key, b.lo as ws, least(b.clo, b.hi) as we
+    from qb b where b.lo < least(b.clo, b.hi)
+    union all
+    select 'p', greatest(b.fhi, b.clo, b.lo), b.hi
+    from qb b where greatest(b.fhi, b.clo, b.lo) < b.hi
+    union all
+    select 's', s, least(cs, e) from spans where s < least(cs, e)
+    union all
+    select 's', greatest(ce, cs, s), e from spans where greatest(ce, cs, s) < e
+),
+rag as ({summaries._window_segments(True, "a", "b")}),
+parts as (
+    select user_id, status, pu, su from core
+    union all select user_id, status, pu, su from tailc
+    union all
+    select user_id, status,
+           case when key = 'p' then {summaries._us("a", "b")} else 0 end,
+           case when key = 's' and status = any(cast(:avail as text[]))
+                then {summaries._us("a", "b")} else 0 end
+    from rag where b > a and status <> 'offline'
+),
+totals as (
+    select user_id, status, sum(pu)::bigint as period_us, sum(su)::bigint as shift_us
+    from parts group by user_id, status
+)
+select su.user_id, u.user_name, u.team, t.status, t.period_us, t.shift_us
+from sel_users su join presence_users u on u.user_id = su.user_id
+left join totals t on t.user_id = su.user_id
+order by su.user_id, t.status"""
 )
