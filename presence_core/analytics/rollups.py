@@ -14,6 +14,7 @@ quarter-hours. A quarter is valid when it ends at or before the minutes' validit
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -74,16 +75,106 @@ def rollup_valid_until(conn) -> datetime | None:
     return row.valid_until
 
 
+def _chunks(start: datetime, target: datetime, chunk: timedelta) -> list[tuple[datetime, datetime]]:
+    """``[start, target)`` cut into spans of about ``chunk`` whose inner boundaries fall on
+    UTC quarter-hours, so that no quarter is summed from two spans' minutes (the spans
+    may then be written in any order, or at once)."""
+    spans = []
+    lo = start
+    while lo < target:
+        hi = min(max(floor_quarter(lo + chunk), ceil_quarter(lo + timedelta(minutes=1))), target)
+        spans.append((lo, hi))
+        lo = hi
+    return spans
+
+
+_INSERT_MINUTES = (
+    "insert into presence_concurrency_minutes (minute, peak, user_seconds) "
+    "select bucket, peak, user_seconds from ({}) c"
+)
+
+
+def _write_span(conn, lo: datetime, hi: datetime) -> int:
+    """Recompute the minutes of ``[lo, hi)`` and the quarters they make, in the caller's
+    transaction; the minutes written. The quarter holding ``lo`` also sums the minutes
+    before it, which are valid already (``lo`` is the validity or a quarter boundary)."""
+    conn.execute(
+        text("delete from presence_concurrency_minutes where minute >= :lo and minute < :hi"),
+        {"lo": lo, "hi": hi},
+    )
+    params = bind(lo, hi, ZoneInfo("UTC"), include_hidden=True, statuses=None)
+    params.update(bucket_params("minute"))
+    written = conn.execute(text(_INSERT_MINUTES.format(concurrency_sql("minute"))), params).rowcount
+    quarters = {"qlo": floor_quarter(lo), "hi": hi}
+    conn.execute(
+        text("delete from presence_concurrency_quarters where quarter >= :qlo and quarter < :hi"),
+        quarters,
+    )
+    conn.execute(text(_QUARTERS_SQL), quarters)
+    return written
+
+
+def _set_valid_until(conn, moment: datetime) -> None:
+    conn.execute(
+        text("update presence_rollup_state set valid_until = :v where name = 'concurrency'"),
+        {"v": moment},
+    )
+
+
+def _write_spans(engine: Engine, conn, spans: list[tuple[datetime, datetime]], workers: int) -> int:
+    """Write ``spans`` (contiguous, in time order), moving the validity over each as it
+    is committed: one by one on ``conn`` (each span and its validity in one
+    transaction), or ``workers`` at a time on connections of their own, the validity
+    then following the finished spans' contiguous prefix (a span finished early waits
+    for those before it; after a crash the next refresh rewrites from the validity)."""
+    if workers <= 1 or len(spans) <= 1:
+        written = 0
+        for lo, hi in spans:
+            with conn.begin():
+                written += _write_span(conn, lo, hi)
+                _set_valid_until(conn, hi)
+        return written
+
+    def work(span: tuple[datetime, datetime]) -> int:
+        with engine.begin() as own:
+            return _write_span(own, *span)
+
+    written = 0
+    done: set[int] = set()
+    prefix = 0  # spans[:prefix] are committed and covered by the validity
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {pool.submit(work, span): i for i, span in enumerate(spans)}
+        try:
+            for future in as_completed(futures):
+                written += future.result()
+                done.add(futures[future])
+                if prefix in done:
+                    while prefix in done:
+                        prefix += 1
+                    with conn.begin():
+                        _set_valid_until(conn, spans[prefix - 1][1])
+        finally:
+            for future in futures:
+                future.cancel()
+    return written
+
+
 def refresh_rollups(
-    engine: Engine, until: datetime | None = None, chunk: timedelta = timedelta(days=7)
+    engine: Engine,
+    until: datetime | None = None,
+    chunk: timedelta = timedelta(days=7),
+    workers: int = 1,
 ) -> int:
     """Bring the concurrency rollup (minutes and quarters) up to date, up to ``until`` (default
     now; whole minutes only), recomputing from the earliest change any write made.
     Returns the minutes written; 0 if another process is refreshing it, or on a
     read replica (which cannot write: its readers read the rollup as far as the
-    primary made it valid, and the transitions for the rest)."""
+    primary made it valid, and the transitions for the rest).
+
+    ``workers`` > 1 writes that many chunks at once, each on its own connection: for a
+    first build after a bulk load (``generate-history``), where one backend computing
+    week after week leaves the other cores idle. Readers see the same rollup either way."""
     target = floor_minute(min(until or datetime.now(UTC), datetime.now(UTC)).astimezone(UTC))
-    written = 0
     with engine.connect() as conn:
         if conn.execute(text("select pg_is_in_recovery()")).scalar():
             conn.rollback()  # a read replica: it cannot write; readers use what it has
@@ -118,44 +209,7 @@ def refresh_rollups(
                     ),
                     {"v": start},
                 )
-            insert = (
-                "insert into presence_concurrency_minutes (minute, peak, user_seconds) "
-                "select bucket, peak, user_seconds from (" + concurrency_sql("minute") + ") c"
-            )
-            lo = start
-            while lo < target:
-                hi = min(lo + chunk, target)
-                with conn.begin():
-                    conn.execute(
-                        text(
-                            "delete from presence_concurrency_minutes"
-                            " where minute >= :lo and minute < :hi"
-                        ),
-                        {"lo": lo, "hi": hi},
-                    )
-                    params = bind(lo, hi, ZoneInfo("UTC"), include_hidden=True, statuses=None)
-                    params.update(bucket_params("minute"))
-                    written += conn.execute(text(insert), params).rowcount
-                    # the quarters touched, from the minutes (earlier ones of the
-                    # first quarter are valid: they are before the chunk's start)
-                    quarters = {"qlo": floor_quarter(lo), "hi": hi}
-                    conn.execute(
-                        text(
-                            "delete from presence_concurrency_quarters"
-                            " where quarter >= :qlo and quarter < :hi"
-                        ),
-                        quarters,
-                    )
-                    conn.execute(text(_QUARTERS_SQL), quarters)
-                    conn.execute(
-                        text(
-                            "update presence_rollup_state set valid_until = :v"
-                            " where name = 'concurrency'"
-                        ),
-                        {"v": hi},
-                    )
-                lo = hi
+            return _write_spans(engine, conn, _chunks(start, target, chunk), workers)
         finally:
             conn.execute(text("select pg_advisory_unlock(:k)"), {"k": _ROLLUP_LOCK})
             conn.commit()
-    return written
