@@ -295,14 +295,23 @@ class Acceptor:
     The loop calls :meth:`_accept` when the socket is readable; it takes at most
     ``BURST`` connections per turn of the loop, so that connections the guard
     closed release their descriptors, and requests already in, such as
-    ``/health``, are answered, between bursts. Each connection the guard admits
-    goes to ``serve`` (which builds its transport); a refused one was answered and
+    ``/health``, are answered, between bursts. The burst is small on purpose: each
+    connection accepted brings its handshakes (HTTP upgrade, Engine.IO, Socket.IO:
+    1.3-1.8 ms of CPU) into the loop's next turns, where they delay the events and
+    diffs of the clients already connected. Left in the kernel's queue
+    (``listen(2048)``), the newcomers wait their turn at no cost to the others,
+    and a busy server accepts no faster than it can handshake anyway. Same-run
+    A/B, 2,000-user shift start at load 4-7 (bench/bench_server_v2.py), p50
+    change → client: accepting 4 a turn 0.29-0.59 s in five runs of six (2.1 s in
+    the sixth, 2.6 s with 32 beside it), 32 a turn 0.79-4.5 s, 8 a turn 0.38-1.3 s,
+    512 (about what uvloop's own server takes) 2.1-2.6 s. Each connection the guard
+    admits goes to ``serve`` (which builds its transport); a refused one was answered and
     closed by the guard. When descriptors run out, the guard is told once and the
     socket is left alone for ``QUIET`` seconds: retrying at once would spin, and
     log, for as long as the shortage lasts.
     """
 
-    BURST = 32
+    BURST = 4
     QUIET = 1.0  # seconds without accepting once descriptors ran out
 
     def __init__(
