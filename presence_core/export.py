@@ -109,8 +109,10 @@ class ExportFilters:
     available_statuses: tuple[str, ...] = field(default=analytics.DEFAULT_AVAILABLE)
 
 
-def _query(dataset: str, filters: ExportFilters) -> tuple[str, dict[str, Any]]:
-    """The dataset's SELECT (DESIGN's columns in order) and its parameters."""
+def _query(engine: Engine, dataset: str, filters: ExportFilters) -> tuple[str, dict[str, Any]]:
+    """The dataset's SELECT (DESIGN's columns in order) and its parameters. For
+    ``daily``, whole past local days come from the per-user day cache, which this
+    fills first for the days it lacks (:func:`analytics.daily_summary_query`)."""
     params = analytics.period_params(
         filters.start or EPOCH,
         filters.end,
@@ -126,7 +128,7 @@ def _query(dataset: str, filters: ExportFilters) -> tuple[str, dict[str, Any]]:
         return analytics.sessions_sql(), params
     if dataset == "daily":
         params["avail"] = list(filters.available_statuses)
-        return analytics.daily_summary_sql(), params
+        return analytics.daily_summary_query(engine, params)
     raise PresenceError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
 
 
@@ -185,7 +187,7 @@ def stream_export(
     if fmt not in FORMATS:
         raise PresenceError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     filters = filters or ExportFilters()
-    sql, params = _query(dataset, filters)
+    sql, params = _query(engine, dataset, filters)
     if fmt == "parquet":
         return _parquet(engine, dataset, sql, params)
     select = _text_select(dataset, sql, words=fmt == "csv", neutralise=fmt == "csv")
