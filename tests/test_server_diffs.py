@@ -181,3 +181,66 @@ def test_our_text_frames_are_the_bytes_websockets_makes(size):
 
     for text in ("x" * size, ("é" * size)[: size // 2]):
         assert _text_frame(text) == Frame(Opcode.TEXT, text.encode()).serialize(mask=False)
+
+
+async def _guide_frames(url: str, lists: int) -> list[tuple[str, str]]:
+    """A raw guide client asking ``getOnlineUsers`` again and again: in arrival order,
+    ``("list", when u's status in it began)`` and ``("change", its lastSeen)`` for
+    each broadcast (ISO texts of one format: they sort as the moments do)."""
+    ws_url = url.replace("http", "ws", 1) + "/socket.io/?EIO=4&transport=websocket"
+    seen: list[tuple[str, str]] = []
+    async with aiohttp.ClientSession() as session, session.ws_connect(ws_url) as ws:
+        assert (await ws.receive_str()).startswith("0")
+        await ws.send_str("40")
+        assert (await ws.receive_str()).startswith("40")
+        await ws.send_str('42["getOnlineUsers"]')
+        got = 0
+        while got < lists:
+            text = await asyncio.wait_for(ws.receive_str(), 10)
+            if text == "2":
+                await ws.send_str("3")
+            elif text.startswith('42["userStatusChanged"'):
+                seen.append(("change", json.loads(text[2:])[1]["lastSeen"]))
+            elif text.startswith('42["onlineUsersList"'):
+                got += 1
+                (entry,) = [e for e in json.loads(text[2:])[1] if e["userId"] == "u"]
+                seen.append(("list", entry["statusSince"]))
+                await ws.send_str('42["getOnlineUsers"]')
+    return seen
+
+
+def test_direct_broadcasts_keep_their_place_among_online_lists():
+    """A guide client's broadcasts go straight to its WebSocket when engine.io holds
+    nothing for it, its ``onlineUsersList`` answers through engine.io: the changes
+    must arrive in the order they were made, and a list never be older than a change
+    heard before it (its user's status must have begun no earlier)."""
+    with running_server(status_rate=10_000, status_burst=10_000) as srv:
+        tab = srv.client()
+        assert tab.call("userOnline", {"userId": "u", "team": "A"}) == {"ok": True}
+
+        async def toggle(stop: asyncio.Event) -> None:
+            status = "away"
+            while not stop.is_set():
+                await tab.sio.call("userStatus", {"userId": "u", "status": status})
+                status = "busy" if status == "away" else "away"
+
+        async def run() -> list[tuple[str, str]]:
+            stop = asyncio.Event()
+            toggling = asyncio.ensure_future(toggle(stop))
+            try:
+                return await _guide_frames(srv.url, 200)
+            finally:
+                stop.set()
+                await toggling
+
+        seen = srv.loop.run(run(), timeout=60)
+        changes = [stamp for kind, stamp in seen if kind == "change"]
+        assert len(changes) >= 20
+        assert changes == sorted(changes), seen
+        heard = ""
+        for kind, stamp in seen:
+            if kind == "change":
+                heard = stamp
+            else:
+                assert stamp >= heard, seen
+        assert srv.server.health()["broadcasts_direct"] > 0  # the direct path was taken

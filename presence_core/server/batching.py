@@ -83,7 +83,6 @@ class FrameBatcher:
     __slots__ = ("_send", "_proto", "_texts", "_scheduled", "_slow")  # one per connection
     writes = 0
     frames = 0
-    direct = 0  # packets handed straight to it (send_now), past engine.io's queue
     SCOPE_KEY = _SCOPE_KEY
 
     _NEEDS = ("conn", "transport", "writable", "disconnected", "close_sent", "handshake_complete")
@@ -131,7 +130,6 @@ class FrameBatcher:
         if self._slow or not self._batching() or not _engine_idle(engine_socket):
             return False
         self._queue(text)
-        FrameBatcher.direct += 1
         return True
 
     async def send(self, message: dict) -> None:

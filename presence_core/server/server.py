@@ -229,11 +229,11 @@ class PresenceServer:
                 raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
         conn = Conn(sid, identity, last_life=self._now())
         eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
+        out = FrameBatcher.of(environ.get("asgi.scope"))  # None: not a WebSocket
         if protocol.protocol_version(auth_payload) == protocol.PROTOCOL_V2:
-            out = FrameBatcher.of(environ.get("asgi.scope"))
             conn.watcher = self.subscriptions.add(sid, eio_sid, out)
         else:
-            self.broadcaster.recipients[sid] = eio_sid
+            self.broadcaster.add(sid, eio_sid, out)
         self.conns[sid] = conn
         # python-socketio keeps every connection's WSGI-style environ for its lifetime;
         # nothing reads its headers after this, and they are a tenth of a connection's
@@ -251,7 +251,7 @@ class PresenceServer:
 
     async def _on_disconnect(self, sid: str, reason: object = None) -> None:
         conn = self.conns.pop(sid, None)
-        self.broadcaster.recipients.pop(sid, None)
+        self.broadcaster.remove(sid)
         self.subscriptions.remove(sid)
         if conn is None or self.closing or conn.key is None or conn.stale:
             return
@@ -509,7 +509,8 @@ class PresenceServer:
             "transitions": self.state.transitions,
             "v2_connections": len(self.subscriptions.watchers),
             "diffs": self.subscriptions.diffs,
-            "diffs_direct": FrameBatcher.direct,
+            "diffs_direct": self.subscriptions.direct,
+            "broadcasts_direct": self.broadcaster.direct,
             "ws_frames": FrameBatcher.frames,
             "ws_writes": FrameBatcher.writes,
             "malformed_frames": self.wire.malformed.total,

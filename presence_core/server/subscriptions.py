@@ -53,6 +53,7 @@ class Subscriptions:
         self._users: dict[str, dict[Watcher, None]] = {}
         self._dirty: dict[Watcher, None] = {}
         self.diffs = 0  # presenceDiff frames handed out
+        self.direct = 0  # of which straight to the WebSocket's batcher (FrameBatcher.send_now)
         self.changes = 0  # changes queued, summed over watchers
 
     # --- connections and their subscriptions --------------------------------------------

@@ -300,6 +300,7 @@ class Watching:
             for watcher, text in self.subscriptions.due():
                 out = watcher.out  # straight to the WebSocket when nothing can be overtaken
                 if out is not None and out.send_now("4" + text, sockets.get(watcher.eio_sid)):
+                    self.subscriptions.direct += 1
                     continue
                 try:
                     await self.broadcaster.send_text(watcher.eio_sid, text)
