@@ -313,3 +313,43 @@ def test_staffing_counts_against_a_plain_count(members, on_shift, targets, defau
         assert (row.available_pct is None or pd.isna(row.available_pct)) == (pct is None)
         expected = team in on_shift and target is not None and pct is not None and pct < target
         assert bool(row.below_target) == expected
+
+
+def test_roster_at_any_instant_is_the_last_transition_at_or_before_it(engine):
+    """Now it reads the tails kept on write; before a user's last transition, the log
+    (the week before the instant, then further back): every branch against the plain
+    reading, at instants between, on and around the transitions, weeks apart."""
+    import pandas as pd
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    history = {
+        "1": [("online", now - timedelta(days=40)), ("away", now - timedelta(days=2))],
+        "2": [
+            ("online", now - timedelta(days=20)),
+            ("offline", now - timedelta(days=19)),
+            ("busy", now - timedelta(hours=3)),
+        ],
+        "3": [("online", now - timedelta(days=1))],
+    }
+    for user, rows in history.items():
+        add(engine, user, rows, team="desk")
+    with engine.begin() as conn:  # listed, never seen: no transition, no tail
+        conn.execute(tables.users.insert().values(user_id="4", team="desk", user_type="agent"))
+    history["4"] = []
+    instants = sorted(
+        {now, now - timedelta(days=60)}
+        | {
+            t + d
+            for rows in history.values()
+            for _, t in rows
+            for d in (timedelta(0), timedelta(seconds=-1), timedelta(days=8))
+        }
+    )
+    for at in instants:
+        frame = analytics.roster(engine, at, teams=["desk"]).set_index("user_id")
+        for user, rows in history.items():
+            before = [(s, t) for s, t in rows if t <= at]
+            status, since = before[-1] if before else ("offline", None)
+            assert frame.loc[user, "status"] == status, (user, at)
+            got = frame.loc[user, "since"]
+            assert (since is None and pd.isna(got)) or got == since, (user, at)
