@@ -103,8 +103,8 @@ def generate_history(
     ``bulk=False``: by the table's triggers, as for any writer); otherwise they go
     through :func:`presence_core.database.storage.write_batch`, which skips what
     exists (so a second run adds nothing) and whose triggers keep the summaries.
-    With ``rollups`` the concurrency rollup is brought up to date at the end, so the
-    dashboard's first long-range chart is fast.
+    With ``rollups`` the concurrency rollup is brought up to date at the end (by
+    ``workers`` connections at once), so the dashboard's first long-range chart is fast.
 
     The work is Python-bound (simulating the days, cutting the summaries): with
     ``workers`` > 1, chunks of users are simulated and written by that many
@@ -157,8 +157,8 @@ def generate_history(
                     progress(done, users, written)
     with engine.begin() as conn:
         write_mark(conn, CoverageMark(SOURCE, start, end))
-    if rollups:
-        refresh_rollups(engine, end)
+    if rollups:  # a first build of the whole period: as many connections as workers
+        refresh_rollups(engine, end, workers=max(1, workers))
     return written
 
 
