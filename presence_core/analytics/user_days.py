@@ -172,17 +172,21 @@ def _renamed(sql: str, k: int) -> str:
     return re.sub(r"(?<![:\w]):(start|end)\b", rf":\1_{k}", sql)
 
 
-# the cached days the statement was built for are all still there and valid
+# The cached days the statement was built for: [:c_lo, :c_hi] but :computed_days (a
+# few: the stretches computed between cached days). A range, not a list of the cached
+# days: "= any(array)" compares each row with every element (an export from 1970 has
+# 20,000 days). _OK: they are all still there and valid, in the statement's snapshot.
+_CACHED_DAY = """{day} >= cast(:c_lo as date) and {day} <= cast(:c_hi as date)
+    and {day} <> all(cast(:computed_days as date[]))"""
 _OK = f"""(select count(*) from presence_user_days_cover c
-    where c.tz = cast(:tz as text) and c.day = any(cast(:cached_days as date[]))
-      and c.day_end <= {day_cache.MARK_SQL}) = cardinality(cast(:cached_days as date[]))"""
+    where c.tz = cast(:tz as text) and {_CACHED_DAY.format(day="c.day")}
+      and c.day_end <= {day_cache.MARK_SQL}) = cast(:n_cached as int)"""
 
 _CACHED_ROWS = f"""
 cached as (
     select c.* from sel_users su
     join presence_user_days c on c.user_id = su.user_id and c.tz = cast(:tz as text)
-     and c.day >= cast(:c_lo as date) and c.day <= cast(:c_hi as date)
-     and c.day = any(cast(:cached_days as date[]))
+     and {_CACHED_DAY.format(day="c.day")}
     where {_OK}
 )"""
 
@@ -259,9 +263,16 @@ def cached_query(
     stretches = day_cache.runs([i for i in range(len(days)) if i not in chosen])
     for first, last in stretches:  # a merged stretch computes the cached days inside too
         chosen -= set(range(first, last + 1))
-    cached_days = [days[i].day for i in sorted(chosen)]
+    first_cached, last_cached = min(chosen), max(chosen)
     out = dict(params)
-    out.update(cached_days=cached_days, c_lo=min(cached_days), c_hi=max(cached_days))
+    out.update(
+        c_lo=days[first_cached].day,
+        c_hi=days[last_cached].day,
+        computed_days=[
+            days[i].day for i in range(first_cached, last_cached + 1) if i not in chosen
+        ],
+        n_cached=len(chosen),
+    )
     parts = [f"select * from ({cached_sql}) cached_part"]
     for k, (first, last) in enumerate(stretches):
         out[f"start_{k}"] = max(lo, days[first].day_start)
