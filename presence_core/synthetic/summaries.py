@@ -67,7 +67,7 @@ def summarise(rows: Iterable[tuple]) -> Summaries:
         items.sort(key=_AT)  # stable: rows at one instant stay in id order
         last = items[-1]
         tails.append((user, last[1], last[2]))
-        spans: dict[tuple[int, str], list[tuple[int, int, int]]] = {}
+        spans: dict[str, list[tuple[int, int, int]]] = {}
         was, opened = False, None
         before_at = before_us = before_status = None
         for row in items:
@@ -75,7 +75,10 @@ def summarise(rows: Iterable[tuple]) -> Summaries:
             if at != before_at:
                 us = (at - _EPOCH) // _MICROSECOND
                 if before_status is not None and before_status != offline:
-                    _cut(spans, before_status, before_us, us)
+                    runs = spans.get(before_status)
+                    if runs is None:
+                        runs = spans[before_status] = []
+                    _cut(runs, before_us, us)
                 before_at, before_us = at, us
             before_status = status
             present = status != offline
@@ -87,49 +90,58 @@ def summarise(rows: Iterable[tuple]) -> Summaries:
                 was = present
         if was:
             sessions.append((user, opened, None))
-        for (day, status), runs in sorted(spans.items()):
-            cum = _cum_text(runs)
-            if cum is not None:
-                days.append((user, _EPOCH_DAY + timedelta(days=day), status, cum))
+        cut: list[tuple[int, str, str]] = []
+        for status, runs in spans.items():
+            first = 0
+            day = runs[0][0] // _QUARTERS
+            for i, run in enumerate(runs):
+                if run[0] // _QUARTERS != day:
+                    _day_row(cut, day, status, runs[first:i])
+                    first, day = i, run[0] // _QUARTERS
+            _day_row(cut, day, status, runs[first:])
+        cut.sort()
+        days += [(user, _EPOCH_DAY + timedelta(days=day), status, cum) for day, status, cum in cut]
     return sessions, days, tails
 
 
-def _cut(spans: dict[tuple[int, str], list[tuple[int, int, int]]], status: str, lo: int, hi: int):
-    """Add ``[lo, hi)`` (microseconds since 1970) in ``status`` to its days' runs:
-    ``(k, n, amount)`` is ``amount`` microseconds in each of quarters ``k`` to
-    ``k + n - 1`` of the day. A user's spans come in time order, so each day's runs
-    do too (a quarter may get several, from spans that share it); whole quarters
-    are one run, not one entry each."""
+def _cut(runs: list[tuple[int, int, int]], lo: int, hi: int) -> None:
+    """Add ``[lo, hi)`` (microseconds since 1970) to a status's runs: ``(q, n,
+    amount)`` is ``amount`` microseconds in each of quarter-hours ``q`` to ``q + n -
+    1`` since 1970, never across a UTC midnight. A user's spans come in time order,
+    so the runs do too (a quarter may get several, from spans that share it); whole
+    quarters are one run, not one entry each."""
     q, last = lo // _QUARTER, (hi - 1) // _QUARTER
     if q == last:
-        parts: list[tuple[int, int, int]] = [(q, 1, hi - lo)]
-    else:
-        parts = [(q, 1, (q + 1) * _QUARTER - lo)]
-        q += 1
-        while q < last:  # the whole quarters between, one run per UTC day
-            n = min(last, (q // _QUARTERS + 1) * _QUARTERS) - q
-            parts.append((q, n, _QUARTER))
-            q += n
-        parts.append((last, 1, hi - last * _QUARTER))
-    for q, n, amount in parts:
-        day, k = divmod(q, _QUARTERS)
-        runs = spans.get((day, status))
-        if runs is None:
-            spans[(day, status)] = [(k, n, amount)]
-        else:
-            runs.append((k, n, amount))
+        runs.append((q, 1, hi - lo))
+        return
+    runs.append((q, 1, (q + 1) * _QUARTER - lo))
+    q += 1
+    while q < last:  # the whole quarters between, one run per UTC day
+        n = min(last, (q // _QUARTERS + 1) * _QUARTERS) - q
+        runs.append((q, n, _QUARTER))
+        q += n
+    runs.append((last, 1, hi - last * _QUARTER))
 
 
-def _cum_text(runs: list[tuple[int, int, int]]) -> str | None:
+def _day_row(out: list, day: int, status: str, runs: list[tuple[int, int, int]]) -> None:
+    """(day, status, cum text) of one UTC day's runs, unless they add up to nothing."""
+    cum = _cum_text(runs, day * _QUARTERS)
+    if cum is not None:
+        out.append((day, status, cum))
+
+
+def _cum_text(runs: list[tuple[int, int, int]], base: int) -> str | None:
     """The day's 97 cumulative microseconds (``cum[j]`` = time in quarters before
-    ``j``) as array text, from its runs in quarter order; None when they add up to
+    ``j``) as array text, from its runs in quarter order (quarter ``base`` is the
+    day's first); None when they add up to
     nothing. Most of the 97 values repeat the one before (quarters with no time in
     the status): each repeat is written once and multiplied, which is what makes
     this cheaper than formatting 97 numbers."""
     pieces: list[str] = []
     total = 0
     done = 0  # cum[0 .. done - 1] are written; cum[done] is total so far
-    for k, n, amount in runs:
+    for q, n, amount in runs:
+        k = q - base
         if k >= done:
             pieces.append(f"{total}," * (k - done + 1))
         if n > 1:
