@@ -171,3 +171,16 @@ def period_params(
     zone = time_zone(tz)
     lo, hi = resolve_period(start, end, zone)
     return bind(lo, max(lo, hi), zone, user_ids, user_type, team, include_hidden=include_hidden)
+
+
+def availability_pct_sql(secs: str, day: str) -> str:
+    """The daily summary's ``availability_pct``: the available seconds ``secs`` (a
+    numeric of scale 6, or null for none) as a percentage of the whole local day
+    ``day`` of ``:tz`` (23 to 25 hours). The expression of ``sql.DAILY_SELECT``; the
+    cached days' read (:mod:`presence_core.analytics.user_days`) uses it from here."""
+    tz = "cast(:tz as text)"
+    return (
+        f"(100.0 * coalesce({secs}, 0) / extract(epoch from"
+        f" (({day} + 1)::timestamp at time zone {tz})"
+        f" - ({day}::timestamp at time zone {tz})))::float8"
+    )

@@ -125,12 +125,13 @@ def daily_summary_query(engine: Engine, params: dict[str, Any]) -> tuple[str, di
     lo, hi = params["start"], params["end"]
     if hi <= lo or not summaries.serves(params["avail"]):
         return daily_summary_sql(), params
+    avail = sorted(set(params["avail"]))
     return user_days.cached_query(
         engine,
         daily_summary_sql(),
-        user_days.daily_cached_sql(),
+        user_days.daily_cached_sql(avail),
         "date, user_id",
-        params,
+        {**params, **user_days.avail_params(avail)},
         lo,
         hi,
         ZoneInfo(params["tz"]),

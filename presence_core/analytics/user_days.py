@@ -33,6 +33,7 @@ the same statement computes the whole period instead.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -40,7 +41,8 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, Engine, text
 
 from presence_core.analytics import day_cache, summaries
-from presence_core.analytics.sql import DAILY_PER_DAY, DAILY_SELECT, DAYS, USERS
+from presence_core.analytics.common import availability_pct_sql
+from presence_core.analytics.sql import DAILY_PER_DAY, DAYS
 
 _FILL_LOCK = 0x50525544  # one filler per zone at a time (the others find its days)
 _MICRO = timedelta(microseconds=1)
@@ -182,60 +184,50 @@ _OK = f"""(select count(*) from presence_user_days_cover c
     where c.tz = cast(:tz as text) and {_CACHED_DAY.format(day="c.day")}
       and c.day_end <= {day_cache.MARK_SQL}) = cast(:n_cached as int)"""
 
-_CACHED_ROWS = f"""
-cached as (
-    select c.* from sel_users su
-    join presence_user_days c on c.user_id = su.user_id and c.tz = cast(:tz as text)
-     and {_CACHED_DAY.format(day="c.day")}
-    where {_OK}
-)"""
 
-_STATUS_ROWS = """
-cached_status as (
-    select c.day, c.user_id, x.status, x.us
-    from cached c cross join unnest(c.statuses, c.status_us) x(status, us)
-)"""
+def _from_cached(also: str = "") -> str:
+    """From the selected users' cached rows (USERS' filters, on presence_users joined),
+    ``also`` joined to each."""
+    return f"""
+    from presence_user_days c join presence_users u on u.user_id = c.user_id {also}
+    where c.tz = cast(:tz as text) and {_CACHED_DAY.format(day="c.day")} and {_OK}
+      and (cast(:user_ids as text[]) is null or u.user_id = any(cast(:user_ids as text[])))
+      and (cast(:user_type as text) is null or u.user_type = cast(:user_type as text))
+      and (cast(:team as text) is null or u.team = cast(:team as text))
+      and (cast(:include_hidden as boolean) or not u.hide_last_seen)"""
 
 
 def time_in_status_cached_sql() -> str:
     """The cached days' rows of ``time_in_status_sql`` (same columns and values)."""
-    return (
-        "with"
-        + USERS
-        + ","
-        + _CACHED_ROWS
-        + ","
-        + _STATUS_ROWS
-        + """
-    select day as date, user_id, status, (us::numeric / 1000000)::float8 as seconds
-    from cached_status
-    where us > 0 and status <> 'offline'
-      and (cast(:statuses as text[]) is null or status = any(cast(:statuses as text[])))"""
-    )
+    return f"""
+    select c.day as date, c.user_id, x.status, (x.us::numeric / 1000000)::float8 as seconds
+    {_from_cached("cross join unnest(c.statuses, c.status_us) x(status, us)")}
+      and x.us > 0 and x.status <> 'offline'
+      and (cast(:statuses as text[]) is null or x.status = any(cast(:statuses as text[])))"""
 
 
-def daily_cached_sql() -> str:
-    """The cached days' rows of the daily summary (same columns and values, through
-    the same :data:`DAILY_SELECT`)."""
-    return (
-        "with"
-        + USERS
-        + ","
-        + _CACHED_ROWS
-        + ","
-        + _STATUS_ROWS
-        + """,
-    per_day as (
-        select user_id, day, sessions as n, online, first_online, last_offline
-        from cached where sessions is not null
-    ),
-    avail as (
-        select user_id, day, round(sum(us)::numeric / 1000000, 6) as secs
-        from cached_status where status = any(cast(:avail as text[]))
-        group by user_id, day
-    )"""
-        + DAILY_SELECT
+def daily_cached_sql(avail: Sequence[str]) -> str:
+    """The cached days' rows of the daily summary (same columns and values): one pass
+    over the stored rows in their key's order, the available microseconds summed by
+    subscript (``status_us`` is aligned with ``statuses``), no join of rows."""
+    wanted = " + ".join(
+        f"coalesce(c.status_us[array_position(c.statuses, cast(:avail_{i} as text))], 0)"
+        for i in range(len(avail))
     )
+    secs = f"round(({wanted})::numeric / 1000000, 6)"
+    return f"""
+    select c.day as date, c.user_id, u.user_type, u.user_name, u.team,
+           c.first_online, c.last_offline, c.sessions as sessions,
+           c.online::float8 as online_seconds,
+           {availability_pct_sql(secs, "c.day")} as availability_pct
+    {_from_cached()}
+      and c.sessions is not null"""
+
+
+def avail_params(avail: Sequence[str]) -> dict[str, str]:
+    """The parameters of :func:`daily_cached_sql` for the available statuses ``avail``
+    (each once: the summaries' path counts a status once however often it is named)."""
+    return {f"avail_{i}": status for i, status in enumerate(avail)}
 
 
 def cached_query(
