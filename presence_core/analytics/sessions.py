@@ -121,6 +121,7 @@ def time_in_status(
             lo,
             hi,
             zone,
+            closing=False,
         )
     return read_frame(engine, sql, params)
 

@@ -239,11 +239,17 @@ def cached_query(
     lo: datetime,
     hi: datetime,
     zone: ZoneInfo,
+    closing: bool = True,
 ) -> tuple[str, dict[str, Any]]:
     """One statement giving ``computed_sql``'s rows for ``[lo, hi)`` (``params``
     bound for it): the whole past days from the cache (filled first), the others
     computed by ``computed_sql`` over their stretches; if, when it runs, a cached
-    day it relies on is gone or stale, the whole period computed instead."""
+    day it relies on is gone or stale, the whole period computed instead.
+
+    ``closing``: the rows depend on whether a session closing at a stretch's end is
+    closed (the daily summary's ``last_offline``), so a stretch ending before ``hi``
+    is computed a microsecond further (its rows of the next day dropped). The time
+    in status does not, and saves that microsecond's raw read for every user."""
     with engine.connect() as conn:
         fill(conn, lo, hi, zone)
         days = _days(conn, lo, hi, zone)
@@ -269,7 +275,7 @@ def cached_query(
     for k, (first, last) in enumerate(stretches):
         out[f"start_{k}"] = max(lo, days[first].day_start)
         end = days[last].day_end
-        out[f"end_{k}"] = hi if end >= hi else end + _MICRO
+        out[f"end_{k}"] = hi if end >= hi else end + _MICRO if closing else end
         out[f"d0_{k}"], out[f"d1_{k}"] = days[first].day, days[last].day
         parts.append(
             f"select * from ({_renamed(computed_sql, k)}) part_{k}"
