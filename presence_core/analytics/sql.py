@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from presence_core.analytics.common import BUCKETS
+from presence_core.analytics.common import BUCKETS, availability_pct_sql
 
 USERS = """
 sel_users as (
@@ -244,13 +244,11 @@ DAILY_PER_DAY = (
 )
 
 # Its rows, from ``per_day`` and an ``avail`` block of available seconds per user and day.
-DAILY_SELECT = """
+DAILY_SELECT = f"""
     select p.day as date, p.user_id, u.user_type, u.user_name, u.team,
            p.first_online, p.last_offline, p.n::int as sessions,
            p.online::float8 as online_seconds,
-           (100.0 * coalesce(a.secs, 0) / extract(epoch from
-               ((p.day + 1)::timestamp at time zone cast(:tz as text))
-               - (p.day::timestamp at time zone cast(:tz as text))))::float8 as availability_pct
+           {availability_pct_sql("a.secs", "p.day")} as availability_pct
     from per_day p join presence_users u using (user_id)
     left join avail a on a.user_id = p.user_id and a.day = p.day
     order by p.day, p.user_id"""
