@@ -57,6 +57,10 @@ def test_concurrency_through_rollup_and_tails_equals_raw(
 
     both()
     both(statuses=statuses)
+    # a team: its segments from the sessions (a long period) or the tails (a short one)
+    with engine.begin() as conn:
+        conn.execute(text("update presence_users set team = 'red' where user_id in ('u0', 'u2')"))
+    both(team="red")
     # late rows (any second, inside what the rollup already holds) and a deleted tail
     t0 = reads.origin(zone)
     write_batch(engine, [Transition(f"u{u}", s, t0 + timedelta(seconds=t), t0) for u, t, s in late])

@@ -152,12 +152,14 @@ def concurrency(
     Without filters, spans longer than :data:`ROLLUP_WORTH` read whole minutes
     from the per-minute rollup (same SQL, computed ahead and kept valid by a
     trigger), refreshing it first when needed; the rest (the ragged edges, short
-    or filtered periods) finds each user's segments through the status tails kept
-    on write. ``rollup=False`` computes everything from the transitions. Both give
-    the same figures. Hourly and daily buckets read the rollup's whole UTC
-    quarter-hours (15 times fewer rows) where the zone's bucket starts fall on
-    quarter-hours, and its minutes elsewhere; ``quarters=False`` reads only its
-    minutes (the same figures: the tests compare the levels).
+    or filtered periods) reads the summaries kept on write: the sessions (present
+    while one runs) for the leading edge and long periods without a status filter,
+    each user's segments through the status tails otherwise. ``rollup=False``
+    computes everything from the transitions. Both give the same figures. Hourly
+    and daily buckets read the rollup's whole UTC quarter-hours (15 times fewer
+    rows) where the zone's bucket starts fall on quarter-hours, and its minutes
+    elsewhere; ``quarters=False`` reads only its minutes (the same figures: the
+    tests compare the levels).
     """
     if bucket not in BUCKETS:
         raise PresenceError(f"unknown bucket {bucket!r}; choose one of {', '.join(BUCKETS)}")
@@ -200,17 +202,21 @@ def concurrency(
                 a = b = lo
         else:
             a = b = lo
-    # what the rollup leaves (its edges, or a short or filtered period): segments found
-    # through the summaries' tails (the same rows; SEGMENTS probes every user's log in
-    # every monthly partition even for a partial minute); rollup=False: the raw log
+    # what the rollup leaves (its edges, or a short or filtered period) from the
+    # summaries kept on write (SEGMENTS probes every user's log in every monthly
+    # partition even for a partial minute); rollup=False: the raw log
     for part_lo, part_hi in ((lo, a), (b, hi)):
         if part_hi > part_lo:
-            # the leading edge (a partial first minute, in the past): from the sessions,
-            # where the tails would send every user to the log; the rest (since the last
-            # refresh, near now, or a short or filtered period): through the tails
+            # from the sessions: the leading edge (a partial first minute, in the past),
+            # where the tails would send every user to the log, and a long filtered
+            # period (a team's 90 days: 0.3 s instead of 4.5-6.4 s through the tails);
+            # through the tails: what is left since the last refresh (near now, most
+            # users' tails before it), short periods, and a status filter
             if not rollup:
                 segments = SEGMENTS
-            elif statuses is None and part_hi == a and a > lo:
+            elif statuses is None and (
+                (part_hi == a and a > lo) or part_hi - part_lo > ROLLUP_WORTH
+            ):
                 segments = SESSION_SEGMENTS
             else:
                 segments = summaries.WINDOW_SEGMENTS
