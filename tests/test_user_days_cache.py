@@ -18,7 +18,7 @@ from sqlalchemy import text
 
 from presence_core import analytics
 from presence_core.analytics import day_cache, summaries, user_days
-from presence_core.analytics.common import bind, read_frame
+from presence_core.analytics.common import bind, read_frame, resolve_period
 from presence_core.analytics.daily import daily_params
 from presence_core.database.storage import Transition, write_batch
 from tests import test_rollups_reads as reads
@@ -35,26 +35,36 @@ def cover(engine, zone: str) -> set[date]:
         )
 
 
-def computed_tis(engine, lo, hi, zone) -> pd.DataFrame:
-    """The summaries' time in status with no cache (the statement the cache stores)."""
+AVAIL = ("online", "busy", "online")  # a status named twice counts once
+
+
+def computed(engine, lo, hi, zone) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The summaries' statements with no cache (what the cache stores): time in status
+    and the daily summary."""
+    lo, hi = resolve_period(lo, hi, ZoneInfo(zone))
     params = bind(lo, hi, ZoneInfo(zone), include_hidden=False, statuses=None)
-    return read_frame(engine, summaries.time_in_status_sql(), params)
+    tis = read_frame(engine, summaries.time_in_status_sql(), params)
+    params = daily_params(lo, hi, ZoneInfo(zone), available_statuses=AVAIL)
+    daily = read_frame(
+        engine, analytics.daily_summary_sql(), params, utc=("first_online", "last_offline")
+    )
+    return tis, daily
 
 
 def agree(engine, zone: str, periods) -> None:
-    """Cached (rollup) == the summaries computed == the raw log, for each period."""
+    """Cached (rollup) == the summaries computed (exactly, floats included) == the raw
+    log, for each period."""
     for lo, hi in periods:
+        tis, daily = computed(engine, lo, hi, zone)
         got = analytics.time_in_status(engine, lo, hi, zone)
+        pd.testing.assert_frame_equal(got, tis, check_exact=True)
         pd.testing.assert_frame_equal(
             got, analytics.time_in_status(engine, lo, hi, zone, rollup=False), check_dtype=False
         )
-        if isinstance(lo, datetime):  # the rows the cache keeps, computed
-            pd.testing.assert_frame_equal(got, computed_tis(engine, lo, hi, zone))
-        daily = analytics.daily_summary(engine, lo, hi, zone, available_statuses=("online", "busy"))
-        want = analytics.daily_summary(
-            engine, lo, hi, zone, available_statuses=("online", "busy"), rollup=False
-        )
-        pd.testing.assert_frame_equal(daily, want, check_dtype=False)
+        got = analytics.daily_summary(engine, lo, hi, zone, available_statuses=AVAIL)
+        pd.testing.assert_frame_equal(got, daily, check_exact=True)
+        want = analytics.daily_summary(engine, lo, hi, zone, available_statuses=AVAIL, rollup=False)
+        pd.testing.assert_frame_equal(got, want, check_dtype=False)
 
 
 # lean: each example reads through the cache, the summaries and the raw log after
