@@ -46,6 +46,7 @@ from presence_core.analytics.sql import DAILY_PER_DAY, DAYS
 
 _FILL_LOCK = 0x50525544  # one filler per zone at a time (the others find its days)
 _MICRO = timedelta(microseconds=1)
+_SHORTEST_DAY = timedelta(hours=22)  # (a local day lasts 23 to 25 hours; margin kept)
 
 
 def fill_sql() -> str:
@@ -253,6 +254,8 @@ def cached_query(
     closed (the daily summary's ``last_offline``), so a stretch ending before ``hi``
     is computed a microsecond further (its rows of the next day dropped). The time
     in status does not, and saves that microsecond's raw read for every user."""
+    if hi - lo < _SHORTEST_DAY:  # no whole local day: nothing to fill or read cached
+        return computed_sql, params
     with engine.connect() as conn:
         fill(conn, lo, hi, zone)
         days = _days(conn, lo, hi, zone)
