@@ -331,6 +331,26 @@ def test_daily_active_users_first_in_last_out_and_lengths(engine):
     assert lengths["upper_seconds"].tolist()[:3] == [300, 3600, 36000]
 
 
+def test_session_lengths_leave_out_sessions_of_zero_length(engine):
+    """A present status and an offline at the same instant make an empty session: it
+    overlaps no period, so neither path counts it (the summaries do not keep it)."""
+    at = utc(2026, 5, 4, 8)
+    add(
+        engine,
+        [
+            ("a", "online", at),
+            ("a", "offline", at),
+            ("b", "online", at),
+            ("b", "offline", at + timedelta(minutes=2)),
+        ],
+    )
+    for rollup in (True, False):
+        lengths = analytics.session_length_distribution(
+            engine, date(2026, 5, 4), date(2026, 5, 5), bins=(0, 300), rollup=rollup
+        )
+        assert lengths["sessions"].tolist() == [1, 0]
+
+
 def test_flapping_users(engine):
     base = utc(2026, 5, 4, 10)
     flaps = [

@@ -169,6 +169,14 @@ def test_rollup_reads_match_raw_and_brute_force(engine, zone, plan, replay, ws, 
     dau_raw = analytics.daily_active_users(engine, lo, hi, zone, rollup=False)
     pd.testing.assert_frame_equal(dau, dau_raw)
 
+    lengths = analytics.session_length_distribution(engine, lo, hi, bins=(0, 60, 3600, 7200))
+    pd.testing.assert_frame_equal(
+        lengths,
+        analytics.session_length_distribution(
+            engine, lo, hi, bins=(0, 60, 3600, 7200), rollup=False
+        ),
+    )
+
     daily = analytics.daily_summary(engine, lo, hi, zone)
     daily_raw = analytics.daily_summary(engine, lo, hi, zone, rollup=False)
     pd.testing.assert_frame_equal(daily, daily_raw, check_dtype=False)

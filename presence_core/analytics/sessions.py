@@ -205,11 +205,19 @@ def session_length_distribution(
     user_type: str | None = None,
     team: str | None = None,
     tz: str | tzinfo | None = None,
+    rollup: bool = True,
 ) -> pd.DataFrame:
     """How long sessions last: the closed sessions overlapping the period, counted
     by whole duration into ``bins`` (lower edges in seconds, ascending; the last
     bin is open-ended). Columns ``lower_seconds, upper_seconds`` (None for the
-    last), ``sessions``; every bin present."""
+    last), ``sessions``; every bin present.
+
+    Sessions of zero length (a present status and an ``offline`` at the same
+    instant) are not counted: an empty span overlaps no period (the daily summary
+    leaves them out too), and ``presence_sessions`` does not keep them. The
+    sessions come from that table (kept on write: about one row per user and day
+    instead of every transition of the period); ``rollup=False`` reads the
+    transitions. Both give the same counts."""
     edges = sorted({int(b) for b in bins})
     if not edges or edges[0] != 0:
         edges = [0, *[b for b in edges if b > 0]]
@@ -219,11 +227,11 @@ def session_length_distribution(
     if hi > lo:
         sql = (
             "with"
-            + SESSIONS
+            + (summaries.SESSIONS if rollup else SESSIONS)
             + """
         select width_bucket(extract(epoch from ended_at - started_at)::float8,
                             cast(:edges as float8[])) as i, count(*)::int as n
-        from sess where not open group by 1"""
+        from sess where not open and ended_at > started_at group by 1"""
         )
         params = bind(
             lo,
