@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Coroutine
+from typing import Any
 
 import aiohttp
 import pytest
@@ -43,27 +45,33 @@ async def _watch(url: str, subscribes: int) -> list[tuple[str, int]]:
     return seen
 
 
+def _while_toggling(srv, watching: Coroutine[Any, Any, list]) -> list:
+    """Run ``watching`` while user ``u`` (team A) switches between away and busy as
+    fast as the server lets it; its result."""
+    tab = srv.client()
+    assert tab.call("userOnline", {"userId": "u", "team": "A"}) == {"ok": True}
+
+    async def toggle(stop: asyncio.Event) -> None:
+        status = "away"
+        while not stop.is_set():
+            await tab.sio.call("userStatus", {"userId": "u", "status": status})
+            status = "busy" if status == "away" else "away"
+
+    async def run() -> list:
+        stop = asyncio.Event()
+        toggling = asyncio.ensure_future(toggle(stop))
+        try:
+            return await watching
+        finally:
+            stop.set()
+            await toggling
+
+    return srv.loop.run(run(), timeout=60)
+
+
 def test_direct_diffs_keep_their_place_among_acknowledgements():
     with running_server(diff_interval=0.01, status_rate=10_000, status_burst=10_000) as srv:
-        tab = srv.client()
-        assert tab.call("userOnline", {"userId": "u", "team": "A"}) == {"ok": True}
-
-        async def toggle(stop: asyncio.Event) -> None:
-            status = "away"
-            while not stop.is_set():
-                await tab.sio.call("userStatus", {"userId": "u", "status": status})
-                status = "busy" if status == "away" else "away"
-
-        async def run() -> list[tuple[str, int]]:
-            stop = asyncio.Event()
-            toggling = asyncio.ensure_future(toggle(stop))
-            try:
-                return await _watch(srv.url, 200)
-            finally:
-                stop.set()
-                await toggling
-
-        seen = srv.loop.run(run(), timeout=60)
+        seen = _while_toggling(srv, _watch(srv.url, 200))
         last = 0
         for kind, seq in seen:
             if kind == "diff":
@@ -215,25 +223,7 @@ def test_direct_broadcasts_keep_their_place_among_online_lists():
     must arrive in the order they were made, and a list never be older than a change
     heard before it (its user's status must have begun no earlier)."""
     with running_server(status_rate=10_000, status_burst=10_000) as srv:
-        tab = srv.client()
-        assert tab.call("userOnline", {"userId": "u", "team": "A"}) == {"ok": True}
-
-        async def toggle(stop: asyncio.Event) -> None:
-            status = "away"
-            while not stop.is_set():
-                await tab.sio.call("userStatus", {"userId": "u", "status": status})
-                status = "busy" if status == "away" else "away"
-
-        async def run() -> list[tuple[str, str]]:
-            stop = asyncio.Event()
-            toggling = asyncio.ensure_future(toggle(stop))
-            try:
-                return await _guide_frames(srv.url, 200)
-            finally:
-                stop.set()
-                await toggling
-
-        seen = srv.loop.run(run(), timeout=60)
+        seen = _while_toggling(srv, _guide_frames(srv.url, 200))
         changes = [stamp for kind, stamp in seen if kind == "change"]
         assert len(changes) >= 20
         assert changes == sorted(changes), seen
