@@ -1,6 +1,8 @@
-"""Flapping users: the candidates' pre-filter (a lead() over each user's rows) never
-drops a user the RANGE-frame definition keeps; checked against a brute-force count
-over random histories with several transitions at one instant, any window and any
+"""Flapping users: the array check (each user's sorted times, a transition against
+the (n - 1)-th next one, then an exact count from the starts found) never drops a
+user the sliding-window definition keeps and reports the same counts and the same
+earliest busiest window; checked against a brute-force count over random histories
+with several transitions at one instant, equally busy windows, any window and any
 threshold."""
 
 from __future__ import annotations
@@ -63,6 +65,37 @@ def reference(engine, lo: datetime, hi: datetime, min_n: int, window: timedelta)
     length=st.integers(1, 2400),
 )
 def test_flapping_users_match_brute_force(engine, rows, min_n, window, lo, length):
+    check(engine, rows, min_n, window, lo, length)
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.integers(0, 2),
+            st.integers(0, 40).map(lambda k: 30 * k),  # a coarse grid: equally busy windows
+            st.sampled_from((0, 1)),
+            st.sampled_from(("online", "away", "offline")),
+        ),
+        min_size=4,
+        max_size=40,
+    ),
+    min_n=st.integers(1, 4),
+    window=st.sampled_from((30, 60, 90, 120)),
+)
+def test_equally_busy_windows_report_the_earliest(engine, rows, min_n, window):
+    """Dense histories on a grid, where several windows hold the busiest count: the
+    earliest one is reported, as the brute force does."""
+    check(engine, rows, min_n, window, -60, 1500)
+
+
+def check(engine, rows, min_n: int, window: int, lo: int, length: int) -> None:
+    """Store ``rows`` (user, seconds, microseconds, status after T0) alone and compare
+    flapping_users with the brute force over the period ``lo`` s after T0, ``length`` long."""
     with engine.begin() as conn:
         conn.execute(text("truncate presence_transitions"))
         conn.execute(text("delete from presence_users"))
@@ -105,3 +138,29 @@ def test_a_window_holds_what_starts_a_microsecond_before_its_end(engine):
         assert reference(engine, T0, T0 + timedelta(hours=1), 6, timedelta(minutes=10)) == (
             [("f", 6, 6, T0)] if flagged else []
         )
+
+
+def test_the_earliest_of_equally_busy_windows_is_the_burst(engine):
+    """Two bursts of six changes: the first is reported, whichever is read first; a
+    team filter keeps only that team's users (the filters apply before any row is read)."""
+    with engine.begin() as conn:
+        conn.execute(text("truncate presence_transitions"))
+        conn.execute(text("delete from presence_users"))
+    rows = []
+    for user, first in (("late", T0 + timedelta(minutes=30)), ("early", T0)):
+        for burst in (first, first + timedelta(minutes=20)):
+            rows += [
+                Transition(user, ("online", "away")[i % 2], burst + timedelta(seconds=i), T0)
+                for i in range(6)
+            ]
+    write_batch(engine, rows)
+    with engine.begin() as conn:
+        conn.execute(text("update presence_users set team = 'red' where user_id = 'early'"))
+    hour = T0 + timedelta(hours=2)
+    got = analytics.flapping_users(engine, T0, hour, 6, timedelta(minutes=10))
+    assert got["user_id"].tolist() == ["early", "late"]
+    assert got["transitions"].tolist() == [12, 12]
+    assert got["max_in_window"].tolist() == [6, 6]
+    assert [t.to_pydatetime() for t in got["burst_start"]] == [T0, T0 + timedelta(minutes=30)]
+    red = analytics.flapping_users(engine, T0, hour, 6, timedelta(minutes=10), team="red")
+    assert red["user_id"].tolist() == ["early"]

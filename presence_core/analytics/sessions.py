@@ -267,7 +267,11 @@ def flapping_users(
     """Users whose status changed at least ``min_transitions`` times within some
     span of ``window`` inside the period: ``user_id, user_name, team, transitions``
     (in the whole period), ``max_in_window``, ``burst_start`` (where the busiest
-    window begins), most flapping first."""
+    window begins), most flapping first.
+
+    Each selected user's times in the period are read once, by index, into one
+    sorted array and checked there (see the query's comment): no window function
+    over every row of the period, which cost most of this read."""
     zone = time_zone(None)
     lo, hi = resolve_period(start, end, zone)
     if hi <= lo:
@@ -277,47 +281,47 @@ def flapping_users(
     sql = (
         "with"
         + USERS
-        + """,
-    -- Candidates first, cheaply: a span of the window holds n >= :min_n transitions
-    -- iff, from some transition, the (:min_n - 1)-th next one (by occurred_at) is
-    -- within the window: a plain lead() over the rows in index order, no frame to
-    -- count. Only the few users found are counted with the RANGE frame below.
-    -- (everyone's rows: the user filters apply to the few candidates, not to every row)
-    seq as (
-        select t.user_id, t.occurred_at,
-               lead(t.occurred_at, cast(:lead_n as int)) over (
-                   partition by t.user_id order by t.occurred_at) as nth
-        from presence_transitions t
-        where t.occurred_at >= cast(:start as timestamptz)
-          and t.occurred_at < cast(:end as timestamptz)
-    ),
-    cand as (
-        select distinct s.user_id from seq s join sel_users su using (user_id)
-        where s.nth <= s.occurred_at + cast(:win as interval)
-    ),
-    tr as (
-        -- per candidate, an index range of its rows (a join would scan everyone's again)
-        select c.user_id, t.occurred_at, t.n_in
-        from cand c cross join lateral (
-            select t.occurred_at,
-                   count(*) over (order by t.occurred_at range between current row
-                                  and cast(:win as interval) following) as n_in
+        + """
+    -- Per selected user, one index range of the period's rows (ordered by occurred_at,
+    -- the partitions' order: no sort) folded into one sorted array: cheaper than a
+    -- window over every row in (user, time) order (a merge of the partitions and a
+    -- tuplestore per user), and the user filters apply before any row is read.
+    -- n >= :min_n transitions fit in a window iff, from some transition a[i], the
+    -- (:min_n - 1)-th next one a[i + :lead_n] is inside it: the two slices compared
+    -- element by element. Only those starts are counted exactly: a window from t holds
+    -- width_bucket(t + win, a) - width_bucket(t - 1 us, a) transitions (the number
+    -- <= t + win less the number < t; timestamps are whole microseconds). The busiest
+    -- window starts at such a start: it holds >= :min_n transitions, and the first of
+    -- the transitions at its instant sees them all.
+    select su.user_id, u.user_name, u.team, f.transitions, f.max_in_window, f.burst_start
+    from sel_users su
+    cross join lateral (
+        select cardinality(g.a)::int as transitions, b.n_in::int as max_in_window,
+               b.t as burst_start
+        from (
+            select array_agg(t.occurred_at order by t.occurred_at) as a
             from presence_transitions t
-            where t.user_id = c.user_id and t.occurred_at >= cast(:start as timestamptz)
+            where t.user_id = su.user_id and t.occurred_at >= cast(:start as timestamptz)
               and t.occurred_at < cast(:end as timestamptz)
-        ) t
-    ),
-    per_user as (
-        select user_id, count(*)::int as transitions, max(n_in)::int as max_in_window,
-               (array_agg(occurred_at order by n_in desc, occurred_at))[1] as burst_start
-        from tr group by user_id
+        ) g
+        cross join lateral (
+            select p.y as t,
+                   width_bucket(p.y + cast(:win as interval), g.a)
+                   - width_bucket(p.y - interval '1 microsecond', g.a) as n_in
+            from (
+                select unnest(g.a[cast(:lead_n as int) + 1:]) as x,
+                       unnest(g.a[1 : cardinality(g.a) - cast(:lead_n as int)]) as y
+            ) p
+            where p.x <= p.y + cast(:win as interval)
+            order by n_in desc, p.y
+            limit 1
+        ) b
+    ) f
+    join presence_users u on u.user_id = su.user_id
+    where f.max_in_window >= :min_n
+    order by f.max_in_window desc, f.transitions desc, su.user_id"""
     )
-    select p.user_id, u.user_name, u.team, p.transitions, p.max_in_window, p.burst_start
-    from per_user p join presence_users u using (user_id)
-    where p.max_in_window >= :min_n
-    order by p.max_in_window desc, p.transitions desc, p.user_id"""
-    )
-    # the frame is closed at both ends; a window of length W holds [t, t + W)
+    # a window of length W holds [t, t + W): counted as the closed [t, t + W - 1 us]
     params = bind(
         lo,
         hi,
