@@ -498,7 +498,7 @@ rag_win as (
     union all
     select 's', greatest(ce, cs, s), e from spans where greatest(ce, cs, s) < e
 ),
-rag as ({summaries._window_segments(True, "a", "b")}),
+rag as ({summaries._window_segments(True, "a", "b", present_only=True)}),
 parts as (
     select user_id, status, pu, su from core
     union all select user_id, status, pu, su from tailc

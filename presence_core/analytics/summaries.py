@@ -85,16 +85,44 @@ sess as (
 )
 
 
-def _window_segments(keyed: bool, start: str, end: str) -> str:
+def _window_segments(keyed: bool, start: str, end: str, present_only: bool = False) -> str:
     """Each selected user's status segments inside each window of ``rag_win`` (``ws``,
-    ``we``, and ``key`` when ``keyed``), read from the raw log: the few minutes the
-    summaries cannot answer. Columns: ``[key,] user_id, status, <start>, <end>``."""
+    ``we``, and ``key`` when ``keyed``): the few minutes the summaries cannot answer
+    as whole quarter-hours. Columns: ``[key,] user_id, status, <start>, <end>``.
+
+    A user whose last transition (the tail) is at or before the window held the
+    tail's status all of it: no read. The others are read from the raw log (a
+    per-user probe back to the last transition before the window, then a range):
+    for a period starting at an arbitrary instant in the past, that is every active
+    member, and was most of a team's month of time in status.
+
+    ``present_only`` (callers that drop offline segments): a window inside one UTC
+    quarter-hour ``q`` is answered from the arrays too, for a user whose tail is at
+    or after ``q``'s end (so every segment meeting ``q`` has ended and is counted):
+    ``cum[k + 2] - cum[k + 1]`` is the user's microseconds in each present status in
+    ``q``; a status with all 900 s of ``q`` held throughout the window, and present
+    statuses summing to 0 (no array row that day counts 0) mean no present segment
+    in it. Only users with a change inside ``q`` (a few percent) are read from the
+    log. Exact: the arrays are the log's (same segments, integer microseconds)."""
     key = "w.key, " if keyed else ""
-    return f"""
+    decided = ""
+    whole = ""
+    if present_only:
+        # the users whose window the arrays decide: (key, ws, user_id) -> whole status
+        decided = f"""
+    and not exists (
+        select 1 from rag_q r
+        where r.user_id = su.user_id and r.ws = w.ws {"and r.key = w.key" if keyed else ""})"""
+        whole = f"""
+    union all
+    -- in one present status all of the window's quarter-hour: all of the window
+    select {key.replace("w.", "r.")}r.user_id, r.whole, r.ws, r.we from rag_q r
+    where r.whole is not null"""
+    probe = f"""
     select {key}su.user_id, s.status, greatest(s.occurred_at, w.ws) as {start},
            least(coalesce(s.nxt, w.we), w.we) as {end}
     from rag_win w cross join sel_users su
-    join presence_status_tails t on t.user_id = su.user_id and t.since > w.ws
+    join presence_status_tails t on t.user_id = su.user_id and t.since > w.ws{decided}
     cross join lateral (
         select x.status, x.occurred_at,
                lead(x.occurred_at) over (order by x.occurred_at, x.id) as nxt
@@ -116,8 +144,34 @@ def _window_segments(keyed: bool, start: str, end: str) -> str:
     -- nothing changed since before the window: the tail's status holds all of it
     select {key}su.user_id, t.status, w.ws, w.we
     from rag_win w cross join sel_users su
-    join presence_status_tails t on t.user_id = su.user_id and t.since <= w.ws
+    join presence_status_tails t on t.user_id = su.user_id and t.since <= w.ws{whole}
 """
+    if not present_only:
+        return probe
+    return f"""
+    with rag_q as materialized (
+        -- windows inside one UTC quarter-hour q, users with no change from q's start
+        -- to its end (tail at or after it): q's microseconds per present status
+        select {key}w.ws, w.we, su.user_id, a.whole
+        from rag_win w
+        cross join lateral (select {_floor_q("w.ws")} as q0) q
+        cross join lateral (
+            select (q.q0 at time zone 'UTC')::date as day,
+                   (extract(epoch from (q.q0 at time zone 'UTC')::time) / 900)::int as k
+        ) i
+        cross join sel_users su
+        join presence_status_tails t on t.user_id = su.user_id
+         and t.since >= q.q0 + interval '15 minutes'
+        cross join lateral (
+            select min(sd.status) filter (where d.us = 900000000) as whole,
+                   coalesce(sum(d.us), 0) as total
+            from presence_status_days sd
+            cross join lateral (select sd.cum[i.k + 2] - sd.cum[i.k + 1] as us) d
+            where sd.user_id = su.user_id and sd.day = i.day
+        ) a
+        where w.we <= q.q0 + interval '15 minutes'
+          and (a.whole is not null or a.total = 0)
+    ){probe}"""
 
 
 # ``seg`` as SEGMENTS gives it (every selected user's segments inside [:start, :end),
@@ -264,7 +318,7 @@ rag_win as (
     select lower(r) as ws, upper(r) as we
     from (select unnest(range_agg(r)) as r from rag_ranges) x
 ),
-rag_seg as ({_window_segments(False, "seg_start", "seg_end")}),
+rag_seg as ({_window_segments(False, "seg_start", "seg_end", present_only=True)}),
 rag as ({seg_days("rag_seg", "x.seg_start", "x.seg_end")}
     where {wanted.format(col="x.status")}
 ),
@@ -443,7 +497,7 @@ rag_win as (
     union all
     select key, greatest(ce, cs, s), e from spans where greatest(ce, cs, s) < e
 ),
-rag as ({_window_segments(True, "a", "b")}),
+rag as ({_window_segments(True, "a", "b", present_only=True)}),
 parts as (
     select key, user_id, us from core
     union all select key, user_id, us from tailc
