@@ -4,6 +4,7 @@ flapping (DESIGN "Metrics": Session, Online seconds, Time in status)."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING
 
@@ -263,6 +264,7 @@ def flapping_users(
     user_type: str | None = None,
     team: str | None = None,
     include_hidden: bool = False,
+    workers: int = 2,
 ) -> pd.DataFrame:
     """Users whose status changed at least ``min_transitions`` times within some
     span of ``window`` inside the period: ``user_id, user_name, team, transitions``
@@ -271,7 +273,11 @@ def flapping_users(
 
     Each selected user's times in the period are read once, by index, into one
     sorted array and checked there (see the query's comment): no window function
-    over every row of the period, which cost most of this read."""
+    over every row of the period, which cost most of this read. The users are
+    split into ``workers`` ranges of ``user_id`` read at once on as many
+    connections (the work is per user and PostgreSQL cannot run a per-user
+    lateral query in its parallel workers); ``workers=1`` is one statement. The
+    rows are the same either way."""
     zone = time_zone(None)
     lo, hi = resolve_period(start, end, zone)
     if hi <= lo:
@@ -319,6 +325,8 @@ def flapping_users(
     ) f
     join presence_users u on u.user_id = su.user_id
     where f.max_in_window >= :min_n
+      and (cast(:from_user as text) is null or su.user_id >= cast(:from_user as text))
+      and (cast(:to_user as text) is null or su.user_id < cast(:to_user as text))
     order by f.max_in_window desc, f.transitions desc, su.user_id"""
     )
     # a window of length W holds [t, t + W): counted as the closed [t, t + W - 1 us]
@@ -333,4 +341,41 @@ def flapping_users(
         min_n=int(min_transitions),
         lead_n=max(int(min_transitions), 1) - 1,
     )
-    return read_frame(engine, sql, params, utc=("burst_start",))
+    bounds = _user_ranges(engine, workers)
+
+    def part(bound: tuple[str | None, str | None]) -> pd.DataFrame:
+        users = {"from_user": bound[0], "to_user": bound[1]}
+        return read_frame(engine, sql, {**params, **users}, utc=("burst_start",))
+
+    if len(bounds) == 1:
+        return part(bounds[0])
+    with ThreadPoolExecutor(max_workers=len(bounds)) as pool:
+        parts = list(pool.map(part, bounds))
+    found = [p for p in parts if len(p)] or parts[:1]
+    # the ranges follow user_id in the database's order, so a stable sort on the
+    # counts alone keeps the statement's order by user_id among equals
+    return (
+        load_pandas()
+        .concat(found, ignore_index=True)
+        .sort_values(["max_in_window", "transitions"], ascending=False, kind="stable")
+        .reset_index(drop=True)
+    )
+
+
+def _user_ranges(engine: Engine, workers: int) -> list[tuple[str | None, str | None]]:
+    """``workers`` consecutive ranges ``[from, to)`` of ``user_id`` (None: unbounded)
+    holding about as many users each, cut at quantiles in the database's order."""
+    if workers <= 1:
+        return [(None, None)]
+    with engine.connect() as conn:
+        cuts = conn.execute(
+            text(
+                "select percentile_disc(cast(:q as float8[])) within group (order by user_id)"
+                " from presence_users"
+            ),
+            {"q": [k / workers for k in range(1, workers)]},
+        ).scalar()
+    if not cuts or None in cuts:
+        return [(None, None)]
+    edges = [None, *cuts, None]
+    return list(zip(edges[:-1], edges[1:], strict=True))
