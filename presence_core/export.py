@@ -12,6 +12,7 @@ Used by ``presence export`` (presence_core/commands/export.py) and the Export pa
 from __future__ import annotations
 
 import io
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -273,6 +274,20 @@ def _parquet(engine: Engine, dataset: str, sql: str, params: dict[str, Any]) -> 
     return _parquet_from_csv(_copy_out(engine, copy, params), dataset)
 
 
+def _after_header(chunks: Iterator[bytes]) -> tuple[bool, Iterator[bytes]]:
+    """Whether a CSV's chunks hold anything after its header line, and the chunks
+    again from the first (those read to tell are put back in front)."""
+    seen: list[bytes] = []
+    head = b""
+    for chunk in chunks:
+        seen.append(chunk)
+        head += chunk
+        end = head.find(b"\n")
+        if end != -1 and len(head) > end + 1:
+            return True, itertools.chain(seen, chunks)
+    return False, iter(seen)
+
+
 def _parquet_from_csv(chunks: Iterator[bytes], dataset: str) -> Iterator[bytes]:
     """The dataset's CSV (header line first, as COPY writes it) as a Parquet file, in
     byte chunks: Arrow parses it in small blocks (see :data:`PARSE_BLOCK_BYTES`)
@@ -290,6 +305,17 @@ def _parquet_from_csv(chunks: Iterator[bytes], dataset: str) -> Iterator[bytes]:
         return getattr(pa, factory)()
 
     schema = pa.schema([(c, arrow_type(c)) for c in columns])
+    sink = _Sink()
+    has_rows, chunks = _after_header(chunks)
+    if not has_rows:
+        # Arrow's streaming reader, given a CSV of a header alone, may abort the whole
+        # process ('terminate called without an active exception': its read-ahead
+        # thread outlives it; pyarrow 21 and 26 alike, 1 exit in 6 to 20 here): an
+        # empty export writes its schema without it
+        with pq.ParquetWriter(sink, schema, compression="zstd"):
+            pass
+        yield sink.drain()
+        return
     reader = pacsv.open_csv(
         io.BufferedReader(_Source(chunks), buffer_size=1 << 20),
         read_options=pacsv.ReadOptions(block_size=PARSE_BLOCK_BYTES, use_threads=False),
@@ -302,24 +328,17 @@ def _parquet_from_csv(chunks: Iterator[bytes], dataset: str) -> Iterator[bytes]:
             false_values=["false"],
         ),
     )
-    sink = _Sink()
     pending: list = []
     count = 0
-    try:
-        with pq.ParquetWriter(sink, schema, compression="zstd") as writer:
-            for batch in reader:
-                pending.append(batch.select(list(columns)))
-                count += batch.num_rows
-                if count >= ROW_GROUP_ROWS:
-                    group = pa.Table.from_batches(pending, schema)
-                    writer.write_table(group, row_group_size=count)
-                    pending, count = [], 0
-                    yield sink.drain()
-            if pending:
-                writer.write_table(pa.Table.from_batches(pending, schema), row_group_size=count)
-    finally:
-        # Arrow's reader reads ahead on a thread of its own, which may still be
-        # asking the source for more after the last batch; left running, it met the
-        # interpreter's exit and aborted the process (1-2 exits in 150, CI once).
-        reader.close()
+    with pq.ParquetWriter(sink, schema, compression="zstd") as writer:
+        for batch in reader:
+            pending.append(batch.select(list(columns)))
+            count += batch.num_rows
+            if count >= ROW_GROUP_ROWS:
+                group = pa.Table.from_batches(pending, schema)
+                writer.write_table(group, row_group_size=count)
+                pending, count = [], 0
+                yield sink.drain()
+        if pending:
+            writer.write_table(pa.Table.from_batches(pending, schema), row_group_size=count)
     yield sink.drain()
