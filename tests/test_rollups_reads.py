@@ -7,6 +7,7 @@ Howe moves by 30 minutes), for histories written out of order, late and replayed
 from __future__ import annotations
 
 from bisect import bisect_right
+from collections.abc import Callable
 from datetime import UTC, date, datetime, time, timedelta
 from functools import cache
 from zoneinfo import ZoneInfo
@@ -141,6 +142,38 @@ def write(engine, zone: str, plan, replay: int) -> None:
         written.append(rows)
     for i in range(replay):
         assert write_batch(engine, written[i % len(written)]).inserted == 0
+
+
+def overtake(engine, t0: datetime, late, delete: int, check: Callable[[], object]) -> None:
+    """Every way a write can overtake what a cache already holds, ``check`` after each:
+    late and out-of-order batches (``late``, offsets from ``t0``), a replay that must
+    insert nothing, then the ``delete`` latest rows deleted and the first row moved
+    seven hours earlier."""
+    for batch in late:
+        rows = [
+            Transition(f"u{u}", s, t0 + timedelta(seconds=t), t0 + timedelta(seconds=t))
+            for u, t, s in batch
+        ]
+        write_batch(engine, rows)
+        check()
+    assert write_batch(engine, rows).inserted == 0  # a replay
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "delete from presence_transitions where id in"
+                " (select id from presence_transitions order by occurred_at desc, id limit :n)"
+            ),
+            {"n": delete},
+        )
+        conn.execute(  # moved earlier (unless that would repeat a stored row)
+            text(
+                "update presence_transitions t set occurred_at = t.occurred_at - interval '7 h'"
+                " where t.id = (select min(id) from presence_transitions) and not exists ("
+                " select 1 from presence_transitions x where x.user_id = t.user_id"
+                " and x.status = t.status and x.occurred_at = t.occurred_at - interval '7 h')"
+            )
+        )
+    check()
 
 
 @settings(

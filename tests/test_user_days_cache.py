@@ -98,31 +98,7 @@ def test_cached_days_stay_exact_after_late_writes(engine, zone, plan, late):
     ]
     agree(engine, zone, periods)
     assert len(cover(engine, zone)) >= 4  # the whole past days were kept
-    for batch in late:  # late and out-of-order rows, after the days were cached
-        rows = [
-            Transition(f"u{u}", s, t0 + timedelta(seconds=t), t0 + timedelta(seconds=t))
-            for u, t, s in batch
-        ]
-        write_batch(engine, rows)
-        agree(engine, zone, periods)
-    assert write_batch(engine, rows).inserted == 0  # a replay
-    with engine.begin() as conn:
-        conn.execute(
-            text(
-                "delete from presence_transitions where id in"
-                " (select id from presence_transitions order by occurred_at desc, id limit :n)"
-            ),
-            {"n": len(late)},
-        )
-        conn.execute(  # moved earlier (unless that would repeat a stored row)
-            text(
-                "update presence_transitions t set occurred_at = t.occurred_at - interval '7 h'"
-                " where t.id = (select min(id) from presence_transitions) and not exists ("
-                " select 1 from presence_transitions x where x.user_id = t.user_id"
-                " and x.status = t.status and x.occurred_at = t.occurred_at - interval '7 h')"
-            )
-        )
-    agree(engine, zone, periods)
+    reads.overtake(engine, t0, late, len(late), lambda: agree(engine, zone, periods))
     hi = datetime.combine(first + timedelta(days=5), datetime.min.time(), tzinfo=tz)
     with engine.connect() as conn:
         hidden = set(
