@@ -202,9 +202,15 @@ def test_migrate_export_serve_and_listen_on_an_external_postgresql(
         ) as listen,
     ):
         wait_for(lambda: _answers(f"http://127.0.0.1:{port}/health"), timeout=60, what="serve")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as response:
+            assert json.load(response)["loop"] == "uvloop"  # the wheel brings its default loop
         client = socketio.SimpleClient()
         client.connect(f"http://127.0.0.1:{port}", transports=["websocket"])
         try:
+            # a careless client first: a poison payload is refused and stores nothing
+            client.emit("userOnline", {"userId": {"$ne": ""}, "userName": "x" * 10_000})
+            event, error = client.receive(timeout=30)
+            assert event == "presenceError", (event, error)
             client.emit("userOnline", {"userId": "wheel-1", "userName": "Wheel"})
             conninfo = url.replace("+psycopg", "")
 
@@ -217,6 +223,8 @@ def test_migrate_export_serve_and_listen_on_an_external_postgresql(
                     ).fetchone()[0]
 
             assert wait_for(stored, timeout=60, what="the transition stored") == 1
+            with psycopg.connect(conninfo) as conn:  # and nothing from the poison payload
+                assert conn.execute("select count(*) from presence_transitions").fetchone() == (1,)
         finally:
             client.disconnect()
     exported = installed.run(
