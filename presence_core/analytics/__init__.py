@@ -10,7 +10,8 @@ One module per family of metric, all re-exported here, so callers write
 ``from presence_core import analytics; analytics.sessions(engine, ...)``:
 
 - ``presence``: now (current presence, counts, last seen, filter choices)
-- ``sessions``: sessions, time in status, online seconds, session lengths, flapping
+- ``sessions``: sessions, time in status, online seconds, session lengths
+- ``flapping``: users whose status changes many times within a short window
 - ``availability``: availability for a shift, first in / last out
 - ``staffing``: each team's current and last shift, who is available, away or offline
 - ``feed``: the latest changes of status (the Live feed)
@@ -59,6 +60,7 @@ from presence_core.analytics.daily import (
     daily_summary_sql,
 )
 from presence_core.analytics.feed import FEED_COLUMNS, change_kind, latest_changes
+from presence_core.analytics.flapping import flapping_users
 from presence_core.analytics.presence import (
     away_users,
     count_by,
@@ -72,7 +74,6 @@ from presence_core.analytics.presence import (
 from presence_core.analytics.rollups import refresh_rollups
 from presence_core.analytics.sessions import (
     SESSION_COLUMNS,
-    flapping_users,
     online_seconds,
     session_length_distribution,
     sessions,
