@@ -142,11 +142,25 @@ def bind(
 def read_frame(
     engine: Engine, sql: str, params: dict[str, Any], utc: Sequence[str] = ()
 ) -> pd.DataFrame:
-    """Run ``sql`` and return its rows as a DataFrame; ``utc`` columns become tz-aware UTC."""
+    """Run ``sql`` and return its rows as a DataFrame; ``utc`` columns become tz-aware UTC.
+
+    The rows are taken from the driver's cursor as plain tuples, not through
+    SQLAlchemy's ``Row`` objects as ``pandas.read_sql`` does: a text statement has
+    no result processors, so the values are the same objects, and building a Row
+    per result row was half the client's time for large frames (a team's month of
+    time in status: 183,000 rows at 20,000 users). The frame is built as
+    ``read_sql`` builds it (``from_records`` with ``coerce_float``); the tests
+    compare both on every column type the readers return, empty results and
+    NULLs included."""
+    pandas = load_pandas()
     with engine.connect() as conn:
         # sorts of a few hundred thousand transitions stay in memory
         conn.exec_driver_sql("set local work_mem = '64MB'")
-        frame = load_pandas().read_sql(text(sql), conn, params=params)
+        result = conn.execute(text(sql), params)
+        columns = list(result.keys())
+        rows = result.cursor.fetchall()
+        result.close()
+    frame = pandas.DataFrame.from_records(rows, columns=columns, coerce_float=True)
     for column in utc:
         frame[column] = load_pandas().to_datetime(frame[column], utc=True)
     return frame
