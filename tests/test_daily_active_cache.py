@@ -197,3 +197,50 @@ def test_users_listed_or_removed_with_rows_stored_replace_the_days(engine):
     with engine.begin() as conn:
         conn.execute(text("delete from presence_users where user_id = 'a'"))
     check([0, 1, 1, 1, 1, 1])
+
+
+def test_stretches_computed_at_once_equal_one_after_the_other(engine, monkeypatch):
+    """A period starting and ending inside days, around cached whole days, has two
+    stretches to compute: run at once on two connections, they give the rows of the
+    raw-log definition and of one connection computing both in turn."""
+    zone = "America/New_York"
+    tz = ZoneInfo(zone)
+    day0 = datetime(2026, 3, 6, tzinfo=tz)  # the days around New York's DST change
+    rows = []
+    for k in range(6):
+        for u in range(4):
+            on = day0 + timedelta(days=k, hours=2 + 5 * u)
+            rows += [
+                Transition(f"u{u}", "online", on, on),
+                Transition(f"u{u}", "offline", on + timedelta(hours=3 + k), on),
+            ]
+    write_batch(engine, rows)
+    first, last = day0.date(), day0.date() + timedelta(days=5)
+    analytics.daily_active_users(engine, first, last, zone)  # caches the whole days
+    assert len(cached(engine, zone)) == 6
+    lo, hi = day0 + timedelta(hours=13), day0 + timedelta(days=4, hours=9)
+    assert len(day_cache.runs([0, 4])) == 2  # the ragged first and last days
+    at_once = analytics.daily_active_users(engine, lo, hi, zone)
+    want = analytics.daily_active_users(engine, lo, hi, zone, rollup=False)
+    pd.testing.assert_frame_equal(at_once, want)
+    assert list(at_once["active_users"]) == [2, 4, 4, 4, 2]
+    monkeypatch.setattr(daily_active, "WORKERS", 1)
+    pd.testing.assert_frame_equal(analytics.daily_active_users(engine, lo, hi, zone), want)
+
+
+def test_a_connection_in_an_exported_snapshot_sees_what_its_exporter_sees(engine):
+    """The connections computing stretches at once read the first one's snapshot: a
+    write committed after it was taken is seen by neither."""
+    t = datetime(2026, 5, 4, 10, tzinfo=UTC)
+    write_batch(engine, [Transition("a", "online", t, t)])
+    count = text("select count(*) from presence_transitions")
+    with engine.connect() as exporter:
+        exporter.execute(text("set transaction isolation level repeatable read"))
+        snapshot = exporter.execute(text("select pg_export_snapshot()")).scalar()
+        write_batch(engine, [Transition("b", "online", t, t)])
+        with daily_active.in_snapshot(engine, snapshot) as other:
+            assert other.execute(count).scalar() == 1
+        with engine.connect() as fresh:
+            assert fresh.execute(count).scalar() == 2
+    with pytest.raises(ValueError), daily_active.in_snapshot(engine, "1'; drop table x; --"):
+        pass

@@ -10,6 +10,13 @@ module deletes the cached days ending after it and clears the mark. A year then
 reads about 365 cached rows and computes only the days not cached yet (the period's
 ragged first and last days, today), with the same SQL as before.
 
+The days not cached are computed in stretches (:func:`day_cache.runs`); a period
+starting and ending inside days (the Activity page's, the benchmark's) has two of
+them, each a statement over every user (about 170 ms at 20,000 users, mostly a
+probe per user). They run at once on as many connections, all in the snapshot the
+first one exports (``pg_export_snapshot``): the same figures as one after the
+other in one transaction, in about half the time on two cores.
+
 Only whole local days are cached (a period's partial first or last day is always
 computed), only for reads without filters (a team's or a user type's members can
 change without any transition being written), and only the days no write has
@@ -20,18 +27,28 @@ per-user days of :mod:`presence_core.analytics.user_days`.
 
 from __future__ import annotations
 
+import re
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, TextClause, text
 
 from presence_core.analytics import day_cache, summaries
 from presence_core.analytics.common import bind, load_pandas
 from presence_core.analytics.sql import DAYS
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     import pandas as pd
+
+WORKERS = 2
+"""Connections computing the uncached stretches at once (the machines we aim at have two cores)."""
+
+_SNAPSHOT_ID = re.compile(r"^[0-9A-F]+-[0-9A-F]+(-[0-9]+)?$")
 
 _DAYS_SQL = (
     "with"
@@ -52,7 +69,7 @@ def daily_active_users(engine: Engine, lo: datetime, hi: datetime, zone: ZoneInf
     pd_ = load_pandas()
     sql = text(summaries.daily_active_users_sql())
     with engine.connect() as conn, day_cache.reading(conn) as primary:
-        days, counts, keep = _compute(conn, sql, lo, hi, zone)
+        days, counts, keep = _compute(engine if primary else None, conn, sql, lo, hi, zone)
         if keep and primary:
             _keep(conn, keep)
     frame = pd_.DataFrame(
@@ -61,9 +78,13 @@ def daily_active_users(engine: Engine, lo: datetime, hi: datetime, zone: ZoneInf
     return frame
 
 
-def _compute(conn: Connection, sql, lo: datetime, hi: datetime, zone: ZoneInfo):
+def _compute(
+    engine: Engine | None, conn: Connection, sql, lo: datetime, hi: datetime, zone: ZoneInfo
+):
     """In one repeatable-read snapshot: the period's days, their counts (cached whole
-    days, the others computed), and the whole days computed (to keep)."""
+    days, the others computed), and the whole days computed (to keep). With
+    ``engine`` (on the primary), the stretches to compute beyond the first run on
+    other connections in ``conn``'s snapshot (a replica computes them in turn)."""
     conn.execute(text("set transaction isolation level repeatable read"))
     conn.exec_driver_sql("set local work_mem = '64MB'")
     valid = conn.execute(text(day_cache.STATE)).scalar()
@@ -74,12 +95,18 @@ def _compute(conn: Connection, sql, lo: datetime, hi: datetime, zone: ZoneInfo):
     whole = [d for d in days if d.day_start >= lo and d.day_end <= hi]
     cached = {d.day for d in whole if d.active_users is not None}
     missing = [i for i, d in enumerate(days) if d.day not in cached]
+    stretches = [
+        bind(
+            max(lo, days[first].day_start),
+            min(hi, days[last].day_end),
+            zone,
+            include_hidden=True,
+        )
+        for first, last in day_cache.runs(missing)
+    ]
     computed: dict = {}
-    for first, last in day_cache.runs(missing):
-        part_lo = max(lo, days[first].day_start)
-        part_hi = min(hi, days[last].day_end)
-        params = bind(part_lo, part_hi, zone, include_hidden=True)
-        computed.update({r[0]: r[1] for r in conn.execute(sql, params)})
+    for rows in _run_all(engine, conn, sql, stretches):
+        computed.update({r[0]: r[1] for r in rows})
     conn.rollback()
     counts.update(computed)
     keep = [
@@ -108,3 +135,43 @@ def _keep(conn: Connection, rows: list[dict]) -> None:
                 ),
                 rows,
             )
+
+
+def _run_all(
+    engine: Engine | None, conn: Connection, sql: TextClause, stretches: list[dict]
+) -> list[list]:
+    """Each stretch's rows, all from ``conn``'s snapshot: the first on ``conn``, the
+    others at once on up to :data:`WORKERS` - 1 more connections of ``engine`` that
+    import that snapshot (without ``engine``, or for one stretch, all on ``conn``).
+    ``conn``'s transaction stays open until every one has finished, as an imported
+    snapshot must still be held by its exporter when it is imported."""
+    if engine is None or len(stretches) < 2 or WORKERS < 2:
+        return [conn.execute(sql, p).all() for p in stretches]
+    snapshot = conn.execute(text("select pg_export_snapshot()")).scalar()
+
+    def more(params: list[dict]) -> list[list]:
+        with in_snapshot(engine, snapshot) as other:
+            return [other.execute(sql, p).all() for p in params]
+
+    with ThreadPoolExecutor(max_workers=WORKERS - 1) as pool:
+        shares = [stretches[k::WORKERS] for k in range(1, WORKERS)]
+        futures = [pool.submit(more, share) for share in shares if share]
+        mine = [conn.execute(sql, p).all() for p in stretches[::WORKERS]]
+        theirs = [f.result() for f in futures]
+    return mine + [rows for share in theirs for rows in share]
+
+
+@contextmanager
+def in_snapshot(engine: Engine, snapshot: str) -> Iterator[Connection]:
+    """A connection of ``engine`` in a read-only repeatable-read transaction seeing
+    exactly what the exporter of ``snapshot`` (``pg_export_snapshot()``) sees."""
+    if not _SNAPSHOT_ID.match(snapshot):  # (SET TRANSACTION SNAPSHOT takes no parameter)
+        raise ValueError(f"not a snapshot id: {snapshot!r}")
+    with engine.connect() as conn:
+        conn.execute(text("set transaction isolation level repeatable read, read only"))
+        conn.exec_driver_sql(f"set transaction snapshot '{snapshot}'")
+        conn.exec_driver_sql("set local work_mem = '64MB'")
+        try:
+            yield conn
+        finally:
+            conn.rollback()
