@@ -238,3 +238,26 @@ def test_days_a_write_changed_during_a_fill_are_not_kept(engine, monkeypatch):
     pd.testing.assert_frame_equal(
         got, analytics.time_in_status(engine, lo, hi, "UTC", rollup=False), check_dtype=False
     )
+
+
+def test_cached_seconds_in_floating_point_equal_the_numeric_division(engine):
+    """The cached rows' seconds (``us::float8 / 1000000``) are the computed rows'
+    ``(us::numeric / 1000000)::float8``, bit for bit: for 400,000 microsecond counts
+    spread over five days' worth (a fixed multiplicative sequence, so every odd digit
+    pattern turns up) and the edges."""
+    with engine.connect() as conn:
+        differ = conn.execute(
+            text(
+                """
+                select count(*) from (
+                    select (g::bigint * 2654435761) % 432000000000 as us
+                    from generate_series(1, 400000) g
+                    union all
+                    select unnest(array[0, 1, 999999, 1000000, 1000001, 86399999999,
+                                        86400000000, 90000000001, 9007199254740991])
+                ) x
+                where (us::float8 / 1000000) is distinct from (us::numeric / 1000000)::float8
+                """
+            )
+        ).scalar()
+    assert differ == 0
