@@ -6,8 +6,10 @@ batch with COPY, inserting only what is new (the unique key
 ``(user_id, occurred_at, status)`` makes a replay insert nothing twice), and
 brings ``presence_users`` up to date, all in one transaction. The summaries the
 dashboard and exports read (sessions, time in status: migration 0005) are kept
-by triggers on ``presence_transitions`` in that same transaction, so nothing
-here (nor any other writer) has to remember them; a replay leaves them as they are.
+in that same transaction: by this writer itself for a batch that only appends
+(:mod:`presence_core.database.appends`, the usual case), by the triggers on
+``presence_transitions`` for anything else, so no other writer has to remember
+them; a replay leaves them as they are.
 """
 
 from __future__ import annotations
@@ -218,23 +220,31 @@ def _write(
 def _insert_transitions(conn: Connection, transitions: Sequence[Transition]) -> int:
     """Insert the new transitions; return how many there were.
 
-    Usually every transition of a batch is new, so the batch is first copied
-    straight into the table inside a savepoint (as fast as a raw COPY). When
-    any row is already there (a replay, or a server and a listener logging the
-    same event), the savepoint is rolled back and the batch goes through a
-    staging table and ``on conflict do nothing`` instead.
+    Usually every transition of a batch is new and comes after its user's stored
+    rows, so the batch is first copied straight into the table inside a savepoint
+    (as fast as a raw COPY) and summarised here (:mod:`presence_core.database.appends`).
+    A batch that is new but not only appends is copied again with the summaries
+    left to the triggers. When any row is already there (a replay, or a server and
+    a listener logging the same event), the batch goes through a staging table and
+    ``on conflict do nothing`` instead.
     """
+    from presence_core.database.appends import DUPLICATES, write_appends  # imports this
+
     rows = [
         (t.user_id, t.status, t.occurred_at, t.received_at, t.inferred, t.reason, t.source)
         for t in transitions
     ]
-    try:
-        with conn.begin_nested():
-            return copy_rows(
-                conn, "presence_transitions", TRANSITION_COLUMNS, rows, TRANSITION_TYPES
-            )
-    except UniqueViolation:
-        pass
+    taken = write_appends(conn, rows)
+    if isinstance(taken, int):
+        return taken
+    if taken != DUPLICATES:
+        try:
+            with conn.begin_nested():
+                return copy_rows(
+                    conn, "presence_transitions", TRANSITION_COLUMNS, rows, TRANSITION_TYPES
+                )
+        except UniqueViolation:
+            pass
     conn.execute(text(_STAGE_TABLE))
     copy_rows(conn, "presence_stage", TRANSITION_COLUMNS, rows, TRANSITION_TYPES)
     inserted = conn.execute(text(_INSERT_NEW)).rowcount

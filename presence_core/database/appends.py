@@ -1,0 +1,161 @@
+"""The listener's and the server's usual batch, summarised by the writer itself.
+
+A batch from the listener or the server almost always only appends: every user's
+new rows come after the user's stored tail. Then the summaries change in a known
+way (the tail's segment ends at the first new row, the open session may close, new
+segments and sessions follow), which the triggers' append path (migration 0007)
+computes in SQL over the statement's transition table: about three quarters of the
+write's cost (docs/analytics.md, "What it costs on write"). :func:`write_appends`
+computes it in Python instead (:func:`presence_core.database.summarise.summarise_appends`,
+the generator's walk of the rows) and writes the results in one statement, in the
+same transaction, with the summaries' trigger told to stand aside for it
+(``presence.summaries = 'writer'``, migration 0008), as the history generator does.
+The rollups' and day caches' invalidation is another trigger, which still runs.
+
+Order of work, and why:
+
+1. COPY the rows first, inside a savepoint (the trigger skipped). A duplicate (a
+   replay, or the server and the listener logging one event) fails the COPY at once
+   and the caller takes the staging path; taking the locks before the COPY could
+   deadlock against a trigger that holds a user's lock and waits for our
+   identical row.
+2. Take the triggers' per-user advisory locks (same keys, same order), then read
+   the tails in a new statement, so that any writer of these users that committed
+   before us is seen, and none can write them until we commit.
+3. If any user's first new row is not after its tail (a late or out-of-order row,
+   an equal instant), roll back to the savepoint and return None: the caller
+   writes the batch the normal way and the triggers' general path summarises it.
+
+Nothing is written unless all of it is (one transaction), so a crash mid-batch
+loses nothing and leaves nothing half-summarised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final
+
+from psycopg.errors import UniqueViolation
+from sqlalchemy import Connection, text
+
+from presence_core.database.storage import TRANSITION_COLUMNS, TRANSITION_TYPES, copy_rows
+from presence_core.database.summarise import summarise_appends
+
+__all__ = ["DUPLICATES", "write_appends"]
+
+DUPLICATES: Final = "duplicates"
+"""What :func:`write_appends` returns when a row of the batch is already stored."""
+
+# the triggers' lock keys (migration 0005), taken in the same global order
+_LOCK = """
+select pg_advisory_xact_lock(20563, h)
+from (select distinct hashtext(u) as h from unnest(%b::text[]) u order by 1) k
+"""
+
+# each user's tail, and the totals of its stored arrays on the tail's UTC day
+_READ = """
+select t.user_id, t.status, t.since, d.status, d.cum[97]
+from presence_status_tails t
+left join presence_status_days d
+  on d.user_id = t.user_id and d.day = (t.since at time zone 'UTC')::date
+where t.user_id = any(%b::text[])
+"""
+
+# One statement: its parts touch disjoint rows (a closed session is an old one, the
+# new ones start after the tail; grown arrays exist, added ones do not), and the
+# setting is cleared in it so that nothing later in the transaction is skipped.
+_WRITE = """
+with tails as (
+    insert into presence_status_tails as t (user_id, status, since)
+    select * from unnest(%(tail_user)b::text[], %(tail_status)b::text[],
+                         %(tail_since)b::timestamptz[])
+    on conflict (user_id) do update set status = excluded.status, since = excluded.since
+),
+closed as (
+    update presence_sessions s set ended_at = c.ended_at
+    from unnest(%(close_user)b::text[], %(close_at)b::timestamptz[]) c(user_id, ended_at)
+    where s.user_id = c.user_id and s.ended_at is null
+),
+opened as (
+    insert into presence_sessions (user_id, started_at, ended_at)
+    select * from unnest(%(session_user)b::text[], %(session_start)b::timestamptz[],
+                         %(session_end)b::timestamptz[])
+),
+grown as (
+    update presence_status_days d set cum[x.lo:97] = x.cum::bigint[]
+    from unnest(%(grow_user)b::text[], %(grow_day)b::date[], %(grow_status)b::text[],
+                %(grow_lo)b::int[], %(grow_cum)b::text[]) x(user_id, day, status, lo, cum)
+    where d.user_id = x.user_id and d.day = x.day and d.status = x.status
+),
+added as (
+    insert into presence_status_days (user_id, day, status, cum)
+    select user_id, day, status, cum::bigint[]
+    from unnest(%(day_user)b::text[], %(day_day)b::date[], %(day_status)b::text[],
+                %(day_cum)b::text[]) x(user_id, day, status, cum)
+)
+select set_config('presence.summaries', '', true)
+"""
+
+
+def write_appends(conn: Connection, rows: Sequence[tuple]) -> int | str | None:
+    """COPY ``rows`` (:data:`storage.TRANSITION_COLUMNS` order) and, when every
+    user's rows come after its stored tail, write their summaries on ``conn``'s
+    transaction; returns how many rows were stored. Returns :data:`DUPLICATES`
+    when a row is already there (or twice in the batch), None when the batch is not
+    all appends or the table did not take every row (a pruned month): in both
+    cases nothing was written and the caller writes the batch the normal way."""
+    raw = conn.connection.driver_connection
+    try:
+        with conn.begin_nested() as savepoint:
+            conn.execute(text("select set_config('presence.summaries', 'writer', true)"))
+            taken = copy_rows(
+                conn, "presence_transitions", TRANSITION_COLUMNS, rows, TRANSITION_TYPES
+            )
+            summaries = None
+            if taken == len(rows):
+                summaries = _summaries(raw, rows)
+            if summaries is None:
+                savepoint.rollback()  # the setting goes with it
+                return None
+            with raw.cursor() as cursor:
+                cursor.execute(_WRITE, summaries, binary=True)
+    except UniqueViolation:
+        return DUPLICATES
+    return taken
+
+
+def _summaries(raw, rows: Sequence[tuple]) -> dict | None:
+    """The parameters of :data:`_WRITE` for ``rows``, read under the users' locks;
+    None when some user's first new row is not after its tail."""
+    first: dict[str, object] = {}
+    for row in rows:
+        at = first.get(row[0])
+        if at is None or row[2] < at:
+            first[row[0]] = row[2]
+    users = list(first)
+    tails: dict = {}
+    totals: dict = {}
+    with raw.cursor() as cursor:
+        cursor.execute(_LOCK, (sorted(users),), binary=True)
+        cursor.execute(_READ, (users,), binary=True)
+        for user, status, since, day_status, total in cursor:
+            if since >= first[user]:
+                return None
+            tails[user] = (status, since)
+            if day_status is not None:
+                totals[(user, day_status)] = total
+    new = summarise_appends(rows, tails, totals)
+    return {
+        **_columns(new.tails, "tail_user", "tail_status", "tail_since"),
+        **_columns(new.closes, "close_user", "close_at"),
+        **_columns(new.sessions, "session_user", "session_start", "session_end"),
+        **_columns(new.day_suffixes, "grow_user", "grow_day", "grow_status", "grow_lo", "grow_cum"),
+        **_columns(new.days, "day_user", "day_day", "day_status", "day_cum"),
+    }
+
+
+def _columns(items: list[tuple], *names: str) -> dict[str, list]:
+    """Rows as one list per column (the statement unnests them side by side)."""
+    if not items:
+        return {name: [] for name in names}
+    return dict(zip(names, map(list, zip(*items, strict=True)), strict=True))
