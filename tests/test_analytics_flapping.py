@@ -4,20 +4,48 @@ user the sliding-window definition keeps and reports the same counts and the sam
 earliest busiest window, in the same order, read in one statement or with the users
 split into ranges; checked against a brute-force count over random histories
 with several transitions at one instant, equally busy windows, any window and any
-threshold."""
+threshold; and the whole past UTC days kept to narrow the users (migration 0013)
+stay exact after late writes, are really read, and nothing of a day not over (with
+a window after it) is kept."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
 from presence_core import analytics
+from presence_core.analytics import day_cache
 from presence_core.database.storage import Transition, write_batch
 
 T0 = datetime(2026, 5, 4, 10, tzinfo=UTC)
+MIDNIGHT = datetime(2026, 5, 5, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def flapping_days(engine, monkeypatch):
+    """Until migration 0013 and day_cache's delete are committed: the table as it will
+    create it, and its delete."""
+    if not any(table == "presence_flapping_days" for table, _ in day_cache._DELETES):
+        delete = ("presence_flapping_days", "delete from presence_flapping_days where day_end > :d")
+        monkeypatch.setattr(day_cache, "_DELETES", (*day_cache._DELETES, delete))
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "create table if not exists presence_flapping_days (min_n integer,"
+                " window_us bigint, day date, day_end timestamptz not null,"
+                " user_ids text[] not null, primary key (min_n, window_us, day))"
+            )
+        )
+
+
+def kept(engine) -> dict:
+    with engine.connect() as conn:
+        rows = conn.execute(text("select day, user_ids from presence_flapping_days")).all()
+    return {day: sorted(users) for day, users in rows}
 
 
 def reference(engine, lo: datetime, hi: datetime, min_n: int, window: timedelta) -> list:
@@ -168,3 +196,142 @@ def test_the_earliest_of_equally_busy_windows_is_the_burst(engine):
     assert [t.to_pydatetime() for t in got["burst_start"]] == [T0, T0 + timedelta(minutes=30)]
     red = analytics.flapping_users(engine, T0, hour, 6, timedelta(minutes=10), team="red")
     assert red["user_id"].tolist() == ["early"]
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.integers(0, 3),
+            st.integers(-1, 2),  # a day from the midnight MIDNIGHT
+            st.integers(-1200, 1200),  # seconds around that day's midnight
+            st.sampled_from((0, 1, 999_999)),
+            st.sampled_from(("online", "away", "offline")),
+        ),
+        max_size=60,
+    ),
+    late=st.lists(
+        st.tuples(
+            st.integers(0, 4),
+            st.integers(-1, 2),
+            st.integers(-1200, 1200),
+            st.sampled_from((0, 1)),
+            st.sampled_from(("online", "busy", "offline")),
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    min_n=st.integers(2, 6),
+    window=st.integers(1, 900),
+    lo=st.integers(-2 * 86400, 86400),
+    length=st.integers(1, 4 * 86400),
+)
+def test_kept_days_narrow_exactly_across_midnights_and_late_writes(
+    engine, rows, late, min_n, window, lo, length
+):
+    """Histories around three midnights, periods of up to four days from anywhere and
+    a day longer on each side: the read that computes the days, the reads that find
+    them kept (one statement or split by users), and the reads after a late batch
+    (which must replace the days it touched) all equal the brute force."""
+    with engine.begin() as conn:
+        conn.execute(text("truncate presence_transitions"))
+        conn.execute(text("delete from presence_users"))
+        conn.execute(text("delete from presence_flapping_days"))
+    write_batch(engine, around(rows))
+    start = MIDNIGHT + timedelta(seconds=lo)
+    end = start + timedelta(seconds=length)
+    span = timedelta(seconds=window)
+
+    def agree() -> None:
+        # the second period finds the first one's days kept and computes the others
+        for lo_, hi_ in ((start, end), (start - timedelta(days=1), end + timedelta(days=1))):
+            expected = reference(engine, lo_, hi_, min_n, span)
+            for workers in (1, 2, 3):
+                got = analytics.flapping_users(engine, lo_, hi_, min_n, span, workers=workers)
+                assert found(got) == expected, workers
+
+    agree()
+    if end - start >= timedelta(days=2):
+        assert kept(engine)  # the whole past days were kept
+    write_batch(engine, around(late))
+    agree()
+
+
+def around(rows) -> list:
+    return [
+        Transition(f"u{u}", s, MIDNIGHT + timedelta(days=d, seconds=t, microseconds=us), T0)
+        for u, d, t, us, s in rows
+    ]
+
+
+def found(frame) -> list:
+    return [
+        (r.user_id, r.transitions, r.max_in_window, r.burst_start.to_pydatetime())
+        for r in frame.itertuples()
+    ]
+
+
+def burst(user: str, at: datetime, n: int = 6) -> list:
+    return [
+        Transition(user, ("online", "away")[i % 2], at + timedelta(seconds=10 * i), at)
+        for i in range(n)
+    ]
+
+
+def test_kept_days_are_read_and_a_write_before_their_end_replaces_them(engine):
+    """A kept day's users are what narrows the read (emptied by hand, its flapper is
+    not reported); a write replaces the days whose end plus a window is after it (so
+    a write 9 minutes after a midnight, with 10-minute windows, replaces the day before
+    it too) and leaves the earlier ones."""
+    write_batch(engine, burst("a", T0) + burst("b", T0 + timedelta(days=1)))
+    lo, hi = T0 - timedelta(hours=34), T0 + timedelta(days=2)
+    assert analytics.flapping_users(engine, lo, hi)["user_id"].tolist() == ["a", "b"]
+    day = [(lo + timedelta(days=k)).date() for k in range(4)]
+    assert kept(engine) == {day[0]: [], day[1]: ["a"], day[2]: ["b"], day[3]: []}
+    with engine.begin() as conn:
+        conn.execute(text("update presence_flapping_days set user_ids = '{}'"))
+        conn.execute(
+            text("update presence_flapping_days set user_ids = '{ghost}' where day = :d"),
+            {"d": day[0]},
+        )
+    assert analytics.flapping_users(engine, lo, hi).empty  # the kept days answer
+    late = MIDNIGHT + timedelta(minutes=9)
+    write_batch(engine, [Transition("c", "online", late, late)])
+    assert analytics.flapping_users(engine, lo, hi)["user_id"].tolist() == ["a", "b"]
+    assert kept(engine) == {day[0]: ["ghost"], day[1]: ["a"], day[2]: ["b"], day[3]: []}
+
+
+def test_a_day_not_over_is_read_from_the_log_and_not_kept(engine):
+    """A burst minutes ago: found (from the log: today is not kept), and the only days
+    kept are those whose end plus a window is past."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    write_batch(engine, burst("now", now - timedelta(minutes=5)))
+    got = analytics.flapping_users(engine, now - timedelta(days=3), None)
+    assert got["user_id"].tolist() == ["now"]
+    with engine.connect() as conn:
+        ends = conn.execute(text("select day_end from presence_flapping_days")).scalars().all()
+    assert ends and all(e <= now for e in ends)
+
+
+def test_without_the_table_every_user_is_read(engine):
+    """A database before migration 0013 reads all selected users, split or not."""
+    with engine.begin() as conn:
+        conn.execute(text("drop table presence_flapping_days"))
+    rows = [(u, 60 * k + u, 0, ("online", "away")[k % 2]) for u in range(3) for k in range(8)]
+    check(engine, rows, 6, 600, -60, 1800)
+
+
+def test_a_burst_across_midnight_is_kept_with_the_day_it_starts(engine):
+    """Three changes before a midnight and three after: the day before keeps the user
+    (its windows run past its end), so a later period finding that day kept still
+    reports it; a period ending at that midnight does not see the burst."""
+    write_batch(engine, burst("x", MIDNIGHT - timedelta(seconds=30)))
+    lo = MIDNIGHT - timedelta(days=2)
+    assert analytics.flapping_users(engine, lo, MIDNIGHT).empty
+    assert kept(engine)[(MIDNIGHT - timedelta(days=1)).date()] == ["x"]
+    got = analytics.flapping_users(engine, lo, MIDNIGHT + timedelta(days=1))
+    assert found(got) == [("x", 6, 6, MIDNIGHT - timedelta(seconds=30))]
