@@ -105,7 +105,7 @@ def _compute(
         for first, last in day_cache.runs(missing)
     ]
     computed: dict = {}
-    for rows in _run_all(engine, conn, sql, stretches):
+    for rows in run_all(engine, conn, sql, stretches, WORKERS):
         computed.update({r[0]: r[1] for r in rows})
     conn.rollback()
     counts.update(computed)
@@ -137,15 +137,20 @@ def _keep(conn: Connection, rows: list[dict]) -> None:
             )
 
 
-def _run_all(
-    engine: Engine | None, conn: Connection, sql: TextClause, stretches: list[dict]
+def run_all(
+    engine: Engine | None,
+    conn: Connection,
+    sql: TextClause,
+    stretches: list[dict],
+    workers: int = WORKERS,
 ) -> list[list]:
-    """Each stretch's rows, all from ``conn``'s snapshot: the first on ``conn``, the
-    others at once on up to :data:`WORKERS` - 1 more connections of ``engine`` that
-    import that snapshot (without ``engine``, or for one stretch, all on ``conn``).
-    ``conn``'s transaction stays open until every one has finished, as an imported
-    snapshot must still be held by its exporter when it is imported."""
-    if engine is None or len(stretches) < 2 or WORKERS < 2:
+    """``sql``'s rows for each parameter set of ``stretches``, all from ``conn``'s
+    snapshot: some on ``conn``, the others at once on up to ``workers`` - 1 more
+    connections of ``engine`` that import that snapshot (without ``engine``, or for
+    one stretch, all on ``conn``). ``conn``'s transaction stays open until every one
+    has finished, as an imported snapshot must still be held by its exporter when
+    it is imported. (Also the flapping days' reads.)"""
+    if engine is None or len(stretches) < 2 or workers < 2:
         return [conn.execute(sql, p).all() for p in stretches]
     snapshot = conn.execute(text("select pg_export_snapshot()")).scalar()
 
@@ -153,10 +158,10 @@ def _run_all(
         with in_snapshot(engine, snapshot) as other:
             return [other.execute(sql, p).all() for p in params]
 
-    with ThreadPoolExecutor(max_workers=WORKERS - 1) as pool:
-        shares = [stretches[k::WORKERS] for k in range(1, WORKERS)]
+    with ThreadPoolExecutor(max_workers=workers - 1) as pool:
+        shares = [stretches[k::workers] for k in range(1, workers)]
         futures = [pool.submit(more, share) for share in shares if share]
-        mine = [conn.execute(sql, p).all() for p in stretches[::WORKERS]]
+        mine = [conn.execute(sql, p).all() for p in stretches[::workers]]
         theirs = [f.result() for f in futures]
     return mine + [rows for share in theirs for rows in share]
 

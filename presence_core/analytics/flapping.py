@@ -40,7 +40,7 @@ from presence_core.analytics.common import (
     resolve_period,
     time_zone,
 )
-from presence_core.analytics.daily_active import in_snapshot
+from presence_core.analytics.daily_active import in_snapshot, run_all
 from presence_core.analytics.sql import USERS
 
 if TYPE_CHECKING:
@@ -95,6 +95,8 @@ where f.max_in_window >= :min_n
 order by f.max_in_window desc, f.transitions desc, su.user_id"""
 )
 """The definition (see the comment inside): one row per flapping user."""
+
+ZERO = timedelta(0)
 
 MAX_WINDOW = timedelta(hours=1)
 """Longer windows read every selected user (a day's users would depend on more of the next day)."""
@@ -171,7 +173,7 @@ def flapping_users(
         from_user=None,
         to_user=None,
     )
-    if min_transitions >= 2 and timedelta(0) < window <= MAX_WINDOW and _has_cache(engine):
+    if min_transitions >= 2 and ZERO < window <= MAX_WINDOW and _has_cache(engine):
         return _narrowed(engine, params, window, max(1, workers))
     bounds = _user_ranges(engine, workers)
 
@@ -220,14 +222,15 @@ def _narrowed(
         missing = [i for i, d in enumerate(past) if d not in known]
         computed: dict[date, list[str]] = {past[i]: [] for i in missing}
         pieces = [
-            (_midnight(past[a]), _upto(past[b], window), _midnight(past[b] + timedelta(days=1)))
+            {**params, "start": _midnight(x), "end": _upto(y, window), "before": _upto(y, ZERO)}
             for a, b in day_cache.runs(missing)
+            for x, y in _chunks(past[a : b + 1], workers)
         ]
         if len(past) < len(days):  # the days not over (with a window after): what there is
-            pieces.append((max(lo, _midnight(days[len(past)])), hi, hi))
-        for piece_lo, piece_hi, before in pieces:
-            piece = {**params, "start": piece_lo, "end": piece_hi, "before": before}
-            for day, found in conn.execute(text(_DAY_USERS_SQL), piece):
+            today = max(lo, _midnight(days[len(past)]))
+            pieces.append({**params, "start": today, "end": hi, "before": hi})
+        for rows in run_all(engine, conn, text(_DAY_USERS_SQL), pieces, workers):
+            for day, found in rows:
                 users.update(found)
                 if day in computed:
                     computed[day] = sorted(found)
@@ -280,6 +283,12 @@ def _merge(parts: list[pd.DataFrame]) -> pd.DataFrame:
         .sort_values(["max_in_window", "transitions"], ascending=False, kind="stable")
         .reset_index(drop=True)
     )
+
+
+def _chunks(days: list[date], parts: int) -> list[tuple[date, date]]:
+    """Consecutive ``days`` in at most ``parts`` stretches (first, last), read at once."""
+    size = -(-len(days) // max(1, parts))
+    return [(days[k], days[min(k + size, len(days)) - 1]) for k in range(0, len(days), size)]
 
 
 def _upto(day: date, window: timedelta) -> datetime:
