@@ -103,24 +103,44 @@ MAX_WINDOW = timedelta(hours=1)
 
 COLUMNS = ("user_id", "user_name", "team", "transitions", "max_in_window", "burst_start")
 
-# Per UTC day, the users (every one, hidden included: filters apply after) with
-# :min_n transitions of [:start, :end) within :win from one transition before
-# :before in that day. The rows by time: a day, or what there is of today, is a small
-# part of the log (an index range; per-user probes would cost more than the rows).
-_DAY_USERS_SQL = """
-select (p.y at time zone 'UTC')::date as day, array_agg(distinct g.user_id) as users
-from (
-    select t.user_id, array_agg(t.occurred_at order by t.occurred_at) as a
-    from presence_transitions t
-    where t.occurred_at >= cast(:start as timestamptz) and t.occurred_at < cast(:end as timestamptz)
-    group by t.user_id
-) g
+# Per UTC day, the listed users (every one, hidden included: filters apply after)
+# with :min_n transitions of [:start, :end) within :win from one transition before
+# :before in that day: the slices' test of EXACT_SQL, kept for the starts' days.
+_STARTS = """
 cross join lateral (
     select unnest(g.a[cast(:lead_n as int) + 1:]) as x,
            unnest(g.a[1 : cardinality(g.a) - cast(:lead_n as int)]) as y
 ) p
 where p.x <= p.y + cast(:win as interval) and p.y < cast(:before as timestamptz)
 group by 1"""
+
+# Whole days: per user, one index range of its rows (as EXACT_SQL reads them).
+_DAY_USERS_SQL = (
+    """
+select (p.y at time zone 'UTC')::date as day, array_agg(distinct su.user_id) as users
+from presence_users su
+cross join lateral (
+    select array_agg(t.occurred_at order by t.occurred_at) as a
+    from presence_transitions t
+    where t.user_id = su.user_id and t.occurred_at >= cast(:start as timestamptz)
+      and t.occurred_at < cast(:end as timestamptz)
+) g"""
+    + _STARTS
+)
+
+# What there is of today: the rows by time (an index range; often few rows, where a
+# probe per user would cost more), grouped by user.
+_TODAY_USERS_SQL = (
+    """
+select (p.y at time zone 'UTC')::date as day, array_agg(distinct g.user_id) as users
+from (
+    select t.user_id, array_agg(t.occurred_at order by t.occurred_at) as a
+    from presence_transitions t
+    where t.occurred_at >= cast(:start as timestamptz) and t.occurred_at < cast(:end as timestamptz)
+    group by t.user_id
+) g"""
+    + _STARTS
+)
 
 _CACHED_SQL = """
 select day, user_ids from presence_flapping_days
@@ -226,14 +246,16 @@ def _narrowed(
             for a, b in day_cache.runs(missing)
             for x, y in _chunks(past[a : b + 1], workers)
         ]
-        if len(past) < len(days):  # the days not over (with a window after): what there is
-            today = max(lo, _midnight(days[len(past)]))
-            pieces.append({**params, "start": today, "end": hi, "before": hi})
         for rows in run_all(engine, conn, text(_DAY_USERS_SQL), pieces, workers):
             for day, found in rows:
                 users.update(found)
-                if day in computed:
+                if day in computed:  # (beyond day_cache.MAX_RUNS a run spans kept days too)
                     computed[day] = sorted(found)
+        if len(past) < len(days):  # the days not over (with a window after): what there is
+            today = max(lo, _midnight(days[len(past)]))
+            piece = {**params, "start": today, "end": hi, "before": hi}
+            for _, found in conn.execute(text(_TODAY_USERS_SQL), piece):
+                users.update(found)
         frame = _exact(engine, conn, params, sorted(users), workers)
         conn.rollback()
         if computed and primary:
