@@ -28,6 +28,7 @@ from presence_core.database.storage import (
     write_batch,
 )
 from tests.test_rollups import check, stored
+from tests.waiting import wait_for
 
 T0 = datetime(2026, 3, 7, 23, 40, tzinfo=UTC)  # 20 minutes before a UTC midnight
 STATUSES = ("online", "away", "busy", "offline", "offline")
@@ -186,8 +187,12 @@ def test_which_batches_the_writer_summarises(engine):
         "tie": ([Transition("a", "away", T0, T0)], None),
         "late": ([Transition("b", "busy", T0 - timedelta(seconds=1), T0)], None),
         "mixed": ([Transition("c", "online", at, at), Transition("b", "busy", T0, T0)], None),
-        "stored": ([Transition("b", "away", T0, T0)], appends.DUPLICATES),
+        "stored": ([Transition("b", "away", T0, T0)], None),  # not after b's tail
         "twice": ([Transition("c", "online", at, at)] * 2, appends.DUPLICATES),
+        "also stored": (
+            [Transition("c", "online", at, at), Transition("a", "online", T0, T0)],
+            None,
+        ),
     }
     for name, (batch, outcome) in cases.items():
         with engine.begin() as conn:
@@ -268,3 +273,47 @@ def test_two_writers_of_the_same_users_at_once(engine):
     check(engine)
     with engine.connect() as conn:
         assert conn.execute(text("select count(*) from presence_transitions")).scalar() > rounds
+
+
+def _copy_waiting(engine) -> int:
+    """How many COPYs wait for a lock (read afresh: a transaction keeps its first
+    view of pg_stat_activity)."""
+    with engine.connect() as conn:
+        return conn.execute(
+            text(
+                "select count(*) from pg_stat_activity"
+                " where wait_event_type = 'Lock' and query like 'copy%'"
+            )
+        ).scalar()
+
+
+@pytest.mark.parametrize("order", ["after", "before"])
+def test_a_writer_committing_while_the_summaries_are_computed(engine, order):
+    """The tails read before the COPY are stale when another writer of the same user
+    commits before the locks are taken: read again under them, the batch is
+    summarised from the new tail (its rows come after) or left to the triggers (they
+    come before it). The other writer holds the rollups' state row, so this
+    writer's COPY waits for it after reading the tails: the order is certain."""
+    write_batch(engine, [Transition("u", "online", T0, T0)])
+    theirs = T0 + timedelta(minutes=10)
+    ours = theirs + (timedelta(minutes=5) if order == "after" else -timedelta(minutes=5))
+    outcome: list = []
+    with engine.connect() as other:
+        other.begin()
+        write_batch(other, [Transition("u", "offline", theirs, theirs)])
+
+        def ours_now() -> None:
+            with engine.begin() as conn:
+                outcome.append(
+                    appends.write_appends(conn, [row(Transition("u", "away", ours, ours))])
+                )
+
+        thread = threading.Thread(target=ours_now)
+        thread.start()
+        wait_for(lambda: _copy_waiting(engine), what="our COPY waiting for the other writer")
+        other.commit()
+        thread.join(timeout=30)
+    assert outcome == ([1] if order == "after" else [None])
+    if order == "before":
+        write_batch(engine, [Transition("u", "away", ours, ours)])  # the caller's way
+    check(engine)

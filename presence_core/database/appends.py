@@ -33,10 +33,11 @@ loses nothing and leaves nothing half-summarised.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Final
 
 from psycopg.errors import UniqueViolation
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection
 
 from presence_core.database.storage import TRANSITION_COLUMNS, TRANSITION_TYPES, copy_rows
 from presence_core.database.summarise import summarise_appends
@@ -82,9 +83,11 @@ opened as (
                          %(session_end)b::timestamptz[])
 ),
 grown as (
-    update presence_status_days d set cum[x.lo:97] = x.cum::bigint[]
+    update presence_status_days d
+    set cum[x.lo:97] = x.head::bigint[] || array_fill(x.total, array[x.n])
     from unnest(%(grow_user)b::text[], %(grow_day)b::date[], %(grow_status)b::text[],
-                %(grow_lo)b::int[], %(grow_cum)b::text[]) x(user_id, day, status, lo, cum)
+                %(grow_lo)b::int[], %(grow_head)b::text[], %(grow_total)b::bigint[],
+                %(grow_n)b::int[]) x(user_id, day, status, lo, head, total, n)
     where d.user_id = x.user_id and d.day = x.day and d.status = x.status
 ),
 added as (
@@ -103,53 +106,82 @@ def write_appends(conn: Connection, rows: Sequence[tuple]) -> int | str | None:
     transaction; returns how many rows were stored. Returns :data:`DUPLICATES`
     when a row is already there (or twice in the batch), None when the batch is not
     all appends or the table did not take every row (a pruned month): in both
-    cases nothing was written and the caller writes the batch the normal way."""
+    cases nothing was written and the caller writes the batch the normal way.
+
+    The summaries are computed while the server stores the rows, from the tails
+    read before the COPY; under the locks the tails are read again, and if another
+    writer changed them in between, computed again from what they are now.
+    """
+    first: dict[str, datetime] = {}
+    for row in rows:
+        user, at = row[0], row[2]
+        if type(user) is not str or not isinstance(at, datetime) or at.tzinfo is None:
+            return None  # refused by the normal path's COPY, with its message
+        known = first.get(user)
+        if known is None or at < known:
+            first[user] = at
+    users = list(first)
     raw = conn.connection.driver_connection
     try:
-        with conn.begin_nested() as savepoint:
-            conn.execute(text("select set_config('presence.summaries', 'writer', true)"))
-            taken = copy_rows(
-                conn, "presence_transitions", TRANSITION_COLUMNS, rows, TRANSITION_TYPES
-            )
-            summaries = None
-            if taken == len(rows):
-                summaries = _summaries(raw, rows)
-            if summaries is None:
+        with conn.begin_nested() as savepoint, raw.cursor() as cursor:
+            cursor.execute("select set_config('presence.summaries', 'writer', true)")
+            seen = _read(cursor, users)
+            if not _appends(first, seen[0]):
                 savepoint.rollback()  # the setting goes with it
                 return None
-            with raw.cursor() as cursor:
-                cursor.execute(_WRITE, summaries, binary=True)
+            params: list = []
+            taken = copy_rows(
+                conn,
+                "presence_transitions",
+                TRANSITION_COLUMNS,
+                rows,
+                TRANSITION_TYPES,
+                meanwhile=lambda: params.append(_parameters(rows, *seen)),
+            )
+            if taken == len(rows):
+                cursor.execute(_LOCK, (sorted(users),), binary=True)
+                now = _read(cursor, users)
+                if now != seen:  # another writer of these users committed since
+                    params[0] = _parameters(rows, *now) if _appends(first, now[0]) else None
+            if taken != len(rows) or params[0] is None:
+                savepoint.rollback()
+                return None
+            cursor.execute(_WRITE, params[0], binary=True)
     except UniqueViolation:
         return DUPLICATES
     return taken
 
 
-def _summaries(raw, rows: Sequence[tuple]) -> dict | None:
-    """The parameters of :data:`_WRITE` for ``rows``, read under the users' locks;
-    None when some user's first new row is not after its tail."""
-    first: dict[str, object] = {}
-    for row in rows:
-        at = first.get(row[0])
-        if at is None or row[2] < at:
-            first[row[0]] = row[2]
-    users = list(first)
+def _read(cursor, users: list[str]) -> tuple[dict, dict]:
+    """The users' tails (user -> (status, since)) and the totals of their stored
+    arrays on the tail's UTC day ((user, status) -> microseconds)."""
     tails: dict = {}
     totals: dict = {}
-    with raw.cursor() as cursor:
-        cursor.execute(_LOCK, (sorted(users),), binary=True)
-        cursor.execute(_READ, (users,), binary=True)
-        for user, status, since, day_status, total in cursor:
-            if since >= first[user]:
-                return None
-            tails[user] = (status, since)
-            if day_status is not None:
-                totals[(user, day_status)] = total
+    cursor.execute(_READ, (users,), binary=True)
+    for user, status, since, day_status, total in cursor:
+        tails[user] = (status, since)
+        if day_status is not None:
+            totals[(user, day_status)] = total
+    return tails, totals
+
+
+def _appends(first: dict[str, datetime], tails: dict) -> bool:
+    """Whether every user's first new row comes after its tail."""
+    return all(since < first[user] for user, (_status, since) in tails.items())
+
+
+def _parameters(rows: Sequence[tuple], tails: dict, totals: dict) -> dict:
+    """The parameters of :data:`_WRITE` for ``rows`` appended after ``tails``."""
     new = summarise_appends(rows, tails, totals)
     return {
         **_columns(new.tails, "tail_user", "tail_status", "tail_since"),
         **_columns(new.closes, "close_user", "close_at"),
         **_columns(new.sessions, "session_user", "session_start", "session_end"),
-        **_columns(new.day_suffixes, "grow_user", "grow_day", "grow_status", "grow_lo", "grow_cum"),
+        **_columns(
+            new.day_suffixes,
+            *("grow_user", "grow_day", "grow_status", "grow_lo", "grow_head", "grow_total"),
+            "grow_n",
+        ),
         **_columns(new.days, "day_user", "day_day", "day_status", "day_cum"),
     }
 

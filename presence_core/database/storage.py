@@ -14,7 +14,7 @@ them; a replay leaves them as they are.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -155,28 +155,17 @@ from presence_stage
 on conflict on constraint uq_presence_transitions_event do nothing
 """
 
-# One row per user of the batch, summarised in Python (see _user_rows):
+# One row per user of the batch, summarised in Python (see _user_rows), as one array
+# per column (binary parameters: no staging table to create, fill and empty);
 # status_since is null for users seen only through sightings.
-_USER_STAGE_TABLE = """
-create temporary table if not exists presence_user_stage (
-    user_id text not null,
-    status text not null,
-    status_since timestamptz,
-    last_seen timestamptz not null,
-    user_type text,
-    user_name text,
-    team text
-) on commit delete rows
-"""
-
 # The batch's latest transition sets a user's status, unless the stored status
 # is newer (a replay of old events must not roll the current state back).
 # last_seen only moves forward. Names and team fill in, never erase.
 _UPSERT_USERS = """
 insert into presence_users
-    (user_id, user_type, user_name, team, status, status_since, last_seen)
-select user_id, user_type, user_name, team, status, status_since, last_seen
-from presence_user_stage
+    (user_id, status, status_since, last_seen, user_type, user_name, team)
+select * from unnest(%b::text[], %b::text[], %b::timestamptz[], %b::timestamptz[],
+                     %b::text[], %b::text[], %b::text[])
 on conflict (user_id) do update set
     status = case
         when excluded.status_since is not null
@@ -253,7 +242,6 @@ def _insert_transitions(conn: Connection, transitions: Sequence[Transition]) -> 
 
 
 USER_COLUMNS = ("user_id", "status", "status_since", "last_seen", "user_type", "user_name", "team")
-USER_TYPES = ("text", "text", "timestamptz", "timestamptz", "text", "text", "text")
 
 
 def upsert_users(conn: Connection, rows: Iterable[tuple]) -> None:
@@ -261,11 +249,10 @@ def upsert_users(conn: Connection, rows: Iterable[tuple]) -> None:
     :data:`USER_COLUMNS` order. A row's status applies when its ``status_since``
     is not older than the stored one (None: the status is left alone);
     ``last_seen`` only moves forward; names fill in, never erase."""
-    conn.execute(text(_USER_STAGE_TABLE))
-    copy_rows(conn, "presence_user_stage", USER_COLUMNS, rows, USER_TYPES)
-    conn.execute(text(_UPSERT_USERS))
-    # emptied at once, not only at commit: a caller may write twice in one transaction
-    conn.execute(text("truncate presence_user_stage"))
+    columns = [list(column) for column in zip(*rows, strict=True)]
+    if columns:
+        with conn.connection.driver_connection.cursor() as cursor:
+            cursor.execute(_UPSERT_USERS, columns)
 
 
 def _user_rows(transitions: Sequence[Transition], sightings: Sequence[Sighting]) -> list[tuple]:
@@ -333,10 +320,13 @@ def copy_rows(
     columns: Sequence[str],
     rows: Iterable[tuple],
     types: Sequence[str] | None = None,
+    meanwhile: Callable[[], object] | None = None,
 ) -> int:
     """COPY rows (tuples in ``columns`` order) into ``table`` on the connection's
     own transaction; returns how many rows the table took (a row a trigger drops,
-    such as one for a pruned month, is not counted).
+    such as one for a pruned month, is not counted). ``meanwhile`` is called once
+    the rows are sent and before the COPY ends: the server is still storing them,
+    so what it does costs no time on a machine with a core to spare.
 
     With ``types`` (the columns' PostgreSQL type names) the COPY is binary, which
     costs the client several times less CPU than text; the values must then be
@@ -357,6 +347,8 @@ def copy_rows(
             except (TypeError, ValueError, OverflowError) as exc:
                 # a value the binary format cannot carry: refused like one the database refuses
                 raise DataError(f"COPY {table}: {exc} in row {row!r}") from None
+            if meanwhile is not None:
+                meanwhile()
         return cursor.rowcount
 
 

@@ -45,8 +45,9 @@ class Appended(NamedTuple):
     days: list[tuple]
     """(user_id, day, status, cum array text): new status-day rows."""
     day_suffixes: list[tuple]
-    """(user_id, day, status, lo, array text): stored rows whose elements from ``lo``
-    (1-based, to 97) become the array (the stored total plus the new time)."""
+    """(user_id, day, status, lo, head array text, total, n): stored rows whose
+    elements from ``lo`` (1-based) on become the head's then ``n`` times the total
+    (the stored total plus the new time; the head is where it changes)."""
     tails: list[tuple]
     """(user_id, status, since): every user's new tail."""
 
@@ -132,18 +133,20 @@ def summarise_appends(
                     if cum is not None:
                         appended.days.append((user, _EPOCH_DAY + timedelta(days=day), status, cum))
                     continue
-                cum = _cum_text(day_runs, day * _QUARTERS, total)
-                if cum is not None:
-                    # the text starts with quarter + 1 copies of the total (the first new
-                    # time is in the tail's quarter or later): keep what follows them
-                    keep = 1 + (quarter + 1) * (len(str(total)) + 1)
+                head, done, grown = _cum_head(day_runs, day * _QUARTERS, total)
+                if grown != total:
+                    # the head starts with quarter + 1 copies of the total (the first new
+                    # time is in the tail's quarter or later): elements up to there stay
+                    keep = (quarter + 1) * (len(str(total)) + 1)
                     appended.day_suffixes.append(
                         (
                             user,
                             _EPOCH_DAY + timedelta(days=day),
                             status,
                             quarter + 2,
-                            "{" + cum[keep:],
+                            "{" + head[keep:-1] + "}",
+                            grown,
+                            _QUARTERS + 1 - done,
                         )
                     )
     return appended
@@ -226,13 +229,23 @@ def _cut(runs: list[tuple[int, int, int]], lo: int, hi: int) -> None:
     runs.append((last, 1, hi - last * _QUARTER))
 
 
-def _cum_text(runs: list[tuple[int, int, int]], base: int, start: int = 0) -> str | None:
-    """The day's 97 cumulative microseconds (``cum[j]`` = ``start`` + time in
-    quarters before ``j``) as array text, from its runs in quarter order (quarter
-    ``base`` is the day's first); None when they add nothing. Most of the 97 values
-    repeat the one before (quarters with no time in the status): each repeat is
-    written once and multiplied, which is what makes this cheaper than formatting
-    97 numbers."""
+def _cum_text(runs: list[tuple[int, int, int]], base: int) -> str | None:
+    """The day's 97 cumulative microseconds (``cum[j]`` = time in quarters before
+    ``j``) as array text, from its runs in quarter order (quarter ``base`` is the
+    day's first); None when they add up to nothing."""
+    head, done, total = _cum_head(runs, base, 0)
+    if not total:
+        return None
+    return "{" + head + f"{total}," * (_QUARTERS - done) + str(total) + "}"
+
+
+def _cum_head(runs: list[tuple[int, int, int]], base: int, start: int) -> tuple[str, int, int]:
+    """``(text, done, total)``: ``cum[0 .. done - 1]`` of the day's runs (in quarter
+    order; quarter ``base`` is the day's first) plus ``start``, each value followed by
+    a comma, and ``total``, the value of every element from ``done`` on. Most of the
+    97 values repeat the one before (quarters with no time in the status): each
+    repeat is written once and multiplied, which is what makes this cheaper than
+    formatting 97 numbers."""
     pieces: list[str] = []
     total = start
     done = 0  # cum[0 .. done - 1] are written; cum[done] is total so far
@@ -245,7 +258,4 @@ def _cum_text(runs: list[tuple[int, int, int]], base: int, start: int = 0) -> st
             pieces.append(",")
         total += amount * n
         done = k + n
-    if total == start:
-        return None
-    pieces.append(f"{total}," * (_QUARTERS - done) + str(total))
-    return "{" + "".join(pieces) + "}"
+    return "".join(pieces), done, total
