@@ -115,8 +115,7 @@ where p.x <= p.y + cast(:win as interval) and p.y < cast(:before as timestamptz)
 group by 1"""
 
 # Whole days: per user, one index range of its rows (as EXACT_SQL reads them).
-_DAY_USERS_SQL = (
-    """
+_DAY_USERS_SQL = """
 select (p.y at time zone 'UTC')::date as day, array_agg(distinct su.user_id) as users
 from presence_users su
 cross join lateral (
@@ -124,8 +123,11 @@ cross join lateral (
     from presence_transitions t
     where t.user_id = su.user_id and t.occurred_at >= cast(:start as timestamptz)
       and t.occurred_at < cast(:end as timestamptz)
-) g"""
-    + _STARTS
+) g""" + _STARTS.replace(
+    "group by 1",
+    """and (cast(:from_user as text) is null or su.user_id >= cast(:from_user as text))
+  and (cast(:to_user as text) is null or su.user_id < cast(:to_user as text))
+group by 1""",
 )
 
 # What there is of today: the rows by time (an index range; often few rows, where a
@@ -241,16 +243,25 @@ def _narrowed(
             users.update(found)
         missing = [i for i, d in enumerate(past) if d not in known]
         computed: dict[date, list[str]] = {past[i]: [] for i in missing}
+        # each run of days to compute, for each range of users (read at once)
+        ranges = _user_ranges(engine, workers) if missing else []
         pieces = [
-            {**params, "start": _midnight(x), "end": _upto(y, window), "before": _upto(y, ZERO)}
+            {
+                **params,
+                "start": _midnight(past[a]),
+                "end": _upto(past[b], window),
+                "before": _upto(past[b], ZERO),
+                "from_user": from_user,
+                "to_user": to_user,
+            }
             for a, b in day_cache.runs(missing)
-            for x, y in _chunks(past[a : b + 1], workers)
+            for from_user, to_user in ranges
         ]
         for rows in run_all(engine, conn, text(_DAY_USERS_SQL), pieces, workers):
             for day, found in rows:
                 users.update(found)
                 if day in computed:  # (beyond day_cache.MAX_RUNS a run spans kept days too)
-                    computed[day] = sorted(found)
+                    computed[day] = sorted({*computed[day], *found})
         if len(past) < len(days):  # the days not over (with a window after): what there is
             today = max(lo, _midnight(days[len(past)]))
             piece = {**params, "start": today, "end": hi, "before": hi}
@@ -305,12 +316,6 @@ def _merge(parts: list[pd.DataFrame]) -> pd.DataFrame:
         .sort_values(["max_in_window", "transitions"], ascending=False, kind="stable")
         .reset_index(drop=True)
     )
-
-
-def _chunks(days: list[date], parts: int) -> list[tuple[date, date]]:
-    """Consecutive ``days`` in at most ``parts`` stretches (first, last), read at once."""
-    size = -(-len(days) // max(1, parts))
-    return [(days[k], days[min(k + size, len(days)) - 1]) for k in range(0, len(days), size)]
 
 
 def _upto(day: date, window: timedelta) -> datetime:
