@@ -1,22 +1,25 @@
-"""Caches of whole past local days, kept exact: the protocol both caches share.
+"""Caches of whole past days, kept exact: the protocol the caches share.
 
-Two caches hold figures of whole local days of a zone computed on read from the
-summaries: the daily active users (migration 0009,
-:mod:`presence_core.analytics.daily_active`) and each user's daily figures
-(migration 0011, :mod:`presence_core.analytics.user_days`). A local day's figures
-depend only on the statuses in force during it, and the status at an instant is
-the last transition at or before it; so a write whose earliest ``occurred_at`` is
-``m`` changes no day ending at or before ``m``. The trigger of 0009 lowers the
+Three caches hold figures of whole past days computed on read: the daily active
+users (migration 0009, :mod:`presence_core.analytics.daily_active`), each user's
+daily figures (migration 0011, :mod:`presence_core.analytics.user_days`), both per
+local day of a zone, and the users who flap on each UTC day (migration 0013,
+:mod:`presence_core.analytics.flapping`). A day's figures depend only on the
+statuses in force (or the transitions) up to its end (``day_end``: for flapping,
+the UTC day's end plus the window), and the status at an instant is the last
+transition at or before it; so a write whose earliest ``occurred_at`` is ``m``
+changes no day ending at or before ``m``. The trigger of 0009 lowers the
 ``dirty_from`` of the ``daily_active`` state row (:data:`MARK`) to that ``m`` (a
 truncate sets it to ``-infinity``; a user added to or removed from presence_users
-with rows stored marks from its first row). Both caches answer to that one mark:
-the same writes change both from the same instant, so one row and one trigger
-serve them, and the writers' cost did not grow with the second cache.
+with rows stored marks from its first row). All caches answer to that one mark:
+the same writes change them from the same instant, so one row and one trigger
+serve them, and the writers' cost did not grow with the later caches.
 
 The protocol:
 
 - :func:`invalidate` (before reading): delete the cached days ending after the
-  mark from every cache, then clear the mark; skipped while a reader holds
+  mark from every cache (a table not created yet, before its migration, is
+  skipped), then clear the mark; skipped while a reader holds
   :data:`LOCK` shared (between its snapshot and its insert, it relies on the mark).
 - :func:`reading` holds :data:`LOCK` shared from before a reader's snapshot to its
   insert, so the mark is not cleared meanwhile: at insert time it is at or before
@@ -66,6 +69,8 @@ _DELETES = (
         """with gone as (delete from presence_user_days_cover where day_end > :d returning tz, day)
     delete from presence_user_days u using gone g where u.tz = g.tz and u.day = g.day""",
     ),
+    # (a day's flapping users depend on the log up to its end plus the window: day_end)
+    ("presence_flapping_days", "delete from presence_flapping_days where day_end > :d"),
 )
 
 
