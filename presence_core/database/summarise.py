@@ -17,12 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
 from operator import itemgetter
 from typing import NamedTuple
 
 from presence_core.protocol import OFFLINE
 
-__all__ = ["Appended", "Summaries", "quarter_of", "summarise", "summarise_appends"]
+__all__ = ["Appended", "Summaries", "summarise", "summarise_appends"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -52,10 +53,10 @@ class Appended(NamedTuple):
     """(user_id, status, since): every user's new tail."""
 
 
-def quarter_of(moment: datetime) -> tuple[date, int]:
-    """The UTC day of ``moment`` and the index (0..95) of its quarter-hour in it."""
-    q = (moment - _EPOCH) // _MICROSECOND // _QUARTER
-    return _EPOCH_DAY + timedelta(days=q // _QUARTERS), q % _QUARTERS
+@lru_cache(maxsize=4096)
+def _date(day: int) -> date:
+    """The date ``day`` days after 1970-01-01 (a batch has one or two: cached)."""
+    return _EPOCH_DAY + timedelta(days=day)
 
 
 def _by_user(rows: Iterable[tuple]) -> dict[str, list[tuple]]:
@@ -95,7 +96,7 @@ def summarise(rows: Iterable[tuple]) -> Summaries:
                 if cum is not None:
                     cut.append((day, status, cum))
         cut.sort()
-        days += [(user, _EPOCH_DAY + timedelta(days=day), status, cum) for day, status, cum in cut]
+        days += [(user, _date(day), status, cum) for day, status, cum in cut]
     return sessions, days, tails
 
 
@@ -131,7 +132,7 @@ def summarise_appends(
                 if total is None:
                     cum = _cum_text(day_runs, day * _QUARTERS)
                     if cum is not None:
-                        appended.days.append((user, _EPOCH_DAY + timedelta(days=day), status, cum))
+                        appended.days.append((user, _date(day), status, cum))
                     continue
                 head, done, grown = _cum_head(day_runs, day * _QUARTERS, total)
                 if grown != total:
@@ -141,7 +142,7 @@ def summarise_appends(
                     appended.day_suffixes.append(
                         (
                             user,
-                            _EPOCH_DAY + timedelta(days=day),
+                            _date(day),
                             status,
                             quarter + 2,
                             "{" + head[keep:-1] + "}",
@@ -203,6 +204,9 @@ def _days(runs: list[tuple[int, int, int]]) -> Iterable[tuple[int, list[tuple[in
     """A status's runs (in time order, none across a UTC midnight) grouped by day."""
     first = 0
     day = runs[0][0] // _QUARTERS
+    if runs[-1][0] // _QUARTERS == day:  # the usual batch: one day
+        yield day, runs
+        return
     for i, run in enumerate(runs):
         if run[0] // _QUARTERS != day:
             yield day, runs[first:i]

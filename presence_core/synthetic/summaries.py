@@ -40,33 +40,41 @@ _ANY_STORED = (
 )
 
 
-def write_history(conn: Connection, rows: Sequence[tuple]) -> bool:
+def write_history(conn: Connection, rows: Sequence[tuple]) -> Summaries | None:
     """COPY ``rows`` (transitions of users who have none yet, in
     :data:`storage.TRANSITION_COLUMNS` order) and their summaries, on ``conn``'s
-    transaction; the triggers skip this transaction's writes. Returns False, with
-    nothing written, when one of the users has rows after all, or when the table
-    did not take every row (a pruned month): the caller then writes them the
-    normal way, which summarises what is taken."""
+    transaction; the triggers skip this transaction's writes. Returns the summaries
+    written, or None, with nothing written, when one of the users has rows after
+    all, or when the table did not take every row (a pruned month): the caller then
+    writes them the normal way, which summarises what is taken.
+
+    The summaries are computed while the server stores the rows (``copy_rows``'
+    ``meanwhile``). The users' locks are taken after the COPY, as the triggers take
+    them: locking first could deadlock with a trigger that holds the rollups' state
+    row (taken by the COPY's invalidation trigger) and waits for one of them."""
     users = sorted({row[0] for row in rows})
-    # the triggers' per-user locks, then "no rows yet" checked again under them: a
-    # listener may have written one of these users since the caller looked
-    conn.execute(text(_LOCK_USERS), {"users": users})
-    if conn.execute(text(_ANY_STORED), {"users": users}).scalar():
-        return False
     with conn.begin_nested() as savepoint:
         conn.execute(text("select set_config('presence.summaries', 'writer', true)"))
+        computed: list[Summaries] = []
         taken = storage.copy_rows(
             conn,
             "presence_transitions",
             storage.TRANSITION_COLUMNS,
             rows,
             storage.TRANSITION_TYPES,
+            meanwhile=lambda: computed.append(summarise(rows)),
         )
-        if taken != len(rows):
-            conn.execute(text("select set_config('presence.summaries', '', true)"))
-            savepoint.rollback()
-            return False
-        sessions, days, tails = summarise(rows)
+        fresh = False
+        if taken == len(rows):
+            # the triggers' per-user locks, then "no rows yet" checked under them: a
+            # listener may have written one of these users since the caller looked (the
+            # tails are not ours: this transaction's rows are not summarised yet)
+            conn.execute(text(_LOCK_USERS), {"users": users})
+            fresh = not conn.execute(text(_ANY_STORED), {"users": users}).scalar()
+        if not fresh:
+            savepoint.rollback()  # the setting goes with it
+            return None
+        sessions, days, tails = computed[0]
         storage.copy_rows(
             conn,
             "presence_sessions",
@@ -88,4 +96,4 @@ def write_history(conn: Connection, rows: Sequence[tuple]) -> bool:
             ("text", "text", "timestamptz"),
         )
         conn.execute(text("select set_config('presence.summaries', '', true)"))
-    return True
+    return computed[0]
