@@ -12,34 +12,15 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
 from presence_core import analytics
-from presence_core.analytics import day_cache
 from presence_core.database.storage import Transition, write_batch
 
 T0 = datetime(2026, 5, 4, 10, tzinfo=UTC)
 MIDNIGHT = datetime(2026, 5, 5, tzinfo=UTC)
-
-
-@pytest.fixture(autouse=True)
-def flapping_days(engine, monkeypatch):
-    """Until migration 0013 and day_cache's delete are committed: the table as it will
-    create it, and its delete."""
-    if not any(table == "presence_flapping_days" for table, _ in day_cache._DELETES):
-        delete = ("presence_flapping_days", "delete from presence_flapping_days where day_end > :d")
-        monkeypatch.setattr(day_cache, "_DELETES", (*day_cache._DELETES, delete))
-    with engine.begin() as conn:
-        conn.execute(
-            text(
-                "create table if not exists presence_flapping_days (min_n integer,"
-                " window_us bigint, day date, day_end timestamptz not null,"
-                " user_ids text[] not null, primary key (min_n, window_us, day))"
-            )
-        )
 
 
 def kept(engine) -> dict:
@@ -318,7 +299,8 @@ def test_a_day_not_over_is_read_from_the_log_and_not_kept(engine):
 
 
 def test_without_the_table_every_user_is_read(engine):
-    """A database before migration 0013 reads all selected users, split or not."""
+    """A database before migration 0013 reads all selected users, split or not (as do
+    windows over an hour and min_n below 2, on every database)."""
     with engine.begin() as conn:
         conn.execute(text("drop table presence_flapping_days"))
     rows = [(u, 60 * k + u, 0, ("online", "away")[k % 2]) for u in range(3) for k in range(8)]

@@ -214,3 +214,17 @@ user_days = Table(
     # a team's or a user's days as one range per member (migration 0012)
     Index("ix_presence_user_days_user", "tz", "user_id", "day"),
 )
+
+# Per min_n, window (microseconds) and whole past UTC day, the users with min_n
+# transitions within a window starting that day (migration 0013), computed on read
+# by presence_core.analytics.flapping; day_end is the day's end plus the window (the
+# log they depend on), valid at or before the 'daily_active' state row's dirty_from.
+flapping_days = Table(
+    "presence_flapping_days",
+    metadata,
+    Column("min_n", Integer, primary_key=True),
+    Column("window_us", BigInteger, primary_key=True),
+    Column("day", Date, primary_key=True),
+    Column("day_end", DateTime(timezone=True), nullable=False),
+    Column("user_ids", ARRAY(Text), nullable=False),
+)
