@@ -214,6 +214,43 @@ def test_the_statement_computes_all_if_its_cached_days_went_stale(engine):
     assert len(got) == 2
 
 
+def test_a_read_whose_cached_days_went_stale_computes_the_period_again(engine):
+    """The readers' statements end in a sentinel instead of the whole-period branch:
+    run after a late write and another read invalidated their cached days, they
+    return it, and read_cached computes the period (time in status, daily summary)."""
+    t = datetime(2026, 5, 4, 10, tzinfo=UTC)
+    write_batch(engine, [Transition("a", "online", t, t), Transition("b", "busy", t, t)])
+    lo, hi = datetime(2026, 5, 3, tzinfo=UTC), datetime(2026, 5, 8, 12, tzinfo=UTC)
+    params = daily_params(lo, hi, ZoneInfo("UTC"))
+    daily = analytics.daily.daily_summary_query(engine, params, sentinel=True)
+    tis_params = bind(lo, hi, ZoneInfo("UTC"), include_hidden=False, statuses=None)
+    tis_sql = summaries.time_in_status_sql()
+    tis = user_days.cached_query(
+        engine,
+        tis_sql,
+        user_days.time_in_status_cached_sql(),
+        "date, user_id, status",
+        tis_params,
+        lo,
+        hi,
+        ZoneInfo("UTC"),
+        sentinel="null::date, null, null, null",
+    )
+    assert daily[1]["n_cached"] == tis[1]["n_cached"] == 5
+    late = datetime(2026, 5, 5, 12, tzinfo=UTC)
+    write_batch(engine, [Transition("a", "offline", late, late)])
+    analytics.daily_active_users(engine, lo, hi, "UTC")  # clears the mark
+    utc = ("first_online", "last_offline")
+    got = user_days.read_cached(engine, daily, analytics.daily_summary_sql(), params, utc)
+    want = analytics.daily_summary(engine, lo, hi, "UTC", rollup=False)
+    pd.testing.assert_frame_equal(got, want, check_dtype=False)
+    assert len(got) == 2 + 5  # a: May 4 and 5; b: May 4 to 8
+    got = user_days.read_cached(engine, tis, tis_sql, tis_params)
+    want = analytics.time_in_status(engine, lo, hi, "UTC", rollup=False)
+    pd.testing.assert_frame_equal(got, want, check_dtype=False)
+    assert len(got) == 2 + 5  # a: May 4 and 5; b: May 4 to 8
+
+
 def test_days_a_write_changed_during_a_fill_are_not_kept(engine, monkeypatch):
     """A write committed while a fill runs (before its check of the mark) keeps the
     days ending after what it touched out of the cache."""

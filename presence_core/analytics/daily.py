@@ -108,20 +108,26 @@ def daily_summary(
     params = daily_params(
         lo, hi, zone, user_ids, user_type, team, available_statuses, include_hidden
     )
-    if rollup:
-        sql, params = daily_summary_query(engine, params)
-    else:
-        sql = daily_summary_raw_sql()
-    return read_frame(engine, sql, params, utc=("first_online", "last_offline"))
+    utc = ("first_online", "last_offline")
+    if not rollup:
+        return read_frame(engine, daily_summary_raw_sql(), params, utc=utc)
+    built = daily_summary_query(engine, params, sentinel=True)
+    return user_days.read_cached(engine, built, daily_summary_sql(), params, utc=utc)
 
 
-def daily_summary_query(engine: Engine, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+def daily_summary_query(
+    engine: Engine, params: dict[str, Any], sentinel: bool = False
+) -> tuple[str, dict[str, Any]]:
     """The daily summary's statement and parameters for ``params`` (as
     :func:`daily_params` gives them, or ``period_params`` plus ``avail``): whole past
     local days from the per-user cache (:mod:`~presence_core.analytics.user_days`,
     filled first), the others computed by :func:`daily_summary_sql`. The export runs
     this statement, so a year's ``daily`` rows are mostly cached rows. Offline among
-    the available statuses (not summarised) reads the transitions."""
+    the available statuses (not summarised) reads the transitions.
+
+    ``sentinel``: for :func:`~presence_core.analytics.user_days.read_cached` (see
+    ``cached_query``); the export's statement computes the whole period itself if
+    its cached days went stale."""
     lo, hi = params["start"], params["end"]
     if hi <= lo or not summaries.serves(params["avail"]):
         return daily_summary_sql(), params
@@ -135,6 +141,7 @@ def daily_summary_query(engine: Engine, params: dict[str, Any]) -> tuple[str, di
         lo,
         hi,
         ZoneInfo(params["tz"]),
+        sentinel="null::date" + ", null" * (len(DAILY_COLUMNS) - 1) if sentinel else None,
     )
 
 

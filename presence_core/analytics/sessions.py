@@ -113,7 +113,7 @@ def time_in_status(
         statuses=statuses,
     )
     if cached:  # whole past local days from the per-user cache (user_days)
-        sql, params = user_days.cached_query(
+        built = user_days.cached_query(
             engine,
             sql,
             user_days.time_in_status_cached_sql(),
@@ -123,7 +123,9 @@ def time_in_status(
             hi,
             zone,
             closing=False,
+            sentinel="null::date, null::text, null::text, null::float8",
         )
+        return user_days.read_cached(engine, built, sql, params)
     return read_frame(engine, sql, params)
 
 
