@@ -286,16 +286,19 @@ def test_kept_days_are_read_and_a_write_before_their_end_replaces_them(engine):
     assert kept(engine) == {day[0]: ["ghost"], day[1]: ["a"], day[2]: ["b"], day[3]: []}
 
 
-def test_a_day_not_over_is_read_from_the_log_and_not_kept(engine):
-    """A burst minutes ago: found (from the log: today is not kept), and the only days
-    kept are those whose end plus a window is past."""
+def test_a_day_not_over_is_read_from_the_log_and_kept_only_as_decided(engine):
+    """A burst minutes ago: found (from the log), and nothing kept reaches past the
+    period's end less KEEP_BEHIND (a whole day's end plus a window, or today's prefix)."""
+    from presence_core.analytics import flapping
+
     now = datetime.now(UTC).replace(microsecond=0)
     write_batch(engine, burst("now", now - timedelta(minutes=5)))
     got = analytics.flapping_users(engine, now - timedelta(days=3), None)
+    after = datetime.now(UTC)  # (the period's end is the clock's when it is read)
     assert got["user_id"].tolist() == ["now"]
     with engine.connect() as conn:
         ends = conn.execute(text("select day_end from presence_flapping_days")).scalars().all()
-    assert ends and all(e <= now for e in ends)
+    assert ends and all(e <= after - flapping.KEEP_BEHIND for e in ends)
 
 
 def test_without_the_table_every_user_is_read(engine):
@@ -317,3 +320,99 @@ def test_a_burst_across_midnight_is_kept_with_the_day_it_starts(engine):
     assert kept(engine)[(MIDNIGHT - timedelta(days=1)).date()] == ["x"]
     got = analytics.flapping_users(engine, lo, MIDNIGHT + timedelta(days=1))
     assert found(got) == [("x", 6, 6, MIDNIGHT - timedelta(seconds=30))]
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.integers(0, 3),
+            st.integers(0, 3 * 3600),
+            st.sampled_from((0, 1, 999_999)),
+            st.sampled_from(("online", "away", "offline")),
+        ),
+        max_size=50,
+    ),
+    min_n=st.integers(2, 5),
+    window=st.integers(1, 900),
+    first=st.integers(0, 3 * 3600),
+    more=st.integers(0, 3 * 3600),
+)
+def test_a_day_not_over_grows_from_its_kept_prefix(engine, rows, min_n, window, first, more):
+    """Today's users read up to a first end, kept as a prefix, then read again up to a
+    later end from that prefix: the users with a window starting that day and
+    holding min_n transitions before each end, no fewer (the brute force), the kept
+    ones those whose windows end before the prefix's end."""
+    from presence_core.analytics import flapping
+    from presence_core.analytics.common import bind
+
+    day = MIDNIGHT.date()
+    with engine.begin() as conn:
+        conn.execute(text("truncate presence_transitions"))
+        conn.execute(text("delete from presence_users"))
+    write_batch(
+        engine,
+        [
+            Transition(f"u{u}", s, MIDNIGHT + timedelta(seconds=t, microseconds=us), T0)
+            for u, t, us, s in rows
+        ],
+    )
+    span = timedelta(seconds=window)
+
+    def truth(hi: datetime) -> set[str]:  # users with min_n in [t, t + span), t that day, < hi
+        return {r[0] for r in reference(engine, MIDNIGHT, hi, min_n, span)}
+
+    def read(hi: datetime, prefix: dict) -> tuple[set[str], list]:
+        params = bind(
+            MIDNIGHT,
+            hi,
+            include_hidden=True,
+            win=span - timedelta(microseconds=1),
+            min_n=min_n,
+            lead_n=min_n - 1,
+        )
+        users: set[str] = set()
+        with engine.connect() as conn:
+            kept = flapping._open_days(conn, params, [day], prefix, span, users)
+        return users, kept
+
+    hi1 = MIDNIGHT + timedelta(seconds=first + 1)
+    hi2 = hi1 + timedelta(seconds=more)
+    users1, kept1 = read(hi1, {})
+    assert users1 >= truth(hi1)
+    for row in kept1:
+        assert row["day_end"] == hi1 - flapping.KEEP_BEHIND
+        assert set(row["users"]) >= truth(row["day_end"])
+    prefix = {day: (kept1[0]["users"] + ["ghost"], kept1[0]["day_end"])} if kept1 else {}
+    users2, _ = read(hi2, prefix)
+    assert users2 >= truth(hi2)
+    if kept1 and kept1[0]["day_end"] - span > MIDNIGHT:
+        assert "ghost" in users2  # the prefix was used
+
+
+def test_the_prefix_is_read_on_from_a_window_before_its_end(engine):
+    """A burst starting within a window before the kept prefix's end is not in the
+    prefix (its window was not over); the next read reads on from there and finds it."""
+    from presence_core.analytics import flapping
+    from presence_core.analytics.common import bind
+
+    hi1 = MIDNIGHT + timedelta(hours=2)
+    at = hi1 - flapping.KEEP_BEHIND - timedelta(minutes=5)
+    write_batch(engine, burst("x", at))
+    span = timedelta(minutes=10)
+
+    def read(hi: datetime, prefix: dict) -> tuple[set[str], list]:
+        params = bind(MIDNIGHT, hi, include_hidden=True, win=span, min_n=6, lead_n=5)
+        users: set[str] = set()
+        with engine.connect() as conn:
+            kept = flapping._open_days(conn, params, [MIDNIGHT.date()], prefix, span, users)
+        return users, kept
+
+    users, kept = read(hi1, {})
+    assert users == {"x"} and kept[0]["users"] == []
+    users, _ = read(hi1 + timedelta(hours=1), {MIDNIGHT.date(): ([], kept[0]["day_end"])})
+    assert users == {"x"}

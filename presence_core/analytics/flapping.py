@@ -98,6 +98,9 @@ order by f.max_in_window desc, f.transitions desc, su.user_id"""
 
 ZERO = timedelta(0)
 
+KEEP_BEHIND = timedelta(minutes=10)
+"""How far short of a period's end today's kept prefix stops (writes arrive a little late)."""
+
 MAX_WINDOW = timedelta(hours=1)
 """Longer windows read every selected user (a day's users would depend on more of the next day)."""
 
@@ -134,7 +137,9 @@ group by 1""",
 # probe per user would cost more), grouped by user.
 _TODAY_USERS_SQL = (
     """
-select (p.y at time zone 'UTC')::date as day, array_agg(distinct g.user_id) as users
+select (p.y at time zone 'UTC')::date as day, array_agg(distinct g.user_id) as users,
+       array_agg(distinct g.user_id) filter (where p.y < cast(:keep_before as timestamptz))
+           as keep
 from (
     select t.user_id, array_agg(t.occurred_at order by t.occurred_at) as a
     from presence_transitions t
@@ -145,7 +150,7 @@ from (
 )
 
 _CACHED_SQL = """
-select day, user_ids from presence_flapping_days
+select day, user_ids, day_end from presence_flapping_days
 where min_n = :min_n and window_us = :window_us and day = any(cast(:days as date[]))
   and day_end <= coalesce(cast(:valid as timestamptz), 'infinity')"""
 
@@ -237,7 +242,9 @@ def _narrowed(
         conn.execute(text("set transaction isolation level repeatable read"))
         conn.exec_driver_sql("set local work_mem = '64MB'")
         valid = conn.execute(text(day_cache.STATE)).scalar()
-        known = dict(conn.execute(text(_CACHED_SQL), {**key, "days": past, "valid": valid}).all())
+        rows = conn.execute(text(_CACHED_SQL), {**key, "days": days, "valid": valid}).all()
+        whole = {d: u for d, u, end in rows if end >= _upto(d, window)}
+        known = {d: whole[d] for d in past if d in whole}
         users: set[str] = set()
         for found in known.values():
             users.update(found)
@@ -257,21 +264,57 @@ def _narrowed(
             for a, b in day_cache.runs(missing)
             for from_user, to_user in ranges
         ]
-        for rows in run_all(engine, conn, text(_DAY_USERS_SQL), pieces, workers):
-            for day, found in rows:
+        for found_rows in run_all(engine, conn, text(_DAY_USERS_SQL), pieces, workers):
+            for day, found in found_rows:
                 users.update(found)
                 if day in computed:  # (beyond day_cache.MAX_RUNS a run spans kept days too)
                     computed[day] = sorted({*computed[day], *found})
+        keep = [{"day": d, "day_end": _upto(d, window), "users": u} for d, u in computed.items()]
         if len(past) < len(days):  # the days not over (with a window after): what there is
-            today = max(lo, _midnight(days[len(past)]))
-            piece = {**params, "start": today, "end": hi, "before": hi}
-            for _, found in conn.execute(text(_TODAY_USERS_SQL), piece):
-                users.update(found)
+            prefix = {d: (u, end) for d, u, end in rows if d not in whole}
+            keep += _open_days(conn, params, days[len(past) :], prefix, window, users)
         frame = _exact(engine, conn, params, sorted(users), workers)
         conn.rollback()
-        if computed and primary:
-            _keep(conn, key, computed, window)
+        if keep and primary:
+            _keep(conn, key, keep)
     return frame
+
+
+def _open_days(
+    conn: Connection,
+    params: dict[str, Any],
+    days: list[date],
+    prefix: dict[date, tuple[list[str], datetime]],
+    window: timedelta,
+    users: set[str],
+) -> list[dict[str, Any]]:
+    """Add to ``users`` those of the days not over (today, and yesterday for a window
+    after its midnight), read from the log by time up to the period's end, and
+    return today's prefix to keep. A kept prefix (``day_end`` ``u``: the users with a
+    window starting from the day's start until ``u`` less a window, decided by the
+    log before ``u``) spares the read of that part: the listener's day grows by
+    what came since the last read. The prefix kept stops :data:`KEEP_BEHIND` short
+    of the period's end, so that the batches written meanwhile (their earliest
+    instant a little before now) do not drop it."""
+    lo, hi = params["start"], params["end"]
+    day = days[0]
+    start = max(lo, _midnight(day))
+    from_day_start = start == _midnight(day)
+    kept: list[str] = []
+    if len(days) == 1 and day in prefix and prefix[day][1] - window > start:
+        kept, upto = prefix[day]
+        start, from_day_start = upto - window, True
+        users.update(kept)
+    keep_upto = hi - KEEP_BEHIND
+    keep_before = keep_upto - window if len(days) == 1 and from_day_start else start
+    piece = {**params, "start": start, "end": hi, "before": hi, "keep_before": keep_before}
+    more: set[str] = set(kept)
+    for _, found, to_keep in conn.execute(text(_TODAY_USERS_SQL), piece):
+        users.update(found)
+        more.update(to_keep or ())
+    if keep_before <= start:
+        return []
+    return [{"day": day, "day_end": keep_upto, "users": sorted(more)}]
 
 
 def _exact(
@@ -327,20 +370,13 @@ def _midnight(day: date) -> datetime:
     return datetime.combine(day, time(), tzinfo=UTC)
 
 
-def _keep(
-    conn: Connection, key: dict[str, int], computed: dict[date, list[str]], window: timedelta
-) -> None:
+def _keep(conn: Connection, key: dict[str, int], rows: list[dict[str, Any]]) -> None:
     """Insert the days computed that no write has changed since the snapshot: those
-    whose ``day_end`` (here: until when the log decides them, :func:`_upto`) is at or
-    before the mark as it is now (the protocol of
-    :func:`presence_core.analytics.daily_active._keep`)."""
+    whose ``day_end`` (until when the log decides them) is at or before the mark as
+    it is now (the protocol of :func:`presence_core.analytics.daily_active._keep`)."""
     with conn.begin():
         mark = conn.execute(text(day_cache.STATE + " for share")).scalar()
-        rows = [
-            {**key, "day": day, "day_end": _upto(day, window), "users": users}
-            for day, users in computed.items()
-        ]
-        rows = [r for r in rows if mark is None or r["day_end"] <= mark]
+        rows = [{**key, **r} for r in rows if mark is None or r["day_end"] <= mark]
         if rows:
             conn.execute(text(_KEEP_SQL), rows)
 
