@@ -1,13 +1,22 @@
-"""Activity: users present over time, when people are around, how long they stay."""
+"""Activity: users present over time, when people are around, how long they stay.
+
+What a rerun costs is the browser's drawing, not the data (cached): the page sends
+as little as it can and redraws only what changed. The curve's times go as numbers
+(milliseconds of the viewer's wall-clock time), not as strings; the curve with its
+bucket, and one user's timeline with its user, are fragments, so changing the bucket
+or the user reruns and redraws that part alone.
+"""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from zoneinfo import ZoneInfo
 
+import numpy as np
 import pandas as pd
-import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
+from plotly.colors import qualitative
 from presence_core.dashboard import data, ui
 
 from presence_core import analytics
@@ -15,6 +24,8 @@ from presence_core.status import AMBER, GRAY, GREEN
 
 WEEKDAYS = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
 CHART = {"displayModeBar": False}
+DEFAULT_BUCKET = "hour"
+STATUS_COLORS = {"online": GREEN, "away": AMBER, "busy": "#ef4444", "idle": GRAY}
 
 st.title("Activity")
 zone = ui.viewer_zone()
@@ -22,53 +33,63 @@ today = datetime.now(UTC).astimezone(zone).date()
 hidden = ui.include_hidden()  # an administrator who asked for users who hide their times
 choices = data.load(analytics.filter_choices, include_hidden=hidden)
 
-c1, c2, c3, c4 = st.columns([2, 1, 1, 1])
+c1, c2, c3 = st.columns([2, 1, 1])
 start, end = ui.period_picker("act_period", today, where=c1)
-bucket = c2.selectbox("Bucket", list(analytics.BUCKETS), index=2, key="act_bucket")
-team_filter, type_filter = ui.team_type_pickers(choices, "act", team_in=c3, type_in=c4)
+team_filter, type_filter = ui.team_type_pickers(choices, "act", team_in=c2, type_in=c3)
 days = (end - start).days + 1
 st.caption(f"{start} to {end} ({days} day{'s' * (days != 1)}), times in {zone.key}.")
-
-# never more than data.MAX_ROWS buckets: widen the bucket for long periods
-shown_bucket = analytics.bucket_for(days, bucket, data.MAX_ROWS)
-if shown_bucket != bucket:
-    bucket = shown_bucket
-    st.caption(f"Long period: shown per {bucket}.")
-
-
-def _local(series: pd.Series) -> pd.Series:
-    return pd.to_datetime(series, utc=True).dt.tz_convert(zone.key)
-
-
-# the page's queries run at once; drawing waits for the slowest only
 filters = {"tz": zone.key, "user_type": type_filter, "team": team_filter}
-curve, heat, dau, lengths = data.gather(
-    lambda: data.load(analytics.concurrency, start, end, bucket, **filters),
-    lambda: data.load(analytics.weekday_hour_heatmap, start, end, **filters),
-    lambda: data.load(analytics.daily_active_users, start, end, **filters),
-    lambda: data.load(analytics.session_length_distribution, start, end, **filters),
-)
 
-# --- users present over time --------------------------------------------------
-st.subheader("Users present over time")
-if curve.empty or (curve["peak"].fillna(0) == 0).all():
-    ui.empty_state(
-        "Nobody was present in this period. Pick another period, or start the listener "
-        "(`presence listen`) or the demo (`presence demo`)."
-    )
-else:
+
+def wall_ms(times: pd.Series, zone: ZoneInfo) -> np.ndarray:
+    """UTC instants as milliseconds of the wall-clock time in ``zone``, for a plotly
+    date axis (which shows a number as that UTC time): the viewer reads their own
+    clock, and the figure carries 8 bytes a point instead of a 26-character string
+    that the browser parses again at every redraw."""
+    local = pd.to_datetime(times, utc=True).dt.tz_convert(zone.key).dt.tz_localize(None)
+    return local.to_numpy(dtype="datetime64[ms]").astype("int64").astype("float64")
+
+
+def shown_bucket(days: int, bucket: str) -> str:
+    """The bucket the curve is drawn with: the one chosen, widened for long periods so
+    that no more than ``data.MAX_ROWS`` buckets reach the browser."""
+    return analytics.bucket_for(days, bucket, data.MAX_ROWS)
+
+
+@st.fragment
+def present_over_time(start: date, end: date, days: int, filters: dict) -> None:
+    """Users present over time with its bucket: a fragment, so that choosing another
+    bucket reruns and redraws the curve alone."""
+    st.subheader("Users present over time")
+    chosen = st.selectbox("Bucket", list(analytics.BUCKETS), index=2, key="act_bucket", width=200)
+    bucket = shown_bucket(days, chosen)
+    if bucket != chosen:
+        st.caption(f"Long period: shown per {bucket}.")
+    curve = data.load(analytics.concurrency, start, end, bucket, **filters)
+    if curve.empty or (curve["peak"].fillna(0) == 0).all():
+        ui.empty_state(
+            "Nobody was present in this period. Pick another period, or start the listener "
+            "(`presence listen`) or the demo (`presence demo`)."
+        )
+        return
     m1, m2, m3 = st.columns(3)
     m1.metric("Peak present", int(curve["peak"].max()))
     m2.metric("Mean present", f"{curve['mean'].mean():.1f}")
     busiest = curve.loc[curve["peak"].idxmax(), "bucket"]
     m3.metric("Busiest", ui.format_time(busiest, zone)[:16])
-    frame = curve.assign(bucket=_local(curve["bucket"]))
+    x = wall_ms(curve["bucket"], zone)
     figure = go.Figure()
     figure.add_scatter(
-        x=frame["bucket"], y=frame["peak"], name="peak", line={"color": GREEN, "shape": "hv"}
+        x=x,
+        y=curve["peak"].to_numpy(dtype="float64"),
+        name="peak",
+        line={"color": GREEN, "shape": "hv"},
     )
     figure.add_scatter(
-        x=frame["bucket"], y=frame["mean"], name="mean", line={"color": AMBER, "shape": "hv"}
+        x=x,
+        y=curve["mean"].to_numpy(dtype="float64"),
+        name="mean",
+        line={"color": AMBER, "shape": "hv"},
     )
     figure.update_layout(
         height=320,
@@ -77,6 +98,8 @@ else:
         hovermode="x unified",
         yaxis_title="users present",
         xaxis={
+            "type": "date",  # numbers on it are times
+            "hoverformat": "%Y-%m-%d %H:%M",
             "rangeslider": {"visible": True, "thickness": 0.08},
             "rangeselector": {
                 "buttons": [
@@ -88,6 +111,19 @@ else:
         },
     )
     st.plotly_chart(figure, width="stretch", config=CHART, key="act_curve")
+
+
+# the page's queries run at once; drawing waits for the slowest only. The curve's is
+# the one its fragment reads next (a cache hit), at the bucket chosen last time.
+bucket = shown_bucket(days, st.session_state.get("act_bucket", DEFAULT_BUCKET))
+_, heat, dau, lengths = data.gather(
+    lambda: data.load(analytics.concurrency, start, end, bucket, **filters),
+    lambda: data.load(analytics.weekday_hour_heatmap, start, end, **filters),
+    lambda: data.load(analytics.daily_active_users, start, end, **filters),
+    lambda: data.load(analytics.session_length_distribution, start, end, **filters),
+)
+
+present_over_time(start, end, days, filters)
 
 # --- weekday x hour and daily active users ------------------------------------
 left, right = st.columns(2)
@@ -147,20 +183,25 @@ else:
     figure.update_layout(height=260, margin={"l": 0, "r": 0, "t": 10, "b": 0})
     st.plotly_chart(figure, width="stretch", config=CHART, key="act_lengths")
 
+
 # --- one user's timeline -----------------------------------------------------
-st.subheader("One user's sessions")
-names = data.load(analytics.user_names, include_hidden=hidden)
-user = st.selectbox(
-    "User",
-    choices["user_id"],
-    index=None,
-    placeholder="choose a user",
-    format_func=lambda uid: f"{names.get(uid) or uid} ({uid})" if names.get(uid) else uid,
-    key="act_user",
-)
-if user is None:
-    st.caption("Choose a user to see their sessions, coloured by status.")
-else:
+@st.fragment
+def one_users_sessions(start: date, end: date, hidden: bool) -> None:
+    """One user's sessions coloured by status: a fragment, so that choosing a user
+    reruns and redraws this part alone."""
+    st.subheader("One user's sessions")
+    names = data.load(analytics.user_names, include_hidden=hidden)
+    user = st.selectbox(
+        "User",
+        choices["user_id"],
+        index=None,
+        placeholder="choose a user",
+        format_func=lambda uid: f"{names.get(uid) or uid} ({uid})" if names.get(uid) else uid,
+        key="act_user",
+    )
+    if user is None:
+        st.caption("Choose a user to see their sessions, coloured by status.")
+        return
     segments = data.load(
         analytics.user_timeline,
         user,
@@ -172,33 +213,40 @@ else:
     )
     if segments.empty:
         st.caption("No sessions in this period.")
-    else:
-        segments = segments.assign(
-            start=_local(segments["start"]),
-            end=_local(segments["end"]),
-            length=[ui.format_duration(s) for s in segments["seconds"]],
+        return
+    name = names.get(user) or user
+    begins = wall_ms(segments["start"], zone)
+    ends = wall_ms(segments["end"], zone)
+    lengths = np.array([ui.format_duration(s) for s in segments["seconds"]], dtype=object)
+    statuses = sorted(segments["status"].unique())
+    figure = go.Figure()
+    for i, status in enumerate(statuses):
+        mine = (segments["status"] == status).to_numpy()
+        # one bar per stretch, from its start (base) for its length, on a date axis
+        figure.add_bar(
+            orientation="h",
+            base=begins[mine],
+            x=ends[mine] - begins[mine],
+            y=[name] * int(mine.sum()),
+            name=status,
+            marker_color=STATUS_COLORS.get(status, qualitative.Safe[i % len(qualitative.Safe)]),
+            customdata=lengths[mine],
+            hovertemplate=f"{status}<br>%{{base|%Y-%m-%d %H:%M}} for %{{customdata}}"
+            "<extra></extra>",
         )
-        statuses = sorted(segments["status"].unique())
-        palette = {s: px.colors.qualitative.Safe[i % 11] for i, s in enumerate(statuses)}
-        palette.update({"online": GREEN, "away": AMBER, "busy": "#ef4444", "idle": GRAY})
-        segments["user"] = names.get(user) or user
-        figure = px.timeline(
-            segments,
-            x_start="start",
-            x_end="end",
-            y="user",
-            color="status",
-            color_discrete_map=palette,
-            hover_data={"length": True, "user": False},
-        )
-        figure.update_yaxes(title="")
-        figure.update_layout(
-            height=200,
-            margin={"l": 0, "r": 0, "t": 10, "b": 0},
-            legend={"orientation": "h", "y": 1.15},
-        )
-        st.plotly_chart(figure, width="stretch", config=CHART, key="act_timeline")
-        st.caption(
-            f"{segments['session'].nunique()} session(s), "
-            f"{ui.format_duration(segments['seconds'].sum())} present in total."
-        )
+    figure.update_layout(
+        height=200,
+        barmode="overlay",
+        margin={"l": 0, "r": 0, "t": 10, "b": 0},
+        legend={"orientation": "h", "y": 1.15},
+        xaxis={"type": "date"},
+        yaxis={"title": ""},
+    )
+    st.plotly_chart(figure, width="stretch", config=CHART, key="act_timeline")
+    st.caption(
+        f"{segments['session'].nunique()} session(s), "
+        f"{ui.format_duration(segments['seconds'].sum())} present in total."
+    )
+
+
+one_users_sessions(start, end, hidden)

@@ -7,9 +7,10 @@ import contextlib
 import json
 import socket
 import threading
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from urllib.parse import quote
+from zoneinfo import ZoneInfo
 
 import pandas as pd
 import pytest
@@ -17,6 +18,7 @@ import streamlit as st
 from sqlalchemy import update
 from streamlit.testing.v1 import AppTest
 
+from presence_core import analytics
 from presence_core.database import tables
 from presence_core.database.storage import Sighting, Transition, write_batch
 from presence_core.status import AMBER, GRAY, GREEN
@@ -250,6 +252,47 @@ def test_activity_shows_peak_and_a_users_sessions(known_data):
     at.selectbox(key="act_user").select("2").run()
     timeline = json.loads(at.get("plotly_chart")[-1].proto.spec)
     assert sorted(trace["name"] for trace in timeline["data"]) == ["away", "online"]
+
+
+def _plotly_array(value) -> list[float]:
+    """A plotly JSON array: a list, or numpy's bytes in base64 (``bdata``)."""
+    if isinstance(value, dict):
+        import base64
+
+        import numpy as np
+
+        return np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"]).tolist()
+    return list(value)
+
+
+def test_activity_curve_is_drawn_in_the_viewers_wall_clock_time(known_data, engine, monkeypatch):
+    """The curve's times travel as numbers (milliseconds of the wall-clock time in the
+    viewer's zone, which a plotly date axis shows as written), one per bucket, with the
+    same peaks as analytics.concurrency; the bucket choice redraws it per day."""
+    monkeypatch.setenv("PRESENCE_TZ", "Asia/Tokyo")  # no browser: the zone shown
+    zone = ZoneInfo("Asia/Tokyo")
+    at = open_page("activity")
+    curve = json.loads(at.get("plotly_chart")[0].proto.spec)
+    # the period the page shows (its last 7 days in Tokyo), read from the page itself
+    period = next(c.value for c in at.caption if " to " in c.value and "Asia/Tokyo" in c.value)
+    first_day, last_day = (date.fromisoformat(d) for d in period.split(" (")[0].split(" to "))
+    expected = analytics.concurrency(engine, first_day, last_day, "hour", "Asia/Tokyo")
+    walls = [t.astimezone(zone).replace(tzinfo=None) for t in expected["bucket"].dt.to_pydatetime()]
+    peak = curve["data"][0]
+    assert peak["name"] == "peak" and curve["layout"]["xaxis"]["type"] == "date"
+    assert _plotly_array(peak["x"]) == [
+        (w - datetime(1970, 1, 1)).total_seconds() * 1000 for w in walls
+    ]
+    assert _plotly_array(peak["y"]) == [float(p) for p in expected["peak"]]
+
+    at.selectbox(key="act_bucket").select("day").run()
+    assert not at.exception
+    days = json.loads(at.get("plotly_chart")[0].proto.spec)["data"][0]
+    first = datetime.combine(first_day, time(0))
+    assert _plotly_array(days["x"]) == [
+        (first + timedelta(days=k) - datetime(1970, 1, 1)).total_seconds() * 1000 for k in range(7)
+    ]
+    assert metrics(at)["Peak present"] == "4"
 
 
 def test_activity_empty_period_explains(dashboard_env):
