@@ -326,6 +326,6 @@ def test_bulk_write_refuses_users_who_have_rows(engine):
     rows = [("u2", "online", at, at, False, None, "history")]
     rows.append(("u1", "offline", at, at, False, None, "history"))
     with engine.begin() as conn:
-        assert write_history(conn, rows) is False
+        assert write_history(conn, rows) is None
     with engine.connect() as conn:
         assert conn.execute(text("select count(*) from presence_transitions")).scalar() == 1
