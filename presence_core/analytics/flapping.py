@@ -239,6 +239,8 @@ def _narrowed(
     # a day's users depend on the log up to its end plus a window: kept when that is past
     past = [d for d in days if _upto(d, window) <= now]
     with engine.connect() as conn, day_cache.reading(conn) as primary:
+        if not primary:  # (a replica's reader keeps nothing and reads in turn, as daily_active)
+            workers = 1
         conn.execute(text("set transaction isolation level repeatable read"))
         conn.exec_driver_sql("set local work_mem = '64MB'")
         valid = conn.execute(text(day_cache.STATE)).scalar()
