@@ -4,27 +4,31 @@ A batch from the listener or the server almost always only appends: every user's
 new rows come after the user's stored tail. Then the summaries change in a known
 way (the tail's segment ends at the first new row, the open session may close, new
 segments and sessions follow), which the triggers' append path (migration 0007)
-computes in SQL over the statement's transition table: about three quarters of the
-write's cost (docs/analytics.md, "What it costs on write"). :func:`write_appends`
-computes it in Python instead (:func:`presence_core.database.summarise.summarise_appends`,
-the generator's walk of the rows) and writes the results in one statement, in the
-same transaction, with the summaries' trigger told to stand aside for it
+computes in SQL over the statement's transition table: most of the write's cost
+(docs/analytics.md, "What it costs on write"). :func:`write_appends` computes it in
+Python instead (:func:`presence_core.database.summarise.summarise_appends`, the
+generator's walk of the rows) and writes the results in one statement, in the same
+transaction, with the summaries' trigger told to stand aside for it
 (``presence.summaries = 'writer'``, migration 0008), as the history generator does.
 The rollups' and day caches' invalidation is another trigger, which still runs.
 
 Order of work, and why:
 
-1. COPY the rows first, inside a savepoint (the trigger skipped). A duplicate (a
-   replay, or the server and the listener logging one event) fails the COPY at once
-   and the caller takes the staging path; taking the locks before the COPY could
-   deadlock against a trigger that holds a user's lock and waits for our
-   identical row.
-2. Take the triggers' per-user advisory locks (same keys, same order), then read
-   the tails in a new statement, so that any writer of these users that committed
-   before us is seen, and none can write them until we commit.
-3. If any user's first new row is not after its tail (a late or out-of-order row,
-   an equal instant), roll back to the savepoint and return None: the caller
-   writes the batch the normal way and the triggers' general path summarises it.
+1. Read the users' tails (and their arrays' totals on the tail's day). If a user's
+   first new row is not after its tail (a late or out-of-order row, an equal
+   instant, a replay), return None at once: the caller writes the batch the normal
+   way and the triggers' general path summarises it.
+2. COPY the rows, inside a savepoint, and compute the summaries while the server
+   stores them (``copy_rows``' ``meanwhile``). A duplicate (a replay, or the server
+   and the listener logging one event) fails the COPY and the caller takes the
+   staging path.
+3. Then take the triggers' per-user advisory locks (same keys, same order) and read
+   the tails again in a new statement: any writer of these users that committed
+   meanwhile is seen, and none can write them until we commit. If they changed, the
+   summaries are computed again (or the batch left to the triggers). The locks come
+   after the COPY, as in the triggers: taken before it, they could deadlock with a
+   trigger that holds the rollups' state row (taken by its COPY's invalidation
+   trigger) or an identical row of ours, and waits for one of our users.
 
 Nothing is written unless all of it is (one transaction), so a crash mid-batch
 loses nothing and leaves nothing half-summarised.
