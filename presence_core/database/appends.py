@@ -66,15 +66,21 @@ left join presence_status_days d
 where t.user_id = any(%b::text[])
 """
 
-# One statement: its parts touch disjoint rows (a closed session is an old one, the
-# new ones start after the tail; grown arrays exist, added ones do not), and the
+# One statement: its parts touch disjoint rows (moved tails exist, new ones do not; a
+# closed session is an old one, the new ones start after the tail; grown arrays exist,
+# added ones do not; an update is a little cheaper than an upsert), and the
 # setting is cleared in it so that nothing later in the transaction is skipped.
 _WRITE = """
-with tails as (
-    insert into presence_status_tails as t (user_id, status, since)
-    select * from unnest(%(tail_user)b::text[], %(tail_status)b::text[],
-                         %(tail_since)b::timestamptz[])
-    on conflict (user_id) do update set status = excluded.status, since = excluded.since
+with moved as (
+    update presence_status_tails t set status = x.status, since = x.since
+    from unnest(%(tail_user)b::text[], %(tail_status)b::text[],
+                %(tail_since)b::timestamptz[]) x(user_id, status, since)
+    where t.user_id = x.user_id
+),
+tails as (
+    insert into presence_status_tails (user_id, status, since)
+    select * from unnest(%(new_user)b::text[], %(new_status)b::text[],
+                         %(new_since)b::timestamptz[])
 ),
 closed as (
     update presence_sessions s set ended_at = c.ended_at
@@ -177,8 +183,11 @@ def _appends(first: dict[str, datetime], tails: dict) -> bool:
 def _parameters(rows: Sequence[tuple], tails: dict, totals: dict) -> dict:
     """The parameters of :data:`_WRITE` for ``rows`` appended after ``tails``."""
     new = summarise_appends(rows, tails, totals)
+    moved = [tail for tail in new.tails if tail[0] in tails]
+    first = [tail for tail in new.tails if tail[0] not in tails]
     return {
-        **_columns(new.tails, "tail_user", "tail_status", "tail_since"),
+        **_columns(moved, "tail_user", "tail_status", "tail_since"),
+        **_columns(first, "new_user", "new_status", "new_since"),
         **_columns(new.closes, "close_user", "close_at"),
         **_columns(new.sessions, "session_user", "session_start", "session_end"),
         **_columns(
