@@ -455,3 +455,28 @@ def test_the_user_days_cache_keeps_its_days_and_reads_as_before(history):
         utc=("first_online", "last_offline"),
     )
     pd.testing.assert_frame_equal(computed, daily)
+
+
+def test_the_flapping_days_never_hold_a_prune_back_and_read_the_log_left(history):
+    """The flapping users' kept days (migration 0013) answer to the same mark and are
+    only a filter before the raw log is read: they do not refuse a prune, and after
+    it flapping users read exactly what the log left (a burst in a pruned month is
+    gone with its rows, one after the boundary is still reported)."""
+    from tests.test_analytics_flapping import burst, found, reference
+
+    engine = history
+    write_batch(engine, burst("e", _at(2, 10, 12)) + burst("f", _at(4, 2, 12)))
+    _rolled_up(engine)
+    period = (_at(1, 1), _at(4, 30))
+    assert analytics.flapping_users(engine, *period)["user_id"].tolist() == ["e", "f"]
+    with engine.connect() as conn:
+        assert conn.execute(text("select count(*) from presence_flapping_days")).scalar() > 100
+    retention.prune(engine, date(2026, 3, 15))
+    with engine.connect() as conn:  # the pruned months' days are still kept
+        kept = conn.execute(
+            text("select user_ids from presence_flapping_days where day = '2026-02-10'")
+        ).scalar()
+    assert kept == ["e"]
+    after = found(analytics.flapping_users(engine, *period))
+    assert after == reference(engine, *period, 6, timedelta(minutes=10))
+    assert [r[0] for r in after] == ["f"]

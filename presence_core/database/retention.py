@@ -11,7 +11,9 @@ What is kept: every rollup (``presence_concurrency_minutes`` and its quarter-hou
 ``presence_concurrency_quarters``, refreshed together, and the other summaries, and
 the daily active users and each user's daily figures cached from them,
 ``presence_daily_active`` and ``presence_user_days``) keeps its rows for the pruned
-months, since summaries are meant to outlive the raw log;
+months, since summaries are meant to outlive the raw log; so do the flapping users'
+kept days (``presence_flapping_days``, 0013), harmlessly: they only choose whose raw
+rows flapping reads, and the pruned months' rows are gone;
 ``presence_users``, ``presence_coverage`` and the listeners' heartbeats are
 untouched.
 
@@ -198,7 +200,9 @@ Refresher = Callable[[Engine, datetime], object]
 CACHES = ("daily_active",)
 """State rows of caches computed on read from the summaries (migration 0009; the per-user
 days of 0011 answer to the same row), not from the raw log: pruning loses them nothing
-(they keep their days, like the summaries), so they never hold a prune back."""
+(they keep their days, like the summaries), so they never hold a prune back. The
+flapping users' days of 0013 answer to it too; they are computed from the raw log but
+only filter what flapping reads of it, so what they keep of pruned months is harmless."""
 
 REFRESHED_ON_DEMAND = ("concurrency",)
 """Rollups computed on demand rather than kept on write: ``refresh`` brings them up to
