@@ -57,9 +57,13 @@ select pg_advisory_xact_lock(20563, h)
 from (select distinct hashtext(u) as h from unnest(%b::text[]) u order by 1) k
 """
 
-# each user's tail, and the totals of its stored arrays on the tail's UTC day
+# each user's tail, and the totals of its stored arrays on the tail's UTC day, as one
+# row of arrays; the setting that makes the summaries' trigger stand aside rides along
+# (an aggregate's one row: evaluated once, before the COPY that needs it)
 _READ = """
-select t.user_id, t.status, t.since, d.status, d.cum[97]
+select set_config('presence.summaries', 'writer', true),
+       array_agg(t.user_id), array_agg(t.status), array_agg(t.since),
+       array_agg(d.status), array_agg(d.cum[97])
 from presence_status_tails t
 left join presence_status_days d
   on d.user_id = t.user_id and d.day = (t.since at time zone 'UTC')::date
@@ -134,8 +138,7 @@ def write_appends(conn: Connection, rows: Sequence[tuple]) -> int | str | None:
     raw = conn.connection.driver_connection
     try:
         with conn.begin_nested() as savepoint, raw.cursor() as cursor:
-            cursor.execute("select set_config('presence.summaries', 'writer', true)")
-            seen = _read(cursor, users)
+            seen = _read(cursor, users)  # and the setting
             if not _appends(first, seen[0]):
                 savepoint.rollback()  # the setting goes with it
                 return None
@@ -168,10 +171,12 @@ def _read(cursor, users: list[str]) -> tuple[dict, dict]:
     tails: dict = {}
     totals: dict = {}
     cursor.execute(_READ, (users,), binary=True)
-    for user, status, since, day_status, total in cursor:
-        tails[user] = (status, since)
-        if day_status is not None:
-            totals[(user, day_status)] = total
+    _setting, *columns = cursor.fetchone()
+    if columns[0] is not None:  # some user has a tail
+        for user, status, since, day_status, total in zip(*columns, strict=True):
+            tails[user] = (status, since)
+            if day_status is not None:
+                totals[(user, day_status)] = total
     return tails, totals
 
 
