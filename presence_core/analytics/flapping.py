@@ -9,8 +9,9 @@ A window holding ``min_n`` transitions starts at the first of them, in one UTC
 day; so the users who flap in the period are among the users of each of its UTC
 days with ``min_n`` transitions within a window starting that day. Those of a
 whole past day (for one ``min_n`` and window) are kept in ``presence_flapping_days``;
-those of the day not over yet are computed from its part of the log (by time:
-an index range). Everything is read in one repeatable-read snapshot.
+those of the day not over yet are computed from its part of the log (by time: an
+index range), and kept as a prefix the next read goes on from (:func:`_open_days`).
+Everything is read in one repeatable-read snapshot.
 
 A day's users depend on the log from its start to its end plus a window (the
 ``day_end`` kept, :func:`_upto`), so a write whose earliest ``occurred_at`` is ``m``
