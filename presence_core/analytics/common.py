@@ -33,7 +33,7 @@ from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 
 from presence_core.errors import PresenceError
 
@@ -152,17 +152,28 @@ def read_frame(
     ``read_sql`` builds it (``from_records`` with ``coerce_float``); the tests
     compare both on every column type the readers return, empty results and
     NULLs included."""
-    pandas = load_pandas()
     with engine.connect() as conn:
         # sorts of a few hundred thousand transitions stay in memory
         conn.exec_driver_sql("set local work_mem = '64MB'")
-        result = conn.execute(text(sql), params)
-        columns = list(result.keys())
-        rows = result.cursor.fetchall()
-        result.close()
-    frame = pandas.DataFrame.from_records(rows, columns=columns, coerce_float=True)
+        columns, rows = fetch_rows(conn, sql, params)
+    return frame_from_rows(rows, columns, utc)
+
+
+def fetch_rows(conn: Connection, sql: str, params: dict[str, Any]) -> tuple[list[str], list]:
+    """``sql``'s column names and rows, as the driver's tuples (see :func:`read_frame`)."""
+    result = conn.execute(text(sql), params)
+    columns = list(result.keys())
+    rows = result.cursor.fetchall()
+    result.close()
+    return columns, rows
+
+
+def frame_from_rows(rows: list, columns: Sequence[str], utc: Sequence[str] = ()) -> pd.DataFrame:
+    """The frame :func:`read_frame` makes of these rows (as ``pandas.read_sql`` would)."""
+    pandas = load_pandas()
+    frame = pandas.DataFrame.from_records(rows, columns=list(columns), coerce_float=True)
     for column in utc:
-        frame[column] = load_pandas().to_datetime(frame[column], utc=True)
+        frame[column] = pandas.to_datetime(frame[column], utc=True)
     return frame
 
 
