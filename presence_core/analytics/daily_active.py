@@ -48,6 +48,8 @@ if TYPE_CHECKING:
 WORKERS = 2
 """Connections computing the uncached stretches at once (the machines we aim at have two cores)."""
 
+_NO_GATHER = "set local max_parallel_workers_per_gather = 0"
+
 _SNAPSHOT_ID = re.compile(r"^[0-9A-F]+-[0-9A-F]+(-[0-9]+)?$")
 
 _DAYS_SQL = (
@@ -153,9 +155,13 @@ def run_all(
     if engine is None or len(stretches) < 2 or workers < 2:
         return [conn.execute(sql, p).all() for p in stretches]
     snapshot = conn.execute(text("select pg_export_snapshot()")).scalar()
+    # the connections already use the cores: a Gather's workers would only contend
+    # (two ragged days at 20,000 users: best 216 ms without them, 283 ms with, load 8)
+    conn.exec_driver_sql(_NO_GATHER)
 
     def more(params: list[dict]) -> list[list]:
         with in_snapshot(engine, snapshot) as other:
+            other.exec_driver_sql(_NO_GATHER)
             return [other.execute(sql, p).all() for p in params]
 
     with ThreadPoolExecutor(max_workers=workers - 1) as pool:
