@@ -81,6 +81,15 @@ def viewer_zone(fallback: tzinfo | None = None) -> ZoneInfo:
     return settings().tz
 
 
+@functools.cache
+def time_zones() -> tuple[str, ...]:
+    """Every IANA zone name, sorted: read once per process (``available_timezones``
+    walks the zone database's files, 20 ms, and a zone picker asks at every rerun)."""
+    from zoneinfo import available_timezones
+
+    return tuple(sorted(available_timezones()))
+
+
 def format_time(moment: datetime | pd.Timestamp | None, zone: tzinfo) -> str:
     """``2026-11-27 18:04:09 CET`` in ``zone``; empty for a missing time."""
     if moment is None or pd.isna(moment):

@@ -4,7 +4,7 @@ each team was over its last complete shift (in the team's own zone), or over any
 from __future__ import annotations
 
 from datetime import UTC, datetime, time, timedelta
-from zoneinfo import ZoneInfo, available_timezones
+from zoneinfo import ZoneInfo
 
 import pandas as pd
 import streamlit as st
@@ -304,7 +304,9 @@ team_plans = (
 own = team_plans[0].settings if team_plans else None
 with st.container(border=True):
     c1, c2, c3 = st.columns(3)
-    zones = sorted(available_timezones() | {viewer.key})
+    zones = list(ui.time_zones())
+    if viewer.key not in zones:
+        zones = sorted([*zones, viewer.key])
     first_zone = own.time_zone if own is not None and own.time_zone in zones else viewer.key
     tz = c3.selectbox("Time zone", zones, index=zones.index(first_zone), key="av_tz")
     today = datetime.now(UTC).astimezone(ZoneInfo(tz)).date()
