@@ -1,11 +1,14 @@
 """Time in status and the daily summary read on a real streaming replica: their cached
 days (filled on the primary, streamed) and computed stretches are read one after the
 other in one snapshot there (a standby exports no snapshot for a second connection),
-with the same rows as on the primary and as the raw log."""
+with the same rows as on the primary and as the raw log; and availability, whose
+halves of the users are one statement there."""
 
 from __future__ import annotations
 
+import importlib
 from datetime import UTC, datetime, timedelta
+from datetime import time as dtime
 
 import pandas as pd
 import pytest
@@ -19,9 +22,13 @@ from tests.replica import streaming_replica
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
+availability_module = importlib.import_module("presence_core.analytics.availability")
 
 
-def test_cached_reads_on_a_replica_equal_the_primarys(tmp_path):
+def test_cached_reads_on_a_replica_equal_the_primarys(tmp_path, monkeypatch):
+    """(Availability too: its halves, which need a second connection in the same
+    snapshot, are read as one statement on a standby.)"""
+    monkeypatch.setattr(availability_module, "_HALVES_FROM", 2)
     server = EmbeddedPostgres(tmp_path / "primary")
     info = server.start(port=free_port())
     writer = db.make_engine(info.url)
@@ -39,9 +46,11 @@ def test_cached_reads_on_a_replica_equal_the_primarys(tmp_path):
         write_batch(writer, [Transition("a", s, t, t) for s, t in rows])
         write_batch(writer, [Transition("b", "away", day + timedelta(hours=7), day)])
         lo, hi = day + timedelta(hours=10), day + timedelta(days=5, hours=13)
+        shifts = (lo.date(), hi.date(), "Asia/Kathmandu", dtime(9), dtime(17))
         on_primary = (  # fills the cache on the primary
             analytics.time_in_status(writer, lo, hi, "Asia/Kathmandu"),
             analytics.daily_summary(writer, lo, hi, "Asia/Kathmandu"),
+            analytics.availability(writer, *shifts),
         )
         with streaming_replica(server, info) as replica_url:
             reader = db.make_engine(replica_url)
@@ -57,10 +66,12 @@ def test_cached_reads_on_a_replica_equal_the_primarys(tmp_path):
                 got = (
                     analytics.time_in_status(reader, lo, hi, "Asia/Kathmandu"),
                     analytics.daily_summary(reader, lo, hi, "Asia/Kathmandu"),
+                    analytics.availability(reader, *shifts),
                 )
                 raw = (
                     analytics.time_in_status(reader, lo, hi, "Asia/Kathmandu", rollup=False),
                     analytics.daily_summary(reader, lo, hi, "Asia/Kathmandu", rollup=False),
+                    analytics.availability(reader, *shifts, rollup=False),
                 )
             finally:
                 reader.dispose()
