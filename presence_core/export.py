@@ -146,6 +146,24 @@ def text_columns(dataset: str) -> set[str]:
     return {c for c in COLUMNS[dataset] if c not in _TYPES}
 
 
+def iso_text(value: str) -> str:
+    """SQL for the timestamptz ``value`` as ISO-8601 text, the way JSON writes it
+    (``2026-05-04T12:00:00.25+00:00``), in a session set to UTC and ISO dates (as
+    :func:`_copy_out` sets it).
+
+    ``to_json(value) #>> '{}'`` says it for every value, but costs about twice the
+    text cast, which was a fifth of a year's ``daily`` export (two timestamps a row).
+    In UTC and ISO style the cast differs from JSON only by the ``T`` and the
+    offset's minutes, for years 1 to 9999; other values (infinities, BC, years past
+    9999) keep JSON's form, as do nulls."""
+    return (
+        f"case when {value} between timestamptz '0001-01-01 00:00:00+00'"
+        f" and timestamptz '9999-12-31 23:59:59.999999+00'"
+        f" then replace({value}::text, ' ', 'T') || chr(58) || '00'"  # ':00' reads as a parameter
+        f" else to_json({value}) #>> '{{}}' end"
+    )
+
+
 def _text_select(dataset: str, sql: str, words: bool, neutralise: bool = False) -> str:
     """The query with timestamps as ISO-8601 text (as JSON writes them); with
     ``words``, booleans as ``true``/``false``; with ``neutralise``, a text cell that
@@ -159,7 +177,7 @@ def _text_select(dataset: str, sql: str, words: bool, neutralise: bool = False) 
         if words and column in ("inferred", "open"):
             exprs.append(f"q.{column}::text as {column}")
         elif column in _TIMESTAMPS:
-            exprs.append(f"to_json(q.{column}) #>> '{{}}' as {column}")
+            exprs.append(f"{iso_text('q.' + column)} as {column}")
         elif column == "date":
             exprs.append("q.date::text as date")
         elif column in neutralised:
@@ -211,7 +229,9 @@ def _copy_out(engine: Engine, sql: str, params: dict[str, Any]) -> Iterator[byte
     with engine.connect() as conn:
         raw = conn.connection.driver_connection
         with raw.cursor() as cursor:
+            # iso_text's cast relies on both
             cursor.execute("set time zone 'UTC'")
+            cursor.execute("set datestyle = 'ISO'")
             buffer: list[bytes] = []
             size = 0
             with cursor.copy(statement, values) as copy:

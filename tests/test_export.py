@@ -11,7 +11,7 @@ from datetime import UTC, date, datetime
 
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
@@ -327,3 +327,42 @@ def test_cli_and_the_export_page_neutralise_csv(formulas, cli_env):
     page = data.export_file(formulas, "transitions", "csv", ExportFilters()).read()
     page_rows = list(csv.DictReader(io.StringIO(page.decode(), newline="")))
     assert {r["team"] for r in page_rows} == {_safe(v[2]) for v in FORMULAS.values()}
+
+
+_MOMENTS = st.datetimes(
+    min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59, 999999)
+).map(lambda d: d.replace(tzinfo=UTC).isoformat())
+_SPECIAL = [
+    "infinity",
+    "-infinity",
+    "0044-03-15 12:00:00+00 BC",
+    "0001-12-31 23:00:00+00 BC",
+    "10000-01-01 00:00:00+00",
+    "0001-01-01 00:00:00+00",
+]
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(moments=st.lists(_MOMENTS, max_size=40))
+def test_timestamps_are_written_as_json_writes_them(database_url, moments):
+    """The cheap cast of iso_text equals to_json's text for every instant, and the
+    other values keep to_json's form, whatever the client's own date style (the
+    database only answers: sharing it between examples is safe)."""
+    from sqlalchemy import create_engine
+
+    engine = create_engine(database_url, connect_args={"options": "-c datestyle=SQL,DMY"})
+    try:
+        values = moments + _SPECIAL + [None]
+        sql = (
+            f"copy (select {export.iso_text('x')}, to_json(x) #>> '{{}}'"
+            " from unnest(cast(cast(:xs as text[]) as timestamptz[])) as t(x))"
+            " to stdout with (format csv)"
+        )
+        out = b"".join(export._copy_out(engine, sql, {"xs": values})).decode()
+        rows = list(csv.reader(io.StringIO(out)))
+        assert len(rows) == len(values)
+        assert all(ours == theirs for ours, theirs in rows), rows
+    finally:
+        engine.dispose()
