@@ -44,6 +44,27 @@ def test_data_survives_stop_and_start(server):
         assert conn.execute("select v from kept").fetchone() == ("still here",)
 
 
+def test_memory_is_sized_from_the_machine(server):
+    """A quarter of the memory for buffers, between PostgreSQL's default and 2 GB,
+    and the started server really runs with what it was given."""
+    gib = 1024**3
+    assert "shared_buffers=128MB " in embedded.memory_options(256 * 1024**2)
+    assert "shared_buffers=1024MB " in embedded.memory_options(4 * gib)
+    assert "shared_buffers=2048MB " in embedded.memory_options(24 * gib)
+    assert embedded.memory_options(24 * gib).endswith("effective_cache_size=12288MB")
+    info = server.start(port=free_port())
+    wanted = dict(re.findall(r"-c (\w+)=(\w+)", embedded.memory_options()))
+    with psycopg.connect(conninfo(info)) as conn:
+        for name, value in wanted.items():
+            shown = conn.execute(f"select current_setting('{name}')").fetchone()[0]
+            assert _mb(shown) == _mb(value), (name, shown, value)
+
+
+def _mb(setting: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)(kB|MB|GB)", setting).groups()
+    return int(number) * {"kB": 1, "MB": 1024, "GB": 1024 * 1024}[unit] // 1024
+
+
 def test_start_when_running_returns_the_same_server(server):
     first = server.start(port=free_port())
     assert server.start() == first
