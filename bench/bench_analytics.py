@@ -266,8 +266,8 @@ def _generate(engine: Engine, url, args, end: datetime) -> tuple[str, int]:
         + (
             f", {met}"
             if rows >= 30_000_000
-            else f" (about {32_700_000 / rate / 60:.1f} min "
-            "for its 32.7 M transitions at this rate; small runs extrapolate too well)"
+            else f" (its 32.7 M transitions would take about {32_700_000 / rate / 60:.1f} min "
+            "at this rate, which is not the full size's: only a full-size run tells)"
         )
         + f". Baseline: the same generator and workers writing only the raw rows, "
         f"triggers off, no rollups, for the first {sample:,} users: {bare_rate:,.0f} "
