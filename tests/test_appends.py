@@ -38,6 +38,13 @@ def row(t: Transition) -> tuple:
     return (t.user_id, t.status, t.occurred_at, t.received_at, t.inferred, t.reason, t.source)
 
 
+@pytest.fixture(autouse=True)
+def every_batch(monkeypatch):
+    """The writer's path for batches of any size here (in production it starts at
+    MIN_ROWS rows: smaller ones are the triggers', as before; see the last test)."""
+    monkeypatch.setattr(appends, "MIN_ROWS", 1)
+
+
 @pytest.fixture
 def taken(monkeypatch):
     """What each write_appends call returned, in order (the real function runs)."""
@@ -316,4 +323,18 @@ def test_a_writer_committing_while_the_summaries_are_computed(engine, order):
     assert outcome == ([1] if order == "after" else [None])
     if order == "before":
         write_batch(engine, [Transition("u", "away", ours, ours)])  # the caller's way
+    check(engine)
+
+
+def test_small_batches_are_left_to_the_triggers(engine, monkeypatch):
+    """Below MIN_ROWS rows the triggers summarise (cheaper there); from it, the writer."""
+    monkeypatch.setattr(appends, "MIN_ROWS", 1000)
+    at = [T0 + timedelta(milliseconds=i) for i in range(1000)]
+    small = [row(Transition(f"u{i % 7}", STATUSES[i % 5], at[i], at[i])) for i in range(999)]
+    with engine.begin() as conn:
+        assert appends.write_appends(conn, small) is None
+    later = [T0 + timedelta(seconds=5, milliseconds=i) for i in range(1000)]
+    big = [row(Transition(f"u{i % 7}", STATUSES[i % 5], t, t)) for i, t in enumerate(later)]
+    with engine.begin() as conn:
+        assert appends.write_appends(conn, big) == 1000
     check(engine)
