@@ -6,8 +6,8 @@ batch with COPY, inserting only what is new (the unique key
 ``(user_id, occurred_at, status)`` makes a replay insert nothing twice), and
 brings ``presence_users`` up to date, all in one transaction. The summaries the
 dashboard and exports read (sessions, time in status: migration 0005) are kept
-in that same transaction: by this writer itself for a batch that only appends
-(:mod:`presence_core.database.appends`, the usual case), by the triggers on
+in that same transaction: by this writer itself for a big batch that only appends
+(:mod:`presence_core.database.appends`, a busy listener's usual batch), by the triggers on
 ``presence_transitions`` for anything else, so no other writer has to remember
 them; a replay leaves them as they are.
 """
@@ -210,10 +210,10 @@ def _insert_transitions(conn: Connection, transitions: Sequence[Transition]) -> 
     """Insert the new transitions; return how many there were.
 
     Usually every transition of a batch is new and comes after its user's stored
-    rows, so the batch is first copied straight into the table inside a savepoint
+    rows, so a big batch is first copied straight into the table inside a savepoint
     (as fast as a raw COPY) and summarised here (:mod:`presence_core.database.appends`).
-    A batch that is new but not only appends is copied again with the summaries
-    left to the triggers. When any row is already there (a replay, or a server and
+    A small one, or one that is new but not only appends, is copied with the
+    summaries left to the triggers. When any row is already there (a replay, or a server and
     a listener logging the same event), the batch goes through a staging table and
     ``on conflict do nothing`` instead.
     """
