@@ -44,16 +44,18 @@ def test_data_survives_stop_and_start(server):
         assert conn.execute("select v from kept").fetchone() == ("still here",)
 
 
-def test_memory_is_sized_from_the_machine(server):
+def test_the_server_is_sized_from_the_machine(server):
     """A quarter of the memory for buffers, between PostgreSQL's default and 2 GB,
-    and the started server really runs with what it was given."""
+    4 GB of WAL between checkpoints, and the started server really runs with what
+    it was given."""
     gib = 1024**3
-    assert "shared_buffers=128MB " in embedded.memory_options(256 * 1024**2)
-    assert "shared_buffers=1024MB " in embedded.memory_options(4 * gib)
-    assert "shared_buffers=2048MB " in embedded.memory_options(24 * gib)
-    assert embedded.memory_options(24 * gib).endswith("effective_cache_size=12288MB")
+    assert "shared_buffers=128MB " in embedded.sizing_options(256 * 1024**2)
+    assert "shared_buffers=1024MB " in embedded.sizing_options(4 * gib)
+    assert "shared_buffers=2048MB " in embedded.sizing_options(24 * gib)
+    assert "effective_cache_size=12288MB " in embedded.sizing_options(24 * gib)
+    assert embedded.sizing_options(24 * gib).endswith("max_wal_size=4GB")
     info = server.start(port=free_port())
-    wanted = dict(re.findall(r"-c (\w+)=(\w+)", embedded.memory_options()))
+    wanted = dict(re.findall(r"-c (\w+)=(\w+)", embedded.sizing_options()))
     with psycopg.connect(conninfo(info)) as conn:
         for name, value in wanted.items():
             shown = conn.execute(f"select current_setting('{name}')").fetchone()[0]

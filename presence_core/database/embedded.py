@@ -342,7 +342,7 @@ class EmbeddedPostgres:
         self._prepare_for_system_user()
         options = (
             f"-h 127.0.0.1 -p {port} -c unix_socket_directories='' -c max_connections=200 "
-            + memory_options()
+            + sizing_options()
         )
         result = self._run(
             [
@@ -401,23 +401,28 @@ class EmbeddedPostgres:
             ) from None
 
 
-def memory_options(ram_bytes: int | None = None) -> str:
-    """Server options sized from the machine's memory (``ram_bytes``, read from the
-    system when not given): ``shared_buffers`` a quarter of it, between
-    PostgreSQL's own 128 MB default and 2 GB, and ``effective_cache_size`` half
-    of it.
+def sizing_options(ram_bytes: int | None = None) -> str:
+    """Server options sized for a year of history on this machine (``ram_bytes``,
+    read from the system when not given): ``shared_buffers`` a quarter of the
+    memory, between PostgreSQL's own 128 MB default and 2 GB; ``effective_cache_size``
+    half of it; ``max_wal_size`` 4 GB.
 
-    The defaults suit a server sharing a small machine; a year of history is
-    gigabytes, and a team's month of summaries read through 128 MB of buffers came
-    from the operating system's cache page by page (26,000 pages for one team's
-    availability at 20,000 users). The buffers are only reserved address space
-    until used, and an operator who wants other sizes runs their own PostgreSQL
-    (``PRESENCE_DATABASE_URL``)."""
+    PostgreSQL's defaults suit a server sharing a small machine. A year of history
+    is gigabytes: through 128 MB of buffers a team's month of summaries came from
+    the operating system's cache page by page (26,000 pages for one team's
+    availability at 20,000 users), and with 1 GB of WAL between checkpoints a
+    generated year wrote 30 GB of WAL, most of it pages logged again after each
+    checkpoint. The buffers are only reserved address space until used; the WAL
+    may take up to 4 GB of disk. An operator who wants other sizes runs their own
+    PostgreSQL (``PRESENCE_DATABASE_URL``)."""
     if ram_bytes is None:
         ram_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     mb = ram_bytes // (1024 * 1024)
     buffers = min(max(mb // 4, 128), 2048)
-    return f"-c shared_buffers={buffers}MB -c effective_cache_size={max(mb // 2, 256)}MB"
+    return (
+        f"-c shared_buffers={buffers}MB -c effective_cache_size={max(mb // 2, 256)}MB"
+        " -c max_wal_size=4GB"
+    )
 
 
 def _is_our_postgres(pid: int, pgdata: Path) -> bool:
