@@ -9,11 +9,13 @@ Every time in the data is placed at a minute that belongs to one user only, so
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
 from datetime import UTC, datetime, time, timedelta
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -119,9 +121,56 @@ def leaks(text: str, times: list[datetime], names: bool = True) -> list[str]:
 PAGES = ("live", "last_seen", "activity", "availability", "export", "health")
 
 
+def _plotly_array(value: object) -> list:
+    """A plotly JSON array as values: a list, or numpy's bytes in base64 (``bdata``,
+    plotly.py's encoding of numpy arrays)."""
+    if isinstance(value, dict) and "bdata" in value:
+        return np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"]).tolist()
+    return value if isinstance(value, list) else [value]
+
+
+def _wall(ms: object) -> str:
+    """A number on a plotly date axis (milliseconds of a wall-clock time) as that time."""
+    return (datetime(1970, 1, 1) + timedelta(milliseconds=float(ms))).isoformat(sep=" ")
+
+
+def plotly_text(spec: str) -> str:
+    """What a plotly chart tells the viewer, as text: every trace's arrays decoded (a
+    list, or base64 typed arrays), and the numbers on a date axis turned back into
+    the times they draw (wall-clock times of the page's zone, UTC in these tests):
+    positions, and a bar's base and end (``base`` + length). So a time is found
+    whether a page sends it as text, as numbers or as bytes."""
+    figure = json.loads(spec)
+    layout = figure.get("layout", {})
+    parts = []
+    for trace in figure.get("data", []):
+        arrays = {
+            key: _plotly_array(value)
+            for key, value in trace.items()
+            if isinstance(value, list) or (isinstance(value, dict) and "bdata" in value)
+        }
+        parts.append(json.dumps(arrays, default=str))
+        for letter in ("x", "y"):
+            axis = letter + "axis" + trace.get(letter + "axis", letter)[1:]
+            if layout.get(axis, {}).get("type") != "date":
+                continue
+            positions = [v for v in arrays.get(letter, []) if isinstance(v, int | float)]
+            horizontal = trace.get("orientation") == "h"
+            if trace.get("type") == "bar" and "base" in arrays and horizontal == (letter == "x"):
+                # a bar from its base for a length: the times are its two ends (a
+                # length read as a time would be a clock that means nothing)
+                bases = arrays["base"]
+                parts += [_wall(b) for b in bases]
+                parts += [_wall(b + v) for b, v in zip(bases, positions, strict=True)]
+            else:
+                parts += [_wall(v) for v in positions]
+    return "\n".join(parts)
+
+
 def page_text(at: AppTest, frames_only: bool = False, charts: bool = True) -> str:
     """Everything a page sent to the browser: every element's message (texts,
-    options, chart specs), and every table's cells."""
+    options, chart specs), every table's cells, and what each plotly chart draws
+    (its arrays decoded, times on date axes as times: :func:`plotly_text`)."""
     parts = []
     for node in at._tree:
         if node.type == "arrow_data_frame":
@@ -130,6 +179,8 @@ def page_text(at: AppTest, frames_only: bool = False, charts: bool = True) -> st
             continue
         elif not frames_only and getattr(node, "proto", None) is not None:
             parts.append(str(node.proto))
+            if node.type == "plotly_chart":
+                parts.append(plotly_text(node.proto.spec))
     return "\n".join(parts)
 
 
