@@ -147,10 +147,11 @@ def _read_in_halves(
         half = len(users) // 2
         snapshot = conn.execute(text("select pg_export_snapshot()")).scalar()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="availability") as pool:
+            first, second = users[:half], users[half:]
             other = pool.submit(
-                _fetch_in_snapshot, engine, snapshot, sql, {**params, "user_ids": users[half:]}
+                _fetch_in_snapshot, engine, snapshot, sql, {**params, **_half(second)}
             )
-            columns, rows = fetch_rows(conn, sql, {**params, "user_ids": users[:half]})
+            columns, rows = fetch_rows(conn, sql, {**params, **_half(first)})
             rows += other.result()
         conn.rollback()
     if by_date:
@@ -158,7 +159,16 @@ def _read_in_halves(
     return frame_from_rows(rows, columns)
 
 
+def _half(users: list[str]) -> dict[str, Any]:
+    """A half's parameters: its users, and their range of ids (``users_from`` /
+    ``users_to``, in the collation's order) for statements that bound a key with it."""
+    return {"user_ids": users, "users_from": users[0], "users_to": users[-1]}
+
+
 _SELECTED = "with" + USERS + "\nselect user_id from sel_users order by user_id"
+
+
+_ALL_USERS = {"users_from": None, "users_to": None}
 
 
 def _fetch_in_snapshot(engine: Engine, snapshot: str, sql: str, params: dict[str, Any]) -> list:
@@ -347,7 +357,7 @@ def agent_summary(
         jobs["totals"] = lambda: _read_in_halves(
             engine,
             _TOTALS_FROM_SUMMARIES,
-            {**period, "avail": list(available_statuses), **spans},
+            {**period, "avail": list(available_statuses), **spans, **_ALL_USERS},
             by_date=False,
         )
     else:
@@ -528,6 +538,10 @@ core as (
         from ua a cross join sel_users u
         join presence_status_days sd on sd.user_id = u.user_id
          and sd.day >= a.first and sd.day <= a.last
+         -- a half's range of the key (_read_in_halves; null: all), so that it reads
+         -- only its users' pages; known values, so the planner estimates it right
+         and (cast(:users_from as text) is null or sd.user_id >= cast(:users_from as text))
+         and (cast(:users_to as text) is null or sd.user_id <= cast(:users_to as text))
         cross join lateral (select sd.day - a.first + 1 as i) k
         offset 0
     ) x
