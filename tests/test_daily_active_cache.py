@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 
 from presence_core import analytics
-from presence_core.analytics import daily_active, day_cache
+from presence_core.analytics import daily_active, day_cache, snapshots
 from presence_core.database.storage import Transition, write_batch
 from tests import test_rollups_reads as reads
 
@@ -238,9 +238,9 @@ def test_a_connection_in_an_exported_snapshot_sees_what_its_exporter_sees(engine
         exporter.execute(text("set transaction isolation level repeatable read"))
         snapshot = exporter.execute(text("select pg_export_snapshot()")).scalar()
         write_batch(engine, [Transition("b", "online", t, t)])
-        with daily_active.in_snapshot(engine, snapshot) as other:
+        with snapshots.in_snapshot(engine, snapshot) as other:
             assert other.execute(count).scalar() == 1
         with engine.connect() as fresh:
             assert fresh.execute(count).scalar() == 2
-    with pytest.raises(ValueError), daily_active.in_snapshot(engine, "1'; drop table x; --"):
+    with pytest.raises(ValueError), snapshots.in_snapshot(engine, "1'; drop table x; --"):
         pass

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, text
 
-from presence_core.analytics import daily_active, summaries
+from presence_core.analytics import summaries
 from presence_core.analytics.common import (
     DEFAULT_AVAILABLE,
     bind,
@@ -21,6 +21,7 @@ from presence_core.analytics.common import (
     resolve_period,
     time_zone,
 )
+from presence_core.analytics.snapshots import fetch_in_snapshot
 from presence_core.analytics.sql import SEGMENTS, SESSIONS, USERS
 from presence_core.errors import PresenceError
 from presence_core.shifts import ShiftWindow, TeamSettings, shift_window
@@ -149,7 +150,7 @@ def _read_in_halves(
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="availability") as pool:
             first, second = users[:half], users[half:]
             other = pool.submit(
-                _fetch_in_snapshot, engine, snapshot, sql, {**params, **_half(second)}
+                fetch_in_snapshot, engine, snapshot, sql, {**params, **_half(second)}
             )
             columns, rows = fetch_rows(conn, sql, {**params, **_half(first)})
             rows += other.result()
@@ -169,11 +170,6 @@ _SELECTED = "with" + USERS + "\nselect user_id from sel_users order by user_id"
 
 
 _ALL_USERS = {"users_from": None, "users_to": None}
-
-
-def _fetch_in_snapshot(engine: Engine, snapshot: str, sql: str, params: dict[str, Any]) -> list:
-    with daily_active.in_snapshot(engine, snapshot) as conn:
-        return fetch_rows(conn, sql, params)[1]
 
 
 _SHIFTS = """

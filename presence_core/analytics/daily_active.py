@@ -27,30 +27,23 @@ per-user days of :mod:`presence_core.analytics.user_days`.
 
 from __future__ import annotations
 
-import re
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, Engine, TextClause, text
+from sqlalchemy import Connection, Engine, text
 
 from presence_core.analytics import day_cache, summaries
 from presence_core.analytics.common import bind, load_pandas
+from presence_core.analytics.snapshots import run_all
 from presence_core.analytics.sql import DAYS
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     import pandas as pd
 
 WORKERS = 2
 """Connections computing the uncached stretches at once (the machines we aim at have two cores)."""
 
-_NO_GATHER = "set local max_parallel_workers_per_gather = 0"
-
-_SNAPSHOT_ID = re.compile(r"^[0-9A-F]+-[0-9A-F]+(-[0-9]+)?$")
 
 _DAYS_SQL = (
     "with"
@@ -137,52 +130,3 @@ def _keep(conn: Connection, rows: list[dict]) -> None:
                 ),
                 rows,
             )
-
-
-def run_all(
-    engine: Engine | None,
-    conn: Connection,
-    sql: TextClause,
-    stretches: list[dict],
-    workers: int = WORKERS,
-) -> list[list]:
-    """``sql``'s rows for each parameter set of ``stretches``, all from ``conn``'s
-    snapshot: some on ``conn``, the others at once on up to ``workers`` - 1 more
-    connections of ``engine`` that import that snapshot (without ``engine``, or for
-    one stretch, all on ``conn``). ``conn``'s transaction stays open until every one
-    has finished, as an imported snapshot must still be held by its exporter when
-    it is imported. (Also the flapping days' reads.)"""
-    if engine is None or len(stretches) < 2 or workers < 2:
-        return [conn.execute(sql, p).all() for p in stretches]
-    snapshot = conn.execute(text("select pg_export_snapshot()")).scalar()
-    # the connections already use the cores: a Gather's workers would only contend
-    # (two ragged days at 20,000 users: best 216 ms without them, 283 ms with, load 8)
-    conn.exec_driver_sql(_NO_GATHER)
-
-    def more(params: list[dict]) -> list[list]:
-        with in_snapshot(engine, snapshot) as other:
-            other.exec_driver_sql(_NO_GATHER)
-            return [other.execute(sql, p).all() for p in params]
-
-    with ThreadPoolExecutor(max_workers=workers - 1) as pool:
-        shares = [stretches[k::workers] for k in range(1, workers)]
-        futures = [pool.submit(more, share) for share in shares if share]
-        mine = [conn.execute(sql, p).all() for p in stretches[::workers]]
-        theirs = [f.result() for f in futures]
-    return mine + [rows for share in theirs for rows in share]
-
-
-@contextmanager
-def in_snapshot(engine: Engine, snapshot: str) -> Iterator[Connection]:
-    """A connection of ``engine`` in a read-only repeatable-read transaction seeing
-    exactly what the exporter of ``snapshot`` (``pg_export_snapshot()``) sees."""
-    if not _SNAPSHOT_ID.match(snapshot):  # (SET TRANSACTION SNAPSHOT takes no parameter)
-        raise ValueError(f"not a snapshot id: {snapshot!r}")
-    with engine.connect() as conn:
-        conn.execute(text("set transaction isolation level repeatable read, read only"))
-        conn.exec_driver_sql(f"set transaction snapshot '{snapshot}'")
-        conn.exec_driver_sql("set local work_mem = '64MB'")
-        try:
-            yield conn
-        finally:
-            conn.rollback()

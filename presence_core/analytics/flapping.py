@@ -41,7 +41,7 @@ from presence_core.analytics.common import (
     resolve_period,
     time_zone,
 )
-from presence_core.analytics.daily_active import in_snapshot, run_all
+from presence_core.analytics.snapshots import in_snapshot, run_all
 from presence_core.analytics.sql import USERS
 
 if TYPE_CHECKING:

@@ -42,13 +42,14 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, Engine, text
 
-from presence_core.analytics import daily_active, day_cache, summaries
+from presence_core.analytics import day_cache, summaries
 from presence_core.analytics.common import (
     availability_pct_sql,
     fetch_rows,
     frame_from_rows,
     read_frame,
 )
+from presence_core.analytics.snapshots import fetch_in_snapshot
 from presence_core.analytics.sql import DAILY_PER_DAY, DAYS
 
 if TYPE_CHECKING:
@@ -361,7 +362,7 @@ def read_cached(
         else:
             snapshot = conn.execute(text("select pg_export_snapshot()")).scalar()
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="user-days") as pool:
-                other = pool.submit(_fetch_in_snapshot, engine, snapshot, rest, bound)
+                other = pool.submit(fetch_in_snapshot, engine, snapshot, rest, bound)
                 columns, mine = fetch_rows(conn, first, bound)
                 theirs = other.result()
         conn.rollback()
@@ -370,8 +371,3 @@ def read_cached(
     rows = mine + theirs
     rows.sort(key=itemgetter(0))
     return frame_from_rows(rows, columns, utc)
-
-
-def _fetch_in_snapshot(engine: Engine, snapshot: str, sql: str, params: dict[str, Any]) -> list:
-    with daily_active.in_snapshot(engine, snapshot) as conn:
-        return fetch_rows(conn, sql, params)[1]
