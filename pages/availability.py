@@ -78,6 +78,20 @@ def _highlight(column: str):
     return style
 
 
+def agent_columns(rows: pd.DataFrame) -> dict:
+    """The per-agent tables' leading columns (who, their team, their availability),
+    the same in the last-shift view and in a custom window."""
+    return {
+        "agent": [
+            ui.display_name(u, n) for u, n in zip(rows["user_id"], rows["user_name"], strict=True)
+        ],
+        "user": rows["user_id"].astype(str).to_numpy(),
+        "team": rows["team"].to_numpy(),
+        "availability": rows["availability_pct"].astype(float).round(1).to_numpy(),
+        "available": [ui.format_duration(x) for x in rows["available_seconds"]],
+    }
+
+
 def last_shift_view() -> None:
     """Who is missing on each team's current shift, and each team's last complete shift."""
     now = as_of or datetime.now(UTC)
@@ -261,14 +275,7 @@ def last_shift_view() -> None:
     )
     agent_table = pd.DataFrame(
         {
-            "agent": [
-                ui.display_name(u, n)
-                for u, n in zip(per_agent["user_id"], per_agent["user_name"], strict=True)
-            ],
-            "user": per_agent["user_id"].astype(str).to_numpy(),
-            "team": per_agent["team"].to_numpy(),
-            "availability": per_agent["availability_pct"].astype(float).round(1).to_numpy(),
-            "available": [ui.format_duration(x) for x in per_agent["available_seconds"]],
+            **agent_columns(per_agent),
             "shift": [ui.format_duration(x) for x in per_agent["shift_seconds"]],
         }
     )
@@ -350,14 +357,7 @@ def availability_agent_rows(
     zone = ZoneInfo(tz)
     shown = pd.DataFrame(
         {
-            "agent": [
-                ui.display_name(uid, name)
-                for uid, name in zip(per_user["user_id"], per_user["user_name"], strict=True)
-            ],
-            "user": per_user["user_id"].astype(str).to_numpy(),
-            "team": per_user["team"].to_numpy(),
-            "availability": per_user["availability_pct"].round(1).to_numpy(),
-            "available": [ui.format_duration(s) for s in per_user["available_seconds"]],
+            **agent_columns(per_user),
             "online": [ui.format_duration(s) for s in per_user["online_seconds"]],
             **{c: [ui.format_duration(s) for s in per_user[c]] for c in status_columns},
             "first in": [ui.format_time(t, zone)[:16] for t in per_user["first_in"]],
