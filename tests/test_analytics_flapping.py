@@ -54,21 +54,25 @@ def reference(engine, lo: datetime, hi: datetime, min_n: int, window: timedelta)
     return sorted(out, key=lambda r: (-r[2], -r[1], r[0]))
 
 
+# (user, second, microsecond, status): microseconds make spans end a microsecond short
+ROWS = st.lists(
+    st.tuples(
+        st.integers(0, 4),
+        st.integers(0, 1800),
+        st.sampled_from((0, 1, 999_999)),
+        st.sampled_from(("online", "away", "busy", "offline")),
+    ),
+    max_size=60,
+)
+
+
 @settings(
     max_examples=60,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(
-    rows=st.lists(
-        st.tuples(
-            st.integers(0, 4),
-            st.integers(0, 1800),
-            st.sampled_from((0, 1, 999_999)),  # microseconds: spans ending a microsecond short
-            st.sampled_from(("online", "away", "busy", "offline")),
-        ),
-        max_size=60,
-    ),
+    rows=ROWS,
     min_n=st.integers(-1, 7),
     window=st.integers(1, 900),
     lo=st.integers(-60, 900),
@@ -307,15 +311,7 @@ def test_a_day_not_over_is_read_from_the_log_and_kept_only_as_decided(engine):
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(
-    rows=st.lists(
-        st.tuples(
-            st.integers(0, 4),
-            st.integers(0, 1800),
-            st.sampled_from((0, 1, 999_999)),
-            st.sampled_from(("online", "away", "busy", "offline")),
-        ),
-        max_size=60,
-    ),
+    rows=ROWS,
     min_n=st.integers(2, 7),
     window=st.integers(1, 900),
 )
