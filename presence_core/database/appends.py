@@ -58,11 +58,13 @@ batch, one row per user, load 5-8: 1 row 2.8-3.2 ms against 1.7-2.1; 100 rows
 9.9-11.4 against 8.1-9.9; 1,000 rows 52-76 against 53-71; 5,000 rows, five per
 user, 81-103 against 99-136)."""
 
-# the triggers' lock keys (migration 0005), taken in the same global order
-_LOCK = """
+LOCK_USERS = """
 select pg_advisory_xact_lock(20563, h)
-from (select distinct hashtext(u) as h from unnest(%b::text[]) u order by 1) k
+from (select distinct hashtext(u) as h from unnest({users}) u order by 1) k
 """
+"""The triggers' per-user lock keys (migration 0005), taken in the same global order;
+``{users}`` is the SQL of the users' text array (each driver binds it its own way)."""
+_LOCK = LOCK_USERS.format(users="%b::text[]")
 
 # each user's tail, and the totals of its stored arrays on the tail's UTC day, as one
 # row of arrays; the setting that makes the summaries' trigger stand aside rides along

@@ -25,16 +25,13 @@ from collections.abc import Sequence
 
 from sqlalchemy import Connection, text
 
-from presence_core.database import storage
+from presence_core.database import appends, storage
 from presence_core.database.summarise import Summaries, summarise
 
 __all__ = ["Summaries", "summarise", "write_history"]
 
 
-_LOCK_USERS = """
-select pg_advisory_xact_lock(20563, h)
-from (select distinct hashtext(u) as h from unnest(cast(:users as text[])) u order by 1) k
-"""
+_LOCK_USERS = appends.LOCK_USERS.format(users="cast(:users as text[])")
 _ANY_STORED = (
     "select exists(select 1 from presence_status_tails where user_id = any(cast(:users as text[])))"
 )
